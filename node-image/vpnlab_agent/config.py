@@ -1,0 +1,112 @@
+"""The node config: the one contract between the orchestrator and the router agent.
+
+The orchestrator writes it as JSON to CONFIG_PATH inside the container before the agent starts;
+the agent reads it and never talks back except through its status report. Plain dataclasses, no
+third-party imports: this module runs on the host (orchestrator) and in the image (agent) alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+CONFIG_PATH = "/etc/vpnlab/node.json"
+STATE_DIR = "/run/vpnlab"
+CONTROL_SOCKET = "/run/vpnlab/agent.sock"
+
+Role = Literal["hub", "branch", "gateway"]
+Implementation = Literal["agent", "strongswan"]
+Dataplane = Literal["auto", "userspace", "xfrm"]
+
+
+@dataclass(frozen=True)
+class InterfaceConfig:
+    name: str  # name inside the container, e.g. "wan0", "lan0"
+    kind: Literal["wan", "lan"]
+    addresses: tuple[str, ...]  # CIDR interface notation, e.g. "198.51.100.10/24"
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    dst: str  # CIDR, "0.0.0.0/0" for default
+    via: str | None = None
+    dev: str | None = None
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """One IKE peer as seen from this node."""
+
+    name: str
+    remote_id: str  # FQDN identity the peer authenticates with (we use node names)
+    address: str | None  # peer public address; None when only the peer may initiate
+    initiate: bool  # True: this node starts IKE_SA_INIT towards the peer
+    local_ts: tuple[str, ...]  # CIDRs protected on our side
+    remote_ts: tuple[str, ...]  # CIDRs reached through this peer
+
+
+@dataclass(frozen=True)
+class IkeConfig:
+    local_id: str  # FQDN identity
+    psk: str
+    ike_proposals: tuple[str, ...] = ("aes128gcm16-prfsha256-ecp256",)
+    esp_proposals: tuple[str, ...] = ("aes128gcm16",)
+    ike_lifetime_s: int = 14400
+    child_lifetime_s: int = 3600
+    dpd_interval_s: int = 10
+    peers: tuple[PeerConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    lab: str
+    name: str
+    role: Role
+    implementation: Implementation
+    public_address: str | None  # our address on the underlay, None when behind NAT
+    interfaces: tuple[InterfaceConfig, ...]
+    routes: tuple[RouteConfig, ...] = ()
+    lan_subnets: tuple[str, ...] = ()
+    dataplane: Dataplane = "auto"
+    ike: IkeConfig | None = None
+    # Reserved for the features that follow (mesh, HSVPN contexts, load-balancer cluster).
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> NodeConfig:
+        return _build(cls, json.loads(text))
+
+
+def load(path: str = CONFIG_PATH) -> NodeConfig:
+    with open(path, encoding="utf-8") as f:
+        return NodeConfig.from_json(f.read())
+
+
+_NESTED: dict[str, type] = {
+    "interfaces": InterfaceConfig,
+    "routes": RouteConfig,
+    "peers": PeerConfig,
+    "ike": IkeConfig,
+}
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a frozen dataclass from asdict() output (lists become tuples, nested types restored)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        nested = _NESTED.get(key)
+        if isinstance(value, list):
+            value = tuple(_build(nested, v) if nested and isinstance(v, dict) else v for v in value)
+        elif nested and isinstance(value, dict):
+            value = _build(nested, value)
+        kwargs[key] = value
+    return cls(**kwargs)

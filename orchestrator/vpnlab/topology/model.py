@@ -1,0 +1,95 @@
+"""The resolved lab: what `load_topology()` returns after validation and address planning.
+
+Plain frozen dataclasses with every address decided. The YAML schema (schema.py) is the raw form;
+this is what kinds, the runtime and the CLI consume. Names read like the network they describe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any, Literal
+
+Role = Literal["hub", "branch", "gateway", "host"]
+Implementation = Literal["agent", "strongswan", "host"]
+SegmentKind = Literal["underlay", "lan"]
+
+UNDERLAY = "inet"  # name of the emulated internet segment
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One L2 broadcast domain, realised as one Linux bridge."""
+
+    name: str  # "inet" for the underlay, "lan-<router>-<i>" for LANs; <= 15 chars is not required here
+    kind: SegmentKind
+    subnet: IPv4Network
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str  # name inside the container: "wan0", "lan0", "lan1"; hosts: "eth0"
+    segment: str  # Segment.name
+    address: IPv4Interface
+
+
+@dataclass(frozen=True)
+class MeshSettings:  # reserved: Advanced Mesh VPN (not implemented yet)
+    enabled: bool = False
+    idle_timeout_s: int = 300
+    max_tunnels: int | None = None
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    role: Role
+    implementation: Implementation
+    interfaces: tuple[Interface, ...]
+    public_address: IPv4Address | None = None  # None for hosts and for routers behind NAT
+    lan_subnets: tuple[IPv4Network, ...] = ()
+    hubs: tuple[str, ...] = ()  # branches: hubs they attach to
+    router: str | None = None  # hosts: the router whose LAN they sit in
+    gateway: IPv4Address | None = None  # hosts: default gateway (router LAN address)
+    psk: str | None = None  # routers: pre-shared key
+    dataplane: Literal["auto", "userspace", "xfrm"] = "auto"
+    behind_nat: bool = False  # reserved: branch without a public address
+    mesh: MeshSettings = field(default_factory=MeshSettings)
+    contexts: tuple[Any, ...] = ()  # reserved: HSVPN routing contexts
+    cluster: str | None = None  # reserved: load-balancer cluster membership
+
+    @property
+    def is_router(self) -> bool:
+        return self.role != "host"
+
+
+@dataclass(frozen=True)
+class Cluster:  # reserved: IKEv2 load balancer (gateways sharing a VRRP virtual address)
+    name: str
+    members: tuple[str, ...]
+    virtual_address: IPv4Address
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str
+    source: Path  # the topology file it came from
+    underlay: IPv4Network
+    segments: tuple[Segment, ...]
+    nodes: tuple[Node, ...]
+    clusters: tuple[Cluster, ...] = ()
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    @property
+    def routers(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.is_router)
+
+    @property
+    def hosts(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if not n.is_router)
