@@ -1,0 +1,30 @@
+"""A node kind turns a resolved Node into what the runtime must start: a ContainerSpec.
+
+Kinds are small plug-ins (router = our agent, strongswan, host) registered in registry.py; the
+runtime knows nothing about roles or IPsec, only ContainerSpecs and Links.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vpnlab.topology.model import Lab, Node
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    node: str  # node name; the runtime derives the container name and labels from lab + node
+    command: tuple[str, ...]  # main process
+    files: dict[str, bytes] = field(default_factory=dict)  # absolute path in container -> content, put before start
+    sysctls: dict[str, str] = field(default_factory=dict)
+    cap_add: tuple[str, ...] = ("NET_ADMIN", "NET_RAW")
+    devices: tuple[str, ...] = ("/dev/net/tun",)
+    env: dict[str, str] = field(default_factory=dict)
+    has_agent: bool = True  # True: deploy waits until `python3 -m vpnlab_agent ctl status` reports ready
+
+
+class Kind(Protocol):
+    name: str  # the value of `implementation` (or "host") in the topology file
+
+    def container_spec(self, lab: Lab, node: Node) -> ContainerSpec: ...
