@@ -1,0 +1,70 @@
+"""The data-plane engine interface: what the IKE service drives, whatever carries the ESP packets.
+
+Two engines implement it: `userspace.UserspaceEngine` (ESP-in-UDP over a TUN device, for kernels
+without ESP, as on the lab machines) and `xfrm.XfrmEngine` (kernel XFRM states and policies).
+`probe.select_engine()` picks one by probing the kernel, unless the topology forces it.
+
+Both engines always use UDP encapsulation (RFC 3948) on one UDP socket (port 4500) that the engine
+owns: ESP packets (SPI != 0) are the engine's business, IKE messages (non-ESP marker, four zero bytes)
+are handed to the IKE service through `on_ike`, without the marker.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from vpnlab_agent.sa import ChildSA, SACounters
+
+# Called with (ike_message_without_marker, (peer_ip, peer_port)). Engines may call it from any
+# thread: the IKE service must hand it over to its event loop (loop.call_soon_threadsafe).
+IkeHandler = Callable[[bytes, tuple[str, int]], None]
+
+NON_ESP_MARKER = b"\x00\x00\x00\x00"
+NATT_PORT = 4500
+
+
+class EngineError(Exception):
+    """The engine cannot do what was asked (socket, TUN or netlink failure); one-line message."""
+
+
+class Engine(abc.ABC):
+    name: ClassVar[str]  # "userspace" | "xfrm": shown by inspect
+
+    def __init__(self, *, route_src: str | None = None) -> None:
+        # Source address for routes to remote selectors: the router's first LAN address, so that
+        # traffic the router itself originates falls inside the negotiated traffic selectors.
+        self.route_src = route_src
+
+    @abc.abstractmethod
+    def open(self, local_addr: str, on_ike: IkeHandler, port: int = NATT_PORT) -> None:
+        """Bind the UDP encapsulation socket on local_addr:port and start moving packets."""
+
+    @abc.abstractmethod
+    def send_ike(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Send one IKE message from the encapsulation socket, prefixed with the non-ESP marker."""
+
+    @abc.abstractmethod
+    def install(self, sa: ChildSA) -> None:
+        """Install both directions of a child SA and route sa.remote_ts through it.
+
+        Make-before-break: installing an SA whose reqid is already installed moves outbound traffic
+        to the new SA at once, while the old inbound SA keeps accepting until remove(old spi_in).
+        """
+
+    @abc.abstractmethod
+    def remove(self, spi_in: int) -> None:
+        """Remove the SA pair whose inbound SPI is spi_in; drop its routes if no SA of that reqid is left."""
+
+    @abc.abstractmethod
+    def counters(self, spi_in: int) -> SACounters:
+        """Per-SA byte/packet counters (both ways), replay and authentication drops."""
+
+    @abc.abstractmethod
+    def status(self) -> dict[str, Any]:
+        """Machine-readable state for `ctl status`: engine name, device, SA count, global drop counters."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop, remove every SA, route and device this engine created. Idempotent."""
