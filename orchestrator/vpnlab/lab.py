@@ -1,0 +1,454 @@
+"""Lab lifecycle: deploy, destroy, inspect, exec. Everything a lab owns is found again from labels
+(containers) and names (the fabric netns), so destroy works after a crash and twice in a row.
+
+Deploy order: refuse a lab that exists → kinds make ContainerSpecs → fabric netns with one bridge
+per segment → containers started concurrently → each wired as soon as it runs → wait until every
+agent reports ready. Any failure, Ctrl-C included, destroys what was made and re-raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from vpnlab.errors import LabError, VpnlabError
+from vpnlab.kinds.base import ContainerSpec
+from vpnlab.net.fabric import Fabric, configure_interface, fabric_netns_name, interface_addresses, remove_fabric
+from vpnlab.net.namespace import list_netns, netns_exists
+from vpnlab.net.wiring import plan_fabric
+from vpnlab.runtime.base import (
+    LABEL_KIND,
+    LABEL_LAB,
+    LABEL_NODE,
+    LABEL_ROLE,
+    LABEL_TOPOLOGY,
+    ContainerInfo,
+    Runtime,
+    container_name,
+)
+from vpnlab.topology.model import Lab, Node
+
+LAB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")  # same rule as the topology file's `name`
+WORKERS = 8  # concurrent Docker calls; more only queues on 2 cores
+READY_TIMEOUT_S = 90.0
+READY_POLL_S = 0.5
+STATUS_TIMEOUT_S = 5.0
+LOG_LINES = 8  # container log lines quoted when a node fails
+
+
+class ProgressSink(Protocol):
+    """rich.progress.Progress fits; the CLI owns the display."""
+
+    def add_task(self, description: str, total: float | None = ..., **fields: Any) -> Any: ...
+
+    def update(self, task_id: Any, **fields: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    lab: str
+    fabric_netns: str
+    containers: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DestroyResult:
+    lab: str
+    containers_removed: int
+    netns_removed: bool
+
+    @property
+    def found_anything(self) -> bool:
+        return self.containers_removed > 0 or self.netns_removed
+
+
+@dataclass(frozen=True)
+class LabSummary:
+    name: str
+    topology: str
+    nodes: int
+    running: int
+    fabric_present: bool
+
+
+@dataclass
+class NodeView:
+    name: str
+    role: str
+    kind: str
+    container: str
+    state: str
+    addresses: dict[str, list[str]] = field(default_factory=dict)
+    agent: dict[str, Any] | None = None  # the agent's status JSON (routers)
+    problem: str | None = None  # why `agent` is missing, for routers
+
+    @property
+    def up(self) -> bool:
+        if self.state != "running":
+            return False
+        if self.kind == "host":
+            return True
+        return bool(self.agent and self.agent.get("ready"))
+
+
+@dataclass
+class LabView:
+    name: str
+    topology: str
+    fabric_netns: str
+    fabric_present: bool
+    nodes: list[NodeView]
+
+
+def _runtime(runtime: Runtime | None) -> Runtime:
+    if runtime is not None:
+        return runtime
+    from vpnlab.runtime.docker import DockerRuntime
+
+    return DockerRuntime()
+
+
+def check_lab_name(name: str) -> str:
+    if not LAB_NAME.match(name):
+        raise LabError(
+            f"invalid lab name {name!r}: lowercase letter first, then lowercase letters, digits or '-', at most 12"
+        )
+    return name
+
+
+def load_lab(topology: str | Path, name: str | None = None) -> Lab:
+    """Load, validate and plan a topology file, optionally under another lab name."""
+    from vpnlab.topology import load_topology
+
+    lab = load_topology(Path(topology))
+    if name is not None and name != lab.name:
+        lab = dataclasses.replace(lab, name=check_lab_name(name))
+    return lab
+
+
+def resolve_lab_name(arg: str) -> str:
+    """`destroy` and friends take a lab name or a topology file; a file means its `name`."""
+    path = Path(arg)
+    if path.suffix in (".yml", ".yaml") or path.is_file():
+        return load_lab(path).name
+    return check_lab_name(arg)
+
+
+def deploy(
+    topology: str | Path,
+    *,
+    name: str | None = None,
+    reconfigure: bool = False,
+    progress: ProgressSink | None = None,
+    runtime: Runtime | None = None,
+    ready_timeout: float = READY_TIMEOUT_S,
+) -> DeployResult:
+    """The whole `vpnlab deploy`: topology → environment → image → lab."""
+    from vpnlab.environment import check_docker, check_privileges
+    from vpnlab.image import ensure_image
+    from vpnlab.topology import check_supported
+
+    # The file first: its mistakes are the user's most likely ones and need neither root nor Docker.
+    lab = load_lab(topology, name)
+    check_supported(lab)
+    check_privileges()
+    check_docker()
+    rt = _runtime(runtime)
+    if reconfigure:
+        destroy(lab.name, runtime=rt)
+    image = ensure_image(progress=progress)
+    return deploy_lab(lab, image, runtime=rt, progress=progress, ready_timeout=ready_timeout)
+
+
+def deploy_lab(
+    lab: Lab,
+    image: str,
+    *,
+    runtime: Runtime | None = None,
+    progress: ProgressSink | None = None,
+    ready_timeout: float = READY_TIMEOUT_S,
+    specs: dict[str, ContainerSpec] | None = None,
+) -> DeployResult:
+    """Bring up a resolved lab from `image`. `specs` overrides the kinds' ContainerSpecs per node."""
+    rt = _runtime(runtime)
+    check_lab_name(lab.name)
+    netns = fabric_netns_name(lab.name)
+    if rt.containers(lab.name) or netns_exists(netns):
+        raise LabError(f"lab {lab.name} already exists: `vpnlab destroy {lab.name}` first, or deploy with --reconfigure")
+    all_specs = _container_specs(lab)
+    all_specs.update(specs or {})
+    plan = plan_fabric(lab)
+    started = time.monotonic()
+    report = _Report(progress)
+    try:
+        report.start("fabric", len(plan.bridges))
+        fabric = Fabric.create(netns)
+        try:
+            for bridge in plan.bridges:
+                fabric.add_bridge(bridge.name, bridge.segment)
+                report.advance()
+            _start_and_wire(lab, image, all_specs, rt, fabric, report)
+        finally:
+            fabric.close()
+        agents = [n for n in lab.nodes if all_specs[n.name].has_agent]
+        _wait_ready(lab.name, agents, rt, report, ready_timeout)
+    except BaseException as exc:
+        try:
+            destroy(lab.name, runtime=rt)
+        except Exception as cleanup:  # keep the original error; say cleanup also failed
+            raise LabError(f"deploy failed ({_one_line(exc)}) and so did cleanup: {_one_line(cleanup)}") from exc
+        if isinstance(exc, (VpnlabError, KeyboardInterrupt, SystemExit)):
+            raise
+        raise LabError(f"deploy of {lab.name} failed: {_one_line(exc)}") from exc
+    return DeployResult(lab=lab.name, fabric_netns=netns, containers=len(lab.nodes), seconds=time.monotonic() - started)
+
+
+def _container_specs(lab: Lab) -> dict[str, ContainerSpec]:
+    from vpnlab.kinds.registry import kind_for
+
+    return {node.name: kind_for(node).container_spec(lab, node) for node in lab.nodes}
+
+
+def _labels(lab: Lab, node: Node, spec: ContainerSpec) -> dict[str, str]:
+    return {
+        LABEL_LAB: lab.name,
+        LABEL_NODE: node.name,
+        LABEL_ROLE: node.role,
+        LABEL_KIND: node.implementation if spec.has_agent else "host",
+        LABEL_TOPOLOGY: str(Path(lab.source).resolve()) if str(lab.source) else "",
+    }
+
+
+def _start_and_wire(
+    lab: Lab, image: str, specs: dict[str, ContainerSpec], rt: Runtime, fabric: Fabric, report: _Report
+) -> None:
+    """Start containers concurrently; wire each in this thread as soon as it runs (the fabric's
+    netlink handle is not thread-safe, and wiring takes milliseconds)."""
+    plan = plan_fabric(lab)
+    cancelled = threading.Event()
+
+    def start(node: Node) -> ContainerInfo:
+        if cancelled.is_set():
+            raise LabError("cancelled")
+        spec = specs[node.name]
+        return rt.start(container_name(lab.name, node.name), image, spec, _labels(lab, node, spec))
+
+    report.start("containers", len(lab.nodes))
+    pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vpnlab-start")
+    try:
+        pending: dict[Future[ContainerInfo], Node] = {pool.submit(start, n): n for n in lab.nodes}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                node = pending.pop(fut)
+                info = fut.result()  # raises the start error
+                for port in plan.ports_of(node.name):
+                    fabric.attach(port.bridge, port.port, port.alias, info.netns_path, port.ifname)
+                if not node.is_router:
+                    for iface in node.interfaces:
+                        configure_interface(info.netns_path, iface.name, iface.address, node.gateway)
+                report.advance()
+    except BaseException:
+        cancelled.set()
+        pool.shutdown(wait=True, cancel_futures=True)  # nothing may start after cleanup begins
+        raise
+    pool.shutdown(wait=True)
+
+
+def _wait_ready(lab: str, agents: list[Node], rt: Runtime, report: _Report, timeout: float) -> None:
+    """Poll every agent's status until all say ready; a dead container or the deadline is an error."""
+    report.start("agents ready", len(agents))
+    deadline = time.monotonic() + timeout
+    waiting = {n.name: container_name(lab, n.name) for n in agents}
+    last: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vpnlab-ready") as pool:
+        while waiting:
+            checks = {node: pool.submit(_check_ready, rt, cname) for node, cname in waiting.items()}
+            for node, fut in checks.items():
+                ready, note = fut.result()
+                if ready:
+                    del waiting[node]
+                    report.advance()
+                else:
+                    last[node] = note
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                node = sorted(waiting)[0]
+                raise LabError(
+                    f"node {node} not ready after {timeout:g} s ({last.get(node, 'no status')}); "
+                    f"last log lines: {_log_tail(rt, waiting[node])}"
+                )
+            time.sleep(READY_POLL_S)
+
+
+def _check_ready(rt: Runtime, cname: str) -> tuple[bool, str]:
+    info = rt.get(cname)
+    if info is None or info.state != "running":
+        state = info.state if info else "gone"
+        raise LabError(f"container {cname} is {state}; last log lines: {_log_tail(rt, cname)}")
+    try:
+        status = agent_status(info)
+    except Exception as exc:  # not listening yet, or a bad answer: keep polling until the deadline
+        return False, _one_line(exc)
+    if status.get("ready"):
+        return True, "ready"
+    errors = status.get("errors") or []
+    return False, f"not ready: {'; '.join(map(str, errors))}" if errors else "not ready yet"
+
+
+def agent_status(info: ContainerInfo, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any]:
+    """The agent's `status` answer, asked on its control socket through the container's root
+    (/proc/<pid>/root): the same request `ctl status` sends, without a process per poll."""
+    from vpnlab_agent.config import CONTROL_SOCKET
+    from vpnlab_agent.control import request
+
+    if not info.pid:
+        raise LabError(f"container {info.name} is not running")
+    result = request(f"/proc/{info.pid}/root{CONTROL_SOCKET}", "status", timeout=timeout)
+    if not isinstance(result, dict):
+        raise LabError(f"agent in {info.name} answered status with {type(result).__name__}")
+    return result
+
+
+def _log_tail(rt: Runtime, cname: str) -> str:
+    text = rt.logs(cname, LOG_LINES)
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip()) or "(no output)"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def destroy(name: str, runtime: Runtime | None = None) -> DestroyResult:
+    """Remove the lab's containers (by label, in parallel) and its fabric netns. No-op when absent.
+    The lab creates nothing in the host namespace (no links, no iptables rules, no files), so
+    there is nothing else to remove."""
+    rt = _runtime(runtime)
+    check_lab_name(name)
+    containers = rt.containers(name)
+    if containers:
+        with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vpnlab-rm") as pool:
+            list(pool.map(lambda c: rt.remove(c.name), containers))
+    try:
+        removed_ns = remove_fabric(fabric_netns_name(name))
+    except OSError as exc:
+        raise LabError(f"cannot remove netns {fabric_netns_name(name)}: {exc.strerror or exc}") from exc
+    return DestroyResult(lab=name, containers_removed=len(containers), netns_removed=removed_ns)
+
+
+def lab_names(runtime: Runtime | None = None) -> list[str]:
+    """Labs with containers or a leftover fabric netns."""
+    rt = _runtime(runtime)
+    names = {c.lab for c in rt.containers() if c.lab}
+    names |= {ns.removeprefix("vpnlab-") for ns in list_netns() if ns.startswith("vpnlab-")}
+    return sorted(n for n in names if LAB_NAME.match(n))
+
+
+def destroy_all(runtime: Runtime | None = None) -> list[DestroyResult]:
+    rt = _runtime(runtime)
+    return [destroy(name, runtime=rt) for name in lab_names(rt)]
+
+
+def list_labs(runtime: Runtime | None = None) -> list[LabSummary]:
+    rt = _runtime(runtime)
+    by_lab: dict[str, list[ContainerInfo]] = {}
+    for c in rt.containers():
+        by_lab.setdefault(c.lab, []).append(c)
+    result = []
+    for name in lab_names(rt):
+        cs = by_lab.get(name, [])
+        result.append(
+            LabSummary(
+                name=name,
+                topology=cs[0].topology if cs else "",
+                nodes=len(cs),
+                running=sum(c.state == "running" for c in cs),
+                fabric_present=netns_exists(fabric_netns_name(name)),
+            )
+        )
+    return result
+
+
+def inspect_lab(name: str, runtime: Runtime | None = None) -> LabView:
+    rt = _runtime(runtime)
+    check_lab_name(name)
+    containers = rt.containers(name)
+    netns = fabric_netns_name(name)
+    if not containers and not netns_exists(netns):
+        raise LabError(f"no lab {name} is running (labs: {', '.join(lab_names(rt)) or 'none'})")
+
+    def view(c: ContainerInfo) -> NodeView:
+        node = NodeView(name=c.node, role=c.role, kind=c.kind, container=c.name, state=c.state)
+        if c.state != "running" or not c.pid:
+            return node
+        try:
+            node.addresses = interface_addresses(c.netns_path)
+        except (OSError, NetlinkError) as exc:
+            node.problem = f"cannot read addresses: {_one_line(exc)}"
+        if c.kind != "host":
+            try:
+                node.agent = agent_status(c)
+            except Exception as exc:
+                node.problem = _one_line(exc)
+        return node
+
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vpnlab-inspect") as pool:
+        nodes = list(pool.map(view, containers))
+    return LabView(
+        name=name,
+        topology=containers[0].topology if containers else "",
+        fabric_netns=netns,
+        fabric_present=netns_exists(netns),
+        nodes=sorted(nodes, key=lambda n: (n.kind == "host", n.name)),
+    )
+
+
+def exec_node(
+    lab: str,
+    node: str,
+    argv: list[str],
+    stdout: BinaryIO,
+    stderr: BinaryIO,
+    runtime: Runtime | None = None,
+) -> int:
+    """Run argv in a node, streaming its output; returns its exit code."""
+    rt = _runtime(runtime)
+    check_lab_name(lab)
+    if not argv:
+        raise LabError("exec: no command given (vpnlab exec LAB NODE -- CMD ...)")
+    info = rt.get(container_name(lab, node))
+    if info is None or info.lab != lab:
+        nodes = sorted(c.node for c in rt.containers(lab))
+        if not nodes:
+            raise LabError(f"no lab {lab} is running")
+        raise LabError(f"lab {lab} has no node {node!r} (nodes: {', '.join(nodes)})")
+    if info.state != "running":
+        raise LabError(f"node {node} of lab {lab} is {info.state}")
+    return rt.exec_stream(info.name, argv, stdout, stderr)
+
+
+class _Report:
+    """Steps as progress tasks; silent without a sink."""
+
+    def __init__(self, sink: ProgressSink | None) -> None:
+        self._sink = sink
+        self._task: Any = None
+
+    def start(self, description: str, total: int) -> None:
+        if self._sink is not None:
+            self._task = self._sink.add_task(description, total=total)
+
+    def advance(self) -> None:
+        if self._sink is not None and self._task is not None:
+            self._sink.update(self._task, advance=1)

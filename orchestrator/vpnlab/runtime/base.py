@@ -1,0 +1,68 @@
+"""What lab.py needs from a container runtime, and the labels every lab container carries.
+
+The labels are the lab's whole state: destroy and inspect find everything from them, so nothing
+has to be remembered on disk and a crashed deploy can still be cleaned up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from vpnlab.kinds.base import ContainerSpec
+
+LABEL_LAB = "vpnlab.lab"
+LABEL_NODE = "vpnlab.node"
+LABEL_ROLE = "vpnlab.role"
+LABEL_KIND = "vpnlab.kind"
+LABEL_TOPOLOGY = "vpnlab.topology"
+
+
+def container_name(lab: str, node: str) -> str:
+    return f"vpnlab-{lab}-{node}"
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    name: str
+    id: str
+    lab: str
+    node: str
+    role: str
+    kind: str
+    topology: str
+    state: str  # Docker's: created, running, exited, ...
+    pid: int  # 0 when not running
+
+    @property
+    def netns_path(self) -> str:
+        return f"/proc/{self.pid}/ns/net"
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Runtime(Protocol):
+    def start(self, name: str, image: str, spec: ContainerSpec, labels: dict[str, str]) -> ContainerInfo:
+        """Create the container, put spec.files into it, start it; return it running (pid known)."""
+        ...
+
+    def containers(self, lab: str | None = None) -> list[ContainerInfo]:
+        """Every vpnlab container (of one lab when `lab` is given), found by label."""
+        ...
+
+    def get(self, name: str) -> ContainerInfo | None: ...
+
+    def remove(self, name: str) -> None:
+        """Force-remove; no error when it is already gone."""
+        ...
+
+    def exec_capture(self, name: str, argv: list[str]) -> ExecResult: ...
+
+    def exec_stream(self, name: str, argv: list[str], stdout: BinaryIO, stderr: BinaryIO) -> int: ...
+
+    def logs(self, name: str, tail: int = 20) -> str: ...

@@ -1,0 +1,159 @@
+"""The Docker runtime, through the Docker SDK. Containers get no Docker network (network_mode
+none): every interface is a veth that the fabric moves in."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from typing import BinaryIO
+
+import docker
+from docker.errors import APIError, DockerException, NotFound
+
+from vpnlab.errors import LabError
+from vpnlab.kinds.base import ContainerSpec
+from vpnlab.runtime.base import (
+    LABEL_KIND,
+    LABEL_LAB,
+    LABEL_NODE,
+    LABEL_ROLE,
+    LABEL_TOPOLOGY,
+    ContainerInfo,
+    ExecResult,
+)
+
+POOL_SIZE = 16  # > the deploy thread pool, so concurrent calls do not queue on HTTP connections
+
+
+class DockerRuntime:
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        try:
+            self._client = client or docker.from_env(max_pool_size=POOL_SIZE)
+        except DockerException as e:
+            raise LabError(f"cannot reach the Docker engine: {e}") from e
+
+    @property
+    def client(self) -> docker.DockerClient:
+        return self._client
+
+    def start(self, name: str, image: str, spec: ContainerSpec, labels: dict[str, str]) -> ContainerInfo:
+        try:
+            container = self._client.containers.create(
+                image,
+                command=list(spec.command),
+                name=name,
+                hostname=spec.node,
+                labels=labels,
+                network_mode="none",
+                cap_add=list(spec.cap_add),
+                devices=[f"{d}:{d}:rwm" for d in spec.devices],
+                sysctls=dict(spec.sysctls),
+                environment=dict(spec.env),
+                init=True,
+                detach=True,
+            )
+            if spec.files:
+                container.put_archive("/", _tar(spec.files))
+            container.start()
+        except APIError as e:
+            raise LabError(f"container {name}: {_api_message(e)}") from e
+        info = self.get(name)
+        if info is None or info.pid == 0:
+            raise LabError(f"container {name} stopped right after start: {self.logs(name, 5)!r}")
+        return info
+
+    def containers(self, lab: str | None = None) -> list[ContainerInfo]:
+        label = f"{LABEL_LAB}={lab}" if lab else LABEL_LAB
+        found = self._client.api.containers(all=True, filters={"label": label})
+        infos = []
+        for c in found:
+            info = self.get(c["Id"])
+            if info is not None:
+                infos.append(info)
+        return sorted(infos, key=lambda i: (i.lab, i.name))
+
+    def get(self, name: str) -> ContainerInfo | None:
+        try:
+            data = self._client.api.inspect_container(name)
+        except NotFound:
+            return None
+        labels = data["Config"].get("Labels") or {}
+        return ContainerInfo(
+            name=data["Name"].lstrip("/"),
+            id=data["Id"],
+            lab=labels.get(LABEL_LAB, ""),
+            node=labels.get(LABEL_NODE, ""),
+            role=labels.get(LABEL_ROLE, ""),
+            kind=labels.get(LABEL_KIND, ""),
+            topology=labels.get(LABEL_TOPOLOGY, ""),
+            state=data["State"]["Status"],
+            pid=int(data["State"].get("Pid") or 0),
+        )
+
+    def remove(self, name: str) -> None:
+        try:
+            self._client.api.remove_container(name, force=True, v=True)
+        except NotFound:
+            pass
+        except APIError as e:
+            if "already in progress" in str(e):
+                return  # another destroy is removing it
+            raise LabError(f"cannot remove container {name}: {_api_message(e)}") from e
+
+    def exec_capture(self, name: str, argv: list[str]) -> ExecResult:
+        exec_id = self._exec_create(name, argv)
+        out, err = self._client.api.exec_start(exec_id, demux=True)
+        code = self._exit_code(exec_id)
+        return ExecResult(exit_code=code, stdout=out or b"", stderr=err or b"")
+
+    def exec_stream(self, name: str, argv: list[str], stdout: BinaryIO, stderr: BinaryIO) -> int:
+        exec_id = self._exec_create(name, argv)
+        for out, err in self._client.api.exec_start(exec_id, stream=True, demux=True):
+            if out:
+                stdout.write(out)
+                stdout.flush()
+            if err:
+                stderr.write(err)
+                stderr.flush()
+        return self._exit_code(exec_id)
+
+    def logs(self, name: str, tail: int = 20) -> str:
+        try:
+            raw = self._client.api.logs(name, stdout=True, stderr=True, tail=tail)
+        except (NotFound, APIError):
+            return ""
+        return raw.decode("utf-8", "replace").rstrip()
+
+    def _exec_create(self, name: str, argv: list[str]) -> str:
+        try:
+            return self._client.api.exec_create(name, argv, stdout=True, stderr=True, tty=False)["Id"]
+        except NotFound as e:
+            raise LabError(f"no container {name}") from e
+        except APIError as e:
+            raise LabError(f"exec in {name}: {_api_message(e)}") from e
+
+    def _exit_code(self, exec_id: str) -> int:
+        # The stream can end a moment before Docker records the exit code.
+        for _ in range(50):
+            data = self._client.api.exec_inspect(exec_id)
+            if not data.get("Running") and data.get("ExitCode") is not None:
+                return int(data["ExitCode"])
+            time.sleep(0.02)
+        raise LabError("exec did not report an exit code")
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    """An archive of `files` (absolute paths) to extract at '/'. Docker creates missing parent
+    directories itself; listing existing ones would reset their modes (think /tmp)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, content in sorted(files.items()):
+            info = tarfile.TarInfo(path.strip("/"))
+            info.size, info.mode = len(content), 0o644
+            tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+def _api_message(e: APIError) -> str:
+    return str(e.explanation or e).strip().splitlines()[0] if (e.explanation or str(e)) else "Docker API error"
