@@ -1,0 +1,243 @@
+"""ESP codec: round trips, known answers from independent cryptography calls, every refusal counted."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vpnlab_agent.esp import (
+    AuthenticationFailed,
+    EspInbound,
+    EspOutbound,
+    MalformedPacket,
+    ReplayedPacket,
+    SequenceOverflow,
+    max_inner_len,
+)
+from vpnlab_agent.sa import EspAlgorithm
+
+GCM128 = EspAlgorithm("aes-gcm-16", 128)
+GCM256 = EspAlgorithm("aes-gcm-16", 256)
+CBC128 = EspAlgorithm("aes-cbc", 128, "hmac-sha256-128")
+CBC256 = EspAlgorithm("aes-cbc", 256, "hmac-sha256-128")
+SPI = 0xC0FFEE01
+
+
+def keys(alg: EspAlgorithm) -> tuple[bytes, bytes]:
+    if alg.aead:
+        return os.urandom(alg.key_bits // 8 + 4), b""
+    return os.urandom(alg.key_bits // 8), os.urandom(32)
+
+
+def pair(alg: EspAlgorithm) -> tuple[EspOutbound, EspInbound]:
+    ek, ik = keys(alg)
+    return EspOutbound(SPI, alg, ek, ik), EspInbound(SPI, alg, ek, ik, window=64)
+
+
+def ipv4(payload: bytes, src: bytes = bytes([10, 1, 0, 10]), dst: bytes = bytes([10, 2, 0, 10])) -> bytes:
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, 17, 0, src, dst)
+    return hdr + payload
+
+
+ALL = [GCM128, GCM256, CBC128, CBC256]
+IDS = ["gcm128", "gcm256", "cbc128", "cbc256"]
+
+
+@pytest.mark.parametrize("alg", ALL, ids=IDS)
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 13, 14, 15, 16, 17, 100, 1380, 1438])
+def test_round_trip_every_padding(alg: EspAlgorithm, size: int) -> None:
+    out, inb = pair(alg)
+    inner = ipv4(os.urandom(size))
+    pkt = out.encapsulate(inner)
+    fixed = 8 + (8 if alg.aead else 16) + 16
+    assert (len(pkt) - fixed) % (4 if alg.aead else 16) == 0
+    assert inb.decapsulate(pkt) == inner
+    assert inb.counters.packets_in == 1 and inb.counters.bytes_in == len(inner)
+    assert out.counters.packets_out == 1 and out.counters.bytes_out == len(inner)
+
+
+@pytest.mark.parametrize("alg", ALL, ids=IDS)
+def test_sequence_numbers_count_up_from_one(alg: EspAlgorithm) -> None:
+    out, inb = pair(alg)
+    for expected in (1, 2, 3):
+        pkt = out.encapsulate(ipv4(b"x"))
+        assert struct.unpack_from(">II", pkt) == (SPI, expected)
+        inb.decapsulate(pkt)
+
+
+@pytest.mark.parametrize("alg", [GCM128, GCM256], ids=["gcm128", "gcm256"])
+def test_gcm_known_answer(alg: EspAlgorithm) -> None:
+    ek = bytes(range(alg.key_bits // 8 + 4))
+    out = EspOutbound(SPI, alg, ek, b"")
+    out.seq = 41
+    inner = ipv4(b"known answer " * 7)  # 111 + 20 bytes
+    pkt = out.encapsulate(inner)
+    # independent reference: RFC 4303 trailer, RFC 4106 nonce = salt || IV, AAD = SPI || seq
+    pad = -(len(inner) + 2) % 4
+    plain = inner + bytes(range(1, pad + 1)) + bytes([pad, 4])
+    iv = struct.pack(">Q", 42)
+    aad = struct.pack(">II", SPI, 42)
+    expected = aad + iv + AESGCM(ek[:-4]).encrypt(ek[-4:] + iv, plain, aad)
+    assert pkt == expected
+    inb = EspInbound(SPI, alg, ek, b"")
+    assert inb.decapsulate(expected) == inner
+
+
+@pytest.mark.parametrize("alg", [CBC128, CBC256], ids=["cbc128", "cbc256"])
+def test_cbc_hmac_known_answer(alg: EspAlgorithm) -> None:
+    ek, ik = bytes(range(alg.key_bits // 8)), bytes(range(100, 132))
+    inner = ipv4(b"known answer " * 5)
+    out = EspOutbound(SPI, alg, ek, ik)
+    pkt = out.encapsulate(inner)
+    iv = pkt[8:24]  # random: take it from the packet, recompute everything else
+    pad = -(len(inner) + 2) % 16
+    plain = inner + bytes(range(1, pad + 1)) + bytes([pad, 4])
+    enc = Cipher(algorithms.AES(ek), modes.CBC(iv)).encryptor()
+    body = struct.pack(">II", SPI, 1) + iv + enc.update(plain) + enc.finalize()
+    expected = body + hmac.new(ik, body, "sha256").digest()[:16]
+    assert pkt == expected
+    # and a packet built only by the reference decodes
+    iv2 = os.urandom(16)
+    enc2 = Cipher(algorithms.AES(ek), modes.CBC(iv2)).encryptor()
+    body2 = struct.pack(">II", SPI, 7) + iv2 + enc2.update(plain) + enc2.finalize()
+    ref = body2 + hmac.new(ik, body2, "sha256").digest()[:16]
+    assert EspInbound(SPI, alg, ek, ik).decapsulate(ref) == inner
+
+
+def test_cbc_ivs_are_fresh() -> None:
+    out, _ = pair(CBC128)
+    ivs = {out.encapsulate(ipv4(b"same"))[8:24] for _ in range(50)}
+    assert len(ivs) == 50
+
+
+@pytest.mark.parametrize("alg", ALL, ids=IDS)
+def test_tampered_byte_anywhere_is_dropped_and_counted(alg: EspAlgorithm) -> None:
+    out, inb = pair(alg)
+    pkt = out.encapsulate(ipv4(os.urandom(60)))
+    # every byte after the SPI (a changed SPI is just another, unknown SA for the engine)
+    for i in range(4, len(pkt)):
+        bad = bytearray(pkt)
+        bad[i] ^= 0x01 << (i % 8)
+        with pytest.raises(AuthenticationFailed if i >= 8 else (AuthenticationFailed, ReplayedPacket)):
+            inb.decapsulate(bytes(bad))
+    assert inb.counters.auth_failed >= len(pkt) - 8
+    assert inb.counters.packets_in == 0
+    assert inb.window.top == 0  # forgeries never move the window
+    assert inb.decapsulate(pkt)  # the genuine one still passes afterwards
+
+
+@pytest.mark.parametrize("alg", ALL, ids=IDS)
+def test_truncated_packets_are_refused(alg: EspAlgorithm) -> None:
+    out, inb = pair(alg)
+    pkt = out.encapsulate(ipv4(b"abc"))
+    for cut in range(1, len(pkt)):
+        with pytest.raises((MalformedPacket, AuthenticationFailed)):
+            inb.decapsulate(pkt[:cut])
+    assert inb.counters.packets_in == 0
+
+
+@pytest.mark.parametrize("alg", ALL, ids=IDS)
+def test_replayed_packet_is_dropped_and_counted(alg: EspAlgorithm) -> None:
+    out, inb = pair(alg)
+    pkt = out.encapsulate(ipv4(b"once"))
+    inb.decapsulate(pkt)
+    with pytest.raises(ReplayedPacket):
+        inb.decapsulate(pkt)
+    assert inb.counters.replay_dropped == 1
+    assert inb.counters.packets_in == 1
+
+
+def test_out_of_order_inside_window_accepted_old_outside_refused() -> None:
+    out, inb = pair(GCM128)
+    pkts = [out.encapsulate(ipv4(bytes([i]))) for i in range(200)]
+    inb.decapsulate(pkts[199])  # seq 200
+    inb.decapsulate(pkts[150])  # seq 151: 49 behind, inside a 64 window
+    with pytest.raises(ReplayedPacket):
+        inb.decapsulate(pkts[100])  # seq 101: 99 behind, outside
+    with pytest.raises(ReplayedPacket):
+        inb.decapsulate(pkts[150])
+    assert inb.counters.replay_dropped == 2
+    assert inb.counters.packets_in == 2
+
+
+def _forge(alg: EspAlgorithm, ek: bytes, ik: bytes, plain: bytes, seq: int = 1) -> bytes:
+    """A correctly authenticated packet around an arbitrary (possibly malformed) plaintext."""
+    hdr = struct.pack(">II", SPI, seq)
+    if alg.aead:
+        iv = struct.pack(">Q", seq)
+        return hdr + iv + AESGCM(ek[:-4]).encrypt(ek[-4:] + iv, plain, hdr)
+    iv = os.urandom(16)
+    enc = Cipher(algorithms.AES(ek), modes.CBC(iv)).encryptor()
+    body = hdr + iv + enc.update(plain) + enc.finalize()
+    return body + hmac.new(ik, body, "sha256").digest()[:16]
+
+
+@pytest.mark.parametrize("alg", [GCM128, CBC128], ids=["gcm", "cbc"])
+def test_padding_is_checked(alg: EspAlgorithm) -> None:
+    ek, ik = keys(alg)
+    inner = ipv4(b"12")  # 22 bytes: GCM pad 0, CBC pad 8
+    block = 4 if alg.aead else 16
+    good_pad = -(len(inner) + 2) % block
+
+    def padded(pad: bytes, padlen: int) -> bytes:
+        return inner + pad + bytes([padlen, 4])
+
+    inb = EspInbound(SPI, alg, ek, ik)
+    ok = _forge(alg, ek, ik, padded(bytes(range(1, good_pad + 1)), good_pad), seq=1)
+    assert inb.decapsulate(ok) == inner
+    k = good_pad or block  # a non-empty padding that keeps the alignment
+    bad_bytes = _forge(alg, ek, ik, padded(bytes(k), k), seq=2)  # zeros instead of 1, 2, 3..
+    with pytest.raises(MalformedPacket, match="padding"):
+        inb.decapsulate(bad_bytes)
+    too_long = _forge(alg, ek, ik, bytes(block - 2) + bytes([250, 4]), seq=3)
+    with pytest.raises(MalformedPacket, match="padding"):
+        inb.decapsulate(too_long)
+
+
+@pytest.mark.parametrize("alg", [GCM128, CBC128], ids=["gcm", "cbc"])
+def test_next_header_must_be_ipv4_and_dummy_is_discarded(alg: EspAlgorithm) -> None:
+    ek, ik = keys(alg)
+    block = 4 if alg.aead else 16
+    inb = EspInbound(SPI, alg, ek, ik)
+    body = bytes(block * 2 - 2)
+    with pytest.raises(MalformedPacket, match="next header 41"):
+        inb.decapsulate(_forge(alg, ek, ik, body + bytes([0, 41]), seq=1))
+    assert inb.decapsulate(_forge(alg, ek, ik, body + bytes([0, 59]), seq=2)) == b""
+    assert inb.counters.packets_in == 0
+
+
+def test_sequence_overflow_refuses_to_send() -> None:
+    out, inb = pair(GCM128)
+    out.seq = 0xFFFFFFFE
+    last = out.encapsulate(ipv4(b"last"))
+    assert struct.unpack_from(">I", last, 4)[0] == 0xFFFFFFFF
+    with pytest.raises(SequenceOverflow, match="rekey"):
+        out.encapsulate(ipv4(b"one too many"))
+    assert out.counters.packets_out == 1
+
+
+def test_wrong_key_lengths_and_transforms_are_refused() -> None:
+    with pytest.raises(ValueError, match="20 bytes"):
+        EspOutbound(SPI, GCM128, bytes(16), b"")
+    with pytest.raises(ValueError, match="HMAC"):
+        EspOutbound(SPI, CBC128, bytes(16), bytes(20))
+    with pytest.raises(ValueError, match="unsupported"):
+        EspOutbound(SPI, EspAlgorithm("chacha20", 256), bytes(36), b"")
+    with pytest.raises(ValueError, match="reserved"):
+        EspOutbound(5, GCM128, bytes(20), b"")
+
+
+def test_max_inner_len_fits_the_underlay() -> None:
+    budget = 1500 - 20 - 8  # outer IPv4 + UDP (RFC 3948)
+    for alg in ALL:
+        n = max_inner_len(budget, alg)
+        out, _ = pair(alg)
+        assert len(out.encapsulate(bytes(n))) <= budget
+        assert len(out.encapsulate(bytes(n + 1))) > budget or (n + 1 + 2) % (4 if alg.aead else 16) != 1
+    assert max_inner_len(budget, GCM128) == 1438
+    assert max_inner_len(budget, CBC128) == 1422
