@@ -42,6 +42,12 @@ class MeshSettings:  # reserved: Advanced Mesh VPN (not implemented yet)
 
 
 @dataclass(frozen=True)
+class Context:  # reserved: HSVPN routing context (a separate routing table per customer LAN)
+    name: str
+    lan: IPv4Network
+
+
+@dataclass(frozen=True)
 class Node:
     name: str
     role: Role

@@ -1,0 +1,36 @@
+"""The "agent" kind: a router container running the vpnlab router agent."""
+
+from __future__ import annotations
+
+from vpnlab_agent.config import CONFIG_PATH
+
+from vpnlab.kinds.base import ContainerSpec
+from vpnlab.nodeconfig import build_node_config
+from vpnlab.topology.model import Lab, Node
+
+AGENT_COMMAND = ("python3", "-m", "vpnlab_agent", "run")
+# Routers forward between wan0 and their LANs; rp_filter would drop packets that arrive from a
+# tunnel device with a source the kernel would route elsewhere.
+ROUTER_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv4.conf.all.rp_filter": "0",
+    "net.ipv4.conf.default.rp_filter": "0",
+}
+
+
+def router_spec(lab: Lab, node: Node) -> ContainerSpec:
+    config = build_node_config(lab, node)
+    return ContainerSpec(
+        node=node.name,
+        command=AGENT_COMMAND,
+        files={CONFIG_PATH: config.to_json().encode()},
+        sysctls=dict(ROUTER_SYSCTLS),
+        has_agent=True,
+    )
+
+
+class AgentRouterKind:
+    name = "agent"
+
+    def container_spec(self, lab: Lab, node: Node) -> ContainerSpec:
+        return router_spec(lab, node)

@@ -1,0 +1,91 @@
+"""Resolved Lab + router Node -> the NodeConfig the agent in that container reads.
+
+The classic star: a hub answers every branch attached to it, and each tunnel carries the traffic
+between that branch's LANs and everything else the hub reaches (its own LANs and the LANs of its
+other branches), so branch-to-branch traffic goes through the hub. A branch starts IKE towards each
+of its hubs. Gateways behave like hubs until the load balancer exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from ipaddress import IPv4Network
+
+from vpnlab_agent.config import IkeConfig, InterfaceConfig, NodeConfig, PeerConfig
+
+from vpnlab.errors import LabError
+from vpnlab.topology.model import Lab, Node
+
+HUB_ROLES = ("hub", "gateway")
+
+
+def build_node_config(lab: Lab, node: Node) -> NodeConfig:
+    if not node.is_router:
+        raise LabError(f"node {node.name} is a host: only routers get a node config")
+    if node.role in HUB_ROLES:
+        peers = tuple(_hub_peer(lab, node, b) for b in branches_of(lab, node.name))
+    else:
+        peers = tuple(_branch_peer(lab, node, lab.node(h)) for h in node.hubs)
+    return NodeConfig(
+        lab=lab.name,
+        name=node.name,
+        role=node.role,  # type: ignore[arg-type]  # routers only, checked above
+        implementation=node.implementation,  # type: ignore[arg-type]
+        public_address=_str(node.public_address),
+        interfaces=tuple(
+            InterfaceConfig(
+                name=i.name,
+                kind="wan" if i.name.startswith("wan") else "lan",
+                addresses=(str(i.address),),
+            )
+            for i in node.interfaces
+        ),
+        lan_subnets=_cidrs(node.lan_subnets),
+        dataplane=node.dataplane,
+        ike=IkeConfig(local_id=node.name, psk=node.psk or "", peers=peers),
+        extensions={"mesh": dataclasses.asdict(node.mesh)},
+    )
+
+
+def branches_of(lab: Lab, hub: str) -> tuple[Node, ...]:
+    """Branches attached to `hub`, in lab order."""
+    return tuple(n for n in lab.nodes if n.role == "branch" and hub in n.hubs)
+
+
+def reached_via_hub(lab: Lab, hub: Node, except_branch: str) -> tuple[IPv4Network, ...]:
+    """What a hub offers one branch: its own LANs and the LANs of its other branches."""
+    nets = list(hub.lan_subnets)
+    for b in branches_of(lab, hub.name):
+        if b.name != except_branch:
+            nets.extend(b.lan_subnets)
+    return tuple(nets)
+
+
+def _hub_peer(lab: Lab, hub: Node, branch: Node) -> PeerConfig:
+    return PeerConfig(
+        name=branch.name,
+        remote_id=branch.name,
+        address=_str(branch.public_address),  # None behind NAT: only the branch can start
+        initiate=False,
+        local_ts=_cidrs(reached_via_hub(lab, hub, branch.name)),
+        remote_ts=_cidrs(branch.lan_subnets),
+    )
+
+
+def _branch_peer(lab: Lab, branch: Node, hub: Node) -> PeerConfig:
+    return PeerConfig(
+        name=hub.name,
+        remote_id=hub.name,
+        address=_str(hub.public_address),
+        initiate=True,
+        local_ts=_cidrs(branch.lan_subnets),
+        remote_ts=_cidrs(reached_via_hub(lab, hub, branch.name)),
+    )
+
+
+def _cidrs(nets: tuple[IPv4Network, ...]) -> tuple[str, ...]:
+    return tuple(str(n) for n in nets)
+
+
+def _str(value: object | None) -> str | None:
+    return None if value is None else str(value)

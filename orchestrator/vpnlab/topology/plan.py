@@ -1,0 +1,388 @@
+"""Address planning: validated TopologySpec -> frozen Lab with every address decided.
+
+Deterministic: the same file always gives the same Lab. Rules (docs/topology.md):
+- routers' public addresses from .10 of the underlay upward, in file order, skipping explicit ones;
+- LANs not given: the lowest 10.N.0.0/24 overlapping nothing given or planned, in file order;
+- a router takes the first usable address of each LAN; hosts from .10 upward in the first LAN,
+  explicit host addresses honoured.
+Cross-node rules (unknown hubs, overlaps, collisions) are checked here, each as one TopologyError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+from vpnlab.errors import TopologyError
+from vpnlab.topology.model import (
+    UNDERLAY,
+    Cluster,
+    Context,
+    Interface,
+    Lab,
+    MeshSettings,
+    Node,
+    Segment,
+)
+from vpnlab.topology.schema import (
+    NODE_NAME_RE,
+    MeshSpec,
+    NodeSpec,
+    TopologySpec,
+    parse_cidr,
+)
+
+FIRST_PLANNED_OFFSET = 10  # planned public and host addresses start at .10
+HUB_ROLES = ("hub", "gateway")  # gateways act like hubs for branches (for now)
+
+
+def lan_segment_name(router: str, index: int) -> str:
+    return f"lan-{router}" if index == 0 else f"lan-{router}-{index}"
+
+
+@dataclass
+class _Router:
+    name: str
+    spec: NodeSpec
+    lans: list[IPv4Network] = field(default_factory=list)
+    wan: IPv4Address | None = None
+    hubs: tuple[str, ...] = ()
+
+
+@dataclass
+class _Host:
+    name: str
+    router: str
+    where: str  # the field that introduced it, for errors
+    explicit: IPv4Address | None = None
+    address: IPv4Interface | None = None
+    lan_index: int = 0
+    generated: bool = False  # from a router's `hosts:` (True) or a host node (False)
+
+
+class _Planner:
+    def __init__(self, spec: TopologySpec, source: Path, file: str) -> None:
+        self.spec, self.source, self.file = spec, source, file
+        self.underlay = parse_cidr(spec.internet)
+        self.routers: dict[str, _Router] = {
+            n: _Router(n, s) for n, s in spec.nodes.items() if s.role != "host"
+        }
+
+    def fail(self, where: str, problem: str) -> TopologyError:
+        return TopologyError(self.file, where, problem)
+
+    # --- secret -----------------------------------------------------------------------------------
+
+    def psk(self) -> str:
+        secret = self.spec.secret
+        if secret.psk is not None:
+            return secret.psk
+        assert secret.psk_file is not None
+        path = Path(secret.psk_file)
+        if not path.is_absolute():
+            path = self.source.parent / path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise self.fail("secret.psk_file", f"file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise self.fail("secret.psk_file", f"cannot read {path}: {e}") from None
+        psk = text.strip()
+        if not psk:
+            raise self.fail("secret.psk_file", f"{path} is empty")
+        if "\n" in psk:
+            raise self.fail("secret.psk_file", f"{path} must hold one line, the key")
+        return psk
+
+    # --- hubs -------------------------------------------------------------------------------------
+
+    def attach_branches(self) -> None:
+        hubs = [n for n, r in self.routers.items() if r.spec.role in HUB_ROLES]
+        listed = ", ".join(hubs) or "none"
+        for r in self.routers.values():
+            if r.spec.role != "branch":
+                continue
+            where = f"nodes.{r.name}.hubs"
+            if r.spec.hubs is None:
+                if len(hubs) == 1:
+                    r.hubs = (hubs[0],)
+                    continue
+                if not hubs:
+                    raise self.fail(f"nodes.{r.name}", "a branch needs a hub, and this lab has none")
+                raise self.fail(where, f"required when a lab has several hubs (hubs in this lab: {listed})")
+            for h in r.spec.hubs:
+                if h not in self.spec.nodes:
+                    raise self.fail(where, f"unknown hub {h!r} (hubs in this lab: {listed})")
+                role = self.spec.nodes[h].role
+                if role not in HUB_ROLES:
+                    raise self.fail(where, f"{h!r} is a {role}, not a hub (hubs in this lab: {listed})")
+            r.hubs = tuple(r.spec.hubs)
+
+    # --- LANs -------------------------------------------------------------------------------------
+
+    def plan_lans(self) -> None:
+        taken: list[tuple[IPv4Network, str]] = []  # (subnet, owner) of every LAN so far
+        for r in self.routers.values():
+            for cidr in r.spec.lan or ():
+                net = parse_cidr(cidr)
+                where = f"nodes.{r.name}.lan"
+                if net.prefixlen > 30:
+                    raise self.fail(where, f"LAN {net} is too small (use a /30 or larger)")
+                if net.overlaps(self.underlay):
+                    raise self.fail(where, f"LAN {net} overlaps the underlay (internet: {self.underlay})")
+                for other, owner in taken:
+                    if net.overlaps(other):
+                        whose = "another LAN of the same node" if owner == r.name else f"{owner}'s LAN"
+                        raise self.fail(
+                            where, f"LAN {net} of {r.name} overlaps {whose} {other}"
+                        )
+                taken.append((net, r.name))
+                r.lans.append(net)
+        for r in self.routers.values():
+            if r.lans:
+                continue
+            for n in range(256):
+                net = IPv4Network(f"10.{n}.0.0/24")
+                if not net.overlaps(self.underlay) and not any(net.overlaps(t) for t, _ in taken):
+                    break
+            else:
+                raise self.fail(f"nodes.{r.name}.lan", "no free 10.N.0.0/24 left to plan; give 'lan'")
+            taken.append((net, r.name))
+            r.lans.append(net)
+
+    # --- public addresses -------------------------------------------------------------------------
+
+    def _check_public(self, where: str, addr: IPv4Address, used: dict[IPv4Address, str]) -> None:
+        if addr not in self.underlay:
+            raise self.fail(where, f"{addr} is outside the underlay (internet: {self.underlay})")
+        if addr in (self.underlay.network_address, self.underlay.broadcast_address):
+            raise self.fail(where, f"{addr} is the underlay's network or broadcast address")
+        if addr in used:
+            raise self.fail(where, f"{addr} is already used by {used[addr]}")
+
+    def plan_public(self) -> dict[str, IPv4Address]:
+        used: dict[IPv4Address, str] = {}
+        for r in self.routers.values():
+            if r.spec.public is not None:
+                addr = IPv4Address(r.spec.public)
+                self._check_public(f"nodes.{r.name}.public", addr, used)
+                used[addr] = r.name
+                r.wan = addr
+        cluster_addr: dict[str, IPv4Address] = {}
+        for cname, c in self.spec.clusters.items():
+            if c.address is not None:
+                addr = IPv4Address(c.address)
+                self._check_public(f"clusters.{cname}.address", addr, used)
+                used[addr] = f"cluster {cname}"
+                cluster_addr[cname] = addr
+        candidate = int(self.underlay.network_address) + FIRST_PLANNED_OFFSET
+        last = int(self.underlay.broadcast_address) - 1
+
+        def next_free(who: str) -> IPv4Address:
+            nonlocal candidate
+            while candidate <= last and IPv4Address(candidate) in used:
+                candidate += 1
+            if candidate > last:
+                count = len(self.routers) + len(self.spec.clusters)
+                raise self.fail(
+                    "internet",
+                    f"underlay {self.underlay} is too small for {count} routers and clusters "
+                    f"(planned addresses start at .{FIRST_PLANNED_OFFSET})",
+                )
+            addr = IPv4Address(candidate)
+            used[addr] = who
+            return addr
+
+        for r in self.routers.values():
+            if r.wan is None:
+                r.wan = next_free(r.name)
+        for cname in self.spec.clusters:
+            if cname not in cluster_addr:
+                cluster_addr[cname] = next_free(f"cluster {cname}")
+        return cluster_addr
+
+    # --- hosts ------------------------------------------------------------------------------------
+
+    def collect_hosts(self) -> list[_Host]:
+        """Hosts in Lab order: each router's `hosts:` right after it, host nodes where they appear."""
+        hosts: list[_Host] = []
+        names = set(self.spec.nodes)
+        routers = ", ".join(self.routers) or "none"
+        for name, s in self.spec.nodes.items():
+            if s.role == "host":
+                where = f"nodes.{name}.router"
+                assert s.router is not None
+                if s.router not in self.spec.nodes:
+                    raise self.fail(where, f"unknown router {s.router!r} (routers in this lab: {routers})")
+                if s.router not in self.routers:
+                    raise self.fail(where, f"{s.router!r} is a host, not a router (routers in this lab: {routers})")
+                explicit = IPv4Address(s.address) if s.address is not None else None
+                hosts.append(_Host(name, s.router, f"nodes.{name}.address", explicit))
+                continue
+            if s.hosts is None or s.hosts == 0:
+                continue
+            where = f"nodes.{name}.hosts"
+            if isinstance(s.hosts, int):
+                generated = [f"{name}-h{i}" for i in range(1, s.hosts + 1)]
+                for g in generated:
+                    if not NODE_NAME_RE.match(g):
+                        raise self.fail(
+                            where, f"host name {g!r} would be longer than 15 characters; list the host names instead"
+                        )
+            else:
+                generated = list(s.hosts)
+            for g in generated:
+                if g in names:
+                    raise self.fail(where, f"host name {g!r} is already used by another node")
+                names.add(g)
+                hosts.append(_Host(g, name, where, generated=True))
+        return hosts
+
+    def plan_hosts(self, hosts: list[_Host]) -> None:
+        used: dict[IPv4Address, str] = {}
+        for r in self.routers.values():
+            for lan in r.lans:
+                used[router_address(lan)] = r.name
+        for h in hosts:
+            if h.explicit is None:
+                continue
+            r = self.routers[h.router]
+            lan_list = ", ".join(map(str, r.lans))
+            for i, lan in enumerate(r.lans):
+                if h.explicit in lan:
+                    break
+            else:
+                raise self.fail(h.where, f"{h.explicit} is not in any LAN of {r.name} ({lan_list})")
+            if h.explicit in (lan.network_address, lan.broadcast_address):
+                raise self.fail(h.where, f"{h.explicit} is the network or broadcast address of {lan}")
+            if h.explicit in used:
+                raise self.fail(h.where, f"{h.explicit} is already used by {used[h.explicit]}")
+            used[h.explicit] = h.name
+            h.address, h.lan_index = IPv4Interface(f"{h.explicit}/{lan.prefixlen}"), i
+        for r in self.routers.values():
+            lan = r.lans[0]
+            mine = [h for h in hosts if h.router == r.name and h.explicit is None]
+            candidate = int(lan.network_address) + FIRST_PLANNED_OFFSET
+            for h in mine:
+                while candidate < int(lan.broadcast_address) and IPv4Address(candidate) in used:
+                    candidate += 1
+                if candidate >= int(lan.broadcast_address):
+                    raise self.fail(
+                        f"nodes.{r.name}.lan",
+                        f"LAN {lan} is too small for {len(mine)} planned hosts "
+                        f"(planned host addresses start at .{FIRST_PLANNED_OFFSET})",
+                    )
+                addr = IPv4Address(candidate)
+                used[addr] = h.name
+                h.address = IPv4Interface(f"{addr}/{lan.prefixlen}")
+
+    # --- clusters (reserved) ----------------------------------------------------------------------
+
+    def cluster_of(self) -> dict[str, str]:
+        member_of: dict[str, str] = {}
+        gateways = ", ".join(n for n, r in self.routers.items() if r.spec.role == "gateway") or "none"
+        for cname, c in self.spec.clusters.items():
+            where = f"clusters.{cname}.members"
+            for m in c.members:
+                if m not in self.spec.nodes:
+                    raise self.fail(where, f"unknown gateway {m!r} (gateways in this lab: {gateways})")
+                if self.spec.nodes[m].role != "gateway":
+                    raise self.fail(where, f"{m!r} is a {self.spec.nodes[m].role}, not a gateway")
+                if m in member_of:
+                    raise self.fail(where, f"{m!r} is already a member of cluster {member_of[m]!r}")
+                member_of[m] = cname
+        return member_of
+
+    # --- assembly ---------------------------------------------------------------------------------
+
+    def build(self) -> Lab:
+        psk = self.psk()
+        self.attach_branches()
+        member_of = self.cluster_of()
+        self.plan_lans()
+        cluster_addr = self.plan_public()
+        hosts = self.collect_hosts()
+        self.plan_hosts(hosts)
+        defaults = self.spec.defaults
+
+        nodes: list[Node] = []
+        segments = [Segment(UNDERLAY, "underlay", self.underlay)]
+        for r in self.routers.values():
+            for i, lan in enumerate(r.lans):
+                segments.append(Segment(lan_segment_name(r.name, i), "lan", lan))
+        for name, s in self.spec.nodes.items():
+            if s.role == "host":
+                nodes.append(self._host_node(next(h for h in hosts if h.name == name)))
+                continue
+            r = self.routers[name]
+            assert r.wan is not None
+            ifaces = [Interface("wan0", UNDERLAY, IPv4Interface(f"{r.wan}/{self.underlay.prefixlen}"))]
+            for i, lan in enumerate(r.lans):
+                ifaces.append(
+                    Interface(f"lan{i}", lan_segment_name(name, i), IPv4Interface(f"{router_address(lan)}/{lan.prefixlen}"))
+                )
+            nodes.append(
+                Node(
+                    name=name,
+                    role=s.role,
+                    implementation=s.implementation,
+                    interfaces=tuple(ifaces),
+                    public_address=None if s.nat else r.wan,
+                    lan_subnets=tuple(r.lans),
+                    hubs=r.hubs,
+                    psk=psk,
+                    dataplane=s.dataplane or defaults.dataplane,
+                    behind_nat=s.nat,
+                    mesh=_mesh(defaults.mesh, s.mesh),
+                    contexts=tuple(Context(c.name, parse_cidr(c.lan)) for c in s.contexts or ()),
+                    cluster=member_of.get(name),
+                )
+            )
+            # hosts declared with `hosts:` follow their router
+            nodes.extend(self._host_node(h) for h in hosts if h.router == name and h.generated)
+        clusters = tuple(
+            Cluster(cname, tuple(c.members), cluster_addr[cname]) for cname, c in self.spec.clusters.items()
+        )
+        return Lab(
+            name=self.spec.name,
+            source=self.source,
+            underlay=self.underlay,
+            segments=tuple(segments),
+            nodes=tuple(nodes),
+            clusters=clusters,
+        )
+
+    def _host_node(self, h: _Host) -> Node:
+        r = self.routers[h.router]
+        assert h.address is not None
+        lan = r.lans[h.lan_index]
+        return Node(
+            name=h.name,
+            role="host",
+            implementation="host",
+            interfaces=(Interface("eth0", lan_segment_name(r.name, h.lan_index), h.address),),
+            router=r.name,
+            gateway=router_address(lan),
+        )
+
+
+def router_address(lan: IPv4Network) -> IPv4Address:
+    """A router takes the first usable address of each of its LANs."""
+    return lan.network_address + 1
+
+
+def _mesh(default: MeshSpec | None, own: MeshSpec | None) -> MeshSettings:
+    """Node mesh keys override the defaults key by key."""
+    merged: dict[str, object] = {}
+    for spec in (default, own):
+        if spec is not None:
+            merged.update({k: getattr(spec, k) for k in spec.model_fields_set})
+    base = MeshSpec.model_validate(merged)
+    return MeshSettings(
+        enabled=base.enabled, idle_timeout_s=base.idle_timeout, max_tunnels=base.max_tunnels
+    )
+
+
+def plan_lab(spec: TopologySpec, source: Path, file: str) -> Lab:
+    return _Planner(spec, source, file).build()

@@ -1,0 +1,270 @@
+"""The raw topology file as pydantic v2 models: the YAML boundary, nothing else uses pydantic.
+
+Everything is strict (`extra="forbid"`, no silent str->int coercion) so that a typo is an error
+rather than a default. Cross-field rules that need the whole lab (unknown hubs, overlaps, address
+collisions) live in plan.py; rules about one node's own keys live here.
+"""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
+NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
+
+DEFAULT_INTERNET = "198.51.100.0/24"
+
+RouterRole = Literal["hub", "branch", "gateway"]
+NodeRole = Literal["hub", "branch", "gateway", "host"]
+ImplementationName = Literal["agent", "strongswan"]
+DataplaneName = Literal["auto", "userspace", "xfrm"]
+
+# Which keys each role may use; anything else set on a node of that role is refused.
+HOST_KEYS = frozenset({"role", "router", "address"})
+ROUTER_KEYS = frozenset(
+    {"role", "implementation", "lan", "hosts", "public", "dataplane", "mesh", "contexts"}
+)
+ROLE_KEYS: dict[str, frozenset[str]] = {
+    "hub": ROUTER_KEYS,
+    "gateway": ROUTER_KEYS,
+    "branch": ROUTER_KEYS | {"hubs", "nat"},
+    "host": HOST_KEYS,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def parse_cidr(value: Any) -> IPv4Network:
+    """An IPv4 network in CIDR form with no host bits set; ValueError with a short reason otherwise."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a CIDR such as 10.1.0.0/24, got {value!r}")
+    if "/" not in value:
+        raise ValueError(f"invalid CIDR {value!r}: missing prefix length (such as /24)")
+    if ":" in value:
+        raise ValueError(f"invalid CIDR {value!r}: only IPv4 is supported")
+    try:
+        net = IPv4Network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"invalid CIDR {value!r}") from None
+    if net.network_address != IPv4Address(value.split("/")[0]):
+        raise ValueError(f"invalid CIDR {value!r}: host bits are set (did you mean {net}?)")
+    return net
+
+
+def parse_ipv4(value: Any) -> IPv4Address:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IPv4 address such as 198.51.100.20, got {value!r}")
+    try:
+        return IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"invalid IPv4 address {value!r}") from None
+
+
+def check_node_name(value: str, what: str = "node name") -> str:
+    if not NODE_NAME_RE.match(value):
+        raise ValueError(
+            f"bad {what} {value!r}: use 1-15 lowercase letters, digits or '-', starting with a letter"
+        )
+    return value
+
+
+class PskSecret(_Strict):
+    psk: str | None = None
+    psk_file: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PskSecret:
+        if (self.psk is None) == (self.psk_file is None):
+            raise ValueError("give exactly one of psk or psk_file")
+        if self.psk is not None and not self.psk.strip():
+            raise ValueError("psk is empty")
+        return self
+
+
+class MeshSpec(_Strict):  # reserved: Advanced Mesh VPN
+    enabled: bool = False
+    idle_timeout: int = Field(default=300, gt=0)
+    max_tunnels: int | None = Field(default=None, gt=0)
+
+
+class DefaultsSpec(_Strict):
+    dataplane: DataplaneName = "auto"
+    mesh: MeshSpec | None = None
+
+
+class ContextSpec(_Strict):  # reserved: HSVPN routing context
+    name: str
+    lan: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_node_name(v, "context name")
+
+    @field_validator("lan")
+    @classmethod
+    def _lan(cls, v: str) -> str:
+        parse_cidr(v)
+        return v
+
+
+class NodeSpec(_Strict):
+    role: NodeRole
+    # routers
+    implementation: ImplementationName = "agent"
+    lan: list[str] | None = None
+    hosts: int | list[str] | None = None
+    public: str | None = None
+    dataplane: DataplaneName | None = None
+    mesh: MeshSpec | None = None
+    contexts: list[ContextSpec] | None = None
+    # branches
+    hubs: list[str] | None = None
+    nat: bool = False
+    # hosts
+    router: str | None = None
+    address: str | None = None
+
+    @field_validator("lan", mode="before")
+    @classmethod
+    def _lan_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list):
+            raise ValueError(f"expected a CIDR or a list of CIDRs, got {v!r}")
+        if not v:
+            raise ValueError("empty list: omit 'lan' to have it planned")
+        for item in v:
+            parse_cidr(item)
+        return v
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _hosts(cls, v: Any) -> Any:
+        # bool is an int in Python; 'hosts: yes' is a mistake, not 1 host
+        if isinstance(v, bool) or not isinstance(v, (int, list)):
+            raise ValueError(f"expected a number of hosts or a list of host names, got {v!r}")
+        if isinstance(v, int):
+            if v < 0 or v > 200:
+                raise ValueError(f"host count must be between 0 and 200, got {v}")
+            return v
+        seen: set[str] = set()
+        for name in v:
+            if not isinstance(name, str):
+                raise ValueError(f"host names must be strings, got {name!r}")
+            check_node_name(name, "host name")
+            if name in seen:
+                raise ValueError(f"host {name!r} is listed twice")
+            seen.add(name)
+        return v
+
+    @field_validator("public", "address", mode="before")
+    @classmethod
+    def _ipv4(cls, v: Any) -> Any:
+        if v is not None:
+            parse_ipv4(v)
+        return v
+
+    @field_validator("hubs")
+    @classmethod
+    def _hubs(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("empty list: name at least one hub")
+        dup = sorted({h for h in v if v.count(h) > 1})
+        if dup:
+            raise ValueError(f"hub {dup[0]!r} is listed twice")
+        return v
+
+    @field_validator("contexts")
+    @classmethod
+    def _contexts(cls, v: list[ContextSpec]) -> list[ContextSpec]:
+        names = [c.name for c in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"context {dup[0]!r} is defined twice")
+        return v
+
+    @model_validator(mode="after")
+    def _keys_fit_role(self) -> NodeSpec:
+        allowed = ROLE_KEYS[self.role]
+        for key in self.model_fields_set:
+            if key not in allowed:
+                raise ValueError(
+                    f"key {key!r} is not allowed for role {self.role} "
+                    f"(a {self.role} takes: {', '.join(sorted(allowed))})"
+                )
+        if self.role == "host" and self.router is None:
+            raise ValueError("a host needs 'router': the router whose LAN it sits in")
+        if self.nat and self.public is not None:
+            raise ValueError("a branch with nat: true has no public address; drop 'public'")
+        return self
+
+
+class ClusterSpec(_Strict):  # reserved: IKEv2 load balancer
+    members: list[str] = Field(min_length=1)
+    address: str | None = None
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _ipv4(cls, v: Any) -> Any:
+        if v is not None:
+            parse_ipv4(v)
+        return v
+
+
+class TopologySpec(_Strict):
+    name: str
+    internet: str = DEFAULT_INTERNET
+    secret: PskSecret
+    defaults: DefaultsSpec = DefaultsSpec()
+    nodes: dict[str, NodeSpec] = Field(min_length=1)
+    clusters: dict[str, ClusterSpec] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        check_lab_name(v)
+        return v
+
+    @field_validator("internet", mode="before")
+    @classmethod
+    def _internet(cls, v: Any) -> Any:
+        net = parse_cidr(v)
+        if net.prefixlen > 28:
+            raise ValueError(f"underlay {net} is too small: use a /28 or larger")
+        return v
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _node_names(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for key in v:
+                if not isinstance(key, str):
+                    raise ValueError(f"node names must be strings, got {key!r} (quote it)")
+                check_node_name(key)
+        return v
+
+    @field_validator("clusters", mode="before")
+    @classmethod
+    def _cluster_names(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for key in v:
+                if not isinstance(key, str):
+                    raise ValueError(f"cluster names must be strings, got {key!r} (quote it)")
+                check_node_name(key, "cluster name")
+        return v
+
+
+def check_lab_name(value: str) -> str:
+    if not LAB_NAME_RE.match(value):
+        raise ValueError(
+            f"bad lab name {value!r}: use 1-12 lowercase letters, digits or '-', starting with a "
+            "letter (it becomes part of namespace and container names)"
+        )
+    return value

@@ -1,0 +1,68 @@
+"""Every shipped topology in topologies/ loads and plans as documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vpnlab.errors import TopologyError
+from vpnlab.topology import check_supported, load_topology
+
+TOPOLOGIES = Path(__file__).resolve().parents[3] / "topologies"
+FILES = sorted(TOPOLOGIES.glob("*.yml"))
+
+
+def test_the_expected_files_exist() -> None:
+    names = {p.name for p in FILES}
+    assert {"hub-spoke.yml", "minimal.yml", "strongswan-branch.yml", "strongswan-hub.yml", "bench-20.yml", "mesh.yml"} <= names
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_loads(path: Path) -> None:
+    lab = load_topology(path)
+    assert lab.routers
+    # every router LAN has exactly one segment, every host sits on one of its router's segments
+    for host in lab.hosts:
+        router = lab.node(host.router)
+        assert host.interfaces[0].segment in {i.segment for i in router.interfaces}
+
+
+def test_hub_spoke() -> None:
+    lab = load_topology(TOPOLOGIES / "hub-spoke.yml")
+    assert [n.name for n in lab.routers] == ["hub", "br1", "br2", "br3"]
+    assert len(lab.hosts) == 4
+    check_supported(lab)
+
+
+def test_minimal() -> None:
+    lab = load_topology(TOPOLOGIES / "minimal.yml")
+    assert [(n.role, len(n.hubs)) for n in lab.routers] == [("hub", 0), ("branch", 1), ("branch", 1)]
+    assert len(lab.hosts) == 3
+    check_supported(lab)
+
+
+def test_strongswan_files() -> None:
+    branch = load_topology(TOPOLOGIES / "strongswan-branch.yml")
+    assert (branch.node("hub").implementation, branch.node("br1").implementation) == ("agent", "strongswan")
+    hub = load_topology(TOPOLOGIES / "strongswan-hub.yml")
+    assert (hub.node("hub").implementation, hub.node("br1").implementation) == ("strongswan", "agent")
+    for lab in (branch, hub):
+        assert len(lab.hosts) == 2
+        check_supported(lab)
+
+
+def test_bench_20() -> None:
+    lab = load_topology(TOPOLOGIES / "bench-20.yml")
+    assert len(lab.routers) == 21 and len(lab.hosts) == 20
+    assert len(lab.name) <= 8
+    assert str(lab.node("br20").public_address) == "198.51.100.30"
+    check_supported(lab)
+
+
+def test_mesh_is_reserved() -> None:
+    lab = load_topology(TOPOLOGIES / "mesh.yml")
+    assert sum(n.mesh.enabled for n in lab.routers) == 4  # the hub turns it off
+    assert lab.node("br3").mesh.idle_timeout_s == 60
+    with pytest.raises(TopologyError, match="not implemented yet"):
+        check_supported(lab)
