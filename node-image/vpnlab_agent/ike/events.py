@@ -1,0 +1,68 @@
+"""What an IkeEndpoint tells its owner: frozen records popped with `IkeEndpoint.next_event()`.
+
+The owner (io/ike_service.py) installs ChildSAUp into the data plane, removes ChildSADeleted, and
+logs the rest. Events are plain data so tests can compare them and the agent can log them as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vpnlab_agent.sa import ChildSA
+
+
+@dataclass(frozen=True)
+class IkeSAUp:
+    peer: str
+    spi_i: bytes
+    spi_r: bytes
+    initiator: bool
+    suite_desc: str  # e.g. "aes128gcm16-prfsha256-ecp256"
+    remote_addr: tuple[str, int]
+    rekey: bool = False  # True when this IKE SA replaces an older one (children moved to it)
+
+
+@dataclass(frozen=True)
+class ChildSAUp:
+    child: ChildSA
+    rekey_of: int | None  # spi_in of the child SA this one replaces (make-before-break), else None
+
+
+@dataclass(frozen=True)
+class ChildSADeleted:
+    peer: str
+    spi_in: int
+    reqid: int
+
+
+@dataclass(frozen=True)
+class IkeSADown:
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AuthFailed:
+    peer: str  # configured peer name, or the identity the peer claimed when it matched no peer
+    addr: tuple[str, int]
+    reason: str
+
+
+@dataclass(frozen=True)
+class NotifyReceived:
+    """A private notify (type >= VPNLAB_PRIVATE_BASE) from a peer that announced our Vendor ID."""
+
+    peer: str
+    notify_type: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Redirected:
+    """Reserved for RFC 5685 REDIRECT (the load balancer feature); not emitted yet."""
+
+    peer: str
+    new_addr: str
+
+
+Event = IkeSAUp | ChildSAUp | ChildSADeleted | IkeSADown | AuthFailed | NotifyReceived | Redirected
