@@ -153,13 +153,15 @@ def deploy(
     ready_timeout: float = READY_TIMEOUT_S,
 ) -> DeployResult:
     """The whole `vpnlab deploy`: topology → environment → image → lab."""
-    from vpnlab.environment import check_docker, check_privileges
-    from vpnlab.image import ensure_image
     from vpnlab.topology import check_supported
 
     # The file first: its mistakes are the user's most likely ones and need neither root nor Docker.
     lab = load_lab(topology, name)
     check_supported(lab)
+
+    from vpnlab.environment import check_docker, check_privileges
+    from vpnlab.image import ensure_image
+
     check_privileges()
     check_docker()
     rt = _runtime(runtime)
@@ -218,12 +220,12 @@ def _container_specs(lab: Lab) -> dict[str, ContainerSpec]:
     return {node.name: kind_for(node).container_spec(lab, node) for node in lab.nodes}
 
 
-def _labels(lab: Lab, node: Node, spec: ContainerSpec) -> dict[str, str]:
+def _labels(lab: Lab, node: Node) -> dict[str, str]:
     return {
         LABEL_LAB: lab.name,
         LABEL_NODE: node.name,
         LABEL_ROLE: node.role,
-        LABEL_KIND: node.implementation if spec.has_agent else "host",
+        LABEL_KIND: node.implementation,  # "host" for end hosts: inspect asks only the others for status
         LABEL_TOPOLOGY: str(Path(lab.source).resolve()) if str(lab.source) else "",
     }
 
@@ -240,7 +242,7 @@ def _start_and_wire(
         if cancelled.is_set():
             raise LabError("cancelled")
         spec = specs[node.name]
-        return rt.start(container_name(lab.name, node.name), image, spec, _labels(lab, node, spec))
+        return rt.start(container_name(lab.name, node.name), image, spec, _labels(lab, node))
 
     report.start("containers", len(lab.nodes))
     pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vpnlab-start")
@@ -334,8 +336,8 @@ def destroy(name: str, runtime: Runtime | None = None) -> DestroyResult:
     """Remove the lab's containers (by label, in parallel) and its fabric netns. No-op when absent.
     The lab creates nothing in the host namespace (no links, no iptables rules, no files), so
     there is nothing else to remove."""
-    rt = _runtime(runtime)
     check_lab_name(name)
+    rt = _runtime(runtime)
     containers = rt.containers(name)
     if containers:
         with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vpnlab-rm") as pool:
@@ -381,8 +383,8 @@ def list_labs(runtime: Runtime | None = None) -> list[LabSummary]:
 
 
 def inspect_lab(name: str, runtime: Runtime | None = None) -> LabView:
-    rt = _runtime(runtime)
     check_lab_name(name)
+    rt = _runtime(runtime)
     containers = rt.containers(name)
     netns = fabric_netns_name(name)
     if not containers and not netns_exists(netns):
@@ -423,10 +425,10 @@ def exec_node(
     runtime: Runtime | None = None,
 ) -> int:
     """Run argv in a node, streaming its output; returns its exit code."""
-    rt = _runtime(runtime)
     check_lab_name(lab)
     if not argv:
         raise LabError("exec: no command given (vpnlab exec LAB NODE -- CMD ...)")
+    rt = _runtime(runtime)
     info = rt.get(container_name(lab, node))
     if info is None or info.lab != lab:
         nodes = sorted(c.node for c in rt.containers(lab))

@@ -1,0 +1,102 @@
+"""Deploy and destroy a 41-node lab (1 hub + 20 branches + 20 hosts) and read every agent's RSS.
+
+    .venv/bin/python benchmarks/deploy_scale.py [--topology topologies/bench-20.yml] [--json]
+
+Goals on a 2-core machine: deploy <= 60 s, destroy <= 15 s, agent RSS <= 40 MB (max and mean).
+The image is built (or found) before the clock starts: deploy time is the lab, not debootstrap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from vpnlab import lab as labs
+from vpnlab.image import ensure_image
+from vpnlab.runtime.docker import DockerRuntime
+
+REPO = Path(__file__).resolve().parents[1]
+GOALS = {"deploy_s": 60.0, "destroy_s": 15.0, "agent_rss_max_mb": 40.0, "agent_rss_mean_mb": 40.0}
+
+
+def agent_rss_mb(init_pid: int) -> float | None:
+    """VmRSS of the agent: the process under the container's init whose command is vpnlab_agent."""
+    pids = [init_pid]
+    seen = set()
+    while pids:
+        pid = pids.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"vpnlab_agent" in cmdline and b"run" in cmdline:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pids += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return None
+
+
+def run(topology: Path, settle_s: float) -> dict[str, float | int]:
+    runtime = DockerRuntime()
+    ensure_image()
+    lab = labs.load_lab(topology)
+    labs.destroy(lab.name, runtime=runtime)  # a previous, interrupted run
+    started = time.monotonic()
+    try:
+        labs.deploy(topology, runtime=runtime)
+        deploy_s = time.monotonic() - started
+        time.sleep(settle_s)  # let agents reach their steady state before reading memory
+        rss = []
+        for c in runtime.containers(lab.name):
+            if c.kind != "host":
+                value = agent_rss_mb(c.pid)
+                if value is None:
+                    raise RuntimeError(f"no agent process found in {c.name}")
+                rss.append(value)
+    finally:
+        started_destroy = time.monotonic()
+        labs.destroy(lab.name, runtime=runtime)
+        destroy_s = time.monotonic() - started_destroy
+    return {
+        "nodes": len(lab.nodes),
+        "routers": len(lab.routers),
+        "deploy_s": round(deploy_s, 2),
+        "destroy_s": round(destroy_s, 2),
+        "agent_rss_max_mb": round(max(rss), 1),
+        "agent_rss_mean_mb": round(statistics.mean(rss), 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--topology", type=Path, default=REPO / "topologies" / "bench-20.yml")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds between ready and reading RSS")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    figures = run(args.topology, args.settle)
+    if args.json:
+        print(json.dumps({"figures": figures, "goals": GOALS}, indent=2))
+        return 0
+    table = Table("metric", "value", "goal", "met", title=f"{args.topology.name}: {figures['nodes']} nodes")
+    units = {"deploy_s": "s", "destroy_s": "s", "agent_rss_max_mb": "MB", "agent_rss_mean_mb": "MB"}
+    for key, goal in GOALS.items():
+        value = figures[key]
+        table.add_row(key, f"{value} {units[key]}", f"<= {goal:g} {units[key]}", "yes" if value <= goal else "[red]no[/]")
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

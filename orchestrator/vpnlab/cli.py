@@ -1,0 +1,232 @@
+"""The `vpnlab` command. The only module that prints or exits: library errors (VpnlabError)
+become one red line on stderr and exit code 1, never a traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from vpnlab.errors import VpnlabError
+
+app = typer.Typer(
+    name="vpnlab",
+    help="Container lab for multi-site IPsec VPN designs: deploy a YAML topology as Docker containers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    try:
+        yield
+    except VpnlabError as exc:
+        err.print(f"error: {exc}", style="red", markup=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted", style="red", markup=False)
+        raise typer.Exit(130) from None
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    )
+
+
+@app.command()
+def deploy(
+    topology: Annotated[Path, typer.Argument(help="Topology file (YAML), e.g. topologies/hub-spoke.yml.")],
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Run the lab under this name instead of the file's `name`.")
+    ] = None,
+    reconfigure: Annotated[
+        bool, typer.Option("--reconfigure", help="Destroy a running lab of the same name first.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds to wait for every agent to report ready.")
+    ] = 90.0,
+) -> None:
+    """Build the node image if needed, then start and wire the lab."""
+    from vpnlab import lab as labs
+
+    with _reported():
+        with _progress() as progress:
+            result = labs.deploy(topology, name=name, reconfigure=reconfigure, progress=progress, ready_timeout=timeout)
+        out.print(f"lab [bold]{result.lab}[/] is up: {result.containers} containers in {result.seconds:.1f} s")
+        out.print("Look at it:", style="dim")
+        out.print(f"  vpnlab inspect {result.lab}", markup=False)
+        out.print(f"  vpnlab exec {result.lab} <node> -- ip addr", markup=False)
+        out.print(f"  ip netns exec {result.fabric_netns} tcpdump -ni inet     # the emulated internet", markup=False)
+        out.print(f"  vpnlab destroy {result.lab}", markup=False)
+
+
+@app.command()
+def destroy(
+    target: Annotated[
+        Optional[str], typer.Argument(help="Lab name, or the topology file it was deployed from.")
+    ] = None,
+    all_labs: Annotated[bool, typer.Option("--all", help="Destroy every vpnlab lab on this machine.")] = False,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="With a topology file: the name it was deployed under.")
+    ] = None,
+) -> None:
+    """Remove everything a lab created (found by label and name); a no-op when nothing is left."""
+    from vpnlab import lab as labs
+
+    with _reported():
+        if all_labs == (target is not None):
+            raise VpnlabError("destroy: give a lab name or topology file, or --all (not both)")
+        if all_labs:
+            results = labs.destroy_all()
+        else:
+            assert target is not None
+            results = [labs.destroy(check_name(name) if name else labs.resolve_lab_name(target))]
+        if not results or not any(r.found_anything for r in results):
+            out.print("nothing to destroy" + (f": no lab {results[0].lab}" if results else ""))
+        for r in results:
+            if r.found_anything:
+                out.print(f"destroyed {r.lab}: {r.containers_removed} containers, fabric netns {'removed' if r.netns_removed else 'absent'}")
+
+
+def check_name(name: str) -> str:
+    from vpnlab.lab import check_lab_name
+
+    return check_lab_name(name)
+
+
+@app.command()
+def inspect(
+    lab: Annotated[Optional[str], typer.Argument(help="Lab name; without it, list the running labs.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the running labs, or one lab's nodes: state, addresses, agent readiness and SAs."""
+    from vpnlab import lab as labs
+
+    with _reported():
+        if lab is None:
+            summaries = labs.list_labs()
+            if as_json:
+                out.print_json(json.dumps({"labs": [dataclasses.asdict(s) for s in summaries]}))
+                return
+            if not summaries:
+                out.print("no labs running")
+                return
+            table = Table("lab", "nodes", "running", "fabric", "topology")
+            for s in summaries:
+                table.add_row(s.name, str(s.nodes), str(s.running), "yes" if s.fabric_present else "no", s.topology)
+            out.print(table)
+            return
+        view = labs.inspect_lab(labs.resolve_lab_name(lab))
+        if as_json:
+            data = dataclasses.asdict(view)
+            for node, obj in zip(view.nodes, data["nodes"]):
+                obj["up"] = node.up
+            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+            return
+        out.print(_lab_table(view))
+
+
+def _lab_table(view: Any) -> Table:
+    table = Table(
+        "node", "role", "kind", "state", "up", "addresses", "dataplane", "IKE SAs", "child SAs", "notes",
+        title=f"lab {view.name}  (fabric netns {view.fabric_netns}{'' if view.fabric_present else ': MISSING'})",
+    )
+    for n in view.nodes:
+        addrs = "\n".join(f"{ifname} {' '.join(a)}" for ifname, a in sorted(n.addresses.items()) if a)
+        agent = n.agent or {}
+        notes = n.problem or "; ".join(map(str, agent.get("errors") or []))
+        table.add_row(
+            n.name,
+            n.role,
+            n.kind,
+            n.state,
+            "[green]yes[/]" if n.up else "[red]no[/]",
+            addrs,
+            str(agent.get("dataplane", "")) if n.agent else "",
+            str(len(agent.get("ike_sas") or [])) if n.agent else "",
+            str(len(agent.get("child_sas") or [])) if n.agent else "",
+            notes,
+        )
+    return table
+
+
+@app.command(
+    "exec",
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+)
+def exec_(
+    lab: Annotated[str, typer.Argument(help="Lab name.")],
+    node: Annotated[str, typer.Argument(help="Node name, e.g. br1 or br1-h1.")],
+    command: Annotated[list[str], typer.Argument(help="Command and its arguments (after --).")],
+) -> None:
+    """Run a command in a node and stream its output; exits with the command's exit code."""
+    from vpnlab import lab as labs
+
+    with _reported():
+        code = labs.exec_node(lab, node, list(command), sys.stdout.buffer, sys.stderr.buffer)
+    raise typer.Exit(code)
+
+
+@app.command()
+def graph(
+    topology: Annotated[Path, typer.Argument(help="Topology file (YAML).")],
+    output: Annotated[
+        Optional[Path],
+        typer.Option("-o", "--output", help="Write a picture: .png, .svg, .dot or .mmd (mermaid). Default: dot on stdout."),
+    ] = None,
+) -> None:
+    """Draw the topology: internet, routers, LANs, hosts and the hub tunnels."""
+    from vpnlab import graph as graphs
+    from vpnlab.topology import load_topology
+
+    with _reported():
+        lab = load_topology(topology)
+        if output is None:
+            sys.stdout.write(graphs.render(lab, "dot").decode())
+            return
+        data = graphs.render(lab, graphs.fmt_from_suffix(output))
+        try:
+            output.write_bytes(data)
+        except OSError as exc:
+            raise VpnlabError(f"cannot write {output}: {exc.strerror or exc}") from None
+        out.print(f"wrote {output}", markup=False)
+
+
+@app.command()
+def image(
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when the image is up to date.")] = False,
+) -> None:
+    """Build the node image (Debian packages via debootstrap, plus the agent) unless it is current."""
+    from vpnlab.environment import check_docker, check_privileges
+    from vpnlab.image import ensure_image
+
+    with _reported():
+        check_privileges()
+        check_docker()
+        with _progress() as progress:
+            tag = ensure_image(force=force, progress=progress)
+        out.print(tag, markup=False)
+
+
+def main() -> None:
+    app(prog_name="vpnlab")

@@ -1,0 +1,81 @@
+"""Bad input to the CLI: exit code 1 (2 for usage errors), one line on stderr, no traceback.
+None of these reach a Docker engine: names and files are checked first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vpnlab.cli import app
+
+runner = CliRunner()
+
+
+def _fails_with_one_line(args: list[str], *expected: str) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, (result.exit_code, result.output)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [[], ["deploy"], ["destroy"], ["inspect"], ["exec"], ["graph"], ["image"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_deploy_of_a_missing_file_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yml"
+    _fails_with_one_line(["deploy", str(missing)], "nope.yml")
+
+
+def test_deploy_of_a_file_that_is_not_yaml_names_it(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("name: [unclosed\n  nodes: {")
+    _fails_with_one_line(["deploy", str(bad)], "bad.yml")
+
+
+def test_deploy_with_an_invalid_lab_name_is_refused() -> None:
+    _fails_with_one_line(["deploy", "topologies/minimal.yml", "--name", "Bad_Name"], "invalid lab name", "Bad_Name")
+
+
+def test_deploy_with_a_lab_name_too_long_for_interface_names_is_refused() -> None:
+    _fails_with_one_line(["deploy", "topologies/minimal.yml", "--name", "abcdefghijklm"], "at most 12")
+
+
+def test_destroy_needs_a_lab_or_all_but_not_both() -> None:
+    _fails_with_one_line(["destroy"], "--all")
+    _fails_with_one_line(["destroy", "x", "--all"], "not both")
+
+
+@pytest.mark.parametrize("command", [["destroy", "No_Such"], ["inspect", "UPPER"], ["exec", "a b", "n", "--", "ls"]])
+def test_bad_lab_names_are_refused_before_anything_runs(command: list[str]) -> None:
+    _fails_with_one_line(command, "invalid lab name")
+
+
+def test_exec_without_a_command_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["exec", "lab", "node"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_graph_of_a_missing_file_names_it(tmp_path: Path) -> None:
+    _fails_with_one_line(["graph", str(tmp_path / "gone.yml")], "gone.yml")
+
+
+def test_graph_to_an_unknown_format_is_refused(tmp_path: Path) -> None:
+    _fails_with_one_line(["graph", "topologies/minimal.yml", "-o", str(tmp_path / "x.bogus")], "bogus")
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["deplyo"])
+    assert result.exit_code == 2
