@@ -789,6 +789,7 @@ class IkeSession:
             out = [Notify(ProtocolId.NONE, b"", e.notify, e.data)]
             self.ep.log(f"{self.peer_name}: refused {ExchangeType(hdr.exchange).name}: {e}")
         except Exception as e:  # noqa: BLE001 - peer input must never take the agent down
+            self.ep.internal_errors += 1
             self.ep.log(f"{self.peer_name}: internal error handling request: {type(e).__name__}: {e}")
             out = [Notify(ProtocolId.NONE, b"", NotifyType.TEMPORARY_FAILURE)]
         if out is not None and self.sk_out is not None:
