@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -144,30 +145,44 @@ def inspect(
             sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
             return
         out.print(_lab_table(view))
+        for note in _lab_notes(view):
+            out.print(note, style="yellow", markup=False)
 
 
 def _lab_table(view: Any) -> Table:
     table = Table(
-        "node", "role", "kind", "state", "up", "addresses", "dataplane", "IKE SAs", "child SAs", "notes",
-        title=f"lab {view.name}  (fabric netns {view.fabric_netns}{'' if view.fabric_present else ': MISSING'})",
+        title=f"lab {view.name}, fabric netns {view.fabric_netns}{'' if view.fabric_present else ' (MISSING)'}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
+    table.add_column("node", no_wrap=True)
+    for header in ("role", "kind", "up"):
+        table.add_column(header)
+    table.add_column("addresses", no_wrap=True)
+    for header in ("engine", "IKE", "child"):
+        table.add_column(header)
     for n in view.nodes:
         addrs = "\n".join(f"{ifname} {' '.join(a)}" for ifname, a in sorted(n.addresses.items()) if a)
         agent = n.agent or {}
-        notes = n.problem or "; ".join(map(str, agent.get("errors") or []))
         table.add_row(
             n.name,
             n.role,
             n.kind,
-            n.state,
-            "[green]yes[/]" if n.up else "[red]no[/]",
+            "[green]yes[/]" if n.up else f"[red]no[/] ({n.state})",
             addrs,
-            str(agent.get("dataplane", "")) if n.agent else "",
+            str(agent.get("dataplane") or "-") if n.agent else "",
             str(len(agent.get("ike_sas") or [])) if n.agent else "",
             str(len(agent.get("child_sas") or [])) if n.agent else "",
-            notes,
         )
     return table
+
+
+def _lab_notes(view: Any) -> list[str]:
+    notes = []
+    for n in view.nodes:
+        for note in ([n.problem] if n.problem else []) + [str(e) for e in (n.agent or {}).get("errors") or []]:
+            notes.append(f"{n.name}: {note}")
+    return notes
 
 
 @app.command(
@@ -183,7 +198,10 @@ def exec_(
     from vpnlab import lab as labs
 
     with _reported():
-        code = labs.exec_node(lab, node, list(command), sys.stdout.buffer, sys.stderr.buffer)
+        argv = list(command)
+        if argv[:1] == ["--"]:  # click hands the separator through when options are not parsed
+            argv = argv[1:]
+        code = labs.exec_node(lab, node, argv, sys.stdout.buffer, sys.stderr.buffer)
     raise typer.Exit(code)
 
 

@@ -55,7 +55,7 @@ def lab_name(request: pytest.FixtureRequest, runtime: DockerRuntime) -> Callable
     return make
 
 
-def leftovers(name: str, runtime: DockerRuntime) -> list[str]:
+def _leftovers(name: str, runtime: DockerRuntime) -> list[str]:
     """Everything of lab `name` that is still on this machine; [] after a clean destroy."""
     found = [f"container {c.name}" for c in runtime.containers(name)]
     found += [
@@ -78,7 +78,24 @@ def leftovers(name: str, runtime: DockerRuntime) -> list[str]:
     return found
 
 
-def ping(runtime: DockerRuntime, lab: str, node: str, address: str) -> tuple[bool, str]:
+def _ping(runtime: DockerRuntime, lab: str, node: str, address: str) -> tuple[bool, str]:
     """Real ICMP echo from inside a node (iputils ping in the image); True if any reply came."""
     result = runtime.exec_capture(f"vpnlab-{lab}-{node}", ["ping", "-c", "3", "-i", "0.2", "-W", "2", str(address)])
     return result.exit_code == 0, (result.stdout + result.stderr).decode(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def topologies() -> Path:
+    return TOPOLOGIES
+
+
+@pytest.fixture
+def leftovers(runtime: DockerRuntime) -> Callable[[str], list[str]]:
+    """leftovers(lab) -> what of that lab is still on this machine ([] after a clean destroy)."""
+    return lambda name: _leftovers(name, runtime)
+
+
+@pytest.fixture
+def ping(runtime: DockerRuntime) -> Callable[[str, str, str], tuple[bool, str]]:
+    """ping(lab, node, address) -> (any reply?, ping's output)."""
+    return lambda lab, node, address: _ping(runtime, lab, node, address)

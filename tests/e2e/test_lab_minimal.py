@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
 from itertools import permutations
 
 import pytest
@@ -15,24 +16,30 @@ from vpnlab import lab as labs
 from vpnlab.cli import app
 from vpnlab.runtime.docker import DockerRuntime
 
-from .conftest import TOPOLOGIES, leftovers, ping
 
 pytestmark = pytest.mark.e2e
 
 
-def test_minimal_lab_end_to_end(node_image: str, runtime: DockerRuntime, lab_name: Callable[[], str]) -> None:
+def test_minimal_lab_end_to_end(
+    node_image: str,
+    runtime: DockerRuntime,
+    lab_name: Callable[[], str],
+    topologies: Path,
+    leftovers: Callable[[str], list[str]],
+    ping: Callable[[str, str, str], tuple[bool, str]],
+) -> None:
     name = lab_name()
-    result = labs.deploy(TOPOLOGIES / "minimal.yml", name=name, runtime=runtime)
+    result = labs.deploy(topologies / "minimal.yml", name=name, runtime=runtime)
     assert result.containers == 6
-    lab = labs.load_lab(TOPOLOGIES / "minimal.yml", name)
+    lab = labs.load_lab(topologies / "minimal.yml", name)
 
     failures = []
     for host in lab.hosts:  # every host reaches its router
-        ok, out = ping(runtime, name, host.name, str(host.gateway))
+        ok, out = ping(name, host.name, str(host.gateway))
         if not ok:
             failures.append(f"{host.name} -> {host.router} {host.gateway}: {out}")
     for a, b in permutations(lab.routers, 2):  # routers reach each other across the underlay
-        ok, out = ping(runtime, name, a.name, str(b.public_address))
+        ok, out = ping(name, a.name, str(b.public_address))
         if not ok:
             failures.append(f"{a.name} -> {b.name} {b.public_address}: {out}")
     assert not failures, "\n".join(failures)
@@ -44,7 +51,7 @@ def test_minimal_lab_end_to_end(node_image: str, runtime: DockerRuntime, lab_nam
         expected = {i.name: [str(i.address)] for i in lab.node(node.name).interfaces}
         assert {k: v for k, v in node.addresses.items() if k in expected} == expected, node.name
         if node.kind != "host":
-            assert node.agent and node.agent["node"] == node.name and node.agent["dataplane"]
+            assert node.agent and node.agent["node"] == node.name and "dataplane" in node.agent
 
     cli = CliRunner()
     shown = cli.invoke(app, ["inspect", name, "--json"])
@@ -60,6 +67,6 @@ def test_minimal_lab_end_to_end(node_image: str, runtime: DockerRuntime, lab_nam
 
     gone = labs.destroy(name, runtime=runtime)
     assert gone.containers_removed == 6 and gone.netns_removed
-    assert leftovers(name, runtime) == []
+    assert leftovers(name) == []
     again = labs.destroy(name, runtime=runtime)
     assert not again.found_anything

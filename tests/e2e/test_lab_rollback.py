@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -14,13 +15,16 @@ from vpnlab import lab as labs
 from vpnlab.errors import LabError
 from vpnlab.runtime.docker import DockerRuntime
 
-from .conftest import REPO, TOPOLOGIES, leftovers
 
 pytestmark = pytest.mark.e2e
 
 
 def test_a_node_that_cannot_start_rolls_the_whole_lab_back(
-    node_image: str, runtime: DockerRuntime, lab_name: Callable[[], str]
+    node_image: str,
+    runtime: DockerRuntime,
+    lab_name: Callable[[], str],
+    topologies: Path,
+    leftovers: Callable[[str], list[str]],
 ) -> None:
     # A real conflict: a container that is not part of any lab already holds br2's name, so
     # Docker refuses br2 after other nodes have started and the fabric exists.
@@ -28,18 +32,24 @@ def test_a_node_that_cannot_start_rolls_the_whole_lab_back(
     squatter = runtime.client.containers.create(node_image, ["sleep", "infinity"], name=f"vpnlab-{name}-br2")
     try:
         with pytest.raises(LabError, match="br2"):
-            labs.deploy(TOPOLOGIES / "minimal.yml", name=name, runtime=runtime)
-        assert leftovers(name, runtime) == []
+            labs.deploy(topologies / "minimal.yml", name=name, runtime=runtime)
+        assert leftovers(name) == []
         squatter.reload()  # what the lab did not create, it did not remove
     finally:
         squatter.remove(force=True)
 
 
-def test_ctrl_c_during_deploy_leaves_nothing(node_image: str, runtime: DockerRuntime, lab_name: Callable[[], str]) -> None:
+def test_ctrl_c_during_deploy_leaves_nothing(
+    node_image: str,
+    runtime: DockerRuntime,
+    lab_name: Callable[[], str],
+    topologies: Path,
+    leftovers: Callable[[str], list[str]],
+) -> None:
     name = lab_name()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vpnlab", "deploy", str(TOPOLOGIES / "minimal.yml"), "--name", name],
-        cwd=REPO,
+        [sys.executable, "-m", "vpnlab", "deploy", str(topologies / "minimal.yml"), "--name", name],
+        cwd=topologies.parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -58,4 +68,4 @@ def test_ctrl_c_during_deploy_leaves_nothing(node_image: str, runtime: DockerRun
             proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert leftovers(name, runtime) == []
+    assert leftovers(name) == []
