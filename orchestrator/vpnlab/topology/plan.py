@@ -319,9 +319,8 @@ class _Planner:
             assert r.wan is not None
             ifaces = [Interface("wan0", UNDERLAY, IPv4Interface(f"{r.wan}/{self.underlay.prefixlen}"))]
             for i, lan in enumerate(r.lans):
-                ifaces.append(
-                    Interface(f"lan{i}", lan_segment_name(name, i), IPv4Interface(f"{router_address(lan)}/{lan.prefixlen}"))
-                )
+                address = IPv4Interface(f"{router_address(lan)}/{lan.prefixlen}")
+                ifaces.append(Interface(f"lan{i}", lan_segment_name(name, i), address))
             nodes.append(
                 Node(
                     name=name,
