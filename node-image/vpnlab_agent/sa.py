@@ -62,4 +62,5 @@ class SACounters:
     packets_out: int = 0
     replay_dropped: int = 0
     auth_failed: int = 0
+    policy_dropped: int = 0  # decrypted fine but inner addresses outside the negotiated selectors
     last_used: float = 0.0  # monotonic seconds of the last packet either way

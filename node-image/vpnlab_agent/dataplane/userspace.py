@@ -1,0 +1,581 @@
+"""Userspace ESP-in-UDP engine over a TUN device, for kernels without ESP (as on the lab machines).
+
+Two threads, one per direction, each with blocking I/O and its own preallocated buffers:
+- outbound: read an inner packet from TUN `ipsec0`, find the SA by longest-prefix match of the inner
+  destination over the installed SAs' remote selectors (memoised per (src, dst) pair), check the
+  inner source is inside the SA's local selectors, encrypt, send on the UDP 4500 socket;
+- inbound: receive a datagram, hand IKE (non-ESP marker) to `on_ike`, ignore NAT-keepalives, look the
+  SPI up, check replay window and ICV, decrypt, check the inner addresses against the SA's selectors
+  (a peer may only send what it negotiated), write the packet to TUN.
+
+Control-plane changes (install/remove) build new lookup tables and swap them in with one assignment,
+so the packet loops never take a lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pyroute2 import IPRoute
+
+from vpnlab_agent.dataplane import tun
+from vpnlab_agent.dataplane.base import NATT_PORT, NON_ESP_MARKER, Engine, EngineError, IkeHandler
+from vpnlab_agent.esp import (
+    BACKEND,
+    AuthenticationFailed,
+    EspError,
+    EspInbound,
+    EspOutbound,
+    PacketBuffer,
+    ReplayedPacket,
+    SequenceOverflow,
+    max_inner_len,
+)
+from vpnlab_agent.sa import ChildSA, EspAlgorithm, SACounters
+
+log = logging.getLogger(__name__)
+
+DEVICE = "ipsec0"
+UNDERLAY_MTU = 1500
+OUTER_HEADERS = 20 + 8  # outer IPv4 + UDP (RFC 3948)
+SOCKET_BUFFER = 4 << 20
+CACHE_LIMIT = 4096  # memoised (src, dst) decisions per table; cleared when full
+BUF_SIZE = 65536 + 256
+_GCM = EspAlgorithm("aes-gcm-16", 128)
+
+_U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")  # inner source || destination, one dict key
+
+_NO_ROUTE = object()  # memoised outbound verdicts besides an entry
+_POLICY = object()
+
+# on_lifetime(spi_in, hard): the SA crossed its soft (hard=False) or hard byte lifetime.
+LifetimeHandler = Callable[[int, bool], None]
+
+
+def _nets(cidrs: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    out = []
+    for c in cidrs:
+        n = ipaddress.IPv4Network(c, strict=False)
+        out.append((int(n.network_address), int(n.netmask)))
+    return tuple(out)
+
+
+def _inside(addr: int, nets: tuple[tuple[int, int], ...]) -> bool:
+    for net, mask in nets:
+        if addr & mask == net:
+            return True
+    return False
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One installed SA pair with everything the packet loops need precomputed."""
+
+    sa: ChildSA
+    out: EspOutbound
+    inb: EspInbound
+    counters: SACounters
+    addr: tuple[str, int]
+    local_nets: tuple[tuple[int, int], ...]
+    remote_nets: tuple[tuple[int, int], ...]
+    next_limit: float  # bytes (both ways) at which the next lifetime event fires
+    in_cache: dict[int, bool] = field(default_factory=dict)
+    soft_fired: bool = False
+    expired: bool = False
+
+
+@dataclass
+class _Drops:
+    no_route: int = 0  # outbound: no SA covers the inner destination
+    policy_out: int = 0  # outbound: inner source outside the SA's local selectors
+    not_ipv4: int = 0
+    unknown_spi: int = 0
+    malformed: int = 0  # inbound: too short, bad padding/next header, invalid inner packet
+    policy_in: int = 0
+    expired: int = 0  # sequence numbers or hard byte lifetime used up
+    send_errors: int = 0
+    keepalives: int = 0
+    ike_in: int = 0
+
+
+class UserspaceEngine(Engine):
+    name: ClassVar[str] = "userspace"
+
+    def __init__(self, *, route_src: str | None = None, device: str = DEVICE,
+                 underlay_mtu: int = UNDERLAY_MTU, on_lifetime: LifetimeHandler | None = None) -> None:
+        super().__init__(route_src=route_src)
+        self.device = device
+        self.underlay_mtu = underlay_mtu
+        self.on_lifetime = on_lifetime
+        self.drops = _Drops()
+        self._lock = threading.Lock()  # serialises control-plane changes only
+        self._entries: dict[int, _Entry] = {}  # spi_in -> entry, in install order
+        self._inbound: dict[int, _Entry] = {}  # read by the inbound loop; replaced, never mutated
+        self._current: dict[int, _Entry] = {}  # reqid -> newest entry, which carries outbound traffic
+        self._table: list[tuple[int, dict[int, _Entry]]] = []  # (mask, {net: entry}), longest first
+        self._out_cache: dict[int, Any] = {}  # (src, dst) -> _Entry, _NO_ROUTE or _POLICY
+        self._routes: set[str] = set()
+        self._pins: set[str] = set()
+        self._sock: socket.socket | None = None
+        self._tun_fd = -1
+        self._ifindex = 0
+        self._mtu = 0
+        self._threads: list[threading.Thread] = []
+        self._closing = False
+        self._on_ike: IkeHandler | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def open(self, local_addr: str, on_ike: IkeHandler, port: int = NATT_PORT) -> None:
+        if self._sock is not None:
+            raise EngineError("userspace engine is already open")
+        self._on_ike = on_ike
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.bind((local_addr, port))
+        except OSError as e:
+            sock.close()
+            raise EngineError(f"cannot bind UDP {local_addr}:{port}: {e.strerror}") from e
+        try:
+            self._tun_fd = tun.open_tun(self.device)
+            self._disable_ipv6()
+            self._mtu = max_inner_len(self.underlay_mtu - OUTER_HEADERS, _GCM)
+            self._ifindex = tun.configure(self.device, self._mtu)
+        except (tun.TunError, OSError) as e:
+            sock.close()
+            if self._tun_fd >= 0:
+                os.close(self._tun_fd)
+                self._tun_fd = -1
+            raise EngineError(f"cannot set up {self.device}: {e}") from e
+        self._sock = sock
+        self._closing = False
+        self._threads = [
+            threading.Thread(target=self._outbound_loop, name=f"esp-out-{self.device}", daemon=True),
+            threading.Thread(target=self._inbound_loop, name=f"esp-in-{self.device}", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        log.info("userspace engine up: %s mtu %d, UDP %s:%d, crypto %s", self.device, self._mtu,
+                 local_addr, port, BACKEND)
+
+    def _disable_ipv6(self) -> None:
+        # The kernel would otherwise send router solicitations into the tunnel.
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{self.device}/disable_ipv6", "w") as f:
+                f.write("1")
+        except OSError:
+            pass  # no IPv6 in this namespace: nothing to silence
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        self._closing = True
+        with self._lock:
+            for spi in list(self._entries):
+                self._remove_locked(spi)
+            self._unpin_all()
+        sock, self._sock = self._sock, None
+        # Deleting the device wakes the TUN reader (EFAULT); shutdown wakes the socket reader.
+        try:
+            tun.delete(self.device)
+        except Exception as e:  # noqa: BLE001 - keep closing
+            log.warning("deleting %s: %s", self.device, e)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # unconnected UDP says ENOTCONN, but the reader is woken all the same
+        for t in self._threads:
+            t.join(timeout=2.0)
+        sock.close()
+        if self._tun_fd >= 0:
+            os.close(self._tun_fd)
+            self._tun_fd = -1
+        self._threads = []
+
+    # ---- control plane ---------------------------------------------------------------------
+
+    def send_ike(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._sock is None:
+            raise EngineError("userspace engine is not open")
+        try:
+            self._sock.sendto(NON_ESP_MARKER + data, addr)
+        except OSError as e:
+            raise EngineError(f"sending IKE to {addr[0]}:{addr[1]}: {e.strerror}") from e
+
+    def install(self, sa: ChildSA) -> None:
+        if self._sock is None:
+            raise EngineError("userspace engine is not open")
+        if not sa.encap:
+            raise EngineError(f"SA {sa.name}: the userspace engine only does ESP in UDP (remote_port is 0)")
+        counters = SACounters()
+        try:
+            out = EspOutbound(sa.spi_out, sa.algorithm, sa.enc_key_out, sa.integ_key_out, counters)
+            inb = EspInbound(sa.spi_in, sa.algorithm, sa.enc_key_in, sa.integ_key_in, counters)
+            local_nets, remote_nets = _nets(sa.local_ts), _nets(sa.remote_ts)
+        except ValueError as e:
+            raise EngineError(f"SA {sa.name} (SPI {sa.spi_in:#010x}): {e}") from e
+        limits = [x for x in (sa.soft_lifetime_bytes, sa.hard_lifetime_bytes) if x]
+        entry = _Entry(sa, out, inb, counters, (sa.remote_addr, sa.remote_port), local_nets, remote_nets,
+                       float(min(limits)) if limits else float("inf"))
+        with self._lock:
+            if sa.spi_in in self._entries:
+                raise EngineError(f"SA with inbound SPI {sa.spi_in:#010x} is already installed")
+            self._entries[sa.spi_in] = entry
+            self._inbound = {**self._inbound, sa.spi_in: entry}
+            self._current[sa.reqid] = entry  # make-before-break: outbound moves now
+            self._set_mtu()
+            self._sync_routes()
+            self._rebuild()
+
+    def remove(self, spi_in: int) -> None:
+        with self._lock:
+            if spi_in not in self._entries:
+                raise EngineError(f"no SA with inbound SPI {spi_in:#010x}")
+            self._remove_locked(spi_in)
+            self._set_mtu()
+            self._sync_routes()
+            self._rebuild()
+
+    def _remove_locked(self, spi_in: int) -> None:
+        entry = self._entries.pop(spi_in)
+        self._inbound = {k: v for k, v in self._inbound.items() if k != spi_in}
+        reqid = entry.sa.reqid
+        if self._current.get(reqid) is entry:
+            older = [e for e in self._entries.values() if e.sa.reqid == reqid]
+            if older:
+                self._current[reqid] = older[-1]
+            else:
+                del self._current[reqid]
+        if self._closing:
+            self._current.pop(reqid, None)
+
+    def _rebuild(self) -> None:
+        by_len: dict[int, dict[int, _Entry]] = {}
+        for entry in self._current.values():
+            for net, mask in entry.remote_nets:
+                by_len.setdefault(mask, {}).setdefault(net, entry)
+        self._table = sorted(by_len.items(), key=lambda kv: -kv[0])
+        self._out_cache = {}
+        for entry in self._entries.values():
+            entry.in_cache = {}
+
+    def _set_mtu(self) -> None:
+        algs = {e.sa.algorithm for e in self._entries.values()} or {_GCM}
+        mtu = min(max_inner_len(self.underlay_mtu - OUTER_HEADERS, a) for a in algs)
+        if mtu != self._mtu and not self._closing:
+            with IPRoute() as ipr:
+                ipr.link("set", index=self._ifindex, mtu=mtu)
+            self._mtu = mtu
+
+    def _sync_routes(self) -> None:
+        wanted = {c for e in self._current.values() for c in e.sa.remote_ts}
+        if self._closing:
+            wanted = set()
+        with IPRoute() as ipr:
+            for cidr in sorted(self._routes - wanted):
+                try:
+                    ipr.route("del", dst=cidr, oif=self._ifindex)
+                except Exception as e:  # noqa: BLE001 - the device may be gone already
+                    log.debug("route del %s: %s", cidr, e)
+            for entry in self._current.values():
+                self._pin_peer(ipr, entry)
+            for cidr in sorted(wanted - self._routes):
+                kw: dict[str, Any] = {"dst": str(ipaddress.IPv4Network(cidr, strict=False)), "oif": self._ifindex}
+                if self.route_src:
+                    kw["prefsrc"] = self.route_src
+                try:
+                    ipr.route("replace", **kw)
+                except Exception as e:  # noqa: BLE001 - pyroute2 raises NetlinkError and others
+                    raise EngineError(f"route {cidr} dev {self.device}: {e}") from e
+        self._routes = wanted
+
+    def _pin_peer(self, ipr: IPRoute, entry: _Entry) -> None:
+        """If a remote selector covers the peer itself (e.g. 0.0.0.0/0), keep ESP to it off the tunnel."""
+        peer = entry.sa.remote_addr
+        if peer in self._pins or not _inside(int(ipaddress.IPv4Address(peer)), entry.remote_nets):
+            return
+        found = ipr.route("get", dst=peer)
+        if not found:
+            raise EngineError(f"no underlay route to peer {peer}")
+        r = found[0]
+        kw: dict[str, Any] = {"dst": f"{peer}/32", "oif": r.get_attr("RTA_OIF")}
+        if r.get_attr("RTA_GATEWAY"):
+            kw["gateway"] = r.get_attr("RTA_GATEWAY")
+        ipr.route("replace", **kw)
+        self._pins.add(peer)
+
+    def _unpin_all(self) -> None:
+        with IPRoute() as ipr:
+            for peer in self._pins:
+                try:
+                    ipr.route("del", dst=f"{peer}/32")
+                except Exception:  # noqa: BLE001
+                    pass
+        self._pins.clear()
+
+    def counters(self, spi_in: int) -> SACounters:
+        entry = self._entries.get(spi_in)
+        if entry is None:
+            raise EngineError(f"no SA with inbound SPI {spi_in:#010x}")
+        return dataclasses.replace(entry.counters)
+
+    def status(self) -> dict[str, Any]:
+        entries = list(self._entries.values())
+        current = {id(e) for e in self._current.values()}
+        return {
+            "engine": self.name,
+            "device": self.device,
+            "mtu": self._mtu,
+            "crypto": BACKEND,
+            "sa_count": len(entries),
+            "drops": dataclasses.asdict(self.drops),
+            "sas": [
+                {
+                    "name": e.sa.name, "reqid": e.sa.reqid, "spi_in": e.sa.spi_in, "spi_out": e.sa.spi_out,
+                    "outbound": id(e) in current, "expired": e.expired,
+                    "local_ts": list(e.sa.local_ts), "remote_ts": list(e.sa.remote_ts),
+                    **dataclasses.asdict(e.counters),
+                }
+                for e in entries
+            ],
+        }
+
+    # ---- lifetimes -------------------------------------------------------------------------
+
+    def _lifetime(self, entry: _Entry) -> None:
+        """Called from a packet loop when an SA's byte count crossed entry.next_limit."""
+        sa, used = entry.sa, entry.counters.bytes_in + entry.counters.bytes_out
+        hard = bool(sa.hard_lifetime_bytes) and used >= sa.hard_lifetime_bytes
+        if hard:
+            entry.expired = True
+            entry.next_limit = float("inf")
+        elif not entry.soft_fired:
+            entry.soft_fired = True
+            entry.next_limit = float(sa.hard_lifetime_bytes) if sa.hard_lifetime_bytes else float("inf")
+        else:
+            return
+        if self.on_lifetime is not None:
+            try:
+                self.on_lifetime(sa.spi_in, hard)
+            except Exception:  # noqa: BLE001 - never let a callback kill a packet loop
+                log.exception("lifetime handler failed for SPI %#010x", sa.spi_in)
+
+    # ---- packet loops ----------------------------------------------------------------------
+
+    def _lookup_out(self, key: int) -> _Entry | object:
+        """Slow path: longest-prefix match on the inner destination, then the source check."""
+        src, dst = key >> 32, key & 0xFFFFFFFF
+        for mask, nets in self._table:
+            entry = nets.get(dst & mask)
+            if entry is not None:
+                return entry if _inside(src, entry.local_nets) else _POLICY
+        return _NO_ROUTE
+
+    def _outbound_loop(self) -> None:
+        fd, sock = self._tun_fd, self._sock
+        assert sock is not None
+        src, dst = PacketBuffer(BUF_SIZE), PacketBuffer(BUF_SIZE + 128)
+        data, view = src.data, dst.view
+        bufs = [src.view[:65536]]  # leave room for the ESP trailer after the packet
+        readv, sendto, key_of, drops = os.readv, sock.sendto, _U64.unpack_from, self.drops
+        while True:
+            try:
+                n = readv(fd, bufs)
+            except OSError:
+                if self._closing:
+                    return
+                continue
+            if n < 20 or data[0] >> 4 != 4:
+                drops.not_ipv4 += 1
+                continue
+            key = key_of(data, 12)[0]
+            cache = self._out_cache
+            entry = cache.get(key)
+            if entry is None:
+                entry = self._lookup_out(key)
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[key] = entry
+            if entry is _NO_ROUTE:
+                drops.no_route += 1
+                continue
+            if entry is _POLICY:
+                drops.policy_out += 1
+                continue
+            if entry.expired:
+                drops.expired += 1
+                continue
+            try:
+                m = entry.out.encapsulate_into(src, n, dst)
+            except SequenceOverflow:
+                drops.expired += 1
+                entry.next_limit = 0.0
+                self._lifetime(entry)
+                continue
+            try:
+                sendto(view[:m], entry.addr)
+            except OSError:
+                drops.send_errors += 1
+            c = entry.counters
+            if c.bytes_out + c.bytes_in > entry.next_limit:
+                self._lifetime(entry)
+
+    def _inbound_loop(self) -> None:
+        fd, sock = self._tun_fd, self._sock
+        assert sock is not None
+        src, dst = PacketBuffer(BUF_SIZE), PacketBuffer(BUF_SIZE)
+        data, out, oview = src.data, dst.data, dst.view
+        recv, write, u32, key_of, drops = sock.recvfrom_into, os.write, _U32.unpack_from, _U64.unpack_from, self.drops
+        on_ike = self._on_ike
+        while True:
+            try:
+                n, addr = recv(data, 65536)
+            except OSError:
+                if self._closing:
+                    return
+                continue
+            if n < 8:
+                if self._closing:
+                    return
+                if n == 1 and data[0] == 0xFF:
+                    drops.keepalives += 1
+                elif n >= 4 and u32(data, 0)[0] == 0:
+                    self._ike(on_ike, bytes(src.view[4:n]), addr)
+                else:
+                    drops.malformed += 1
+                continue
+            spi = u32(data, 0)[0]
+            if spi == 0:
+                self._ike(on_ike, bytes(src.view[4:n]), addr)
+                continue
+            entry = self._inbound.get(spi)
+            if entry is None:
+                drops.unknown_spi += 1
+                continue
+            try:
+                k = entry.inb.decapsulate_into(src, n, dst)
+            except (ReplayedPacket, AuthenticationFailed):
+                continue  # counted per SA by the codec
+            except EspError:
+                drops.malformed += 1
+                continue
+            if k < 20 or out[0] >> 4 != 4:
+                if k:
+                    drops.malformed += 1
+                continue
+            key = key_of(out, 12)[0]
+            cache = entry.in_cache
+            ok = cache.get(key)
+            if ok is None:
+                ok = _inside(key >> 32, entry.remote_nets) and _inside(key & 0xFFFFFFFF, entry.local_nets)
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[key] = ok
+            if not ok:
+                drops.policy_in += 1
+                entry.counters.policy_dropped += 1
+                continue
+            try:
+                write(fd, oview[:k])
+            except OSError:
+                if self._closing:
+                    return
+            c = entry.counters
+            if c.bytes_out + c.bytes_in > entry.next_limit:
+                self._lifetime(entry)
+
+    def _ike(self, on_ike: IkeHandler | None, msg: bytes, addr: tuple[str, int]) -> None:
+        self.drops.ike_in += 1
+        if on_ike is None:
+            return
+        try:
+            on_ike(msg, addr)
+        except Exception:  # noqa: BLE001 - a broken IKE handler must not stop the data plane
+            log.exception("IKE handler failed for a message from %s:%d", *addr)
+
+
+# ---- a standalone engine process, driven by JSON lines (tests and benchmarks, no IKE) ------------
+
+def sa_to_dict(sa: ChildSA) -> dict[str, Any]:
+    d = dataclasses.asdict(sa)
+    for k in ("enc_key_in", "enc_key_out", "integ_key_in", "integ_key_out"):
+        d[k] = d[k].hex()
+    return d
+
+
+def sa_from_dict(d: dict[str, Any]) -> ChildSA:
+    d = dict(d)
+    d["algorithm"] = EspAlgorithm(**d["algorithm"])
+    for k in ("enc_key_in", "enc_key_out", "integ_key_in", "integ_key_out"):
+        d[k] = bytes.fromhex(d[k])
+    d["local_ts"], d["remote_ts"] = tuple(d["local_ts"]), tuple(d["remote_ts"])
+    return ChildSA(**d)
+
+
+def serve(stdin: Any, stdout: Any) -> None:
+    """One JSON command per line in, one JSON reply per line out.
+
+    {"op": "open", "local_addr": ..., "route_src": ..., "port": 4500} | {"op": "install", "sa": {...}}
+    | {"op": "remove", "spi_in": n} | {"op": "counters", "spi_in": n} | {"op": "status"} | {"op": "close"}
+    """
+    import json
+
+    engine: UserspaceEngine | None = None
+    ike_seen: list[int] = [0]
+
+    def on_ike(msg: bytes, addr: tuple[str, int]) -> None:
+        ike_seen[0] += 1
+
+    for line in stdin:
+        if not line.strip():
+            continue
+        cmd = json.loads(line)
+        op = cmd["op"]
+        reply: dict[str, Any] = {"ok": True}
+        try:
+            if op == "open":
+                engine = UserspaceEngine(route_src=cmd.get("route_src"))
+                engine.open(cmd["local_addr"], on_ike, cmd.get("port", NATT_PORT))
+            elif engine is None:
+                raise EngineError("engine not open")
+            elif op == "install":
+                engine.install(sa_from_dict(cmd["sa"]))
+            elif op == "remove":
+                engine.remove(cmd["spi_in"])
+            elif op == "counters":
+                reply["counters"] = dataclasses.asdict(engine.counters(cmd["spi_in"]))
+            elif op == "status":
+                reply["status"] = engine.status()
+                reply["ike_seen"] = ike_seen[0]
+            elif op == "close":
+                engine.close()
+                stdout.write(json.dumps(reply) + "\n")
+                stdout.flush()
+                return
+            else:
+                raise EngineError(f"unknown op {op!r}")
+        except EngineError as e:
+            reply = {"ok": False, "error": str(e)}
+        stdout.write(json.dumps(reply) + "\n")
+        stdout.flush()
+    if engine is not None:
+        engine.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    serve(sys.stdin, sys.stdout)
