@@ -391,3 +391,19 @@ def test_name_override(tmp_path: Path) -> None:
     assert load_topology(p, name="other").name == "other"
     with pytest.raises(TopologyError, match="bad lab name 'Other'"):
         load_topology(p, name="Other")
+
+
+def test_psk_file_with_several_lines(tmp_path: Path) -> None:
+    (tmp_path / "lab.psk").write_text("one\ntwo\n")
+    err = error_of(tmp_path, GOOD.replace("{psk: s3cret}", "{psk_file: lab.psk}"))
+    assert err.problem.endswith("must hold one line, the key")
+
+
+def test_nodes_null(tmp_path: Path) -> None:
+    err = error_of(tmp_path, "name: t\nsecret: {psk: a}\nnodes:\n")
+    assert (err.where, err.problem) == ("nodes", "expected a mapping, got nothing")
+
+
+def test_yaml_boolean_node_name(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD + "  on: {role: hub}\n")
+    assert (err.where, err.problem) == ("nodes", "node names must be strings, got True (quote it)")
