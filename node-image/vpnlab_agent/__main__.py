@@ -1,0 +1,76 @@
+"""`python3 -m vpnlab_agent run [--config PATH]` and `python3 -m vpnlab_agent ctl ...`.
+
+The agent's command line: the only place in the agent that prints or exits.
+  run                         the agent process (the container's main process under docker-init)
+  ctl status                  print the agent's status JSON
+  ctl rekey PEER [--ike]      rekey the child SA (or the IKE SA) with PEER
+  ctl initiate PEER | ctl terminate PEER
+`ctl` exits 0 after printing the JSON result, 1 with one line on stderr when the agent is
+unreachable or refuses the request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from vpnlab_agent import config as node_config
+from vpnlab_agent import control, log
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python3 -m vpnlab_agent", description="vpnlab router agent")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--config", default=node_config.CONFIG_PATH, help="node config JSON")
+    run.add_argument("--socket", default=node_config.CONTROL_SOCKET, help="control socket path")
+    run.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the interfaces")
+    ctl = sub.add_parser("ctl", help="talk to the running agent")
+    ctl.add_argument("--socket", default=node_config.CONTROL_SOCKET, help="control socket path")
+    ctl_sub = ctl.add_subparsers(dest="command", required=True)
+    ctl_sub.add_parser("status", help="print the status JSON")
+    rekey = ctl_sub.add_parser("rekey", help="rekey the SA with a peer")
+    rekey.add_argument("peer")
+    rekey.add_argument("--ike", action="store_true", help="rekey the IKE SA instead of the child SA")
+    for verb in ("initiate", "terminate"):
+        ctl_sub.add_parser(verb, help=f"{verb} the tunnel with a peer").add_argument("peer")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        cfg = node_config.load(args.config)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"vpnlab-agent: cannot load {args.config}: {exc}", file=sys.stderr)
+        return 1
+    log.setup(cfg.name)
+    from vpnlab_agent.agent import Agent
+
+    agent = Agent(cfg, control_path=args.socket, wait_timeout=args.wait)
+    return asyncio.run(agent.run())
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    extra: dict[str, object] = {}
+    if args.command != "status":
+        extra["peer"] = args.peer
+    if args.command == "rekey":
+        extra["what"] = "ike" if args.ike else "child"
+    try:
+        result = control.request(args.socket, args.command, **extra)
+    except control.ControlError as exc:
+        print(f"vpnlab-agent: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return _run(args) if args.verb == "run" else _ctl(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Interfaces, addresses and routes from the node config, through netlink (pyroute2).
+
+`plan()` is pure: it checks the config and lists what must exist. `wait_for_links()` waits (bounded)
+until the orchestrator has moved every named interface into our namespace. `apply()` makes the plan
+true and records only what it added itself, so that `undo()` removes exactly that on shutdown.
+Sysctls (forwarding) are Docker's job: /proc/sys is read-only in a container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vpnlab_agent.config import NodeConfig
+
+log = logging.getLogger("vpnlab_agent.netconfig")
+
+WAIT_TIMEOUT_S = 60.0
+POLL_INTERVAL_S = 0.1
+
+
+class NetConfigError(Exception):
+    """The node config cannot be applied to this namespace; one-line message."""
+
+
+@dataclass(frozen=True)
+class PlannedAddress:
+    dev: str
+    address: str  # without prefix
+    prefixlen: int
+    family: int  # 4 or 6
+
+
+@dataclass(frozen=True)
+class PlannedRoute:
+    dst: str  # network address, e.g. "0.0.0.0"
+    dst_len: int
+    via: str | None
+    dev: str | None
+    family: int
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.dst}/{self.dst_len}"
+
+
+@dataclass(frozen=True)
+class NetPlan:
+    links: tuple[str, ...]  # interfaces to bring up, in config order ("lo" first)
+    addresses: tuple[PlannedAddress, ...]
+    routes: tuple[PlannedRoute, ...]
+
+    @property
+    def required_links(self) -> tuple[str, ...]:
+        return tuple(name for name in self.links if name != "lo")
+
+
+def plan(config: NodeConfig) -> NetPlan:
+    """Check the config's interfaces and routes and turn them into a plan (no I/O)."""
+    links: list[str] = ["lo"]
+    addresses: list[PlannedAddress] = []
+    for iface in config.interfaces:
+        if not iface.name or len(iface.name) > 15 or "/" in iface.name or " " in iface.name:
+            raise NetConfigError(f"interface {iface.name!r}: not a valid Linux interface name")
+        if iface.name in links:
+            raise NetConfigError(f"interface {iface.name}: listed twice")
+        links.append(iface.name)
+        for cidr in iface.addresses:
+            try:
+                ifa = ipaddress.ip_interface(cidr)
+            except ValueError:
+                raise NetConfigError(f"interface {iface.name}: {cidr!r} is not an address/prefix") from None
+            if "/" not in cidr:
+                raise NetConfigError(f"interface {iface.name}: {cidr!r} needs a prefix length")
+            addresses.append(
+                PlannedAddress(iface.name, str(ifa.ip), ifa.network.prefixlen, ifa.version)
+            )
+    routes: list[PlannedRoute] = []
+    for route in config.routes:
+        try:
+            net = ipaddress.ip_network(route.dst, strict=True)
+        except ValueError:
+            raise NetConfigError(f"route {route.dst!r}: not a network in CIDR notation") from None
+        if route.via is None and route.dev is None:
+            raise NetConfigError(f"route {route.dst}: needs a gateway (via) or a device (dev)")
+        if route.dev is not None and route.dev not in links:
+            raise NetConfigError(f"route {route.dst}: device {route.dev} is not one of {links[1:]}")
+        if route.via is not None:
+            try:
+                gw = ipaddress.ip_address(route.via)
+            except ValueError:
+                raise NetConfigError(f"route {route.dst}: gateway {route.via!r} is not an address") from None
+            if gw.version != net.version:
+                raise NetConfigError(f"route {route.dst}: gateway {route.via} is another address family")
+        routes.append(
+            PlannedRoute(str(net.network_address), net.prefixlen, route.via, route.dev, net.version)
+        )
+    return NetPlan(tuple(links), tuple(addresses), tuple(routes))
+
+
+def missing_links(ipr: Any, names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if not ipr.link_lookup(ifname=name)]
+
+
+async def wait_for_links(ipr: Any, names: tuple[str, ...], timeout: float = WAIT_TIMEOUT_S) -> None:
+    """Poll netlink until every named interface exists here; NetConfigError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        missing = missing_links(ipr, names)
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise NetConfigError(
+                f"interfaces {', '.join(missing)} did not appear within {timeout:g} s"
+            )
+        if not announced:
+            log.info("waiting for interfaces: %s", ", ".join(missing))
+            announced = True
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+@dataclass
+class Applied:
+    """What apply() added itself (and so what undo() removes)."""
+
+    addresses: list[PlannedAddress] = field(default_factory=list)
+    routes: list[PlannedRoute] = field(default_factory=list)
+
+
+def _family(version: int) -> int:
+    import socket
+
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+def _index(ipr: Any, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise NetConfigError(f"interface {name} does not exist")
+    return found[0]
+
+
+def _route_args(ipr: Any, route: PlannedRoute) -> dict[str, Any]:
+    args: dict[str, Any] = {"family": _family(route.family), "dst_len": route.dst_len}
+    if route.dst_len:
+        args["dst"] = route.dst
+    if route.via:
+        args["gateway"] = route.via
+    if route.dev:
+        args["oif"] = _index(ipr, route.dev)
+    return args
+
+
+def apply(ipr: Any, netplan: NetPlan) -> Applied:
+    """Bring links up, add addresses, then routes. Already-present items are left alone and not recorded."""
+    from pyroute2 import NetlinkError
+
+    applied = Applied()
+    for name in netplan.links:
+        ipr.link("set", index=_index(ipr, name), state="up")
+    for addr in netplan.addresses:
+        try:
+            ipr.addr(
+                "add", index=_index(ipr, addr.dev), address=addr.address,
+                prefixlen=addr.prefixlen, family=_family(addr.family),
+            )
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise NetConfigError(f"{addr.dev}: cannot add {addr.address}/{addr.prefixlen}: {exc}") from None
+            continue
+        applied.addresses.append(addr)
+        log.info("%s: address %s/%d", addr.dev, addr.address, addr.prefixlen)
+    for route in netplan.routes:
+        try:
+            ipr.route("add", **_route_args(ipr, route))
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                where = f" via {route.via}" if route.via else ""
+                raise NetConfigError(f"route {route.cidr}{where}: {exc}") from None
+            continue
+        applied.routes.append(route)
+        log.info("route %s via %s dev %s", route.cidr, route.via or "-", route.dev or "-")
+    return applied
+
+
+def undo(ipr: Any, applied: Applied) -> None:
+    """Remove what apply() added, routes first; things already gone are fine."""
+    from pyroute2 import NetlinkError
+
+    for route in reversed(applied.routes):
+        try:
+            ipr.route("del", **_route_args(ipr, route))
+        except (NetlinkError, NetConfigError):
+            pass
+    for addr in reversed(applied.addresses):
+        try:
+            ipr.addr(
+                "del", index=_index(ipr, addr.dev), address=addr.address,
+                prefixlen=addr.prefixlen, family=_family(addr.family),
+            )
+        except (NetlinkError, NetConfigError):
+            pass
+    applied.routes.clear()
+    applied.addresses.clear()
+
+
+def snapshot(ipr: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Interfaces and routes as the status report shows them (read live from the kernel)."""
+    import socket
+
+    names: dict[int, str] = {}
+    interfaces: list[dict[str, Any]] = []
+    addrs: dict[int, list[str]] = {}
+    for msg in ipr.get_addr():
+        addrs.setdefault(msg["index"], []).append(
+            f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"
+        )
+    for link in ipr.get_links():
+        name = link.get_attr("IFLA_IFNAME")
+        names[link["index"]] = name
+        interfaces.append({
+            "name": name,
+            "addresses": addrs.get(link["index"], []),
+            "up": bool(link["flags"] & 1),  # IFF_UP
+        })
+    routes: list[dict[str, Any]] = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for msg in ipr.route("dump", family=family):  # every table, strongSwan's 220 too
+            table = msg.get_attr("RTA_TABLE") or msg["table"]
+            if table == 255 or msg["type"] != 1:  # skip the local table; unicast routes only
+                continue
+            if family == socket.AF_INET6 and (msg.get_attr("RTA_DST") or "").startswith(("fe80", "ff00")):
+                continue
+            dst = msg.get_attr("RTA_DST")
+            default = "0.0.0.0" if family == socket.AF_INET else "::"
+            oif = msg.get_attr("RTA_OIF")
+            routes.append({
+                "dst": f"{dst or default}/{msg['dst_len']}",
+                "via": msg.get_attr("RTA_GATEWAY"),
+                "dev": names.get(oif) if oif else None,
+                "table": table,
+            })
+    return interfaces, routes

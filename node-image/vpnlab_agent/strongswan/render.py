@@ -1,0 +1,246 @@
+"""Render strongSwan's and keepalived's configs from the node config (jinja2 templates in templates/).
+
+Pure functions: node config in, file text out. Everything the templates show is checked here first
+(names, addresses, selectors, proposals), so a bad config fails with one line, not a charon that
+starts and silently ignores a connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from vpnlab_agent.config import NodeConfig, PeerConfig
+from vpnlab_agent.strongswan.proposals import ProposalError, esp_proposals, ike_proposals
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+VICI_SOCKET = "/var/run/charon.vici"
+PLUGIN_CONF_DIR = "/etc/strongswan.d/charon"
+ROUTING_TABLE = 220
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_FQDN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+
+
+class RenderError(ValueError):
+    """The node config cannot be expressed as a strongSwan/keepalived config; one line."""
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def identity(value: str) -> str:
+    """A swanctl identity: IP addresses as they are, anything else as an explicit FQDN."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not _FQDN.match(value):
+        raise RenderError(f"identity {value!r}: not an IP address or a host name")
+    return f"fqdn:{value}"
+
+
+def _cidrs(values: tuple[str, ...], what: str) -> str:
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_network(value, strict=False)))
+        except ValueError:
+            raise RenderError(f"{what}: {value!r} is not a CIDR") from None
+    return ",".join(out)
+
+
+def _address(value: str, what: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.split("/")[0]))
+    except ValueError:
+        raise RenderError(f"{what}: {value!r} is not an address") from None
+
+
+def local_address(config: NodeConfig) -> str:
+    """Our underlay address: the public one, else wan0's first address, else any."""
+    if config.public_address:
+        return _address(config.public_address, "public_address")
+    for iface in config.interfaces:
+        if iface.kind == "wan" and iface.addresses:
+            return _address(iface.addresses[0], f"interface {iface.name}")
+    return "%any"
+
+
+@dataclass(frozen=True)
+class Connection:
+    name: str
+    local_addrs: str
+    remote_addrs: str
+    proposals: str
+    esp_proposals: str
+    ike_rekey_s: int
+    child_rekey_s: int
+    dpd_delay_s: int
+    local_id: str
+    remote_id: str
+    local_ts: str
+    remote_ts: str
+    start_action: str
+    dpd_action: str
+    close_action: str
+
+
+def connections(config: NodeConfig) -> list[Connection]:
+    if config.ike is None:
+        raise RenderError(f"node {config.name}: strongswan implementation needs an ike section")
+    ike = config.ike
+    if not ike.psk:
+        raise RenderError(f"node {config.name}: empty PSK")
+    try:
+        proposals = ike_proposals(ike.ike_proposals)
+        esp = esp_proposals(ike.esp_proposals)
+    except ProposalError as exc:
+        raise RenderError(f"node {config.name}: {exc}") from None
+    for value, what in ((ike.ike_lifetime_s, "ike_lifetime_s"), (ike.child_lifetime_s, "child_lifetime_s"),
+                        (ike.dpd_interval_s, "dpd_interval_s")):
+        if not isinstance(value, int) or value <= 0:
+            raise RenderError(f"node {config.name}: {what} must be a positive number of seconds")
+    local_id = identity(ike.local_id)
+    local_addr = local_address(config)
+    seen: set[str] = set()
+    out = []
+    for peer in ike.peers:
+        out.append(_connection(config, peer, local_addr, local_id, proposals, esp, seen))
+    return out
+
+
+def _connection(
+    config: NodeConfig, peer: PeerConfig, local_addr: str, local_id: str,
+    proposals: str, esp: str, seen: set[str],
+) -> Connection:
+    if not _NAME.match(peer.name):
+        raise RenderError(f"peer {peer.name!r}: not usable as a connection name")
+    if peer.name in seen:
+        raise RenderError(f"peer {peer.name}: listed twice")
+    seen.add(peer.name)
+    if peer.initiate and not peer.address:
+        raise RenderError(f"peer {peer.name}: initiate needs the peer's address")
+    local_ts = peer.local_ts or config.lan_subnets
+    if not local_ts or not peer.remote_ts:
+        raise RenderError(f"peer {peer.name}: needs local and remote traffic selectors")
+    ike = config.ike
+    assert ike is not None
+    return Connection(
+        name=peer.name,
+        local_addrs=local_addr,
+        remote_addrs=_address(peer.address, f"peer {peer.name}") if peer.address else "%any",
+        proposals=proposals,
+        esp_proposals=esp,
+        ike_rekey_s=ike.ike_lifetime_s,
+        child_rekey_s=ike.child_lifetime_s,
+        dpd_delay_s=ike.dpd_interval_s,
+        local_id=local_id,
+        remote_id=identity(peer.remote_id),
+        local_ts=_cidrs(local_ts, f"peer {peer.name} local_ts"),
+        remote_ts=_cidrs(peer.remote_ts, f"peer {peer.name} remote_ts"),
+        # The initiator brings the tunnel up at load and again after a DPD failure; a responder only
+        # answers and forgets dead peers.
+        start_action="start" if peer.initiate else "none",
+        dpd_action="restart" if peer.initiate else "clear",
+        close_action="start" if peer.initiate else "none",
+    )
+
+
+def render_swanctl(config: NodeConfig) -> str:
+    conns = connections(config)
+    assert config.ike is not None
+    # Hex keeps any PSK byte-exact, with no quoting rules to get wrong.
+    psk_hex = "0x" + config.ike.psk.encode().hex()
+    return _env().get_template("swanctl.conf.j2").render(
+        node=config.name, connections=conns, psk_hex=psk_hex
+    )
+
+
+def render_strongswan_conf(
+    config: NodeConfig,
+    *,
+    vici_socket: str = VICI_SOCKET,
+    plugin_conf_dir: str = PLUGIN_CONF_DIR,
+    routing_table: int = ROUTING_TABLE,
+) -> str:
+    return _env().get_template("strongswan.conf.j2").render(
+        node=config.name, vici_socket=vici_socket, plugin_conf_dir=plugin_conf_dir,
+        routing_table=routing_table,
+    )
+
+
+@dataclass(frozen=True)
+class VrrpInstance:
+    """One VRRP instance (the load balancer's gateway cluster will fill these in)."""
+
+    name: str
+    interface: str
+    virtual_router_id: int  # 1..255, equal on every member of the cluster
+    priority: int  # 1..254, highest holds the virtual address
+    virtual_addresses: tuple[str, ...]  # CIDR, e.g. "198.51.100.100/24"
+    unicast_src: str | None = None  # our address; with unicast_peers, VRRP goes unicast
+    unicast_peers: tuple[str, ...] = ()
+    advert_int: int = 1
+    state: str = "BACKUP"  # start as backup; the election decides
+    nopreempt: bool = False
+
+
+def _check_vrrp(v: VrrpInstance) -> None:
+    if not _NAME.match(v.name):
+        raise RenderError(f"vrrp instance {v.name!r}: bad name")
+    if not 1 <= v.virtual_router_id <= 255:
+        raise RenderError(f"vrrp {v.name}: virtual_router_id must be 1..255")
+    if not 1 <= v.priority <= 254:
+        raise RenderError(f"vrrp {v.name}: priority must be 1..254")
+    if v.state not in ("MASTER", "BACKUP"):
+        raise RenderError(f"vrrp {v.name}: state must be MASTER or BACKUP")
+    if not v.virtual_addresses:
+        raise RenderError(f"vrrp {v.name}: needs a virtual address")
+    for vip in v.virtual_addresses:
+        try:
+            ipaddress.ip_interface(vip)
+        except ValueError:
+            raise RenderError(f"vrrp {v.name}: virtual address {vip!r} is not an address") from None
+    if v.unicast_peers:
+        if not v.unicast_src:
+            raise RenderError(f"vrrp {v.name}: unicast peers need unicast_src")
+        for addr in (v.unicast_src, *v.unicast_peers):
+            _address(addr, f"vrrp {v.name}")
+    if not 1 <= v.advert_int <= 255:
+        raise RenderError(f"vrrp {v.name}: advert_int must be 1..255 s")
+
+
+def render_keepalived(node: str, instances: list[VrrpInstance]) -> str:
+    for v in instances:
+        _check_vrrp(v)
+    return _env().get_template("keepalived.conf.j2").render(
+        node=node, router_id=node, instances=instances
+    )
+
+
+def vrrp_from_extensions(config: NodeConfig) -> list[VrrpInstance]:
+    """VRRP instances from config.extensions["vrrp"] (a list of dicts with VrrpInstance's fields)."""
+    raw: Any = config.extensions.get("vrrp", [])
+    out = []
+    for item in raw:
+        data = dict(item)
+        for key in ("virtual_addresses", "unicast_peers"):
+            if key in data:
+                data[key] = tuple(data[key])
+        try:
+            out.append(VrrpInstance(**data))
+        except TypeError as exc:
+            raise RenderError(f"node {config.name}: extensions.vrrp: {exc}") from None
+    return out

@@ -1,0 +1,319 @@
+"""StrongswanService: charon-systemd as the agent's child, configured from the node config.
+
+start: render swanctl.conf + strongswan.conf, start charon (its log lines become ours, as
+"charon"), wait for the VICI socket, `swanctl --load-all`. Status, rekey, initiate and terminate
+speak VICI directly. stop: terminate every IKE SA (so peers get DELETEs), then SIGTERM charon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.strongswan.render import (
+    PLUGIN_CONF_DIR,
+    VICI_SOCKET,
+    render_strongswan_conf,
+    render_swanctl,
+)
+from vpnlab_agent.strongswan.vici import Message, Vici, ViciError
+
+log = logging.getLogger("vpnlab_agent.strongswan")
+charon_log = logging.getLogger("vpnlab_agent.charon")
+
+VICI_WAIT_S = 20.0
+LOAD_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+MAX_LOG_LINE = 16 * 1024
+
+
+class StrongswanError(Exception):
+    """charon could not be started or configured, or refused a command; one line."""
+
+
+@dataclass(frozen=True)
+class StrongswanPaths:
+    strongswan_conf: str = "/etc/strongswan.conf"
+    swanctl_conf: str = "/etc/swanctl/swanctl.conf"
+    vici_socket: str = VICI_SOCKET
+    plugin_conf_dir: str = PLUGIN_CONF_DIR
+    charon: str = "/usr/sbin/charon-systemd"
+    swanctl: str = "/usr/sbin/swanctl"
+    routing_table: int = 220
+
+
+def _write(path: str, text: str, mode: int = 0o600) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    # Written in place (not tmp+rename): a bind-mounted file must stay the same inode.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def ike_sa_status(name: str, sa: Message, now_age: bool = True) -> dict[str, Any]:
+    algs = [sa.get("encr-alg", "?") + (f"_{sa['encr-keysize']}" if sa.get("encr-keysize") else "")]
+    for key in ("integ-alg", "prf-alg", "dh-group"):
+        if sa.get(key):
+            algs.append(sa[key])
+    return {
+        "peer": name,
+        "state": sa.get("state"),
+        "local": sa.get("local-host"),
+        "remote": sa.get("remote-host"),
+        "initiator": sa.get("initiator") == "yes",
+        "algorithms": "/".join(algs),
+        "age_s": _int(sa.get("established")),
+        "spi_i": sa.get("initiator-spi"),
+        "spi_r": sa.get("responder-spi"),
+        "local_id": sa.get("local-id"),
+        "remote_id": sa.get("remote-id"),
+        "encap": sa.get("nat-any") == "yes" or sa.get("local-port") == "4500",
+        "rekey_in_s": _int(sa.get("rekey-time")),
+    }
+
+
+def child_sa_status(peer: str, child: Message) -> dict[str, Any]:
+    alg = child.get("encr-alg", "?")
+    if child.get("encr-keysize"):
+        alg += f"_{child['encr-keysize']}"
+    if child.get("integ-alg"):
+        alg += f"/{child['integ-alg']}"
+    return {
+        "peer": peer,
+        "name": child.get("name"),
+        "state": child.get("state"),
+        "local_ts": list(child.get("local-ts", [])),
+        "remote_ts": list(child.get("remote-ts", [])),
+        "spi_in": child.get("spi-in"),
+        "spi_out": child.get("spi-out"),
+        "algorithm": alg,
+        "bytes_in": _int(child.get("bytes-in")),
+        "bytes_out": _int(child.get("bytes-out")),
+        "packets_in": _int(child.get("packets-in")),
+        "packets_out": _int(child.get("packets-out")),
+        "age_s": _int(child.get("install-time")),
+        "reqid": _int(child.get("reqid")),
+        "encap": child.get("encap") == "yes",
+    }
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_list_sas(events: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """VICI list-sa events -> (ike_sas, child_sas) in the agent's status format."""
+    ike_sas: list[dict[str, Any]] = []
+    child_sas: list[dict[str, Any]] = []
+    for event in events:
+        for name, sa in event.items():
+            if not isinstance(sa, dict):
+                continue
+            ike_sas.append(ike_sa_status(name, sa))
+            children = sa.get("child-sas", {})
+            if isinstance(children, dict):
+                for child in children.values():
+                    if isinstance(child, dict):
+                        child_sas.append(child_sa_status(name, child))
+    return ike_sas, child_sas
+
+
+class StrongswanService:
+    name = "strongswan"
+    dataplane = "strongswan-libipsec"
+
+    def __init__(self, config: NodeConfig, paths: StrongswanPaths | None = None) -> None:
+        self.config = config
+        self.paths = paths or StrongswanPaths()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._ike_sas: list[dict[str, Any]] = []
+        self._child_sas: list[dict[str, Any]] = []
+        self._errors: list[str] = []
+        self._loaded = False
+        self._stopping = False
+        self.peers = tuple(p.name for p in config.ike.peers) if config.ike else ()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "STRONGSWAN_CONF": self.paths.strongswan_conf}
+
+    def render(self) -> None:
+        _write(self.paths.swanctl_conf, render_swanctl(self.config))
+        _write(self.paths.strongswan_conf, render_strongswan_conf(
+            self.config, vici_socket=self.paths.vici_socket,
+            plugin_conf_dir=self.paths.plugin_conf_dir, routing_table=self.paths.routing_table,
+        ), mode=0o644)
+
+    async def start(self) -> None:
+        self.render()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.paths.vici_socket)  # stale from an earlier charon
+        self._proc = await asyncio.create_subprocess_exec(
+            self.paths.charon,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self.env,
+            limit=MAX_LOG_LINE,
+        )
+        log.info("charon started (pid %d)", self._proc.pid)
+        self._pump = asyncio.create_task(self._pump_log(self._proc))
+        await self._wait_vici()
+        await self._load_all()
+        self._loaded = True
+
+    async def _pump_log(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except ValueError:  # a line over the limit: drop the rest of it
+                with contextlib.suppress(Exception):
+                    await proc.stdout.readuntil(b"\n")
+                continue
+            if not line:
+                break
+            text = line.decode(errors="replace").rstrip()
+            if text:
+                charon_log.info("%s", text)
+        code = await proc.wait()
+        if not self._stopping:
+            self._errors.append(f"charon exited with code {code}")
+            log.error("charon exited unexpectedly with code %s", code)
+
+    async def _wait_vici(self) -> None:
+        deadline = time.monotonic() + VICI_WAIT_S
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.returncode is not None:
+                raise StrongswanError(f"charon exited with code {self._proc.returncode} before opening VICI")
+            if os.path.exists(self.paths.vici_socket):
+                try:
+                    await asyncio.to_thread(self._vici_request, "version")
+                    return
+                except ViciError:
+                    pass
+            await asyncio.sleep(0.1)
+        raise StrongswanError(f"charon did not open {self.paths.vici_socket} within {VICI_WAIT_S:g} s")
+
+    async def _load_all(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            self.paths.swanctl, "--load-all", "--file", self.paths.swanctl_conf,
+            "--uri", f"unix://{self.paths.vici_socket}",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=self.env,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), LOAD_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise StrongswanError(f"swanctl --load-all took longer than {LOAD_TIMEOUT_S:g} s") from None
+        for line in out.decode(errors="replace").splitlines():
+            # swanctl complains about plugins it was not built with; that is noise, not news
+            if line.strip() and "failed to load" not in line:
+                log.info("swanctl: %s", line.strip())
+        if proc.returncode != 0:
+            raise StrongswanError(f"swanctl --load-all failed (exit {proc.returncode})")
+
+    def _vici_request(self, command: str, msg: Message | None = None, timeout: float = 20.0) -> Message:
+        with Vici(self.paths.vici_socket, timeout) as vici:
+            return vici.checked(command, msg)
+
+    def _list_sas(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        with Vici(self.paths.vici_socket) as vici:
+            events, _ = vici.streamed("list-sas", "list-sa")
+        return parse_list_sas(events)
+
+    async def refresh(self) -> None:
+        """Query charon for the current SAs (called before status())."""
+        if self._proc is None or self._proc.returncode is not None:
+            self._ike_sas, self._child_sas = [], []
+            return
+        try:
+            self._ike_sas, self._child_sas = await asyncio.to_thread(self._list_sas)
+        except ViciError as exc:
+            self._ike_sas, self._child_sas = [], []
+            self._errors = self._errors[-9:] + [f"list-sas: {exc}"]
+
+    def status(self) -> dict[str, Any]:
+        running = self._proc is not None and self._proc.returncode is None
+        return {
+            "charon_pid": self._proc.pid if self._proc else None,
+            "running": running,
+            "loaded": self._loaded,
+            "ike_sas": list(self._ike_sas),
+            "child_sas": list(self._child_sas),
+            "errors": list(self._errors),
+        }
+
+    def _check_peer(self, peer: str) -> None:
+        if peer not in self.peers:
+            raise StrongswanError(f"unknown peer {peer!r} (peers: {', '.join(self.peers) or 'none'})")
+
+    async def rekey(self, peer: str, what: str = "child") -> dict[str, Any]:
+        self._check_peer(peer)
+        key = "ike" if what == "ike" else "child"
+        try:
+            response = await asyncio.to_thread(self._vici_request, "rekey", {key: peer})
+        except ViciError as exc:
+            raise StrongswanError(f"rekey {what} {peer}: {exc}") from None
+        matches = _int(response.get("matches"))
+        if matches == 0:
+            raise StrongswanError(f"rekey {what} {peer}: no such SA up")
+        log.info("rekey %s SA of %s requested", what, peer)
+        return {"peer": peer, "what": what, "matches": matches}
+
+    async def initiate(self, peer: str) -> dict[str, Any]:
+        self._check_peer(peer)
+        try:
+            await asyncio.to_thread(
+                self._vici_request, "initiate", {"child": peer, "timeout": "15000", "init-limits": "no"}
+            )
+        except ViciError as exc:
+            raise StrongswanError(f"initiate {peer}: {exc}") from None
+        return {"peer": peer, "initiated": True}
+
+    async def terminate(self, peer: str) -> dict[str, Any]:
+        self._check_peer(peer)
+        try:
+            await asyncio.to_thread(self._vici_request, "terminate", {"ike": peer, "timeout": "5000"})
+        except ViciError as exc:
+            raise StrongswanError(f"terminate {peer}: {exc}") from None
+        return {"peer": peer, "terminated": True}
+
+    async def stop(self) -> None:
+        self._stopping = True
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.returncode is None and self._loaded:
+            # Tell peers we are going (DELETE), but never wait long for a dead one.
+            for peer in self.peers:
+                with contextlib.suppress(ViciError, OSError):
+                    await asyncio.wait_for(asyncio.to_thread(
+                        self._vici_request, "terminate", {"ike": peer, "timeout": "1000", "force": "yes"}, 2.0
+                    ), 2.5)
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            except asyncio.TimeoutError:
+                log.warning("charon ignored SIGTERM for %g s; killing it", STOP_GRACE_S)
+                proc.kill()
+                await proc.wait()
+        if self._pump is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pump, 2.0)
+        log.info("charon stopped")
+        self._proc = None
