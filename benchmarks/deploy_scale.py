@@ -27,7 +27,7 @@ GOALS = {"deploy_s": 60.0, "destroy_s": 15.0, "agent_rss_max_mb": 40.0, "agent_r
 
 
 def agent_rss_mb(init_pid: int) -> float | None:
-    """VmRSS of the agent: the process under the container's init whose command is vpnlab_agent."""
+    """VmRSS of the agent: the python process under the container's init running vpnlab_agent."""
     pids = [init_pid]
     seen = set()
     while pids:
@@ -37,7 +37,8 @@ def agent_rss_mb(init_pid: int) -> float | None:
         seen.add(pid)
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"vpnlab_agent" in cmdline and b"run" in cmdline:
+            # argv[0] must be python: docker-init's own argv also names the agent command
+            if Path(cmdline[0].decode()).name.startswith("python") and b"vpnlab_agent" in cmdline:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
                         return int(line.split()[1]) / 1024
