@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -10,10 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from vpnlab_agent.config import CONFIG_PATH, InterfaceConfig, NodeConfig
 
 from vpnlab import lab as labs
 from vpnlab.errors import LabError
+from vpnlab.kinds.base import ContainerSpec
+from vpnlab.kinds.registry import kind_for
 from vpnlab.runtime.docker import DockerRuntime
+from vpnlab.topology.model import Lab
 
 
 pytestmark = pytest.mark.e2e
@@ -68,4 +73,49 @@ def test_ctrl_c_during_deploy_leaves_nothing(
             proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
+    assert leftovers(name) == []
+
+
+def _router_spec(lab: Lab, node: str, **changes: object) -> ContainerSpec:
+    base = kind_for(lab.node(node)).container_spec(lab, lab.node(node))
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_an_agent_that_never_becomes_ready_fails_the_deploy_by_name_and_leaves_nothing(
+    node_image: str,
+    runtime: DockerRuntime,
+    lab_name: Callable[[], str],
+    topologies: Path,
+    leftovers: Callable[[str], list[str]],
+) -> None:
+    # br2's agent is told to configure an interface the lab never wires: it keeps waiting and
+    # answers "not ready", so the deploy must give up at its deadline and name br2.
+    name = lab_name()
+    lab = labs.load_lab(topologies / "minimal.yml", name)
+    spec = _router_spec(lab, "br2")
+    config = NodeConfig.from_json(spec.files[CONFIG_PATH].decode())
+    extra = InterfaceConfig(name="lan9", kind="lan", addresses=("10.99.0.1/24",))
+    config = dataclasses.replace(config, interfaces=(*config.interfaces, extra))
+    broken = dataclasses.replace(spec, files={**spec.files, CONFIG_PATH: config.to_json().encode()})
+    with pytest.raises(LabError, match=r"node br2 not ready after 8 s") as err:
+        labs.deploy_lab(lab, node_image, runtime=runtime, ready_timeout=8, specs={"br2": broken})
+    assert "last log lines" in str(err.value)
+    assert leftovers(name) == []
+
+
+def test_an_agent_that_exits_fails_the_deploy_at_once_with_its_log(
+    node_image: str,
+    runtime: DockerRuntime,
+    lab_name: Callable[[], str],
+    topologies: Path,
+    leftovers: Callable[[str], list[str]],
+) -> None:
+    name = lab_name()
+    lab = labs.load_lab(topologies / "minimal.yml", name)
+    broken = _router_spec(lab, "hub", command=("python3", "-m", "vpnlab_agent", "run", "--config", "/nonexistent.json"))
+    started = time.monotonic()
+    with pytest.raises(LabError, match=rf"container vpnlab-{name}-hub is exited; last log lines: .+") as err:
+        labs.deploy_lab(lab, node_image, runtime=runtime, ready_timeout=60, specs={"hub": broken})
+    assert time.monotonic() - started < 30, "a dead agent must not wait for the deadline"
+    assert "nonexistent" in str(err.value)
     assert leftovers(name) == []
