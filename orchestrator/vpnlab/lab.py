@@ -274,7 +274,7 @@ def _wait_ready(lab: str, agents: list[Node], rt: Runtime, report: _Report, time
     last: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vpnlab-ready") as pool:
         while waiting:
-            checks = {node: pool.submit(_check_ready, rt, cname) for node, cname in waiting.items()}
+            checks = {node: pool.submit(_check_ready, rt, node, cname) for node, cname in waiting.items()}
             for node, fut in checks.items():
                 ready, note = fut.result()
                 if ready:
@@ -293,11 +293,11 @@ def _wait_ready(lab: str, agents: list[Node], rt: Runtime, report: _Report, time
             time.sleep(READY_POLL_S)
 
 
-def _check_ready(rt: Runtime, cname: str) -> tuple[bool, str]:
+def _check_ready(rt: Runtime, node: str, cname: str) -> tuple[bool, str]:
     info = rt.get(cname)
     if info is None or info.state != "running":
         state = info.state if info else "gone"
-        raise LabError(f"container {cname} is {state}; last log lines: {_log_tail(rt, cname)}")
+        raise LabError(f"node {node} failed: container {cname} is {state}; last log lines: {_log_tail(rt, cname)}")
     try:
         status = agent_status(info)
     except Exception as exc:  # not listening yet, or a bad answer: keep polling until the deadline

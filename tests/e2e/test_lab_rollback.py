@@ -114,7 +114,7 @@ def test_an_agent_that_exits_fails_the_deploy_at_once_with_its_log(
     lab = labs.load_lab(topologies / "minimal.yml", name)
     broken = _router_spec(lab, "hub", command=("python3", "-m", "vpnlab_agent", "run", "--config", "/nonexistent.json"))
     started = time.monotonic()
-    with pytest.raises(LabError, match=rf"container vpnlab-{name}-hub is exited; last log lines: .+") as err:
+    with pytest.raises(LabError, match=rf"node hub failed: container vpnlab-{name}-hub is exited; last log lines: .+") as err:
         labs.deploy_lab(lab, node_image, runtime=runtime, ready_timeout=60, specs={"hub": broken})
     assert time.monotonic() - started < 30, "a dead agent must not wait for the deadline"
     assert "nonexistent" in str(err.value)
