@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vpnlab_agent.ike.codec import (
     KE,
@@ -46,6 +48,7 @@ from vpnlab_agent.ike.constants import (
     VENDOR_ID,
     AuthMethod,
     DhGroup,
+    EncrId,
     ExchangeType,
     IdType,
     NotifyType,
@@ -53,8 +56,11 @@ from vpnlab_agent.ike.constants import (
 )
 from vpnlab_agent.ike.crypto import (
     DhKeyPair,
+    EspSuite,
+    IkeKeys,
     IkeSuite,
     SkCipher,
+    derive_child_keys,
     derive_ike_keys,
     nat_hash,
     psk_auth,
@@ -278,7 +284,8 @@ def _init_ok(peer: Peer, proposal: str) -> InitResult:
     return InitResult(suite, msg.spi_i, msg.spi_r, req, resp, ni, nr, dh.shared_secret(ke.data))
 
 
-def _auth(peer: Peer, init: InitResult, psk: bytes) -> tuple[Message, SkCipher, SkCipher, bytes]:
+def _auth(peer: Peer, init: InitResult, psk: bytes, esp_spi: bytes = b"\x00\x00\xc0\xde"
+          ) -> tuple[Message, SkCipher, SkCipher, IkeKeys]:
     s = init.suite
     keys = derive_ike_keys(s, init.ni, init.nr, init.shared, init.spi_i, init.spi_r)
     out = SkCipher(s, keys.sk_ei, keys.sk_ai)
@@ -287,23 +294,23 @@ def _auth(peer: Peer, init: InitResult, psk: bytes) -> tuple[Message, SkCipher, 
     octets = signed_octets(init.request, init.nr, s.prf, keys.sk_pi, payload_body(idi))
     req = Message(init.spi_i, init.spi_r, ExchangeType.IKE_AUTH, 1, True, False, [
         idi, IDr(IdType.FQDN, b"hub.vpnlab"), Auth(AuthMethod.PSK, psk_auth(s.prf, psk, octets)),
-        SA(esp_proposals_from_config(["aes128gcm16"], spi=os.urandom(4))),
+        SA(esp_proposals_from_config(["aes128gcm16"], spi=esp_spi)),
         TSi([ts_from_cidr("10.1.0.0/24")]), TSr([ts_from_cidr("10.2.0.0/24")]),
     ])
     resp = decode(_exchange(peer, encode(req, out), natt=True), inb)
     assert resp.exchange == ExchangeType.IKE_AUTH and resp.response and resp.message_id == 1
-    return resp, out, inb, keys.sk_pr
+    return resp, out, inb, keys
 
 
 @pytest.mark.parametrize("proposal", IKE_SUITES)
 def test_ike_sa_init_and_auth_against_charon(charon: Peer, proposal: str) -> None:
     init = _init_ok(charon, proposal)
-    resp, out, inb, sk_pr = _auth(charon, init, PSK)
+    resp, out, inb, keys = _auth(charon, init, PSK)
     idr, auth = resp.find(IDr), resp.find(Auth)
     assert idr is not None and auth is not None, f"no IDr/AUTH: {resp.payloads}\n{charon.log.read_text()[-3000:]}"
     assert (idr.id_type, idr.data) == (IdType.FQDN, b"hub.vpnlab")
     # the responder's AUTH over its IKE_SA_INIT message, our nonce and its IDr, with our keys
-    octets = signed_octets(init.response, init.ni, init.suite.prf, sk_pr, payload_body(idr))
+    octets = signed_octets(init.response, init.ni, init.suite.prf, keys.sk_pr, payload_body(idr))
     assert auth.method == AuthMethod.PSK and auth.data == psk_auth(init.suite.prf, PSK, octets)
     # the child SA: charon's choice of our ESP proposal with its own SPI, and narrowed selectors
     sa, tsi, tsr = resp.find(SA), resp.find(TSi), resp.find(TSr)
@@ -337,3 +344,47 @@ def test_wrong_ke_group_gets_invalid_ke_payload(charon: Peer) -> None:
 def test_no_common_proposal(charon: Peer) -> None:
     msg, *_ = _sa_init(charon, "aes256-sha256-prfsha384-modp2048")
     assert msg.notifies(NotifyType.NO_PROPOSAL_CHOSEN), msg.payloads
+
+
+def _checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+
+
+def _ping_packet(src: str, dst: str, ident: int) -> bytes:
+    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"vpnlab-codec-keymat!"
+    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), ident, 0, 64, 1, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    return hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:] + icmp
+
+
+def test_child_keymat_carries_esp_through_charon(charon: Peer) -> None:
+    """KEYMAT order and the GCM salt, proven by traffic: an ESP-in-UDP ping sealed with our
+    initiator->responder key is opened by charon's libipsec, answered by its kernel, and the
+    reply charon seals with the responder->initiator key opens with ours."""
+    init = _init_ok(charon, IKE_SUITES[0])
+    our_spi = os.urandom(4)
+    resp, out, inb, keys = _auth(charon, init, PSK, esp_spi=our_spi)
+    (chosen,) = resp.find(SA).proposals  # type: ignore[union-attr]
+    child = derive_child_keys(EspSuite(EncrId.AES_GCM_16, 128), init.suite.prf, keys.sk_d, init.ni, init.nr)
+    ping = _ping_packet("10.1.0.5", "10.2.0.1", 0x4242)
+    pad = (-(len(ping) + 2)) % 4
+    trailer = bytes(range(1, pad + 1)) + bytes((pad, 4))  # next header 4: IPv4 (tunnel mode)
+    head = chosen.spi + struct.pack("!I", 1)
+    iv = os.urandom(8)
+    esp = head + iv + AESGCM(child.enc_i[:16]).encrypt(child.enc_i[16:] + iv, ping + trailer, head)
+    charon.sock_natt.sendto(esp, (PEER_ADDR, 4500))
+    try:
+        reply, _ = charon.sock_natt.recvfrom(65535)
+    except socket.timeout:
+        pytest.fail(f"no ESP reply from charon; its log:\n{charon.log.read_text()[-3000:]}")
+    assert reply[:4] == our_spi, "expected ESP on our inbound SPI"
+    plain = AESGCM(child.enc_r[:16]).decrypt(child.enc_r[16:] + reply[8:16], reply[16:], reply[:8])
+    assert plain[-1] == 4
+    inner = plain[: len(plain) - plain[-2] - 2]
+    assert socket.inet_ntoa(inner[12:16]) == "10.2.0.1" and socket.inet_ntoa(inner[16:20]) == "10.1.0.5"
+    assert inner[9] == 1 and inner[20] == 0 and inner[24:26] == b"\x42\x42"  # ICMP echo reply, our id
+    bye = Message(init.spi_i, init.spi_r, ExchangeType.INFORMATIONAL, 2, True, False, [Delete(ProtocolId.IKE, [])])
+    decode(_exchange(charon, encode(bye, out), natt=True), inb)
