@@ -1,0 +1,288 @@
+"""TCP throughput through one tunnel: plain veth vs our UserspaceEngine vs strongSwan kernel-libipsec.
+
+Two containers from the node image (`vpnlab.image.ensure_image()`), `--network none`, joined by one
+veth (wan0, 192.0.2.1 <-> 192.0.2.2). Each has a "LAN" address on lo (10.1.0.1 / 10.2.0.1: this kernel
+has no dummy devices) and iperf3 runs between those two addresses, so all three cases use the same
+endpoints in the same run:
+
+  plain      routes 10.x via the veth, no encryption
+  userspace  `python3 -m vpnlab_agent.dataplane.userspace` in both containers, hand-made AES-GCM-128 SAs
+  libipsec   strongSwan 5.9 charon-systemd + swanctl, kernel-libipsec (ESP in UDP on TUN ipsec0), AES-GCM-128
+
+Containers keep the two charons' config, pid and vici paths apart (the reason for not using netns).
+The agent code under test is this work tree's, bind-mounted over the image's copy.
+CPU is the containers' cgroup CPU time during the run (iperf3 included), in cores.
+
+    .venv/bin/python benchmarks/esp_throughput.py [--seconds 10] [--only plain,userspace,libipsec]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENT_SRC = ROOT / "node-image" / "vpnlab_agent"
+AGENT_DST = "/usr/lib/python3/dist-packages/vpnlab_agent"
+
+sys.path.insert(0, str(ROOT / "node-image"))
+sys.path.insert(0, str(ROOT / "orchestrator"))
+
+from vpnlab_agent.dataplane.userspace import sa_to_dict  # noqa: E402
+from vpnlab_agent.sa import ChildSA, EspAlgorithm  # noqa: E402
+
+A_WAN, B_WAN = "192.0.2.1", "192.0.2.2"
+A_LAN, B_LAN = "10.1.0.1", "10.2.0.1"
+PSK = "benchmark-only-psk-" + uuid.uuid4().hex
+
+SWANCTL = """connections {{
+  bench {{
+    version = 2
+    local_addrs = {local}
+    remote_addrs = {remote}
+    encap = yes
+    proposals = aes128gcm16-prfsha256-ecp256
+    local {{
+      auth = psk
+      id = {me}
+    }}
+    remote {{
+      auth = psk
+      id = {peer}
+    }}
+    children {{
+      net {{
+        local_ts = {lts}
+        remote_ts = {rts}
+        esp_proposals = aes128gcm16
+        mode = tunnel
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-bench {{
+    id-a = rA
+    id-b = rB
+    secret = "{psk}"
+  }}
+}}
+"""
+
+LIBIPSEC_CONF = "kernel-libipsec {\n  load = yes\n}\n"
+
+
+def run(*argv: str, timeout: float = 60, check: bool = True, input: str | None = None) -> str:
+    r = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input)
+    if check and r.returncode:
+        raise RuntimeError(f"{' '.join(argv[:6])}: {(r.stderr or r.stdout).strip()[:300]}")
+    return r.stdout
+
+
+@dataclass
+class Node:
+    name: str
+    wan: str
+    lan: str
+    cid: str = ""
+    pid: int = 0
+
+    def sh(self, cmd: str, timeout: float = 60, check: bool = True) -> str:
+        return run("docker", "exec", self.cid, "sh", "-c", cmd, timeout=timeout, check=check)
+
+    def write(self, path: str, text: str) -> None:
+        run("docker", "exec", "-i", self.cid, "sh", "-c", f"mkdir -p $(dirname {path}) && cat > {path}", input=text)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of everything in the container, from its cgroup (v1 cgroupfs or v2)."""
+        cg = Path("/sys/fs/cgroup")
+        for f in (cg / "cpuacct/docker" / self.cid / "cpuacct.usage", cg / "cpu,cpuacct/docker" / self.cid / "cpuacct.usage"):
+            if f.exists():
+                return int(f.read_text()) / 1e9
+        for f in (cg / "docker" / self.cid / "cpu.stat", cg / f"system.slice/docker-{self.cid}.scope/cpu.stat"):
+            if f.exists():
+                for line in f.read_text().splitlines():
+                    k, v = line.split()
+                    if k == "usage_usec":
+                        return int(v) / 1e6
+        raise RuntimeError(f"cannot find the cgroup CPU usage of container {self.cid[:12]}")
+
+
+class EngineProc:
+    def __init__(self, node: Node) -> None:
+        self.p = subprocess.Popen(["docker", "exec", "-i", node.cid, "python3", "-m", "vpnlab_agent.dataplane.userspace"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def call(self, **cmd: object) -> dict:
+        assert self.p.stdin and self.p.stdout
+        self.p.stdin.write(json.dumps(cmd) + "\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError("engine process died")
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise RuntimeError(reply["error"])
+        return reply
+
+    def close(self) -> None:
+        try:
+            self.call(op="close")
+        finally:
+            self.p.wait(timeout=10)
+
+
+def start(image: str, node: Node, tag: str) -> None:
+    node.cid = run("docker", "run", "-d", "--rm", "--name", f"espbench-{tag}-{node.name}", "--network", "none",
+                   "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--device", "/dev/net/tun",
+                   "--sysctl", "net.ipv4.ip_forward=1",
+                   "-v", f"{AGENT_SRC}:{AGENT_DST}:ro", "--label", "vpnlab.benchmark=esp",
+                   image, "sleep", "infinity").strip()
+    node.pid = int(run("docker", "inspect", "-f", "{{.State.Pid}}", node.cid).strip())
+    node.sh(f"ip link set lo up && ip addr add {node.lan}/32 dev lo")
+
+
+def wire(a: Node, b: Node) -> None:
+    tmp = "eb" + uuid.uuid4().hex[:8]
+    run("ip", "link", "add", tmp + "a", "type", "veth", "peer", "name", tmp + "b")
+    run("ip", "link", "set", tmp + "a", "netns", str(a.pid))
+    run("ip", "link", "set", tmp + "b", "netns", str(b.pid))
+    for n, dev in ((a, tmp + "a"), (b, tmp + "b")):
+        n.sh(f"ip link set {dev} name wan0 && ip addr add {n.wan}/24 dev wan0 && ip link set wan0 up")
+
+
+def iperf(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
+    """(Mbit/s received, CPU cores used by both containers, TCP retransmits)."""
+    b.sh(f"iperf3 -s -1 -D -B {b.lan}")
+    time.sleep(0.5)
+    c0 = a.cpu_seconds() + b.cpu_seconds()
+    t0 = time.monotonic()
+    out = a.sh(f"iperf3 -c {b.lan} -B {a.lan} -t {seconds} -J", timeout=seconds + 30)
+    dt = time.monotonic() - t0
+    cpu = (a.cpu_seconds() + b.cpu_seconds() - c0) / dt
+    j = json.loads(out)
+    return (j["end"]["sum_received"]["bits_per_second"] / 1e6, cpu, j["end"]["sum_sent"].get("retransmits", 0))
+
+
+def case_plain(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
+    a.sh(f"ip route add {b.lan}/32 via {b.wan} src {a.lan}")
+    b.sh(f"ip route add {a.lan}/32 via {a.wan} src {b.lan}")
+    try:
+        return iperf(a, b, seconds)
+    finally:
+        a.sh(f"ip route del {b.lan}/32")
+        b.sh(f"ip route del {a.lan}/32")
+
+
+def sa_pair(alg: EspAlgorithm) -> tuple[ChildSA, ChildSA]:
+    k_ab, k_ba = os.urandom(20), os.urandom(20)
+    common = dict(algorithm=alg, integ_key_in=b"", integ_key_out=b"", local_port=4500, remote_port=4500)
+    sa_a = ChildSA(name="rB", reqid=1, spi_in=0xB0000001, spi_out=0xA0000001, enc_key_in=k_ba, enc_key_out=k_ab,
+                   local_addr=A_WAN, remote_addr=B_WAN, local_ts=("10.1.0.0/24",), remote_ts=("10.2.0.0/24",),
+                   **common)
+    sa_b = ChildSA(name="rA", reqid=1, spi_in=0xA0000001, spi_out=0xB0000001, enc_key_in=k_ab, enc_key_out=k_ba,
+                   local_addr=B_WAN, remote_addr=A_WAN, local_ts=("10.2.0.0/24",), remote_ts=("10.1.0.0/24",),
+                   **common)
+    return sa_a, sa_b
+
+
+def case_userspace(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
+    ea, eb = EngineProc(a), EngineProc(b)
+    try:
+        ea.call(op="open", local_addr=a.wan, route_src=a.lan)
+        eb.call(op="open", local_addr=b.wan, route_src=b.lan)
+        sa_a, sa_b = sa_pair(EspAlgorithm("aes-gcm-16", 128))
+        ea.call(op="install", sa=sa_to_dict(sa_a))
+        eb.call(op="install", sa=sa_to_dict(sa_b))
+        result = iperf(a, b, seconds)
+        st = eb.call(op="status")["status"]
+        if st["sas"][0]["packets_in"] < 1000:
+            raise RuntimeError("the iperf3 traffic did not cross our tunnel")
+        print(f"userspace engine: crypto back end {st['crypto']}, mtu {st['mtu']}, drops "
+              f"{ {k: v for k, v in st['drops'].items() if v} }, SA {st['sas'][0]['packets_in']} packets in")
+        return result
+    finally:
+        for e in (ea, eb):
+            e.close()
+
+
+def case_libipsec(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
+    for me, peer, n, p in (("rA", "rB", a, b), ("rB", "rA", b, a)):
+        n.write("/etc/swanctl/conf.d/bench.conf",
+                SWANCTL.format(local=n.wan, remote=p.wan, me=me, peer=peer, lts=n.lan.rsplit(".", 2)[0] + ".0.0/24",
+                               rts=p.lan.rsplit(".", 2)[0] + ".0.0/24", psk=PSK))
+        n.write("/etc/strongswan.d/charon/kernel-libipsec.conf", LIBIPSEC_CONF)
+        n.sh("(/usr/sbin/charon-systemd > /tmp/charon.log 2>&1 &) ; sleep 0.2")
+    for n in (a, b):
+        for _ in range(50):
+            if n.sh("swanctl --stats >/dev/null 2>&1 && echo up", check=False).strip() == "up":
+                break
+            time.sleep(0.2)
+        n.sh("swanctl --load-all >/dev/null")
+    a.sh("swanctl --initiate --child net --timeout 20 >/dev/null", timeout=40)
+    sas = b.sh("swanctl --list-sas")
+    if "INSTALLED" not in sas:
+        raise RuntimeError("strongSwan child SA not installed: " + sas[:300])
+    try:
+        return iperf(a, b, seconds)
+    finally:
+        for n in (a, b):
+            n.sh("pkill -x charon-systemd; true", check=False)
+
+
+CASES = {"plain": case_plain, "userspace": case_userspace, "libipsec": case_libipsec}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--only", default=",".join(CASES))
+    ap.add_argument("--image", help="node image tag (default: vpnlab.image.ensure_image())")
+    args = ap.parse_args()
+    console = Console()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (veth between containers)")
+    image = args.image
+    if not image:
+        from vpnlab.image import ensure_image
+
+        image = ensure_image()
+    tag = uuid.uuid4().hex[:6]
+    a, b = Node("rA", A_WAN, A_LAN), Node("rB", B_WAN, B_LAN)
+    results: dict[str, tuple[float, float, int]] = {}
+    try:
+        start(image, a, tag)
+        start(image, b, tag)
+        wire(a, b)
+        for name in args.only.split(","):
+            results[name] = CASES[name](a, b, args.seconds)
+            console.print(f"{name}: {results[name][0]:.0f} Mbit/s")
+    finally:
+        for n in (a, b):
+            if n.cid:
+                run("docker", "rm", "-f", n.cid, check=False)
+
+    t = Table(title=f"TCP through one tunnel, iperf3 {args.seconds} s, one stream (load avg {os.getloadavg()[0]:.1f})")
+    for col in ("case", "Mbit/s", "vs libipsec", "vs plain veth", "CPU (cores)", "Mbit/s per core", "retransmits"):
+        t.add_column(col, justify="left" if col == "case" else "right")
+    ref_lib = results.get("libipsec", (0.0, 0.0, 0))[0]
+    ref_plain = results.get("plain", (0.0, 0.0, 0))[0]
+    for name, (mbps, cpu, retr) in results.items():
+        t.add_row(name, f"{mbps:.0f}", f"{mbps / ref_lib:.2f}x" if ref_lib else "-",
+                  f"{mbps / ref_plain:.3f}x" if ref_plain else "-", f"{cpu:.2f}", f"{mbps / cpu:.0f}" if cpu else "-",
+                  str(retr))
+    console.print(t)
+
+
+if __name__ == "__main__":
+    main()
