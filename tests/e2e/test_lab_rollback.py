@@ -119,3 +119,31 @@ def test_an_agent_that_exits_fails_the_deploy_at_once_with_its_log(
     assert time.monotonic() - started < 30, "a dead agent must not wait for the deadline"
     assert "nonexistent" in str(err.value)
     assert leftovers(name) == []
+
+
+def test_destroy_cleans_up_after_a_deploy_that_was_killed(
+    node_image: str,
+    runtime: DockerRuntime,
+    lab_name: Callable[[], str],
+    topologies: Path,
+    leftovers: Callable[[str], list[str]],
+) -> None:
+    # SIGKILL leaves no chance to roll back: the labels and the netns name are all destroy needs.
+    name = lab_name()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vpnlab", "deploy", str(topologies / "minimal.yml"), "--name", name],
+        cwd=topologies.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(runtime.containers(name)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert leftovers(name), "the killed deploy should have left containers and a fabric behind"
+    result = labs.destroy(name, runtime=runtime)
+    assert result.found_anything
+    assert leftovers(name) == []
