@@ -112,6 +112,14 @@ class IkeEndpoint:
         s = self._established(peer)
         return sum(s.rekey_child(c, now) for c in list(s.children.values()) if c.expire_at is None)
 
+    def rekey_child_spi(self, spi_in: int, now: float) -> bool:
+        """Rekey the one child SA with this inbound SPI (the data plane saw its byte lifetime)."""
+        for s in self._sessions.values():
+            child = s.children.get(spi_in)
+            if child is not None and s.established:
+                return s.rekey_child(child, now)
+        return False
+
     def rekey_ike(self, peer: str, now: float) -> bool:
         return self._established(peer).rekey_ike(now)
 

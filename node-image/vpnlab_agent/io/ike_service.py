@@ -1,0 +1,386 @@
+"""The asyncio adapter around IkeEndpoint: sockets, the clock, and the data-plane engine.
+
+UDP 500 is our own socket; UDP 4500 belongs to the engine (it carries ESP too), which hands IKE
+messages to us without the non-ESP marker, possibly from its own thread. Everything the endpoint
+produces is flushed after every input: datagrams go out, ChildSAUp is installed into the engine,
+ChildSADeleted removed, the rest logged. Peers we initiate to are retried with a capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.dataplane.base import NATT_PORT, Engine, EngineError
+from vpnlab_agent.ike.endpoint import IkeEndpoint, IkeError
+from vpnlab_agent.ike.events import (
+    AuthFailed,
+    ChildSADeleted,
+    ChildSAUp,
+    IkeSADown,
+    IkeSAUp,
+    NotifyReceived,
+)
+
+log = logging.getLogger("vpnlab_agent.ike")
+
+IKE_PORT = 500
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 30.0
+STOP_GRACE_S = 1.5  # how long stop() waits for the peers' answers to our DELETEs
+MAX_ERRORS = 50
+
+
+class _Udp500(asyncio.DatagramProtocol):
+    def __init__(self, service: IkeService) -> None:
+        self.service = service
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.service._on_datagram(data, (addr[0], addr[1]), self.service.ike_port)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP %d: %s", self.service.ike_port, exc)  # ICMP unreachable and the like
+
+
+class IkeService:
+    name = "ike"
+
+    def __init__(self, config: NodeConfig, engine: Engine, *, local_addr: str | None = None,
+                 ike_port: int = IKE_PORT, natt_port: int = NATT_PORT, force_encap: bool = True) -> None:
+        if config.ike is None:
+            raise IkeError(f"{config.name}: no IKE configuration")
+        addr = local_addr or config.public_address
+        if addr is None:
+            raise IkeError(f"{config.name}: no public address to run IKE on")
+        self.config = config
+        self.engine = engine
+        self.local_addr = addr
+        self.ike_port = ike_port
+        self.natt_port = natt_port
+        # Our engines always carry ESP in UDP (RFC 3948), so we always float to 4500 as
+        # strongSwan does with encap=yes.
+        self.endpoint = IkeEndpoint(config.ike, addr, force_encap=force_encap)
+        self.dataplane = engine.name
+        self.errors: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._installed: set[int] = set()
+        self._retry: dict[str, tuple[float, asyncio.TimerHandle]] = {}  # peer -> (delay, handle)
+        self._held: set[str] = set()  # peers terminated by the operator: no automatic retry
+        self._delays: dict[str, float] = {}  # peer -> next retry delay (doubles, capped)
+        self._stopping = False
+        self._up_waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Udp500(self),
+                                                           local_addr=(self.local_addr, self.ike_port))
+        self._udp = transport  # type: ignore[assignment]
+        try:
+            self.engine.open(self.local_addr, self._on_ike_from_engine, self.natt_port)
+        except EngineError:
+            transport.close()
+            raise
+        if hasattr(self.engine, "on_lifetime"):
+            self.engine.on_lifetime = self._on_lifetime_from_engine  # type: ignore[attr-defined]
+        log.info("IKE on %s:%d and :%d (engine %s), %d peer(s)", self.local_addr, self.ike_port,
+                 self.natt_port, self.engine.name, len(self.config.ike.peers))  # type: ignore[union-attr]
+        for peer in self.config.ike.peers:  # type: ignore[union-attr]
+            if peer.initiate and peer.address:
+                self._connect(peer.name)
+        self._flush()
+
+    async def stop(self) -> None:
+        """DELETE every IKE SA, wait briefly for the answers, remove our SAs, close the sockets."""
+        if self._loop is None:
+            return
+        self._stopping = True
+        for _, handle in self._retry.values():
+            handle.cancel()
+        self._retry.clear()
+        self.endpoint.terminate_all(self._now())
+        self._flush()
+        deadline = time.monotonic() + STOP_GRACE_S
+        while self.endpoint.status(self._now())["ike_sas"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._timer is not None:
+            self._timer.cancel()
+        for spi in list(self._installed):
+            self._remove(spi)
+        self.engine.close()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        self._loop = None
+
+    # --- control (called by the agent's control socket) --------------------------------------
+
+    async def rekey(self, peer: str, what: str = "child") -> dict[str, Any]:
+        now = self._now()
+        if what == "ike":
+            started = int(self.endpoint.rekey_ike(peer, now))
+        else:
+            started = self.endpoint.rekey_child(peer, now)
+        self._flush()
+        return {"peer": peer, "what": what, "started": started}
+
+    async def initiate(self, peer: str) -> dict[str, Any]:
+        self._held.discard(peer)
+        self._connect(peer)
+        self._flush()
+        return {"peer": peer, "initiated": True}
+
+    async def terminate(self, peer: str) -> dict[str, Any]:
+        self._held.add(peer)
+        if peer in self._retry:
+            self._retry.pop(peer)[1].cancel()
+        self.endpoint.terminate(peer, self._now())
+        self._flush()
+        return {"peer": peer, "terminated": True}
+
+    async def wait_up(self, peer: str, timeout: float) -> None:
+        """Until an IKE SA with the peer is established (tests and tools)."""
+        if self.endpoint.is_up(peer):
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._up_waiters.setdefault(peer, []).append(fut)
+        await asyncio.wait_for(fut, timeout)
+
+    def status(self) -> dict[str, Any]:
+        st = self.endpoint.status(self._now())
+        for child in st["child_sas"]:
+            spi = int(child["spi_in"], 16)
+            try:
+                c = self.engine.counters(spi)
+            except EngineError:
+                continue
+            child.update(bytes_in=c.bytes_in, bytes_out=c.bytes_out, packets_in=c.packets_in,
+                         packets_out=c.packets_out, replay_dropped=c.replay_dropped, auth_failed=c.auth_failed)
+        return {"ike_sas": st["ike_sas"], "child_sas": st["child_sas"], "half_open": st["half_open"],
+                "errors": list(self.errors)}
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else time.monotonic()
+
+    def _on_ike_from_engine(self, data: bytes, addr: tuple[str, int]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_datagram, data, addr, self.natt_port)
+
+    def _on_lifetime_from_engine(self, spi_in: int, hard: bool) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._rekey_spi, spi_in)
+
+    def _rekey_spi(self, spi_in: int) -> None:
+        if self.endpoint.rekey_child_spi(spi_in, self._now()):
+            log.info("child SA %08x reached its byte lifetime: rekeying", spi_in)
+        self._flush()
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
+        if self._loop is None:
+            return
+        self.endpoint.receive_datagram(data, addr, local_port, self._now())
+        self._flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.endpoint.handle_timer(self._now())
+        self._flush()
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self._loop is None:
+            return
+        now = self._now()
+        for data, addr, local_port in self.endpoint.datagrams_to_send(now):
+            try:
+                if local_port == self.natt_port:
+                    self.engine.send_ike(data, addr)
+                elif self._udp is not None:
+                    self._udp.sendto(data, addr)
+            except (EngineError, OSError) as e:
+                log.warning("sending IKE to %s:%d: %s", addr[0], addr[1], e)
+        while (ev := self.endpoint.next_event()) is not None:
+            self._handle_event(ev)
+        for line in self.endpoint.pop_logs():
+            log.info("%s", line)
+        deadline = self.endpoint.get_timer()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer) if deadline is not None else None
+            self._timer_at = deadline
+
+    def _handle_event(self, ev: object) -> None:
+        if isinstance(ev, ChildSAUp):
+            sa = ev.child
+            try:
+                self.engine.install(sa)
+                self._installed.add(sa.spi_in)
+            except EngineError as e:
+                self._error(f"installing child SA with {sa.name}: {e}")
+                return
+            what = f"rekeyed (replaces {ev.rekey_of:08x})" if ev.rekey_of is not None else "up"
+            log.info("child SA with %s %s: %s === %s, SPIs in %08x out %08x, %s-%d", sa.name, what,
+                     ",".join(sa.local_ts), ",".join(sa.remote_ts), sa.spi_in, sa.spi_out,
+                     sa.algorithm.cipher, sa.algorithm.key_bits)
+        elif isinstance(ev, ChildSADeleted):
+            self._remove(ev.spi_in)
+            log.info("child SA with %s deleted: SPI in %08x", ev.peer, ev.spi_in)
+        elif isinstance(ev, IkeSAUp):
+            log.info("IKE SA with %s %s: %s, %s %s:%d", ev.peer, "rekeyed" if ev.rekey else "up", ev.suite_desc,
+                     "we initiated" if ev.initiator else "peer initiated", *ev.remote_addr)
+            if ev.peer in self._retry:
+                self._retry.pop(ev.peer)[1].cancel()
+            self._retry_delay_reset(ev.peer)
+            for fut in self._up_waiters.pop(ev.peer, []):
+                if not fut.done():
+                    fut.set_result(None)
+        elif isinstance(ev, IkeSADown):
+            log.info("IKE SA with %s down: %s", ev.peer, ev.reason)
+            self._schedule_retry(ev.peer)
+        elif isinstance(ev, AuthFailed):
+            log.warning("authentication failed with %s (%s:%d): %s", ev.peer, ev.addr[0], ev.addr[1], ev.reason)
+            self._error(f"authentication failed with {ev.peer}: {ev.reason}")
+        elif isinstance(ev, NotifyReceived):
+            log.info("private notify %d from %s (%d bytes)", ev.notify_type, ev.peer, len(ev.data))
+
+    def _remove(self, spi_in: int) -> None:
+        if spi_in not in self._installed:
+            return
+        self._installed.discard(spi_in)
+        try:
+            self.engine.remove(spi_in)
+        except EngineError as e:
+            log.warning("removing child SA %08x: %s", spi_in, e)
+
+    def _error(self, text: str) -> None:
+        self.errors.append(text)
+        del self.errors[:-MAX_ERRORS]
+
+    # --- initiating and retrying -------------------------------------------------------------
+
+    def _connect(self, peer: str) -> None:
+        try:
+            self.endpoint.connect(peer, self._now())
+        except IkeError as e:
+            self._error(str(e))
+
+    def _retry_delay_reset(self, peer: str) -> None:
+        self._delays.pop(peer, None)
+
+    def _schedule_retry(self, peer: str) -> None:
+        if self._stopping or peer in self._held or self._loop is None:
+            return
+        try:
+            cfg = self.endpoint.peer(peer)
+        except IkeError:
+            return
+        if not (cfg.initiate and cfg.address):
+            return
+        delay = self._delays.get(peer, RETRY_FIRST_S)
+        self._delays[peer] = min(delay * 2, RETRY_MAX_S)
+        if peer in self._retry:
+            self._retry.pop(peer)[1].cancel()
+        handle = self._loop.call_later(delay, self._retry_now, peer)
+        self._retry[peer] = (delay, handle)
+        log.info("retrying IKE with %s in %.0f s", peer, delay)
+
+    def _retry_now(self, peer: str) -> None:
+        self._retry.pop(peer, None)
+        if self._stopping or peer in self._held:
+            return
+        self._connect(peer)
+        self._flush()
+
+
+# --- a standalone IKE service driven by JSON lines (root tests and benchmarks) -----------------
+
+
+async def _serve(config_path: str, local_addr: str | None, route_src: str | None) -> None:
+    """Run one IkeService with the userspace engine; one JSON command per stdin line, one reply each.
+
+    {"op": "wait_up", "peer", "timeout"} → {"elapsed_ms"} | {"op": "handshake", "peer", "timeout"}
+    (initiate, time until the IKE SA is up, then terminate and wait until it is gone) |
+    {"op": "status"} | {"op": "rekey", "peer", "what"} | {"op": "initiate"|"terminate", "peer"} |
+    {"op": "stop"}
+    """
+    import json
+    import sys
+
+    from vpnlab_agent.config import load
+    from vpnlab_agent.dataplane.userspace import UserspaceEngine
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s: %(message)s")
+    config = load(config_path)
+    service = IkeService(config, UserspaceEngine(route_src=route_src), local_addr=local_addr)
+    await service.start()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print(json.dumps({"ok": True, "started": True}), flush=True)
+    try:
+        while line := await reader.readline():
+            if not line.strip():
+                continue
+            cmd = json.loads(line)
+            op, reply = cmd.get("op"), {"ok": True}
+            try:
+                if op == "status":
+                    reply["status"] = service.status()
+                elif op == "wait_up":
+                    t0 = time.perf_counter()
+                    await service.wait_up(cmd["peer"], cmd.get("timeout", 10))
+                    reply["elapsed_ms"] = (time.perf_counter() - t0) * 1000
+                elif op == "handshake":
+                    t0 = time.perf_counter()
+                    await service.initiate(cmd["peer"])
+                    await service.wait_up(cmd["peer"], cmd.get("timeout", 10))
+                    reply["elapsed_ms"] = (time.perf_counter() - t0) * 1000
+                    await service.terminate(cmd["peer"])
+                    end = time.monotonic() + cmd.get("timeout", 10)
+                    while service.endpoint.status(service._now())["ike_sas"] and time.monotonic() < end:
+                        await asyncio.sleep(0.005)
+                elif op == "rekey":
+                    reply.update(await service.rekey(cmd["peer"], cmd.get("what", "child")))
+                elif op in ("initiate", "terminate"):
+                    reply.update(await getattr(service, op)(cmd["peer"]))
+                elif op == "stop":
+                    break
+                else:
+                    raise IkeError(f"unknown op {op!r}")
+            except (IkeError, asyncio.TimeoutError, KeyError) as e:
+                reply = {"ok": False, "error": str(e) or type(e).__name__}
+            print(json.dumps(reply), flush=True)
+    finally:
+        await service.stop()
+        print(json.dumps({"ok": True, "stopped": True}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m vpnlab_agent.io.ike_service")
+    ap.add_argument("config", help="NodeConfig JSON")
+    ap.add_argument("--local-addr", help="address for IKE (default: the config's public_address)")
+    ap.add_argument("--route-src", help="source address for routes into the tunnel")
+    args = ap.parse_args(argv)
+    asyncio.run(_serve(args.config, args.local_addr, args.route_src))
+
+
+if __name__ == "__main__":
+    main()
