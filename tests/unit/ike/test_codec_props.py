@@ -125,6 +125,8 @@ def mutated(draw: st.DrawFn) -> tuple[bytes, SkCipher | None]:
     sk = draw(st.sampled_from([None, *CIPHERS]))
     data = bytearray(encode(msg, sk))
     for _ in range(draw(st.integers(1, 4))):
+        if not data:
+            break
         op = draw(st.sampled_from(["flip", "set", "truncate", "insert", "fix_len"]))
         pos = draw(st.integers(0, max(0, len(data) - 1)))
         if op == "flip":
