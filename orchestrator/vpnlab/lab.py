@@ -191,9 +191,12 @@ def deploy_lab(
     plan = plan_fabric(lab)
     started = time.monotonic()
     report = _Report(progress)
+    report.start("fabric", len(plan.bridges))
     try:
-        report.start("fabric", len(plan.bridges))
         fabric = Fabric.create(netns)
+    except FileExistsError:  # a concurrent deploy of the same name won the race: not ours to undo
+        raise LabError(f"lab {lab.name} already exists (netns {netns} appeared while deploying)") from None
+    try:
         try:
             for bridge in plan.bridges:
                 fabric.add_bridge(bridge.name, bridge.segment)
@@ -253,11 +256,14 @@ def _start_and_wire(
             for fut in done:
                 node = pending.pop(fut)
                 info = fut.result()  # raises the start error
-                for port in plan.ports_of(node.name):
-                    fabric.attach(port.bridge, port.port, port.alias, info.netns_path, port.ifname)
-                if not node.is_router:
-                    for iface in node.interfaces:
-                        configure_interface(info.netns_path, iface.name, iface.address, node.gateway)
+                try:
+                    for port in plan.ports_of(node.name):
+                        fabric.attach(port.bridge, port.port, port.alias, info.netns_path, port.ifname)
+                    if not node.is_router:
+                        for iface in node.interfaces:
+                            configure_interface(info.netns_path, iface.name, iface.address, node.gateway)
+                except (NetlinkError, OSError, LookupError, ValueError) as exc:
+                    raise LabError(f"cannot wire node {node.name}: {_one_line(exc)}") from exc
                 report.advance()
     except BaseException:
         cancelled.set()

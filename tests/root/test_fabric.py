@@ -19,12 +19,6 @@ from vpnlab.net.namespace import create_netns, netns_exists, netns_path, open_ip
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture(autouse=True)
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create network namespaces")
-
-
 def _ns_exec(ns: str, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout)
 

@@ -43,8 +43,17 @@ class Fabric:
     @classmethod
     def create(cls, netns: str) -> Fabric:
         path = create_netns(netns)
-        fabric = cls(netns, open_iproute(path))
-        fabric._set_up("lo")
+        try:
+            fabric = cls(netns, open_iproute(path))
+        except BaseException:
+            remove_netns(netns)
+            raise
+        try:
+            fabric._set_up("lo")
+        except BaseException:
+            fabric.close()
+            remove_netns(netns)
+            raise
         return fabric
 
     @classmethod
