@@ -521,5 +521,6 @@ def _decode(data: bytes, sk: SkCipher | None) -> Message:
             raise _syntax("encrypted payload must be the last payload")
         body_off = sk_off + GENERIC_HEADER_LEN
         inner = sk.open(data[:body_off], data[body_off:])
-        _dec_chain(inner, 0, len(inner), sk_next, payloads)
+        if _dec_chain(inner, 0, len(inner), sk_next, payloads)[1] >= 0:
+            raise _syntax("encrypted payload inside the encrypted payload")
     return Message(h.spi_i, h.spi_r, h.exchange, h.message_id, h.initiator, h.response, payloads)

@@ -294,3 +294,16 @@ def test_traffic_selector_helpers() -> None:
     assert ts_to_cidrs(TrafficSelector("10.0.0.0", "10.0.2.255")) == ["10.0.0.0/23", "10.0.2.0/24"]
     assert ts_to_cidrs(TrafficSelector("0.0.0.0", "255.255.255.255")) == ["0.0.0.0/0"]
     assert ts_to_cidrs(TrafficSelector("10.0.0.9", "10.0.0.1")) == []
+
+
+def test_nested_encrypted_payload_is_refused() -> None:
+    suite = IkeSuite(EncrId.AES_GCM_16, 128, PrfId.HMAC_SHA2_256, 0, DhGroup.ECP_256)
+    sk = SkCipher(suite, b"k" * 20)
+    # an inner chain Nonce -> SK(-> Nonce): sealed by hand so the ICV is valid
+    inner = (bytes([PayloadType.SK, 0]) + struct.pack("!H", 5) + b"n"
+             + bytes([PayloadType.NONCE, 0]) + struct.pack("!H", 9) + b"hidden")
+    hdr_len = 28 + 4 + sk.sealed_len(len(inner))
+    hdr = SPI_I + SPI_R + bytes([PayloadType.SK, 0x20, 37, 0x08]) + struct.pack("!II", 1, hdr_len)
+    aad = hdr + bytes([PayloadType.NONCE, 0]) + struct.pack("!H", hdr_len - 28)
+    with pytest.raises(ParseError, match="inside the encrypted"):
+        decode(aad + sk.seal(aad, inner), sk)
