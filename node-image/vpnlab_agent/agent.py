@@ -83,7 +83,11 @@ def build_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service]
     if engine is None:
         errors.append("ike: not started (no data-plane engine)")
         return [], None
-    return [ike_service(config, engine)], engine
+    try:
+        return [ike_service(config, engine)], engine
+    except Exception as exc:  # e.g. no public address to run IKE on: report, keep the node up
+        errors.append(f"ike: {exc}")
+        return [], engine
 
 
 class Agent:

@@ -218,9 +218,10 @@ def snapshot(ipr: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     interfaces: list[dict[str, Any]] = []
     addrs: dict[int, list[str]] = {}
     for msg in ipr.get_addr():
-        addrs.setdefault(msg["index"], []).append(
-            f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"
-        )
+        address = msg.get_attr("IFA_ADDRESS")
+        if address and address.startswith("fe80:"):
+            continue  # IPv6 link-local: every link has one, it only clutters the report
+        addrs.setdefault(msg["index"], []).append(f"{address}/{msg['prefixlen']}")
     for link in ipr.get_links():
         name = link.get_attr("IFLA_IFNAME")
         names[link["index"]] = name

@@ -13,9 +13,9 @@ class ProposalError(ValueError):
 
 
 _ENCR = {
-    "aes128gcm16": "aes128gcm16", "aes128gcm": "aes128gcm16",
-    "aes256gcm16": "aes256gcm16", "aes256gcm": "aes256gcm16",
-    "aes128": "aes128", "aes128cbc": "aes128",
+    "aes128gcm16": "aes128gcm16", "aes128gcm": "aes128gcm16", "aes128gcm128": "aes128gcm16",
+    "aes256gcm16": "aes256gcm16", "aes256gcm": "aes256gcm16", "aes256gcm128": "aes256gcm16",
+    "aes": "aes128", "aes128": "aes128", "aes128cbc": "aes128",
     "aes256": "aes256", "aes256cbc": "aes256",
 }
 _INTEG = {

@@ -1,0 +1,176 @@
+"""The agent process for real in a network namespace: it waits for its interfaces, configures them,
+answers `ctl status`, and on SIGTERM removes what it added and exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vpnlab_agent.config import InterfaceConfig, NodeConfig, RouteConfig
+
+pytestmark = pytest.mark.root
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z r1 [a-z0-9_-]+: .+$")
+
+
+@pytest.fixture(autouse=True)
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+
+
+def ip(*args: str) -> str:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0, f"ip {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+def config() -> NodeConfig:
+    return NodeConfig(
+        lab="t", name="r1", role="branch", implementation="agent", public_address="198.51.100.50",
+        interfaces=(
+            InterfaceConfig("wan0", "wan", ("198.51.100.50/24",)),
+            InterfaceConfig("lan0", "lan", ("10.50.0.1/24", "10.51.0.1/24")),
+        ),
+        routes=(RouteConfig("192.0.2.0/24", via="198.51.100.1"), RouteConfig("10.60.0.0/16", dev="lan0")),
+        lan_subnets=("10.50.0.0/24",),
+    )
+
+
+class Run:
+    def __init__(self, tmp: Path, wait: float = 30) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.ns, self.peer = f"vlag-{tag}", f"vlagp-{tag}"
+        self.tag = tag
+        self.sock = str(tmp / "run" / "agent.sock")
+        self.cfg = tmp / "node.json"
+        self.cfg.write_text(config().to_json())
+        self.log = tmp / "agent.log"
+        ip("netns", "add", self.ns)
+        ip("netns", "add", self.peer)
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, sys.executable, "-m", "vpnlab_agent", "run",
+                 "--config", str(self.cfg), "--socket", self.sock, "--wait", str(wait)],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "vpnlab_agent", "ctl", "--socket", self.sock, *args],
+                              capture_output=True, text=True, timeout=30)
+
+    def status(self) -> dict[str, Any] | None:
+        result = self.ctl("status")
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def wait_status(self, pred: Any, timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st is not None and pred(st):
+                return st
+            assert self.proc.poll() is None, f"agent exited early:\n{self.log.read_text()}"
+            time.sleep(0.1)
+        pytest.fail(f"{what} not reached in {timeout} s:\n{self.log.read_text()}")
+
+    def plug(self) -> None:
+        """What the orchestrator does after start: veths moved in (their other ends in a peer netns)."""
+        for name in ("wan0", "lan0"):
+            a, b = f"vl{self.tag}{name[0]}", f"vl{self.tag}{name[0]}p"
+            ip("link", "add", a, "type", "veth", "peer", "name", b)
+            ip("link", "set", b, "netns", self.peer, "up")
+            ip("link", "set", a, "netns", self.ns, "name", name)
+
+    def stop(self) -> tuple[int, float]:
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=15)
+        return code, time.monotonic() - t0
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        for ns in (self.ns, self.peer):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[Run]:
+    r = Run(tmp_path)
+    yield r
+    r.close()
+
+
+def test_agent_configures_the_namespace_reports_and_cleans_up(run: Run) -> None:
+    # Before the interfaces exist the agent already answers, and is not ready.
+    st = run.wait_status(lambda s: True, 20, "control socket")
+    assert st["ready"] is False and st["node"] == "r1"
+    assert run.ctl("status").returncode == 0
+    run.plug()
+    st = run.wait_status(lambda s: s["ready"], 20, "ready")
+
+    ifaces = {i["name"]: i for i in st["interfaces"]}
+    assert ifaces["wan0"]["up"] and ifaces["lan0"]["up"] and ifaces["lo"]["up"]
+    assert ifaces["wan0"]["addresses"] == ["198.51.100.50/24"]
+    assert sorted(ifaces["lan0"]["addresses"]) == ["10.50.0.1/24", "10.51.0.1/24"]
+    routes = {(r["dst"], r["via"], r["dev"], r["table"]) for r in st["routes"]}
+    assert ("192.0.2.0/24", "198.51.100.1", "wan0", 254) in routes
+    assert ("10.60.0.0/16", None, "lan0", 254) in routes
+    assert ("198.51.100.0/24", None, "wan0", 254) in routes  # connected
+    assert st["implementation"] == "agent" and st["errors"] == [] and st["ike_sas"] == []
+
+    # what the kernel says, independently of the agent's own report
+    kernel_routes = ip("-n", run.ns, "route", "show")
+    assert "192.0.2.0/24 via 198.51.100.1 dev wan0" in kernel_routes
+    assert "10.60.0.0/16 dev lan0" in kernel_routes
+    assert "state UP" in ip("-n", run.ns, "link", "show", "wan0") or "LOWER_UP" in ip("-n", run.ns, "link", "show", "wan0")
+
+    # unknown peers are refused (no IKE here), with one line and exit 1
+    bad = run.ctl("rekey", "hub")
+    assert bad.returncode == 1 and "unknown peer 'hub'" in bad.stderr
+
+    code, took = run.stop()
+    assert code == 0 and took < 5, (code, took, run.log.read_text())
+    # it removed what it added: addresses and routes gone, socket gone
+    assert "inet " not in ip("-n", run.ns, "addr", "show", "wan0")
+    assert "inet " not in ip("-n", run.ns, "addr", "show", "lan0")
+    assert "192.0.2.0/24" not in ip("-n", run.ns, "route", "show")
+    assert not os.path.exists(run.sock)
+    lines = run.log.read_text().splitlines()
+    assert lines and all(LOG_LINE.match(line) for line in lines), lines
+    text = "\n".join(lines)
+    assert "r1 netconfig: waiting for interfaces: wan0, lan0" in text
+    assert "r1 agent: ready" in text and lines[-1].endswith("r1 agent: stopped")
+
+
+def test_interfaces_that_never_come_are_reported_not_fatal(tmp_path: Path) -> None:
+    r = Run(tmp_path, wait=1)
+    try:
+        st = r.wait_status(lambda s: s["errors"], 20, "an error in the status")
+        assert st["ready"] is False
+        assert st["errors"] == ["interfaces wan0, lan0 did not appear within 1 s"]
+        code, took = r.stop()
+        assert code == 0 and took < 5
+    finally:
+        r.close()
+
+
+def test_unreadable_config_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    cfg = tmp_path / "node.json"
+    cfg.write_text('{"lab": "t", "name": "r1", "nonsense": 1}')
+    result = subprocess.run([sys.executable, "-m", "vpnlab_agent", "run", "--config", str(cfg)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "cannot load" in result.stderr and "nonsense" in result.stderr

@@ -1,0 +1,108 @@
+"""agent.py without netlink: which services a node gets, optional modules, control dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.util
+from typing import Any
+
+import pytest
+
+from vpnlab_agent.agent import Agent, _optional_import, build_services, first_lan_address
+from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.control import ControlError
+from vpnlab_agent.strongswan.service import StrongswanService
+
+from .conftest import make_branch
+
+
+def test_strongswan_node_gets_the_strongswan_service(branch: NodeConfig) -> None:
+    errors: list[str] = []
+    services, engine = build_services(branch, errors)
+    assert [type(s) for s in services] == [StrongswanService] and engine is None and errors == []
+    assert services[0].dataplane == "strongswan-libipsec"
+
+
+def test_router_without_ike_runs_no_service(branch: NodeConfig) -> None:
+    errors: list[str] = []
+    cfg = dataclasses.replace(branch, implementation="agent", ike=None)
+    assert build_services(cfg, errors) == ([], None) and errors == []
+
+
+def _present(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(_present("vpnlab_agent.io.ike_service"), reason="the IKE service exists now; "
+                    "its wiring is tested by the IKE helper's tests")
+def test_agent_node_without_the_ike_module_says_so() -> None:
+    errors: list[str] = []
+    cfg = make_branch(implementation="agent", dataplane="userspace")
+    services, _engine = build_services(cfg, errors)
+    assert services == []
+    assert "ike: not available" in errors
+    if not _present("vpnlab_agent.dataplane.probe"):
+        assert any(e.startswith("dataplane: not available") for e in errors)
+
+
+def test_optional_import() -> None:
+    assert _optional_import("vpnlab_agent.no_such_module", "X") is None
+    assert _optional_import("vpnlab_agent.agent", "Agent") is Agent
+    with pytest.raises(AttributeError):
+        _optional_import("vpnlab_agent.agent", "NoSuchThing")
+
+
+def test_first_lan_address(branch: NodeConfig) -> None:
+    assert first_lan_address(branch) == "10.1.0.1"
+    assert first_lan_address(dataclasses.replace(branch, interfaces=branch.interfaces[:1])) is None
+
+
+class Recorder:
+    """A service that records what the agent asks of it."""
+
+    name = "rec"
+    dataplane = "test-engine"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def status(self) -> dict[str, Any]:
+        return {"ike_sas": [{"peer": "hub", "state": "ESTABLISHED"}], "child_sas": []}
+
+    async def rekey(self, peer: str, what: str) -> dict[str, Any]:
+        self.calls.append(("rekey", peer, what))
+        return {"ok": peer}
+
+    async def terminate(self, peer: str) -> dict[str, Any]:
+        raise RuntimeError("peer is gone")
+
+
+def test_control_dispatch(branch: NodeConfig, tmp_path: Any) -> None:
+    rec = Recorder()
+    agent = Agent(branch, control_path=str(tmp_path / "s"), services=[rec])
+    agent.services = [rec]
+    agent._started = [rec]
+
+    async def scenario() -> None:
+        assert await agent.handle("rekey", {"peer": "hub", "what": "ike"}) == {"ok": "hub"}
+        with pytest.raises(ControlError, match=r"unknown peer 'br9' \(peers: hub\)"):
+            await agent.handle("rekey", {"peer": "br9", "what": "child"})
+        with pytest.raises(ControlError, match="no running service can do that"):
+            await agent.handle("initiate", {"peer": "hub"})
+        with pytest.raises(ControlError, match="peer is gone"):
+            await agent.handle("terminate", {"peer": "hub"})
+        st = await agent.handle("status", {})
+        assert st["dataplane"] == "test-engine" and st["ready"] is False
+        assert st["ike_sas"] == [{**dict.fromkeys(st["ike_sas"][0]), "peer": "hub", "state": "ESTABLISHED"}]
+        assert st["interfaces"] == [] and st["routes"] == []  # netlink not opened outside run()
+
+    asyncio.run(scenario())
+    assert rec.calls == [("rekey", "hub", "ike")]

@@ -1,0 +1,46 @@
+"""status.build(): the report's shape, and how service SAs and errors are merged into it."""
+
+from __future__ import annotations
+
+import json
+
+from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.status import CHILD_SA_KEYS, IKE_SA_KEYS, TOP_KEYS, build, iso_utc
+
+
+def test_shape_without_services(branch: NodeConfig) -> None:
+    st = build(branch, ready=False, started_at=0.0, dataplane=None,
+               interfaces=[{"name": "lo", "addresses": ["127.0.0.1/8"], "up": True}],
+               routes=[], services={}, errors=["ike: not available"])
+    assert tuple(st) == TOP_KEYS
+    assert st["node"] == "br1" and st["role"] == "branch" and st["implementation"] == "strongswan"
+    assert st["ready"] is False and st["started_at"] == "1970-01-01T00:00:00.000Z"
+    assert st["ike_sas"] == [] and st["child_sas"] == [] and st["errors"] == ["ike: not available"]
+    json.dumps(st)  # the control socket sends it as JSON
+
+
+def test_service_sas_are_lifted_and_normalised(hub: NodeConfig) -> None:
+    services = {
+        "strongswan": {
+            "running": True,
+            "ike_sas": [{"peer": "br1", "state": "ESTABLISHED", "extra": 1}],
+            "child_sas": [{"peer": "br1", "spi_in": "c0ffee01", "bytes_in": 10}],
+            "errors": ["list-sas: timeout"],
+        },
+    }
+    st = build(hub, ready=True, started_at=1764100800.25, dataplane="strongswan-libipsec",
+               interfaces=[], routes=[], services=services, errors=[])
+    (ike,) = st["ike_sas"]
+    assert tuple(ike)[: len(IKE_SA_KEYS)] == IKE_SA_KEYS
+    assert ike["peer"] == "br1" and ike["spi_i"] is None and ike["extra"] == 1
+    (child,) = st["child_sas"]
+    assert set(CHILD_SA_KEYS) <= set(child) and child["bytes_in"] == 10 and child["packets_out"] is None
+    assert st["errors"] == ["strongswan: list-sas: timeout"]
+    assert st["services"] == {"strongswan": {"running": True}}
+    assert st["started_at"] == "2025-11-25T20:00:00.250Z"
+    # the service's own dict is not modified
+    assert "ike_sas" in services["strongswan"]
+
+
+def test_iso_utc_has_milliseconds_and_z() -> None:
+    assert iso_utc(1.5) == "1970-01-01T00:00:01.500Z"

@@ -1,0 +1,245 @@
+"""swanctl.conf / strongswan.conf / keepalived.conf rendered from node configs, for both roles."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from vpnlab_agent.config import NodeConfig, PeerConfig
+from vpnlab_agent.strongswan.proposals import ProposalError, esp_proposals, ike_proposals
+from vpnlab_agent.strongswan.render import (
+    RenderError,
+    VrrpInstance,
+    identity,
+    render_keepalived,
+    render_strongswan_conf,
+    render_swanctl,
+    vrrp_from_extensions,
+)
+
+
+def section(text: str, name: str) -> str:
+    """The body of the first `name { ... }` block (brace-balanced)."""
+    start = re.search(rf"(?m)^\s*{re.escape(name)} {{\n", text)
+    assert start, f"no section {name!r} in:\n{text}"
+    depth, i = 1, start.end()
+    while depth:
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    return text[start.end(): i - 1]
+
+
+def settings(body: str) -> dict[str, str]:
+    """key = value lines directly in this block (not in nested ones)."""
+    out, depth = {}, 0
+    for line in body.splitlines():
+        line = line.strip()
+        if line.endswith("{"):
+            depth += 1
+        elif line == "}":
+            depth -= 1
+        elif depth == 0 and " = " in line:
+            key, value = line.split(" = ", 1)
+            out[key] = value
+    return out
+
+
+def test_branch_initiates_towards_the_hub(branch: NodeConfig) -> None:
+    text = render_swanctl(branch)
+    conn = section(text, "hub")
+    assert settings(conn) == {
+        "version": "2", "local_addrs": "198.51.100.11", "remote_addrs": "198.51.100.10", "encap": "yes",
+        "mobike": "no", "proposals": "aes128gcm16-prfsha256-ecp256", "rekey_time": "7200s",
+        "dpd_delay": "15s",
+    }
+    assert settings(section(conn, "local")) == {"auth": "psk", "id": "fqdn:br1"}
+    assert settings(section(conn, "remote")) == {"auth": "psk", "id": "fqdn:hub"}
+    child = section(section(conn, "children"), "hub")
+    assert settings(child) == {
+        "mode": "tunnel", "local_ts": "10.1.0.0/24", "remote_ts": "10.0.0.0/8",
+        "esp_proposals": "aes128gcm16", "rekey_time": "1800s", "dpd_action": "restart",
+        "start_action": "start", "close_action": "start",
+    }
+    secret = settings(section(section(text, "secrets"), "ike-hub"))
+    assert secret["id-local"] == "fqdn:br1" and secret["id-remote"] == "fqdn:hub"
+    # the PSK goes in hex: quotes and backslashes in it need no escaping
+    assert bytes.fromhex(secret["secret"].removeprefix("0x")) == b'pa"ss\\word'
+    assert 'pa"ss' not in text
+
+
+def test_hub_answers_every_branch(hub: NodeConfig) -> None:
+    text = render_swanctl(hub)
+    conns = section(text, "connections")
+    for name, remote_ts in (("br1", "10.1.0.0/24"), ("br2", "10.2.0.0/24,10.22.0.0/16")):
+        conn = section(conns, name)
+        top = settings(conn)
+        assert top["remote_addrs"] == "%any" and top["local_addrs"] == "198.51.100.10"
+        assert top["rekey_time"] == "14400s" and top["dpd_delay"] == "10s"
+        assert settings(section(conn, "remote"))["id"] == f"fqdn:{name}"
+        child = settings(section(section(conn, "children"), name))
+        assert child["local_ts"] == "10.0.0.0/24" and child["remote_ts"] == remote_ts
+        assert child["start_action"] == "none" and child["dpd_action"] == "clear"
+        assert child["rekey_time"] == "3600s"
+    secrets = section(text, "secrets")
+    assert "ike-br1 {" in secrets and "ike-br2 {" in secrets
+
+
+def test_strongswan_conf_loads_libipsec_vici_and_logs_to_stdout(branch: NodeConfig) -> None:
+    text = render_strongswan_conf(branch, vici_socket="/run/x/charon.vici")
+    charon = section(text, "charon")
+    top = settings(charon)
+    assert top["install_routes"] == "yes" and top["load_modular"] == "yes"
+    plugins = section(charon, "plugins")
+    assert "include /etc/strongswan.d/charon/*.conf" in plugins
+    assert int(settings(section(plugins, "kernel-libipsec"))["load"]) >= 1
+    assert settings(section(plugins, "kernel-netlink"))["load"] == "yes"
+    assert settings(section(plugins, "vici"))["socket"] == "unix:///run/x/charon.vici"
+    log = settings(section(section(charon, "filelog"), "agent"))
+    assert log["path"] == "/dev/stdout" and log["flush_line"] == "yes" and log["default"] == "1"
+    assert settings(section(section(text, "charon-systemd"), "journal"))["default"] == "-1"
+    assert settings(section(text, "swanctl"))["socket"] == "unix:///run/x/charon.vici"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (("aes128gcm16-prfsha256-ecp256",), "aes128gcm16-prfsha256-ecp256"),
+        (("aes256gcm16-prfsha384-x25519", "aes128-sha256-dh14"),
+         "aes256gcm16-prfsha384-curve25519,aes128-sha256-modp2048"),
+        (("AES128GCM-PRFSHA256-DH19",), "aes128gcm16-prfsha256-ecp256"),
+    ],
+)
+def test_ike_proposal_mapping(given: tuple[str, ...], expected: str) -> None:
+    assert ike_proposals(given) == expected
+
+
+def test_esp_proposal_mapping() -> None:
+    assert esp_proposals(("aes128gcm16", "aes256-sha256", "aes128gcm16-ecp256")) == (
+        "aes128gcm16,aes256-sha256,aes128gcm16-ecp256"
+    )
+
+
+@pytest.mark.parametrize(
+    ("ike", "message"),
+    [
+        (("aes128gcm16-prfsha256-ecp999",), "unknown algorithm 'ecp999'"),
+        (("prfsha256-ecp256",), "no encryption"),
+        (("aes128-prfsha256-ecp256",), "needs an integrity"),
+        (("aes128gcm16-ecp256",), "needs a PRF"),
+        (("aes128gcm16-prfsha256",), "no DH group"),
+        ((), "no IKE proposals"),
+    ],
+)
+def test_bad_ike_proposals(ike: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ProposalError, match=message):
+        ike_proposals(ike)
+
+
+def test_esp_proposal_has_no_prf() -> None:
+    with pytest.raises(ProposalError, match="unknown algorithm 'prfsha256'"):
+        esp_proposals(("aes128gcm16-prfsha256",))
+
+
+def _ike(cfg: NodeConfig, **changes: object) -> NodeConfig:
+    assert cfg.ike is not None
+    return dataclasses.replace(cfg, ike=dataclasses.replace(cfg.ike, **changes))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"psk": ""}, "empty PSK"),
+        ({"ike_proposals": ("aes128gcm16-prfsha256-ecp1",)}, "unknown algorithm"),
+        ({"child_lifetime_s": 0}, "child_lifetime_s must be a positive"),
+        ({"local_id": "hub; rm -rf"}, "not an IP address or a host name"),
+        ({"peers": (PeerConfig("hub", "hub", None, True, ("10.1.0.0/24",), ("10.0.0.0/24",)),)},
+         "initiate needs the peer's address"),
+        ({"peers": (PeerConfig("hub x", "hub", "198.51.100.10", True, ("10.1.0.0/24",), ("10.0.0.0/24",)),)},
+         "not usable as a connection name"),
+        ({"peers": (PeerConfig("hub", "hub", "198.51.100.10", True, ("10.1.0.0/24",), ()),)},
+         "needs local and remote traffic selectors"),
+        ({"peers": (PeerConfig("hub", "hub", "198.51.100.10", True, ("10.1.0.0/24",), ("10.0.0/33",)),)},
+         "is not a CIDR"),
+        ({"peers": (PeerConfig("hub", "hub", "198.51.100.10", True, (), ("10.0.0.0/24",)),) * 2},
+         "listed twice"),
+    ],
+)
+def test_bad_configs_fail_at_render_time(branch: NodeConfig, changes: dict, message: str) -> None:
+    with pytest.raises(RenderError, match=message) as info:
+        render_swanctl(_ike(branch, **changes))
+    assert "\n" not in str(info.value)
+
+
+def test_no_ike_section(branch: NodeConfig) -> None:
+    with pytest.raises(RenderError, match="needs an ike section"):
+        render_swanctl(dataclasses.replace(branch, ike=None))
+
+
+def test_identity_forms() -> None:
+    assert identity("198.51.100.10") == "198.51.100.10"
+    assert identity("br1.example") == "fqdn:br1.example"
+
+
+def test_local_address_falls_back_to_wan0_then_any(branch: NodeConfig) -> None:
+    no_public = dataclasses.replace(branch, public_address=None)
+    assert settings(section(render_swanctl(no_public), "hub"))["local_addrs"] == "198.51.100.11"
+    no_wan = dataclasses.replace(no_public, interfaces=branch.interfaces[1:])
+    assert settings(section(render_swanctl(no_wan), "hub"))["local_addrs"] == "%any"
+
+
+def test_keepalived_unicast_instance() -> None:
+    text = render_keepalived("gw1", [VrrpInstance(
+        name="vpn_vip", interface="wan0", virtual_router_id=51, priority=150,
+        virtual_addresses=("198.51.100.100/24",), unicast_src="198.51.100.21",
+        unicast_peers=("198.51.100.22", "198.51.100.23"),
+    )])
+    assert "router_id gw1" in section(text, "global_defs")
+    inst = section(text, "vrrp_instance vpn_vip")
+    lines = [line.strip() for line in inst.splitlines() if line.strip()]
+    for expected in ("state BACKUP", "interface wan0", "virtual_router_id 51", "priority 150",
+                     "advert_int 1", "unicast_src_ip 198.51.100.21"):
+        assert expected in lines, (expected, lines)
+    assert "nopreempt" not in lines
+    assert [p.strip() for p in section(inst, "unicast_peer").split()] == ["198.51.100.22", "198.51.100.23"]
+    assert section(inst, "virtual_ipaddress").strip() == "198.51.100.100/24 dev wan0"
+
+
+def test_keepalived_multicast_master_nopreempt() -> None:
+    text = render_keepalived("gw2", [VrrpInstance("v1", "lan0", 7, 200, ("10.0.0.254/24",), state="MASTER",
+                                                  nopreempt=True, advert_int=2)])
+    inst = section(text, "vrrp_instance v1")
+    assert "unicast_peer" not in inst and "unicast_src_ip" not in inst
+    assert "state MASTER" in inst and "nopreempt" in inst and "advert_int 2" in inst
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"virtual_router_id": 0}, "virtual_router_id must be 1..255"),
+        ({"priority": 255}, "priority must be 1..254"),
+        ({"state": "PRIMARY"}, "MASTER or BACKUP"),
+        ({"virtual_addresses": ()}, "needs a virtual address"),
+        ({"virtual_addresses": ("198.51.100.300/24",)}, "is not an address"),
+        ({"unicast_peers": ("198.51.100.22",)}, "need unicast_src"),
+        ({"name": "bad name"}, "bad name"),
+    ],
+)
+def test_keepalived_bad_instances(changes: dict, message: str) -> None:
+    base = VrrpInstance("v1", "wan0", 51, 100, ("198.51.100.100/24",))
+    with pytest.raises(RenderError, match=message):
+        render_keepalived("gw1", [dataclasses.replace(base, **changes)])
+
+
+def test_vrrp_from_extensions(branch: NodeConfig) -> None:
+    cfg = dataclasses.replace(branch, extensions={"vrrp": [{
+        "name": "v1", "interface": "wan0", "virtual_router_id": 9, "priority": 90,
+        "virtual_addresses": ["198.51.100.100/24"], "unicast_src": "198.51.100.11",
+        "unicast_peers": ["198.51.100.12"],
+    }]})
+    (inst,) = vrrp_from_extensions(cfg)
+    assert inst.virtual_addresses == ("198.51.100.100/24",) and inst.unicast_peers == ("198.51.100.12",)
+    assert "unicast_peer {" in render_keepalived("br1", [inst])
+    with pytest.raises(RenderError, match="extensions.vrrp"):
+        vrrp_from_extensions(dataclasses.replace(branch, extensions={"vrrp": [{"name": "v1"}]}))
