@@ -156,8 +156,9 @@ def _lab_table(view: Any) -> Table:
         box=box.SIMPLE_HEAD,
     )
     table.add_column("node", no_wrap=True)
-    for header in ("role", "kind", "up"):
-        table.add_column(header)
+    table.add_column("role")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("up")
     table.add_column("addresses", no_wrap=True)
     for header in ("engine", "IKE", "child"):
         table.add_column(header)
