@@ -4,8 +4,9 @@ charon-systemd runs as responder in its own network namespace (its own strongswa
 STRONGSWAN_CONF, its own vici socket), joined by a veth to a second namespace where this test's
 UDP socket lives. A minimal initiator built from codec/crypto/proposals then runs IKE_SA_INIT and
 IKE_AUTH (PSK) per suite, checks what charon sends byte for byte where possible (re-encoding,
-NAT-D hashes, the responder's AUTH), and also provokes INVALID_KE_PAYLOAD and
-AUTHENTICATION_FAILED. charon loads kernel-libipsec (the kernel here has no ESP), which makes it
+NAT-D hashes, the responder's AUTH), rekeys the child (PFS) and the IKE SA, pings through the
+child SAs with ESP sealed by our derived keys, and provokes INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN
+and AUTHENTICATION_FAILED. charon loads kernel-libipsec (the kernel here has no ESP), which makes it
 fake its NAT-D source hash to force UDP encapsulation: so IKE_AUTH and later go to port 4500 with
 the non-ESP marker, as they will in the lab, and the child SA is really accepted.
 """
@@ -55,6 +56,7 @@ from vpnlab_agent.ike.constants import (
     ProtocolId,
 )
 from vpnlab_agent.ike.crypto import (
+    ChildKeys,
     DhKeyPair,
     EspSuite,
     IkeKeys,
@@ -125,7 +127,7 @@ connections {{
       net {{
         local_ts = 10.2.0.0/24
         remote_ts = 10.1.0.0/24
-        esp_proposals = aes128gcm16, aes256-sha256
+        esp_proposals = aes128gcm16, aes256-sha256, aes128gcm16-ecp256
       }}
     }}
   }}
@@ -360,6 +362,28 @@ def _ping_packet(src: str, dst: str, ident: int) -> bytes:
     return hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:] + icmp
 
 
+def _ping_through(peer: Peer, their_spi: bytes, our_spi: bytes, child: ChildKeys, ident: int, seq: int = 1) -> None:
+    """ESP-in-UDP ping to 10.2.0.1 behind charon sealed with the i->r keys; the echo reply must
+    come back on our SPI and open with the r->i keys."""
+    ping = _ping_packet("10.1.0.5", "10.2.0.1", ident)
+    pad = (-(len(ping) + 2)) % 4
+    trailer = bytes(range(1, pad + 1)) + bytes((pad, 4))  # next header 4: IPv4 (tunnel mode)
+    head = their_spi + struct.pack("!I", seq)
+    iv = os.urandom(8)
+    esp = head + iv + AESGCM(child.enc_i[:16]).encrypt(child.enc_i[16:] + iv, ping + trailer, head)
+    peer.sock_natt.sendto(esp, (PEER_ADDR, 4500))
+    try:
+        reply, _ = peer.sock_natt.recvfrom(65535)
+    except socket.timeout:
+        pytest.fail(f"no ESP reply from charon; its log:\n{peer.log.read_text()[-3000:]}")
+    assert reply[:4] == our_spi, "expected ESP on our inbound SPI"
+    plain = AESGCM(child.enc_r[:16]).decrypt(child.enc_r[16:] + reply[8:16], reply[16:], reply[:8])
+    assert plain[-1] == 4
+    inner = plain[: len(plain) - plain[-2] - 2]
+    assert socket.inet_ntoa(inner[12:16]) == "10.2.0.1" and socket.inet_ntoa(inner[16:20]) == "10.1.0.5"
+    assert inner[9] == 1 and inner[20] == 0 and inner[24:26] == ident.to_bytes(2, "big")  # our echo reply
+
+
 def test_child_keymat_carries_esp_through_charon(charon: Peer) -> None:
     """KEYMAT order and the GCM salt, proven by traffic: an ESP-in-UDP ping sealed with our
     initiator->responder key is opened by charon's libipsec, answered by its kernel, and the
@@ -369,22 +393,65 @@ def test_child_keymat_carries_esp_through_charon(charon: Peer) -> None:
     resp, out, inb, keys = _auth(charon, init, PSK, esp_spi=our_spi)
     (chosen,) = resp.find(SA).proposals  # type: ignore[union-attr]
     child = derive_child_keys(EspSuite(EncrId.AES_GCM_16, 128), init.suite.prf, keys.sk_d, init.ni, init.nr)
-    ping = _ping_packet("10.1.0.5", "10.2.0.1", 0x4242)
-    pad = (-(len(ping) + 2)) % 4
-    trailer = bytes(range(1, pad + 1)) + bytes((pad, 4))  # next header 4: IPv4 (tunnel mode)
-    head = chosen.spi + struct.pack("!I", 1)
-    iv = os.urandom(8)
-    esp = head + iv + AESGCM(child.enc_i[:16]).encrypt(child.enc_i[16:] + iv, ping + trailer, head)
-    charon.sock_natt.sendto(esp, (PEER_ADDR, 4500))
-    try:
-        reply, _ = charon.sock_natt.recvfrom(65535)
-    except socket.timeout:
-        pytest.fail(f"no ESP reply from charon; its log:\n{charon.log.read_text()[-3000:]}")
-    assert reply[:4] == our_spi, "expected ESP on our inbound SPI"
-    plain = AESGCM(child.enc_r[:16]).decrypt(child.enc_r[16:] + reply[8:16], reply[16:], reply[:8])
-    assert plain[-1] == 4
-    inner = plain[: len(plain) - plain[-2] - 2]
-    assert socket.inet_ntoa(inner[12:16]) == "10.2.0.1" and socket.inet_ntoa(inner[16:20]) == "10.1.0.5"
-    assert inner[9] == 1 and inner[20] == 0 and inner[24:26] == b"\x42\x42"  # ICMP echo reply, our id
+    _ping_through(charon, chosen.spi, our_spi, child, 0x4242)
     bye = Message(init.spi_i, init.spi_r, ExchangeType.INFORMATIONAL, 2, True, False, [Delete(ProtocolId.IKE, [])])
     decode(_exchange(charon, encode(bye, out), natt=True), inb)
+
+
+def test_rekeys_against_charon(charon: Peer) -> None:
+    """CREATE_CHILD_SA both ways we use it: a child rekey with PFS (KEYMAT with g^ir, proven by an
+    ESP ping on the new SA) and an IKE SA rekey (SKEYSEED from the old SK_d, proven by charon
+    answering on the new IKE SA), then DELETEs for the old child and the old IKE SA."""
+    init = _init_ok(charon, IKE_SUITES[0])
+    old_spi = os.urandom(4)
+    resp, out, inb, keys = _auth(charon, init, PSK, esp_spi=old_spi)
+    (old_chosen,) = resp.find(SA).proposals  # type: ignore[union-attr]
+    prf_id = init.suite.prf
+
+    # child rekey with PFS (ecp256)
+    new_spi, ni, dh = os.urandom(4), os.urandom(32), DhKeyPair.generate(DhGroup.ECP_256)
+    req = Message(init.spi_i, init.spi_r, ExchangeType.CREATE_CHILD_SA, 2, True, False, [
+        Notify(ProtocolId.ESP, old_spi, NotifyType.REKEY_SA),
+        SA(esp_proposals_from_config(["aes128gcm16-ecp256"], spi=new_spi)), Nonce(ni),
+        KE(DhGroup.ECP_256, dh.public_bytes),
+        TSi([ts_from_cidr("10.1.0.0/24")]), TSr([ts_from_cidr("10.2.0.0/24")]),
+    ])
+    ans = decode(_exchange(charon, encode(req, out), natt=True), inb)
+    sa, nr, ke = ans.find(SA), ans.find(Nonce), ans.find(KE)
+    assert sa is not None and nr is not None and ke is not None, ans.payloads
+    (child_prop,) = sa.proposals
+    suite = suite_from_proposal(child_prop)
+    assert suite == EspSuite(EncrId.AES_GCM_16, 128, 0, DhGroup.ECP_256) and ke.group == DhGroup.ECP_256
+    child = derive_child_keys(suite, prf_id, keys.sk_d, ni, nr.data, dh.shared_secret(ke.data))
+    # make-before-break: delete the old child (our inbound SPI), charon answers with its own
+    dele = Message(init.spi_i, init.spi_r, ExchangeType.INFORMATIONAL, 3, True, False,
+                   [Delete(ProtocolId.ESP, [old_spi])])
+    ans = decode(_exchange(charon, encode(dele, out), natt=True), inb)
+    assert ans.payloads == [Delete(ProtocolId.ESP, [old_chosen.spi])]
+    _ping_through(charon, child_prop.spi, new_spi, child, 0x5151)
+
+    # IKE SA rekey
+    new_spi_i, ni, dh = os.urandom(8), os.urandom(32), DhKeyPair.generate(DhGroup.ECP_256)
+    req = Message(init.spi_i, init.spi_r, ExchangeType.CREATE_CHILD_SA, 4, True, False, [
+        SA(ike_proposals_from_config([IKE_SUITES[0]], spi=new_spi_i)), Nonce(ni),
+        KE(DhGroup.ECP_256, dh.public_bytes),
+    ])
+    ans = decode(_exchange(charon, encode(req, out), natt=True), inb)
+    sa, nr, ke = ans.find(SA), ans.find(Nonce), ans.find(KE)
+    assert sa is not None and nr is not None and ke is not None, ans.payloads
+    (chosen,) = sa.proposals
+    assert chosen.protocol == ProtocolId.IKE and len(chosen.spi) == 8
+    new_suite = suite_from_proposal(chosen)
+    new = derive_ike_keys(new_suite, ni, nr.data, dh.shared_secret(ke.data), new_spi_i, chosen.spi,
+                          old_sk_d=keys.sk_d, old_prf=prf_id)
+    new_out = SkCipher(new_suite, new.sk_ei, new.sk_ai)
+    new_in = SkCipher(new_suite, new.sk_er, new.sk_ar)
+    # delete the old IKE SA on the old SA, then talk on the new one (message IDs restart at 0)
+    bye = Message(init.spi_i, init.spi_r, ExchangeType.INFORMATIONAL, 5, True, False, [Delete(ProtocolId.IKE, [])])
+    assert decode(_exchange(charon, encode(bye, out), natt=True), inb).payloads == []
+    dpd = Message(new_spi_i, chosen.spi, ExchangeType.INFORMATIONAL, 0, True, False, [])
+    ans = decode(_exchange(charon, encode(dpd, new_out), natt=True), new_in)
+    assert ans.response and ans.message_id == 0 and ans.payloads == []
+    _ping_through(charon, child_prop.spi, new_spi, child, 0x6161, seq=2)  # the child moved to the new IKE SA
+    bye = Message(new_spi_i, chosen.spi, ExchangeType.INFORMATIONAL, 1, True, False, [Delete(ProtocolId.IKE, [])])
+    assert decode(_exchange(charon, encode(bye, new_out), natt=True), new_in).payloads == []
