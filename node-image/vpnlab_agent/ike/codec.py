@@ -256,6 +256,8 @@ def _enc_proposal(p: Proposal, last: bool) -> bytes:
 def _enc_ts(ts: TrafficSelector) -> bytes:
     start = ipaddress.ip_address(ts.start).packed
     end = ipaddress.ip_address(ts.end).packed
+    if len(start) != len(end):
+        raise ValueError(f"traffic selector {ts.start}-{ts.end} mixes IPv4 and IPv6")
     ts_type = TsType.IPV4_ADDR_RANGE if len(start) == 4 else TsType.IPV6_ADDR_RANGE
     length = 8 + 2 * len(start)
     return struct.pack("!BBHHH", ts_type, ts.ip_proto, length, ts.start_port, ts.end_port) + start + end

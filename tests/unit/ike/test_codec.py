@@ -294,6 +294,8 @@ def test_traffic_selector_helpers() -> None:
     assert ts_to_cidrs(TrafficSelector("10.0.0.0", "10.0.2.255")) == ["10.0.0.0/23", "10.0.2.0/24"]
     assert ts_to_cidrs(TrafficSelector("0.0.0.0", "255.255.255.255")) == ["0.0.0.0/0"]
     assert ts_to_cidrs(TrafficSelector("10.0.0.9", "10.0.0.1")) == []
+    with pytest.raises(ValueError):
+        payload_body(TSi([TrafficSelector("10.0.0.0", "2001:db8::1")]))
 
 
 def test_nested_encrypted_payload_is_refused() -> None:
