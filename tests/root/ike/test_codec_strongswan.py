@@ -174,6 +174,8 @@ def charon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
     proc: subprocess.Popen[bytes] | None = None
     socks: list[socket.socket] = []
     try:
+        for ns in (ns_ours, ns_peer):  # leftovers of a killed run with the same pid
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
         _run("ip", "netns", "add", ns_peer)
         _run("ip", "netns", "add", ns_ours)
         _run("ip", "link", "add", f"{tag}a", "netns", ns_ours, "type", "veth", "peer", f"{tag}b", "netns", ns_peer)
