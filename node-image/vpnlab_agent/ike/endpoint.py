@@ -12,6 +12,7 @@ is routed by our SPI to its `IkeSession`.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 from collections import deque
@@ -76,8 +77,12 @@ class IkeEndpoint:
         self.ike_proposals: list[Proposal] = proposals.ike_proposals_from_config(list(config.ike_proposals))
         self.esp_proposals: list[Proposal] = proposals.esp_proposals_from_config(list(config.esp_proposals))
         self._peers_by_id = {identity(p.remote_id): p for p in config.peers}
+        self._dynamic: set[str] = set()  # peers added at run time (add_peer), removable
         self._sessions: dict[bytes, IkeSession] = {}  # by our SPI
         self._half_open: dict[tuple[bytes, tuple[str, int]], IkeSession] = {}  # by (SPIi, peer addr)
+        # Every SA we answered IKE_SA_INIT for, so a late retransmission of that request is
+        # recognised (and ignored) rather than taken for a new SA costing another DH.
+        self._by_init: dict[tuple[bytes, tuple[str, int]], IkeSession] = {}
         self._out: deque[tuple[bytes, tuple[str, int], int]] = deque(maxlen=MAX_OUTBOX)
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._reqids: dict[tuple[str, tuple[str, ...], tuple[str, ...]], int] = {}
@@ -106,6 +111,30 @@ class IkeEndpoint:
                        local_port=IKE_PORT, now=now, peer=peer)
         self._sessions[s.local_spi] = s
         s.start(now)
+
+    def add_peer(self, peer: PeerConfig) -> None:
+        """Add (or replace) a dynamic peer at run time: the Advanced Mesh shortcut peers."""
+        static = {p.name for p in self.config.peers} - self._dynamic
+        if peer.name in static:
+            raise IkeError(f"peer {peer.name!r} is configured statically")
+        other = self._peers_by_id.get(identity(peer.remote_id))
+        if other is not None and other.name != peer.name:
+            raise IkeError(f"identity {peer.remote_id!r} already belongs to peer {other.name!r}")
+        kept = tuple(p for p in self.config.peers if p.name != peer.name)
+        self.config = dataclasses.replace(self.config, peers=kept + (peer,))
+        self._dynamic.add(peer.name)
+        self._peers_by_id = {identity(p.remote_id): p for p in self.config.peers}
+
+    def remove_peer(self, name: str, now: float) -> None:
+        """Delete the IKE SAs with a dynamic peer (INFORMATIONAL DELETE), then forget the peer."""
+        if name not in self._dynamic:
+            raise IkeError(f"peer {name!r} is not a dynamic peer")
+        for s in list(self._sessions.values()):
+            if s.peer is not None and s.peer.name == name and s.state not in (State.CLOSED, State.DELETING):
+                s.delete(now, "shortcut removed")
+        self._dynamic.discard(name)
+        self.config = dataclasses.replace(self.config, peers=tuple(p for p in self.config.peers if p.name != name))
+        self._peers_by_id = {identity(p.remote_id): p for p in self.config.peers}
 
     def rekey_child(self, peer: str, now: float) -> int:
         """Rekey every child SA of the peer (make-before-break); returns how many were started."""
@@ -217,7 +246,7 @@ class IkeEndpoint:
     # --- responder admission --------------------------------------------------------------
 
     def _init_request(self, data: bytes, hdr: Header, addr: tuple[str, int], local_port: int, now: float) -> None:
-        existing = self._half_open.get((hdr.spi_i, addr))
+        existing = self._by_init.get((hdr.spi_i, addr))
         if existing is not None:
             existing.receive(data, hdr, addr, local_port, now)  # a retransmission: same answer
             return
@@ -258,6 +287,7 @@ class IkeEndpoint:
             return
         s = IkeSession(self, initiator=False, local_spi=self.new_ike_spi(), remote=addr,
                        local_port=local_port, now=now)
+        s.init_key = (hdr.spi_i, addr)
         try:
             s.respond_init(msg, data, addr, local_port, chosen, now)
         except ValueError as e:  # the peer's KE value failed validation
@@ -266,6 +296,7 @@ class IkeEndpoint:
             return
         self._sessions[s.local_spi] = s
         self._half_open[(hdr.spi_i, addr)] = s
+        self._by_init[(hdr.spi_i, addr)] = s
 
     def _refuse_init(self, spi_i: bytes, addr: tuple[str, int], local_port: int, notify: int,
                      data: bytes = b"") -> None:
@@ -333,9 +364,8 @@ class IkeEndpoint:
         raise IkeError(f"no established IKE SA with peer {peer!r}")
 
     def _drop_half_open(self, session: IkeSession) -> None:
-        for key, s in list(self._half_open.items()):
-            if s is session:
-                del self._half_open[key]
+        if session.init_key is not None and self._half_open.get(session.init_key) is session:
+            del self._half_open[session.init_key]
 
     def _adopt(self, session: IkeSession) -> None:
         self._sessions[session.local_spi] = session
@@ -343,6 +373,8 @@ class IkeEndpoint:
     def _closed(self, session: IkeSession) -> None:
         self._sessions.pop(session.local_spi, None)
         self._drop_half_open(session)
+        if session.init_key is not None and self._by_init.get(session.init_key) is session:
+            del self._by_init[session.init_key]
 
     def release_child_spi(self, spi_in: int) -> None:
         self._child_spis.discard(spi_in.to_bytes(4, "big"))

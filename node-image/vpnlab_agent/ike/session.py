@@ -316,6 +316,7 @@ class IkeSession:
         self.last_resp: tuple[int, bytes] | None = None
 
         self.children: dict[int, Child] = {}
+        self.init_key: tuple[bytes, tuple[str, int]] | None = None  # responder: (SPIi, addr) of IKE_SA_INIT
 
     # --- naming ---------------------------------------------------------------------------
 
