@@ -104,6 +104,7 @@ class _Drops:
     policy_in: int = 0
     expired: int = 0  # sequence numbers or hard byte lifetime used up
     send_errors: int = 0
+    tun_errors: int = 0
     keepalives: int = 0
     ike_in: int = 0
 
@@ -112,8 +113,12 @@ class UserspaceEngine(Engine):
     name: ClassVar[str] = "userspace"
 
     def __init__(self, *, route_src: str | None = None, device: str = DEVICE,
-                 underlay_mtu: int = UNDERLAY_MTU, on_lifetime: LifetimeHandler | None = None) -> None:
+                 underlay_mtu: int = UNDERLAY_MTU, on_lifetime: LifetimeHandler | None = None,
+                 gro: bool = True) -> None:
         super().__init__(route_src=route_src)
+        # gro: merge received TCP segments into GSO packets on the TUN (see tun.GroWriter)
+        self.gro = gro
+        self._gro: tun.GroWriter | None = None
         self.device = device
         self.underlay_mtu = underlay_mtu
         self.on_lifetime = on_lifetime
@@ -149,7 +154,7 @@ class UserspaceEngine(Engine):
             sock.close()
             raise EngineError(f"cannot bind UDP {local_addr}:{port}: {e.strerror}") from e
         try:
-            self._tun_fd = tun.open_tun(self.device)
+            self._tun_fd = tun.open_tun(self.device, vnet_hdr=self.gro)
             self._disable_ipv6()
             self._mtu = max_inner_len(self.underlay_mtu - OUTER_HEADERS, _GCM)
             self._ifindex = tun.configure(self.device, self._mtu)
@@ -339,6 +344,8 @@ class UserspaceEngine(Engine):
             "device": self.device,
             "mtu": self._mtu,
             "crypto": BACKEND,
+            "gro": self.gro,
+            "tun_writes": self._gro.writes if self._gro else None,
             "sa_count": len(entries),
             "drops": dataclasses.asdict(self.drops),
             "sas": [
@@ -388,16 +395,19 @@ class UserspaceEngine(Engine):
         assert sock is not None
         src, dst = PacketBuffer(BUF_SIZE), PacketBuffer(BUF_SIZE + 128)
         data, view = src.data, dst.view
-        bufs = [src.view[:65536]]  # leave room for the ESP trailer after the packet
+        # with a virtio header it lands in its own buffer, the packet at offset 0 of src
+        vnet = bytearray(tun.VNET_HDR_LEN)
+        hlen = tun.VNET_HDR_LEN if self.gro else 0
+        bufs = [vnet, src.view[:65536]] if self.gro else [src.view[:65536]]  # room for the ESP trailer
         readv, sendto, key_of, drops = os.readv, sock.sendto, _U64.unpack_from, self.drops
         while True:
             try:
-                n = readv(fd, bufs)
+                n = readv(fd, bufs) - hlen
             except OSError:
                 if self._closing:
                     return
                 continue
-            if n < 20 or data[0] >> 4 != 4:
+            if n < 20 or data[0] >> 4 != 4 or vnet[1]:  # no offloads were offered, so no GSO either
                 drops.not_ipv4 += 1
                 continue
             key = key_of(data, 12)[0]
@@ -439,9 +449,21 @@ class UserspaceEngine(Engine):
         data, out, oview = src.data, dst.data, dst.view
         recv, write, u32, key_of, drops = sock.recvfrom_into, os.write, _U32.unpack_from, _U64.unpack_from, self.drops
         on_ike = self._on_ike
+        gro = tun.GroWriter(fd) if self.gro else None
+        self._gro = gro
+        add = gro.add if gro else None
+        dontwait = socket.MSG_DONTWAIT
         while True:
             try:
-                n, addr = recv(data, 65536)
+                if gro is None:
+                    n, addr = recv(data, 65536)
+                else:
+                    # Drain what is queued without blocking; merged packets go to TUN before we sleep.
+                    try:
+                        n, addr = recv(data, 65536, dontwait)
+                    except BlockingIOError:
+                        gro.flush()
+                        n, addr = recv(data, 65536)
             except OSError:
                 if self._closing:
                     return
@@ -488,10 +510,14 @@ class UserspaceEngine(Engine):
                 entry.counters.policy_dropped += 1
                 continue
             try:
-                write(fd, oview[:k])
+                if add is None:
+                    write(fd, oview[:k])
+                else:
+                    add(out, oview, k)
             except OSError:
                 if self._closing:
                     return
+                drops.tun_errors += 1
             c = entry.counters
             if c.bytes_out + c.bytes_in > entry.next_limit:
                 self._lifetime(entry)
@@ -546,7 +572,7 @@ def serve(stdin: Any, stdout: Any) -> None:
         reply: dict[str, Any] = {"ok": True}
         try:
             if op == "open":
-                engine = UserspaceEngine(route_src=cmd.get("route_src"))
+                engine = UserspaceEngine(route_src=cmd.get("route_src"), gro=cmd.get("gro", True))
                 engine.open(cmd["local_addr"], on_ike, cmd.get("port", NATT_PORT))
             elif engine is None:
                 raise EngineError("engine not open")
