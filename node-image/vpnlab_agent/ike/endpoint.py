@@ -125,6 +125,9 @@ class IkeEndpoint:
         self._dynamic.add(peer.name)
         self._peers_by_id = {identity(p.remote_id): p for p in self.config.peers}
 
+    def is_dynamic(self, name: str) -> bool:
+        return name in self._dynamic
+
     def remove_peer(self, name: str, now: float) -> None:
         """Delete the IKE SAs with a dynamic peer (INFORMATIONAL DELETE), then forget the peer."""
         if name not in self._dynamic:
