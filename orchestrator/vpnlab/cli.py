@@ -202,7 +202,9 @@ def exec_(
         argv = list(command)
         if argv[:1] == ["--"]:  # click hands the separator through when options are not parsed
             argv = argv[1:]
-        code = labs.exec_node(lab, node, argv, sys.stdout.buffer, sys.stderr.buffer)
+        # On a terminal, give the command the terminal (a shell works); else stream its output.
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        code = labs.exec_node(lab, node, argv, sys.stdout.buffer, sys.stderr.buffer, interactive=interactive)
     raise typer.Exit(code)
 
 

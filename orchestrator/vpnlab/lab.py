@@ -429,8 +429,10 @@ def exec_node(
     stdout: BinaryIO,
     stderr: BinaryIO,
     runtime: Runtime | None = None,
+    interactive: bool = False,
 ) -> int:
-    """Run argv in a node, streaming its output; returns its exit code."""
+    """Run argv in a node, streaming its output (or on the caller's terminal when `interactive`);
+    returns its exit code."""
     check_lab_name(lab)
     if not argv:
         raise LabError("exec: no command given (vpnlab exec LAB NODE -- CMD ...)")
@@ -443,6 +445,8 @@ def exec_node(
         raise LabError(f"lab {lab} has no node {node!r} (nodes: {', '.join(nodes)})")
     if info.state != "running":
         raise LabError(f"node {node} of lab {lab} is {info.state}")
+    if interactive:
+        return rt.exec_interactive(info.name, argv)
     return rt.exec_stream(info.name, argv, stdout, stderr)
 
 

@@ -4,6 +4,8 @@ none): every interface is a veth that the fabric moves in."""
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import tarfile
 import time
 from typing import BinaryIO
@@ -117,6 +119,13 @@ class DockerRuntime:
                 stderr.write(err)
                 stderr.flush()
         return self._exit_code(exec_id)
+
+    def exec_interactive(self, name: str, argv: list[str]) -> int:
+        # A terminal needs a hijacked, raw-mode connection; the docker CLI already does that well.
+        docker_cli = shutil.which("docker")
+        if docker_cli is None:
+            raise LabError("an interactive exec needs the docker CLI (apt-get install docker.io); or pipe the command's input")
+        return subprocess.run([docker_cli, "exec", "-it", name, *argv], check=False).returncode
 
     def logs(self, name: str, tail: int = 20) -> str:
         try:
