@@ -1,0 +1,150 @@
+"""Run a Python payload inside user-mode Linux: a 6.1 kernel that has ESP, unlike the lab machines.
+
+Debian's user-mode-linux boots as an ordinary process in about 2 s with the host's root as its root
+filesystem (hostfs), so the payload runs with the repo's venv python and sees the repo. Results come
+back through a file on hostfs. Two details make kernel crypto work (see shared/ENVIRONMENT.md):
+modules live in /usr/lib/uml/modules/<ver>, reached through a folder whose lib/modules points there,
+and the kernel's own module requests (crypto templates such as rfc4106(gcm(aes))) go through a
+modprobe wrapper written to /proc/sys/kernel/modprobe.
+
+Usage (tests): `result = run_python(code, timeout_s=120)`; result.returncode, result.output.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+UML_KERNEL = "/usr/bin/linux"
+UML_MODULES = Path("/usr/lib/uml/modules")
+REPO = Path(__file__).resolve().parents[2]
+# What an IPsec test needs; modprobe resolves dependencies (xfrm_algo, authenc, ...).
+DEFAULT_MODULES = (
+    "xfrm_user", "esp4", "veth", "gcm", "ghash_generic", "ctr", "seqiv", "echainiv",
+    "cbc", "hmac", "authenc", "tun",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class UmlResult:
+    returncode: int  # the payload's exit status; -1 if it never reported one
+    output: str  # the payload's stdout and stderr
+    console: str  # the kernel console (boot messages, init errors)
+    duration_s: float
+
+
+class UmlError(Exception):
+    """UML could not run the payload (no kernel, boot failure, timeout)."""
+
+
+def unavailable_reason() -> str | None:
+    if not os.access(UML_KERNEL, os.X_OK):
+        return f"user-mode Linux is not installed ({UML_KERNEL} missing): apt-get install user-mode-linux"
+    if not UML_MODULES.is_dir() or not any(UML_MODULES.iterdir()):
+        return f"no user-mode Linux modules under {UML_MODULES}"
+    if shutil.which("modprobe") is None:
+        return "modprobe is missing: apt-get install kmod"
+    return None
+
+
+def _python() -> str:
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv if venv.exists() else sys.executable)
+
+
+def _init_script(work: Path, payload: Path, modules: tuple[str, ...], python: str) -> str:
+    moddir = work / "moddir"
+    q = shlex.quote
+    return f"""#!/bin/sh
+# init (pid 1) inside user-mode Linux: set up, run the payload, record its status, power off.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LC_ALL=C.UTF-8 PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH={q(str(REPO / "node-image"))}:{q(str(REPO / "orchestrator"))}:{q(str(REPO))}
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs tmp /run
+mkdir -p /run/netns
+echo {q(str(work / "modprobe"))} > /proc/sys/kernel/modprobe
+for m in {" ".join(q(m) for m in modules)}; do
+  modprobe -d {q(str(moddir))} "$m" >> {q(str(work / "output"))} 2>&1 || echo "modprobe $m failed" >> {q(str(work / "output"))}
+done
+ip link set lo up
+cd {q(str(REPO))}
+{q(python)} {q(str(payload))} >> {q(str(work / "output"))} 2>&1
+echo $? > {q(str(work / "rc"))}
+sync
+poweroff -f
+"""
+
+
+def run_python(
+    code: str,
+    *,
+    timeout_s: float = 180,
+    modules: tuple[str, ...] = DEFAULT_MODULES,
+    mem: str = "512M",
+) -> UmlResult:
+    """Boot UML, run `code` with the repo's python as root inside it, return its status and output."""
+    reason = unavailable_reason()
+    if reason:
+        raise UmlError(reason)
+    version = sorted(p.name for p in UML_MODULES.iterdir())[-1]
+    # Under /var/tmp (on the host's root disk, visible through hostfs; never a tmpfs of our own).
+    work = Path(tempfile.mkdtemp(prefix="vpnlab-uml-", dir="/var/tmp"))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        moddir = work / "moddir" / "lib"
+        moddir.mkdir(parents=True)
+        (moddir / "modules").symlink_to(UML_MODULES)
+        wrapper = work / "modprobe"
+        wrapper.write_text(f'#!/bin/sh\nexec modprobe -d {shlex.quote(str(work / "moddir"))} "$@"\n')
+        wrapper.chmod(0o755)
+        payload = work / "payload.py"
+        payload.write_text(code)
+        init = work / "init"
+        init.write_text(_init_script(work, payload, modules, _python()))
+        init.chmod(0o755)
+        (work / "output").touch()
+        console = work / "console"
+        cmd = [
+            UML_KERNEL, f"mem={mem}", "rootfstype=hostfs", "rootflags=/", "rw",
+            f"init={init}", "con=null", "con0=fd:0,fd:1", "quiet",
+        ]  # fmt: skip
+        start = time.monotonic()
+        with open(console, "wb") as out:
+            # Own session: UML forks helper processes; on timeout the whole group goes.
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, env={**os.environ, "TMPDIR": str(work)},
+            )  # fmt: skip
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise UmlError(
+                    f"UML did not power off within {timeout_s:.0f}s; payload output:\n"
+                    + (work / "output").read_text(errors="replace")[-3000:]
+                ) from None
+        duration = time.monotonic() - start
+        rc_file = work / "rc"
+        rc = int(rc_file.read_text().strip() or -1) if rc_file.exists() else -1
+        return UmlResult(
+            returncode=rc,
+            output=(work / "output").read_text(errors="replace"),
+            console=console.read_text(errors="replace"),
+            duration_s=duration,
+        )
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
