@@ -1,0 +1,109 @@
+"""XFRM netlink messages are laid out as linux/xfrm.h says; the engine maps SAs to them correctly."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from vpnlab_agent.dataplane import probe
+from vpnlab_agent.dataplane import xfrm_netlink as nl
+from vpnlab_agent.dataplane.base import EngineError
+from vpnlab_agent.dataplane.xfrm import policy_specs, state_specs
+from vpnlab_agent.sa import ChildSA, EspAlgorithm
+
+
+def _sa(alg: EspAlgorithm, enc: int, integ: int = 0) -> ChildSA:
+    return ChildSA(
+        name="peer", reqid=7, spi_in=0xA1, spi_out=0xB2, algorithm=alg,
+        enc_key_in=b"\x01" * enc, enc_key_out=b"\x02" * enc, integ_key_in=b"\x03" * integ,
+        integ_key_out=b"\x04" * integ, local_addr="192.0.2.1", remote_addr="192.0.2.2",
+        local_port=4500, remote_port=4501, local_ts=("10.1.0.0/24", "10.3.0.0/16"), remote_ts=("10.2.0.0/24",),
+        soft_lifetime_bytes=1000, hard_lifetime_bytes=2000,
+    )  # fmt: skip
+
+
+def _attrs(data: bytes) -> dict[int, bytes]:
+    out, off = {}, 0
+    while off < len(data):
+        length, kind = struct.unpack_from("=HH", data, off)
+        out[kind] = data[off + 4 : off + length]
+        off += (length + 3) & ~3
+    return out
+
+
+def test_usersa_info_fields_land_where_the_kernel_reads_them() -> None:
+    inbound, outbound = state_specs(_sa(EspAlgorithm("aes-gcm-16", 128), 20))
+    payload = nl.newsa_payload(inbound)
+    info, attrs = payload[:224], _attrs(payload[224:])
+    assert info[56:60] == socket.inet_aton("192.0.2.1")  # id.daddr: inbound lands on us
+    assert struct.unpack_from("!I", info, 72)[0] == 0xA1  # id.spi, network order
+    assert info[76] == 50  # id.proto ESP
+    assert info[80:84] == socket.inet_aton("192.0.2.2")  # saddr
+    assert struct.unpack_from("=QQ", info, 96) == (1000, 2000)  # soft/hard byte limits
+    assert struct.unpack_from("=IHBB", info, 208) == (7, socket.AF_INET, nl.XFRM_MODE_TUNNEL, 32)
+    name, key_bits, icv = struct.unpack_from("=64sII", attrs[nl.XFRMA_ALG_AEAD])
+    assert name.rstrip(b"\0") == b"rfc4106(gcm(aes))" and key_bits == 160 and icv == 128
+    assert attrs[nl.XFRMA_ALG_AEAD][72:] == b"\x01" * 20  # the inbound key (with salt)
+    encap = attrs[nl.XFRMA_ENCAP]
+    etype, (sport, dport) = struct.unpack_from("=H", encap)[0], struct.unpack_from("!HH", encap, 2)
+    assert (etype, sport, dport) == (nl.UDP_ENCAP_ESPINUDP, 4501, 4500)  # from the peer's port to ours
+    assert outbound.replay_window == 0 and outbound.encap == (4500, 4501) and outbound.spi == 0xB2
+
+
+def test_cbc_hmac_state_has_both_algorithms() -> None:
+    inbound, _ = state_specs(_sa(EspAlgorithm("aes-cbc", 256, "hmac-sha256-128"), 32, 32))
+    attrs = _attrs(nl.newsa_payload(inbound)[224:])
+    name, bits = struct.unpack_from("=64sI", attrs[nl.XFRMA_ALG_CRYPT])
+    assert name.rstrip(b"\0") == b"cbc(aes)" and bits == 256
+    name, bits, trunc = struct.unpack_from("=64sII", attrs[nl.XFRMA_ALG_AUTH_TRUNC])
+    assert name.rstrip(b"\0") == b"hmac(sha256)" and bits == 256 and trunc == 128
+    assert nl.XFRMA_ALG_AEAD not in attrs
+
+
+@pytest.mark.parametrize(
+    "alg,enc,integ",
+    [(EspAlgorithm("aes-gcm-16", 128), 16, 0), (EspAlgorithm("aes-cbc", 128, "hmac-sha256-128"), 16, 20),
+     (EspAlgorithm("chacha20", 256), 36, 0)],
+)  # fmt: skip
+def test_bad_keys_and_unknown_algorithms_are_refused(alg: EspAlgorithm, enc: int, integ: int) -> None:
+    with pytest.raises(EngineError, match="SA peer"):
+        state_specs(_sa(alg, enc, integ))
+
+
+def test_policies_cover_every_selector_pair_in_three_directions() -> None:
+    specs = policy_specs(_sa(EspAlgorithm("aes-gcm-16", 128), 20))
+    assert len(specs) == 2 * 1 * 3
+    out = [p for p in specs if p.direction == nl.XFRM_POLICY_OUT]
+    assert {(p.src_cidr, p.dst_cidr) for p in out} == {("10.1.0.0/24", "10.2.0.0/24"), ("10.3.0.0/16", "10.2.0.0/24")}
+    assert all((p.tmpl_src, p.tmpl_dst, p.reqid) == ("192.0.2.1", "192.0.2.2", 7) for p in out)
+    inbound = [p for p in specs if p.direction != nl.XFRM_POLICY_OUT]
+    assert all((p.tmpl_src, p.tmpl_dst) == ("192.0.2.2", "192.0.2.1") for p in inbound)
+    # the more specific pair gets the better (lower) priority
+    prio = {p.src_cidr: p.priority for p in out}
+    assert prio["10.1.0.0/24"] < prio["10.3.0.0/16"]
+
+
+def test_policy_payload_layout() -> None:
+    spec = nl.PolicySpec("10.1.0.0/24", "10.2.0.0/24", nl.XFRM_POLICY_OUT, "192.0.2.1", "192.0.2.2", 7, 1952)
+    data = nl.policy_payload(spec)
+    sel = data[:56]
+    assert sel[0:4] == socket.inet_aton("10.2.0.0") and sel[16:20] == socket.inet_aton("10.1.0.0")
+    assert struct.unpack_from("=HBB", sel, 40) == (socket.AF_INET, 24, 24)
+    assert struct.unpack_from("=IIBB", data, 152) == (1952, 0, nl.XFRM_POLICY_OUT, nl.XFRM_POLICY_ALLOW)
+    tmpl = _attrs(data[168:])[nl.XFRMA_TMPL]
+    assert len(tmpl) == 64 and tmpl[0:4] == socket.inet_aton("192.0.2.2") and tmpl[20] == 50
+    assert tmpl[28:32] == socket.inet_aton("192.0.2.1") and struct.unpack_from("=I", tmpl, 44)[0] == 7
+
+
+def test_expire_message_parsed() -> None:
+    inbound, _ = state_specs(_sa(EspAlgorithm("aes-gcm-16", 128), 20))
+    info = nl.newsa_payload(inbound)[:224]
+    assert nl.parse_expire(info + b"\x01" + b"\0" * 7) == ("192.0.2.1", 0xA1, True)
+    assert nl.parse_expire(info + b"\x00" + b"\0" * 7)[2] is False
+
+
+def test_unknown_data_plane_preference_is_refused() -> None:
+    with pytest.raises(EngineError, match="unknown data plane 'kernel'"):
+        probe.select_engine("kernel")
