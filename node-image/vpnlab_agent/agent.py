@@ -46,6 +46,13 @@ def first_lan_address(config: NodeConfig) -> str | None:
     return None
 
 
+def wan_address(config: NodeConfig) -> str | None:
+    for iface in config.interfaces:
+        if iface.kind == "wan" and iface.addresses:
+            return str(ipaddress.ip_interface(iface.addresses[0]).ip)
+    return None
+
+
 def _optional_import(module: str, attr: str) -> Any | None:
     """The attribute, or None when the module itself is absent (not when something inside it is)."""
     import importlib
@@ -84,10 +91,17 @@ def build_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service]
         errors.append("ike: not started (no data-plane engine)")
         return [], None
     try:
-        return [ike_service(config, engine)], engine
+        # A branch behind NAT has no public address but still runs IKE from its WAN address.
+        ike = ike_service(config, engine, local_addr=config.public_address or wan_address(config))
     except Exception as exc:  # e.g. no public address to run IKE on: report, keep the node up
         errors.append(f"ike: {exc}")
         return [], engine
+    services: list[Service] = [ike]
+    from vpnlab_agent.mesh.service import MeshService, mesh_wanted
+
+    if mesh_wanted(config):
+        services.append(MeshService(config, ike))  # Advanced Mesh VPN: after IKE, on top of it
+    return services, engine
 
 
 class Agent:

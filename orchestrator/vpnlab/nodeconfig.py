@@ -43,8 +43,24 @@ def build_node_config(lab: Lab, node: Node) -> NodeConfig:
         lan_subnets=_cidrs(node.lan_subnets),
         dataplane=node.dataplane,
         ike=IkeConfig(local_id=node.name, psk=node.psk or "", peers=peers),
-        extensions={"mesh": dataclasses.asdict(node.mesh)},
+        extensions={"mesh": mesh_extension(lab, node)},
     )
+
+
+def mesh_extension(lab: Lab, node: Node) -> dict[str, object]:
+    """What the agent's mesh service reads (vpnlab_agent/mesh/config.py; docs/mesh.md).
+
+    A hub relays mesh signalling when any agent branch attached to it has mesh enabled, whatever
+    its own `enabled` says (hubs never build shortcuts themselves). A branch learns each hub's own
+    LANs, because sessions from those never trigger a shortcut.
+    """
+    ext: dict[str, object] = dataclasses.asdict(node.mesh)
+    ext["behind_nat"] = node.behind_nat
+    if node.role in HUB_ROLES:
+        ext["relay"] = any(b.mesh.enabled and b.implementation == "agent" for b in branches_of(lab, node.name))
+    else:
+        ext["hub_lans"] = {h: list(_cidrs(lab.node(h).lan_subnets)) for h in node.hubs}
+    return ext
 
 
 def branches_of(lab: Lab, hub: str) -> tuple[Node, ...]:

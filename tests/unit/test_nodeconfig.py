@@ -37,7 +37,8 @@ def test_hub(lab) -> None:
         PeerConfig("br2", "br2", "198.51.100.12", False, ("10.0.0.0/24", "10.1.0.0/24", "10.3.0.0/24"), ("10.2.0.0/24",)),
         PeerConfig("br3", "br3", "198.51.100.13", False, ("10.0.0.0/24", "10.1.0.0/24", "10.2.0.0/24"), ("10.3.0.0/24",)),
     )
-    assert cfg.extensions == {"mesh": {"enabled": False, "idle_timeout_s": 300, "max_tunnels": None}}
+    assert cfg.extensions == {"mesh": {"enabled": False, "idle_timeout_s": 300, "max_tunnels": None, "device": None,
+                                       "behind_nat": False, "relay": False}}
 
 
 def test_branch(lab) -> None:

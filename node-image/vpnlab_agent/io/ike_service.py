@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vpnlab_agent.config import NodeConfig
@@ -75,6 +76,8 @@ class IkeService:
         self._delays: dict[str, float] = {}  # peer -> next retry delay (doubles, capped)
         self._stopping = False
         self._up_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # Called with every endpoint event after the service handled it (the mesh service listens).
+        self.listeners: list[Callable[[object], None]] = []
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -215,6 +218,11 @@ class IkeService:
                 log.warning("sending IKE to %s:%d: %s", addr[0], addr[1], e)
         while (ev := self.endpoint.next_event()) is not None:
             self._handle_event(ev)
+            for listener in self.listeners:
+                try:
+                    listener(ev)
+                except Exception:  # noqa: BLE001 - a listener's bug must not stop IKE
+                    log.exception("IKE event listener failed")
         for line in self.endpoint.pop_logs():
             log.info("%s", line)
         deadline = self.endpoint.get_timer()

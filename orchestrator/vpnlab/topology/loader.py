@@ -241,14 +241,12 @@ def _kind(value: Any) -> str:
 def check_supported(lab: Lab) -> None:
     """Refuse reserved features that parse and plan but that no part of the lab implements yet.
 
-    Mesh settings are stored and ignored, so they pass. Called by the CLI before deploy.
+    Mesh and branches behind NAT are implemented (docs/mesh.md). Called by the CLI before deploy.
     """
     file = str(lab.source)
     for node in lab.nodes:
         if node.contexts:
             raise TopologyError(file, f"nodes.{node.name}.contexts", "HSVPN routing contexts are not implemented yet")
-        if node.behind_nat:
-            raise TopologyError(file, f"nodes.{node.name}.nat", "branches behind NAT are not implemented yet")
     if lab.clusters:
         raise TopologyError(
             file, f"clusters.{lab.clusters[0].name}", "gateway clusters (IKEv2 load balancer) are not implemented yet"

@@ -35,10 +35,11 @@ class Interface:
 
 
 @dataclass(frozen=True)
-class MeshSettings:  # reserved: Advanced Mesh VPN (not implemented yet)
+class MeshSettings:  # Advanced Mesh VPN (docs/mesh.md)
     enabled: bool = False
     idle_timeout_s: int = 300
-    max_tunnels: int | None = None
+    max_tunnels: int | None = None  # None: the licence default of `device` (vpnlab_agent.mesh.licence)
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Node:
     gateway: IPv4Address | None = None  # hosts: default gateway (router LAN address)
     psk: str | None = None  # routers: pre-shared key
     dataplane: Literal["auto", "userspace", "xfrm"] = "auto"
-    behind_nat: bool = False  # reserved: branch without a public address
+    behind_nat: bool = False  # branch without a public address: reaches the hub, accepts no shortcut
     mesh: MeshSettings = field(default_factory=MeshSettings)
     contexts: tuple[Any, ...] = ()  # reserved: HSVPN routing contexts
     cluster: str | None = None  # reserved: load-balancer cluster membership

@@ -87,10 +87,20 @@ class PskSecret(_Strict):
         return self
 
 
-class MeshSpec(_Strict):  # reserved: Advanced Mesh VPN
+class MeshSpec(_Strict):  # Advanced Mesh VPN (docs/mesh.md)
     enabled: bool = False
     idle_timeout: int = Field(default=300, gt=0)
-    max_tunnels: int | None = Field(default=None, gt=0)
+    max_tunnels: int | None = Field(default=None, ge=0)
+    device: str | None = None  # licence category (vpnlab_agent.mesh.licence), sets the default limit
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        from vpnlab_agent.mesh.licence import CATEGORIES
+
+        if v is not None and v not in CATEGORIES:
+            raise ValueError(f"unknown mesh device {v!r} (known: {', '.join(CATEGORIES)})")
+        return v
 
 
 class DefaultsSpec(_Strict):

@@ -60,9 +60,9 @@ def test_bench_20() -> None:
     check_supported(lab)
 
 
-def test_mesh_is_reserved() -> None:
+def test_mesh_lab_is_supported() -> None:
     lab = load_topology(TOPOLOGIES / "mesh.yml")
     assert sum(n.mesh.enabled for n in lab.routers) == 4  # the hub turns it off
     assert lab.node("br3").mesh.idle_timeout_s == 60
-    with pytest.raises(TopologyError, match="not implemented yet"):
-        check_supported(lab)
+    assert lab.node("br4").behind_nat and lab.node("br4").public_address is None
+    check_supported(lab)  # mesh and a branch behind NAT deploy now

@@ -1,0 +1,190 @@
+"""The mesh service in the agent: MeshDriver <-> IkeService, conntrack, counters and the clock.
+
+Branch: watches conntrack NEW events (conntrack.py), feeds IKE events to the driver, polls the
+shortcut child SAs' counters (idle timer, first packet on the shortcut). Hub: relays the signalling
+and keeps nftables counters of what it forwards between each pair of branches, sampled over time
+so `vpnlab measure` can plot the hub's throughput. Runs next to (after) the IKE service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any
+
+from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.dataplane.base import EngineError
+from vpnlab_agent.mesh import hubcount
+from vpnlab_agent.mesh.config import MeshConfig
+from vpnlab_agent.mesh.conntrack import ConntrackWatcher, nft
+from vpnlab_agent.mesh.driver import MeshDriver
+
+log = logging.getLogger("vpnlab_agent.mesh")
+
+POLL_S = 0.2  # shortcut counters (idle timer, traffic)
+FAST_POLL_S = 0.01  # while a new shortcut has not carried its first packet yet
+SAMPLE_S = 0.5  # hub pair counters
+MAX_SAMPLES = 1200  # 10 minutes of hub samples
+
+
+def mesh_wanted(config: NodeConfig) -> bool:
+    ext = config.extensions.get("mesh") or {}
+    if config.implementation != "agent" or config.ike is None:
+        return False
+    return bool(ext.get("enabled") if config.role == "branch" else ext.get("relay"))
+
+
+class MeshService:
+    name = "mesh"
+
+    def __init__(self, config: NodeConfig, ike: Any) -> None:
+        self.config = config
+        self.ike = ike  # IkeService: endpoint, engine, listeners, _flush
+        self.cfg = MeshConfig.from_node(config)
+        self.driver = MeshDriver(self.cfg, ike.endpoint)
+        self.watcher: ConntrackWatcher | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._flush_pending = False
+        self._first_seen: set[int] = set()
+        self._pairs = hubcount.pairs(self.cfg.branches) if self.cfg.role != "branch" else []
+        self._hub_counters: dict[tuple[str, str], tuple[int, int]] = {}
+        self.samples: deque[tuple[float, int, int]] = deque(maxlen=MAX_SAMPLES)  # (t, bytes, packets)
+        self.errors: list[str] = []
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.ike.listeners.append(self._on_ike_event)
+        now = self._now()
+        for sa in self.ike.endpoint.status(now)["ike_sas"]:  # SAs that came up before we started
+            if sa.get("state") == "established":
+                self.driver._ike_up(sa["peer"], now)
+        if self.cfg.role == "branch":
+            self.watcher = ConntrackWatcher(self._on_session)
+            await self.watcher.start()
+            self._tasks.append(asyncio.create_task(self._poll_shortcuts()))
+        elif self._pairs:
+            await nft(hubcount.ruleset(self._pairs))
+            self._tasks.append(asyncio.create_task(self._sample_hub()))
+        self._reschedule()
+        log.info("mesh %s: %s, limit %d", self.cfg.role,
+                 "enabled" if self.cfg.enabled or self.cfg.relay else "off", self.cfg.limit)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self._pairs:
+            with contextlib.suppress(Exception):
+                await nft(None, "delete", "table", "ip", hubcount.TABLE)
+        with contextlib.suppress(ValueError):
+            self.ike.listeners.remove(self._on_ike_event)
+        self._loop = None
+
+    async def refresh(self) -> None:
+        if self._pairs:
+            await self._read_hub()
+
+    def status(self) -> dict[str, Any]:
+        st = self.driver.status(self._now())
+        st["now"] = self._now()
+        if self.watcher is not None:
+            st["conntrack_lines"] = self.watcher.lines
+        if self._pairs:
+            st["hub_pairs"] = [{"src": s, "dst": d, "packets": p, "bytes": b}
+                               for (s, d), (p, b) in sorted(self._hub_counters.items())]
+            st["samples"] = [list(x) for x in self.samples]
+        if self.errors:
+            st["errors"] = st.get("errors", []) + self.errors
+        return st
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else 0.0
+
+    def _on_ike_event(self, ev: object) -> None:
+        self.driver.on_event(ev, self._now())
+        self._after()
+
+    def _on_session(self, src: str, dst: str) -> None:
+        if self.driver.session_seen(src, dst, self._now()):
+            self._after()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.driver.handle_timer(self._now())
+        self._after()
+
+    # --- outputs -------------------------------------------------------------------------
+
+    def _after(self) -> None:
+        for line in self.driver.pop_logs():
+            log.info("%s", line)
+        self._reschedule()
+        if not self._flush_pending and self._loop is not None:
+            # The IKE service sends what the driver queued; not re-entrantly from its own flush.
+            self._flush_pending = True
+            self._loop.call_soon(self._flush_ike)
+
+    def _flush_ike(self) -> None:
+        self._flush_pending = False
+        self.ike._flush()
+
+    def _reschedule(self) -> None:
+        if self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        t = self.driver.get_timer()
+        self._timer = self._loop.call_at(t, self._on_timer) if t is not None else None
+
+    async def _poll_shortcuts(self) -> None:
+        engine = self.ike.engine
+        while True:
+            fast = False
+            now = self._now()
+            for peer, spis in self.driver.shortcut_spis().items():
+                total = 0
+                for spi in spis:
+                    try:
+                        c = engine.counters(spi)
+                    except EngineError:
+                        continue
+                    total += c.bytes_in + c.bytes_out
+                    packets = c.packets_in + c.packets_out
+                    if spi not in self._first_seen:
+                        if packets:
+                            self._first_seen.add(spi)
+                            # With exactly one packet so far, last_used is its time (same monotonic clock).
+                            self.driver.first_packet(peer, c.last_used if packets == 1 else now)
+                        else:
+                            fast = True
+                self.driver.traffic(peer, total, now)
+            await asyncio.sleep(FAST_POLL_S if fast else POLL_S)
+
+    async def _sample_hub(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self._read_hub()
+            await asyncio.sleep(SAMPLE_S)
+
+    async def _read_hub(self) -> None:
+        try:
+            self._hub_counters = hubcount.parse_counters(await nft(None, "-j", "list", "table", "ip", hubcount.TABLE))
+        except (RuntimeError, ValueError, asyncio.TimeoutError) as e:
+            if len(self.errors) < 10:
+                self.errors.append(f"hub counters: {e}")
+            return
+        total_b = sum(b for _, b in self._hub_counters.values())
+        total_p = sum(p for p, _ in self._hub_counters.values())
+        self.samples.append((round(self._now(), 3), total_b, total_p))
