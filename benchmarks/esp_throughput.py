@@ -7,7 +7,7 @@ endpoints in the same run:
 
   plain      routes 10.x via the veth, no encryption
   userspace  `python3 -m vpnlab_agent.dataplane.userspace` in both containers, hand-made AES-GCM-128 SAs
-  userspace-nogro  the same without merging received TCP segments into GSO packets on the TUN
+  userspace-nooffload  the same without merging received TCP segments into GSO packets on the TUN
   libipsec   strongSwan 5.9 charon-systemd + swanctl, kernel-libipsec (ESP in UDP on TUN ipsec0), AES-GCM-128
 
 Containers keep the two charons' config, pid and vici paths apart (the reason for not using netns).
@@ -200,11 +200,11 @@ def sa_pair(alg: EspAlgorithm) -> tuple[ChildSA, ChildSA]:
     return sa_a, sa_b
 
 
-def case_userspace(a: Node, b: Node, seconds: int, gro: bool = True) -> tuple[float, float, int]:
+def case_userspace(a: Node, b: Node, seconds: int, offload: bool = True) -> tuple[float, float, int]:
     ea, eb = EngineProc(a), EngineProc(b)
     try:
-        ea.call(op="open", local_addr=a.wan, route_src=a.lan, gro=gro)
-        eb.call(op="open", local_addr=b.wan, route_src=b.lan, gro=gro)
+        ea.call(op="open", local_addr=a.wan, route_src=a.lan, offload=offload)
+        eb.call(op="open", local_addr=b.wan, route_src=b.lan, offload=offload)
         sa_a, sa_b = sa_pair(EspAlgorithm("aes-gcm-16", 128))
         ea.call(op="install", sa=sa_to_dict(sa_a))
         eb.call(op="install", sa=sa_to_dict(sa_b))
@@ -212,9 +212,9 @@ def case_userspace(a: Node, b: Node, seconds: int, gro: bool = True) -> tuple[fl
         st = eb.call(op="status")["status"]
         if st["sas"][0]["packets_in"] < 1000:
             raise RuntimeError("the iperf3 traffic did not cross our tunnel")
-        print(f"userspace engine (gro {gro}): crypto back end {st['crypto']}, mtu {st['mtu']}, drops "
+        print(f"userspace engine (offload {offload}): crypto back end {st['crypto']}, mtu {st['mtu']}, drops "
               f"{ {k: v for k, v in st['drops'].items() if v} }, {st['sas'][0]['packets_in']} ESP packets in, "
-              f"{st['tun_writes']} TUN writes")
+              f"{st['tun_writes']} TUN writes, offload {st['offload']}")
         return result
     finally:
         for e in (ea, eb):
@@ -245,11 +245,11 @@ def case_libipsec(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
             n.sh("pkill -x charon-systemd; true", check=False)
 
 
-def case_userspace_nogro(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
-    return case_userspace(a, b, seconds, gro=False)
+def case_userspace_nooffload(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
+    return case_userspace(a, b, seconds, offload=False)
 
 
-CASES = {"plain": case_plain, "userspace": case_userspace, "userspace-nogro": case_userspace_nogro,
+CASES = {"plain": case_plain, "userspace": case_userspace, "userspace-nooffload": case_userspace_nooffload,
          "libipsec": case_libipsec}
 
 

@@ -219,7 +219,7 @@ class Capture:
 
     def __init__(self, ns: str, dev: str) -> None:
         self.path = Path(tempfile.mkstemp(suffix=".pcap")[1])
-        self.p = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", dev, "-n", "-U", "-s", "0",
+        self.p = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", dev, "-n", "-U", "-s", "0", "-B", "16384",
                                    "-w", str(self.path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert self.p.stderr
         self.p.stderr.readline()  # "listening on ..." comes a little before packets are seen
@@ -282,7 +282,9 @@ def test_ping_and_tcp_through_tunnel_show_only_esp_on_the_underlay(lab: Lab, alg
     assert digest == hashlib.sha256(PATTERN * blocks).hexdigest()
     frames = cap.stop()
     esp, other = udp_payloads(frames)
-    assert len(esp) > 500, "the transfer must have crossed the underlay as ESP in UDP 4500"
+    # with UDP GSO the capture sees up to 64 kB "datagrams" that are cut up later, and a capture may
+    # miss some under load: count bytes, and let the engine counters below prove the rest
+    assert sum(map(len, esp)) > len(PATTERN) * blocks // 2, "the transfer must have crossed the underlay as ESP"
     assert other == [], f"{len(other)} non-ESP IPv4 frames on the underlay"
     whole = b"".join(frames)
     assert PATTERN[:12] not in whole and b"vpnlab-ping" not in whole, "plaintext leaked onto the underlay"

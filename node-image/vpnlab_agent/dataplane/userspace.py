@@ -15,6 +15,7 @@ so the packet loops never take a lock.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import logging
 import os
@@ -53,6 +54,13 @@ BUF_SIZE = 65536 + 256
 _GCM = EspAlgorithm("aes-gcm-16", 128)
 
 _U32 = struct.Struct("!I")
+_U16N = struct.Struct("=H")  # UDP_SEGMENT value, host order
+_I32N = struct.Struct("=i")  # UDP_GRO cmsg value, host order
+_VNET = struct.Struct("<BBHHHH")
+UDP_SEGMENT = 103  # setsockopt/cmsg: send one buffer as several datagrams of this size (Linux 4.18)
+UDP_GRO = 104  # receive several same-size datagrams in one buffer, size in a cmsg (Linux 5.0)
+UDP_GSO_MAX_SEGS = 64
+UDP_GSO_MAX_BYTES = 65000  # one UDP payload (IPv4 total length is 16 bits)
 _U64 = struct.Struct("!Q")  # inner source || destination, one dict key
 
 _NO_ROUTE = object()  # memoised outbound verdicts besides an entry
@@ -114,11 +122,15 @@ class UserspaceEngine(Engine):
 
     def __init__(self, *, route_src: str | None = None, device: str = DEVICE,
                  underlay_mtu: int = UNDERLAY_MTU, on_lifetime: LifetimeHandler | None = None,
-                 gro: bool = True) -> None:
+                 offload: bool = True) -> None:
         super().__init__(route_src=route_src)
-        # gro: merge received TCP segments into GSO packets on the TUN (see tun.GroWriter)
-        self.gro = gro
+        # offload: TSO/checksum offload on the TUN (we cut and finish TCP segments), UDP GSO to send
+        # ESP packets in batches, UDP GRO to receive them in batches, and received TCP segments merged
+        # into GSO packets on the TUN (tun.GroWriter). Each falls back alone if the kernel says no.
+        self.offload = offload
         self._gro: tun.GroWriter | None = None
+        self._udp_gso = offload
+        self._udp_gro = False
         self.device = device
         self.underlay_mtu = underlay_mtu
         self.on_lifetime = on_lifetime
@@ -150,11 +162,22 @@ class UserspaceEngine(Engine):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
             sock.bind((local_addr, port))
+            if self.offload:
+                try:
+                    sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+                    self._udp_gro = True
+                except OSError:
+                    self._udp_gro = False
         except OSError as e:
             sock.close()
             raise EngineError(f"cannot bind UDP {local_addr}:{port}: {e.strerror}") from e
         try:
-            self._tun_fd = tun.open_tun(self.device, vnet_hdr=self.gro)
+            self._tun_fd = tun.open_tun(self.device, vnet_hdr=self.offload)
+            if self.offload:
+                try:
+                    tun.set_offload(self._tun_fd)
+                except OSError as e:
+                    log.info("no TUN offloads (%s): packets come one MTU at a time", e.strerror)
             self._disable_ipv6()
             self._mtu = max_inner_len(self.underlay_mtu - OUTER_HEADERS, _GCM)
             self._ifindex = tun.configure(self.device, self._mtu)
@@ -344,7 +367,7 @@ class UserspaceEngine(Engine):
             "device": self.device,
             "mtu": self._mtu,
             "crypto": BACKEND,
-            "gro": self.gro,
+            "offload": {"tun": self.offload, "udp_gso": self._udp_gso, "udp_gro": self._udp_gro},
             "tun_writes": self._gro.writes if self._gro else None,
             "sa_count": len(entries),
             "drops": dataclasses.asdict(self.drops),
@@ -390,16 +413,31 @@ class UserspaceEngine(Engine):
                 return entry if _inside(src, entry.local_nets) else _POLICY
         return _NO_ROUTE
 
+    def _route(self, key: int) -> Any:
+        """The entry for an inner (src, dst) pair, or _NO_ROUTE / _POLICY; memoised."""
+        cache = self._out_cache
+        entry = cache.get(key)
+        if entry is None:
+            entry = self._lookup_out(key)
+            if len(cache) >= CACHE_LIMIT:
+                cache.clear()
+            cache[key] = entry
+        return entry
+
     def _outbound_loop(self) -> None:
         fd, sock = self._tun_fd, self._sock
         assert sock is not None
-        src, dst = PacketBuffer(BUF_SIZE), PacketBuffer(BUF_SIZE + 128)
-        data, view = src.data, dst.view
-        # with a virtio header it lands in its own buffer, the packet at offset 0 of src
+        offload = self.offload
+        src, dst = PacketBuffer(BUF_SIZE), PacketBuffer(BUF_SIZE + 4096)
+        seg = PacketBuffer(4096)  # one TCP segment cut from a TSO packet
+        data, sview, dview = src.data, src.view, dst.view
         vnet = bytearray(tun.VNET_HDR_LEN)
-        hlen = tun.VNET_HDR_LEN if self.gro else 0
-        bufs = [vnet, src.view[:65536]] if self.gro else [src.view[:65536]]  # room for the ESP trailer
-        readv, sendto, key_of, drops = os.readv, sock.sendto, _U64.unpack_from, self.drops
+        hlen = tun.VNET_HDR_LEN if offload else 0
+        # the virtio header lands in its own buffer, the packet at offset 0 of src (room for the trailer)
+        bufs = [vnet, sview[:65536]] if offload else [sview[:65536]]
+        readv, sendto, sendmsg, key_of, drops = os.readv, sock.sendto, sock.sendmsg, _U64.unpack_from, self.drops
+        vnet_of, segment, complete = _VNET.unpack_from, tun.segment_tcp, tun.complete_checksum
+        route = self._route
         while True:
             try:
                 n = readv(fd, bufs) - hlen
@@ -407,96 +445,127 @@ class UserspaceEngine(Engine):
                 if self._closing:
                     return
                 continue
-            if n < 20 or data[0] >> 4 != 4 or vnet[1]:  # no offloads were offered, so no GSO either
+            if n < 20 or data[0] >> 4 != 4:
                 drops.not_ipv4 += 1
                 continue
-            key = key_of(data, 12)[0]
-            cache = self._out_cache
-            entry = cache.get(key)
-            if entry is None:
-                entry = self._lookup_out(key)
-                if len(cache) >= CACHE_LIMIT:
-                    cache.clear()
-                cache[key] = entry
-            if entry is _NO_ROUTE:
-                drops.no_route += 1
-                continue
-            if entry is _POLICY:
-                drops.policy_out += 1
+            entry = route(key_of(data, 12)[0])
+            if entry.__class__ is not _Entry:
+                if entry is _NO_ROUTE:
+                    drops.no_route += 1
+                else:
+                    drops.policy_out += 1
                 continue
             if entry.expired:
                 drops.expired += 1
                 continue
+            out, addr = entry.out, entry.addr
             try:
-                m = entry.out.encapsulate_into(src, n, dst)
+                if offload and (vnet[0] or vnet[1]):
+                    flags, gso, _, mss, cstart, coff = vnet_of(vnet)
+                    if gso == tun.VNET_HDR_GSO_TCPV4:
+                        # TSO: cut into MSS segments, encrypt them back to back, one UDP GSO send
+                        pos = i = cnt = size = 0
+                        short = False
+                        while True:
+                            k = segment(data, sview, n, mss, seg.data, seg.view, i)
+                            if not k:
+                                break
+                            i += 1
+                            m = out.encapsulate_into(seg, k, dst, pos)
+                            if pos and (m > size or short):
+                                # UDP GSO needs equal sizes with only the last one shorter
+                                self._send_batch(sendto, sendmsg, dview, pos, size, addr)
+                                dview[0:m] = bytes(dview[pos:pos + m])
+                                pos = cnt = size = 0
+                            size = size or m
+                            short = m < size
+                            pos += m
+                            cnt += 1
+                            if pos + size > UDP_GSO_MAX_BYTES or cnt == UDP_GSO_MAX_SEGS:
+                                self._send_batch(sendto, sendmsg, dview, pos, size, addr)
+                                pos = cnt = size = 0
+                        if pos:
+                            self._send_batch(sendto, sendmsg, dview, pos, size, addr)
+                        continue
+                    if gso:
+                        drops.not_ipv4 += 1  # a GSO type we never offered
+                        continue
+                    if flags & tun.VNET_HDR_F_NEEDS_CSUM:
+                        complete(data, sview, n, cstart, coff)
+                m = out.encapsulate_into(src, n, dst)
+                sendto(dview[:m], addr)
             except SequenceOverflow:
                 drops.expired += 1
                 entry.next_limit = 0.0
                 self._lifetime(entry)
                 continue
-            try:
-                sendto(view[:m], entry.addr)
             except OSError:
                 drops.send_errors += 1
             c = entry.counters
             if c.bytes_out + c.bytes_in > entry.next_limit:
                 self._lifetime(entry)
 
+    def _send_batch(self, sendto: Any, sendmsg: Any, view: memoryview, total: int, size: int,
+                    addr: tuple[str, int]) -> None:
+        """Send equal-size ESP packets laid back to back (the last may be shorter) in one UDP GSO call."""
+        if total > size and self._udp_gso:
+            try:
+                sendmsg((view[:total],), [(socket.SOL_UDP, UDP_SEGMENT, _U16N.pack(size))], 0, addr)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    raise
+                self._udp_gso = False  # kernel without UDP GSO: one datagram at a time from now on
+                log.info("no UDP GSO here (%s); sending ESP packets one by one", e.strerror)
+        for off in range(0, total, size):
+            sendto(view[off:min(off + size, total)], addr)
+
     def _inbound_loop(self) -> None:
         fd, sock = self._tun_fd, self._sock
         assert sock is not None
-        src, dst = PacketBuffer(BUF_SIZE), PacketBuffer(BUF_SIZE)
-        data, out, oview = src.data, dst.data, dst.view
-        recv, write, u32, key_of, drops = sock.recvfrom_into, os.write, _U32.unpack_from, _U64.unpack_from, self.drops
+        src, one, dst = PacketBuffer(BUF_SIZE), PacketBuffer(4096), PacketBuffer(BUF_SIZE)
+        data, sview, out, oview = src.data, src.view, dst.data, dst.view
+        recv, recvmsg, write, u32 = sock.recvfrom_into, sock.recvmsg_into, os.write, _U32.unpack_from
+        key_of, drops = _U64.unpack_from, self.drops
         on_ike = self._on_ike
-        gro = tun.GroWriter(fd) if self.gro else None
+        gro = tun.GroWriter(fd) if self.offload else None
         self._gro = gro
         add = gro.add if gro else None
         dontwait = socket.MSG_DONTWAIT
-        while True:
-            try:
-                if gro is None:
-                    n, addr = recv(data, 65536)
-                else:
-                    # Drain what is queued without blocking; merged packets go to TUN before we sleep.
-                    try:
-                        n, addr = recv(data, 65536, dontwait)
-                    except BlockingIOError:
-                        gro.flush()
-                        n, addr = recv(data, 65536)
-            except OSError:
-                if self._closing:
-                    return
-                continue
+        bufs = [sview[:65536]]
+        udp_gro = self._udp_gro
+        cmsg_space = socket.CMSG_SPACE(4)
+
+        def deliver(pkt: PacketBuffer, n: int, addr: tuple[str, int]) -> None:
+            """One UDP datagram at pkt[0:n]."""
+            pd = pkt.data
             if n < 8:
-                if self._closing:
-                    return
-                if n == 1 and data[0] == 0xFF:
+                if n == 1 and pd[0] == 0xFF:
                     drops.keepalives += 1
-                elif n >= 4 and u32(data, 0)[0] == 0:
-                    self._ike(on_ike, bytes(src.view[4:n]), addr)
+                elif n >= 4 and u32(pd, 0)[0] == 0:
+                    self._ike(on_ike, bytes(pkt.view[4:n]), addr)
                 else:
                     drops.malformed += 1
-                continue
-            spi = u32(data, 0)[0]
+                return
+            spi = u32(pd, 0)[0]
             if spi == 0:
-                self._ike(on_ike, bytes(src.view[4:n]), addr)
-                continue
+                self._ike(on_ike, bytes(pkt.view[4:n]), addr)
+                return
             entry = self._inbound.get(spi)
             if entry is None:
                 drops.unknown_spi += 1
-                continue
+                return
             try:
-                k = entry.inb.decapsulate_into(src, n, dst)
+                k = entry.inb.decapsulate_into(pkt, n, dst)
             except (ReplayedPacket, AuthenticationFailed):
-                continue  # counted per SA by the codec
+                return  # counted per SA by the codec
             except EspError:
                 drops.malformed += 1
-                continue
+                return
             if k < 20 or out[0] >> 4 != 4:
                 if k:
                     drops.malformed += 1
-                continue
+                return
             key = key_of(out, 12)[0]
             cache = entry.in_cache
             ok = cache.get(key)
@@ -508,19 +577,56 @@ class UserspaceEngine(Engine):
             if not ok:
                 drops.policy_in += 1
                 entry.counters.policy_dropped += 1
-                continue
+                return
             try:
                 if add is None:
                     write(fd, oview[:k])
                 else:
                     add(out, oview, k)
             except OSError:
-                if self._closing:
-                    return
                 drops.tun_errors += 1
             c = entry.counters
             if c.bytes_out + c.bytes_in > entry.next_limit:
                 self._lifetime(entry)
+
+        while True:
+            size = 0
+            try:
+                if gro is None:
+                    n, addr = recv(data, 65536)
+                else:
+                    # Drain what is queued without blocking; merged packets go to TUN before we sleep.
+                    try:
+                        if udp_gro:
+                            n, anc, _, addr = recvmsg(bufs, cmsg_space, dontwait)
+                        else:
+                            n, addr = recv(data, 65536, dontwait)
+                    except BlockingIOError:
+                        gro.flush()
+                        if udp_gro:
+                            n, anc, _, addr = recvmsg(bufs, cmsg_space)
+                        else:
+                            n, addr = recv(data, 65536)
+                    if udp_gro and anc:
+                        size = _I32N.unpack_from(anc[0][2])[0]  # UDP_GRO: several datagrams of this size
+            except OSError:
+                if self._closing:
+                    return
+                continue
+            if self._closing:
+                return
+            try:
+                if size and n > size:
+                    for off in range(0, n, size):
+                        m = min(size, n - off)
+                        one.view[:m] = sview[off:off + m]
+                        deliver(one, m, addr)
+                else:
+                    deliver(src, n, addr)
+            except OSError:
+                if self._closing:
+                    return
+                drops.tun_errors += 1
 
     def _ike(self, on_ike: IkeHandler | None, msg: bytes, addr: tuple[str, int]) -> None:
         self.drops.ike_in += 1
@@ -572,7 +678,7 @@ def serve(stdin: Any, stdout: Any) -> None:
         reply: dict[str, Any] = {"ok": True}
         try:
             if op == "open":
-                engine = UserspaceEngine(route_src=cmd.get("route_src"), gro=cmd.get("gro", True))
+                engine = UserspaceEngine(route_src=cmd.get("route_src"), offload=cmd.get("offload", True))
                 engine.open(cmd["local_addr"], on_ike, cmd.get("port", NATT_PORT))
             elif engine is None:
                 raise EngineError("engine not open")

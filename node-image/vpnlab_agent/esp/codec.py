@@ -93,8 +93,8 @@ class EspOutbound:
         self._gcm = algorithm.aead
         self._block = self.cipher.block
 
-    def encapsulate_into(self, src: PacketBuffer, n: int, dst: PacketBuffer) -> int:
-        """Turn the inner packet src[0:n] into an ESP packet at dst[0:]; returns its length.
+    def encapsulate_into(self, src: PacketBuffer, n: int, dst: PacketBuffer, off: int = 0) -> int:
+        """Turn the inner packet src[0:n] into an ESP packet at dst[off:]; returns its length.
 
         src needs 17 spare bytes after n for the trailer.
         """
@@ -107,14 +107,14 @@ class EspOutbound:
         if self._gcm:
             # RFC 4106: the IV only has to be unique per key, so the sequence number serves.
             hdr = _HDR_GCM.pack(self.spi, seq, seq)
-            dst.data[0:16] = hdr
-            total = 16 + self.cipher.seal(hdr[8:], hdr[:8], src, n + p + 2, dst, 16)
+            dst.data[off:off + 16] = hdr
+            total = 16 + self.cipher.seal(hdr[8:], hdr[:8], src, n + p + 2, dst, off + 16)
         else:
             hdr = _HDR.pack(self.spi, seq)
             iv = self.cipher.new_iv()
-            dst.data[0:8] = hdr
-            dst.data[8:24] = iv
-            total = 24 + self.cipher.seal(iv, hdr, src, n + p + 2, dst, 24)
+            dst.data[off:off + 8] = hdr
+            dst.data[off + 8:off + 24] = iv
+            total = 24 + self.cipher.seal(iv, hdr, src, n + p + 2, dst, off + 24)
         c = self.counters
         c.packets_out += 1
         c.bytes_out += n
