@@ -38,7 +38,11 @@ def ruleset(pair_list: list[Pair], device: str = "ipsec0") -> str:
     for p in pair_list:
         lines.append(f'    iifname "{device}" oifname "{device}" ip saddr {p.src_net} ip daddr {p.dst_net} '
                      f'counter comment "{p.tag}"')
-    lines += ["  }", "}", ""]
+    # Branch-to-branch traffic leaves the hub by the device it came in on, so the kernel would
+    # answer with ICMP redirects that no branch can use (/proc/sys is read-only in a container).
+    lines += ["  }", "  chain output {", "    type filter hook output priority 0; policy accept;",
+              f'    oifname "{device}" icmp type redirect counter drop comment "no redirects into tunnels"',
+              "  }", "}", ""]
     return "\n".join(lines)
 
 

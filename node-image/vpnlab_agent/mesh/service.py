@@ -33,7 +33,8 @@ def mesh_wanted(config: NodeConfig) -> bool:
     ext = config.extensions.get("mesh") or {}
     if config.implementation != "agent" or config.ike is None:
         return False
-    return bool(ext.get("enabled") if config.role == "branch" else ext.get("relay"))
+    # A hub always runs it: its per-pair counters measure the star too (mesh off).
+    return bool(ext.get("enabled")) if config.role == "branch" else bool(config.ike.peers)
 
 
 class MeshService:

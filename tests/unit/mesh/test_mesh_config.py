@@ -40,7 +40,9 @@ def test_hub_relays_only_when_a_branch_wants_mesh(tmp_path: Path) -> None:
     p.write_text("name: t\nsecret: {psk: k}\nnodes:\n  hub: {role: hub}\n  br1: {role: branch}\n")
     lab = load_topology(p)
     hub = build_node_config(lab, lab.node("hub"))
-    assert hub.extensions["mesh"]["relay"] is False and not mesh_wanted(hub)
+    assert hub.extensions["mesh"]["relay"] is False
+    assert mesh_wanted(hub)  # for its counters: the star is measured too
+    assert not mesh_wanted(build_node_config(lab, lab.node("br1")))
     assert MeshConfig.from_node(build_node_config(lab, lab.node("br1"))).limit == 50  # CPE 19xx default
 
 
@@ -54,3 +56,28 @@ def test_device_category_sets_the_limit(tmp_path: Path) -> None:
     p.write_text("name: t\nsecret: {psk: k}\nnodes:\n  hub: {role: hub, mesh: {device: r2d2}}\n")
     with pytest.raises(TopologyError, match="unknown mesh device 'r2d2'"):
         load_topology(p)
+
+
+def test_hub_counters_ruleset_and_parse() -> None:
+    import json
+
+    from vpnlab_agent.mesh import hubcount
+
+    ps = hubcount.pairs({"br1": ("10.1.0.0/24",), "br2": ("10.2.0.0/24",)})
+    text = hubcount.ruleset(ps)
+    assert 'ip saddr 10.1.0.0/24 ip daddr 10.2.0.0/24 counter comment "br1>br2 10.1.0.0/24>10.2.0.0/24"' in text
+    assert "icmp type redirect counter drop" in text
+    listing = {"nftables": [{"metainfo": {}}, {"rule": {"comment": "br1>br2 x>y", "expr": [
+        {"match": {}}, {"counter": {"packets": 3, "bytes": 300}}]}},
+        {"rule": {"comment": "no redirects into tunnels", "expr": [{"counter": {"packets": 1, "bytes": 1}}]}}]}
+    assert hubcount.parse_counters(json.dumps(listing)) == {("br1", "br2"): (3, 300)}
+
+
+def test_conntrack_line_parsing() -> None:
+    from vpnlab_agent.mesh.conntrack import parse_event
+
+    line = ("    [NEW] tcp      6 120 SYN_SENT src=10.1.0.10 dst=10.2.0.10 sport=40000 dport=5201 [UNREPLIED] "
+            "src=10.2.0.10 dst=10.1.0.10 sport=5201 dport=40000 id=1")
+    assert parse_event(line) == ("10.1.0.10", "10.2.0.10")
+    assert parse_event(" [UPDATE] tcp 6 src=1.2.3.4 dst=5.6.7.8") is None
+    assert parse_event("[NEW] garbage") is None
