@@ -241,3 +241,21 @@ def test_max_inner_len_fits_the_underlay() -> None:
         assert len(out.encapsulate(bytes(n + 1))) > budget or (n + 1 + 2) % (4 if alg.aead else 16) != 1
     assert max_inner_len(budget, GCM128) == 1438
     assert max_inner_len(budget, CBC128) == 1422
+
+
+@pytest.mark.parametrize("alg", [GCM128, CBC128], ids=["gcm", "cbc"])
+def test_packets_laid_back_to_back_for_udp_gso(alg: EspAlgorithm) -> None:
+    from vpnlab_agent.esp import PacketBuffer
+
+    out, inb = pair(alg)
+    src, dst = PacketBuffer(4096), PacketBuffer(16384)
+    inners = [ipv4(os.urandom(1000)) for _ in range(5)]
+    pos, spans = 0, []
+    for p in inners:
+        src.data[:len(p)] = p
+        m = out.encapsulate_into(src, len(p), dst, pos)
+        spans.append((pos, m))
+        pos += m
+    assert len({m for _, m in spans}) == 1  # equal sizes: one UDP_SEGMENT size fits all
+    for (off, m), p in zip(spans, inners):
+        assert inb.decapsulate(bytes(dst.data[off:off + m])) == p
