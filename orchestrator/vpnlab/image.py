@@ -258,7 +258,9 @@ def _debootstrap(target: Path, packages: list[str], mirror: str, log_path: Path,
         "debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
         SUITE, str(target), mirror,
     ]  # fmt: skip
-    counts = {"Retrieving": 0, "Unpacking": 0, "Configuring": 0}
+    # debootstrap never says how many steps are coming: once it stops downloading we know the
+    # package count N, and retrieve+validate+unpack+configure (+ extract for about half) is ~4.5 N.
+    retrieved, steps, total = 0, 0, None
     last = ""
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(cmd) + "\n")
@@ -280,9 +282,13 @@ def _debootstrap(target: Path, packages: list[str], mirror: str, log_path: Path,
                 m = _DEBOOTSTRAP_STEP.match(line)
                 if m:
                     step, pkg = m.groups()
-                    if step in counts:
-                        counts[step] += 1
-                    report.update(description=f"debootstrap: {step.lower()} {pkg}")
+                    steps += 1
+                    if step == "Retrieving":
+                        retrieved += 1
+                    elif total is None:
+                        total = int(retrieved * 4.5)
+                    report.update(description=f"debootstrap: {step.lower()} {pkg.rstrip('.')}",
+                                  total=total, completed=min(steps, total or steps))
             rc = proc.wait()
         finally:
             timer.cancel()
