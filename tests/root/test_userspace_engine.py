@@ -185,11 +185,11 @@ class Lab:
         for r in (self.rA, self.rB):
             nsx(r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 
-    def start_engines(self) -> tuple[EngineProc, EngineProc]:
+    def start_engines(self, offload: bool = True) -> tuple[EngineProc, EngineProc]:
         a, b = EngineProc(self.rA), EngineProc(self.rB)
         self.engines += [a, b]
-        a.call(op="open", local_addr="192.0.2.1", route_src="10.1.0.1")
-        b.call(op="open", local_addr="192.0.2.2", route_src="10.2.0.1")
+        a.call(op="open", local_addr="192.0.2.1", route_src="10.1.0.1", offload=offload)
+        b.call(op="open", local_addr="192.0.2.2", route_src="10.2.0.1", offload=offload)
         return a, b
 
     def destroy(self) -> None:
@@ -265,11 +265,12 @@ def transfer(lab: Lab, blocks: int) -> tuple[int, str]:
     return int(n), digest
 
 
-@pytest.mark.parametrize("alg", [GCM128, CBC256], ids=["aes-gcm-128", "aes-cbc-256-hmac-sha256"])
-def test_ping_and_tcp_through_tunnel_show_only_esp_on_the_underlay(lab: Lab, alg: EspAlgorithm) -> None:
+@pytest.mark.parametrize(("alg", "offload"), [(GCM128, True), (CBC256, True), (GCM128, False)],
+                         ids=["aes-gcm-128", "aes-cbc-256-hmac-sha256", "aes-gcm-128-no-offload"])
+def test_ping_and_tcp_through_tunnel_show_only_esp_on_the_underlay(lab: Lab, alg: EspAlgorithm, offload: bool) -> None:
     import hashlib
 
-    a, b = lab.start_engines()
+    a, b = lab.start_engines(offload)
     sa_a, sa_b = sa_pair(alg)
     a.call(op="install", sa=sa_to_dict(sa_a))
     b.call(op="install", sa=sa_to_dict(sa_b))
@@ -298,6 +299,10 @@ def test_ping_and_tcp_through_tunnel_show_only_esp_on_the_underlay(lab: Lab, alg
     st = a.call(op="status")["status"]
     assert st["engine"] == "userspace" and st["sa_count"] == 1
     assert st["mtu"] == (1438 if alg.aead else 1422)
+    assert st["offload"]["tun"] is offload
+    if offload:  # the receiver merged segments: fewer TUN writes than ESP packets
+        stb = b.call(op="status")["status"]
+        assert stb["tun_writes"] < cb["packets_in"]
 
 
 def _inject(lab: Lab, payload: bytes) -> None:
