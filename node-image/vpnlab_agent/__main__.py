@@ -46,6 +46,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"vpnlab-agent: cannot load {args.config}: {exc}", file=sys.stderr)
         return 1
     log.setup(cfg.name)
+    from vpnlab_agent.netconfig import lighten_pyroute2
+
+    lighten_pyroute2()  # before anything imports pyroute2: ~10 MiB less per router container
     from vpnlab_agent.agent import Agent
 
     agent = Agent(cfg, control_path=args.socket, wait_timeout=args.wait)

@@ -256,9 +256,11 @@ class Agent:
             except Exception as exc:
                 service_status[svc.name] = {"errors": [f"status failed: {exc}"]}
         interfaces, routes = ([], []) if self._ipr is None else netconfig.snapshot(self._ipr)
+        # A service whose process died (charon) makes the node not ready, whatever happened at start.
+        alive = all(st.get("running", True) is not False for st in service_status.values())
         return status.build(
             self.config,
-            ready=self.ready,
+            ready=self.ready and alive,
             started_at=self.started_at,
             dataplane=self.dataplane,
             interfaces=interfaces,

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
+import importlib.util
 import ipaddress
 import logging
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +105,58 @@ def plan(config: NodeConfig) -> NetPlan:
             PlannedRoute(str(net.network_address), net.prefixlen, route.via, route.dev, net.version)
         )
     return NetPlan(tuple(links), tuple(addresses), tuple(routes))
+
+
+# Where the pyroute2 names the agent uses really live (pyroute2 0.7).
+_PYROUTE2_NAMES = {
+    "IPRoute": "pyroute2.iproute.linux",
+    "NetlinkError": "pyroute2.netlink.exceptions",
+    "NetNS": "pyroute2.nslink.nslink",
+    "IPRSocket": "pyroute2.netlink.rtnl.iprsocket",
+}
+
+
+def lighten_pyroute2() -> bool:
+    """Make `import pyroute2` load only the submodules actually used. Call before anything imports it.
+
+    Why: pyroute2's package __init__ imports every module it has (NDB with sqlite, IPDB, nl80211,
+    ...): about 10 MiB of resident memory per agent, in every router container, for nothing. This
+    puts a stand-in package in sys.modules with the same __path__ whose attributes load lazily: the
+    names above from their modules, submodules on demand, and, for any other name, the real
+    __init__ once (so nothing breaks, it is only heavier). Used by the agent process only.
+    """
+    if "pyroute2" in sys.modules:
+        return False
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or not spec.submodule_search_locations or spec.loader is None:
+        return False
+    pkg = types.ModuleType("pyroute2")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    pkg.__spec__ = spec
+    pkg.__file__ = spec.origin
+    pkg.__package__ = "pyroute2"
+    loaded_fully = False
+
+    def lazy_attribute(name: str) -> Any:
+        nonlocal loaded_fully
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name in _PYROUTE2_NAMES:
+            value = getattr(importlib.import_module(_PYROUTE2_NAMES[name]), name)
+            setattr(pkg, name, value)
+            return value
+        try:
+            return importlib.import_module(f"pyroute2.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"pyroute2.{name}" or loaded_fully:
+                raise AttributeError(f"module 'pyroute2' has no attribute {name!r}") from None
+        loaded_fully = True
+        spec.loader.exec_module(pkg)  # type: ignore[union-attr]
+        return getattr(pkg, name)
+
+    pkg.__getattr__ = lazy_attribute  # type: ignore[attr-defined]
+    sys.modules["pyroute2"] = pkg
+    return True
 
 
 def missing_links(ipr: Any, names: tuple[str, ...]) -> list[str]:

@@ -284,6 +284,50 @@ def test_strongswan_tunnel_ping_status_rekey_and_sigterm(lab: Lab) -> None:
     assert len(lab.status("br1")["child_sas"]) == 1
     assert len(lab.status("hub")["child_sas"]) == 1
 
+    # a TCP transfer (iperf3, 6 s) survives a forced child rekey in its middle
+    spi_before = installed_child(lab.status("br1"))["spi_in"]
+    lab.containers["hub-h"].exec_run(["iperf3", "-s", "-1", "-B", "10.0.0.10"], detach=True)
+    time.sleep(1)
+    client = subprocess.Popen(
+        ["docker", "exec", lab.containers["br1-h"].id, "iperf3", "-c", "10.0.0.10", "-t", "6", "-J"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    time.sleep(3)
+    code, out = lab.ctl("br1", "rekey", "hub")
+    assert code == 0, out
+    report_text, _ = client.communicate(timeout=60)
+    assert client.returncode == 0, report_text
+    report = json.loads(report_text)
+    received_bytes = report["end"]["sum_received"]["bytes"]
+    mbit = report["end"]["sum_received"]["bits_per_second"] / 1e6
+    print(f"iperf3 through strongSwan libipsec with a child rekey: {mbit:.0f} Mbit/s")
+    assert received_bytes > 1_000_000, report["end"]
+    assert installed_child(lab.status("br1"))["spi_in"] != spi_before
+
+    # an IKE SA that disappears behind the agent's back (terminated with swanctl directly, so no
+    # close_action fires) is brought back by the agent's keeper
+    ike_spi = lab.status("br1")["ike_sas"][0]["spi_i"]
+    result = lab.containers["br1"].exec_run(["swanctl", "--terminate", "--ike", "hub"])
+    assert result.exit_code == 0, result.output
+    wait_for(lambda: any(s["state"] == "ESTABLISHED" and s["spi_i"] != ike_spi
+                         for s in lab.status("br1")["ike_sas"]) and installed_child(lab.status("br1")),
+             20, "IKE SA re-initiated by the keeper", lab)
+    assert "no IKE SA with hub: initiating again" in lab.containers["br1"].logs().decode()
+
+    # ctl terminate takes the tunnel down and keeps it down; ctl initiate brings it back
+    code, out = lab.ctl("br1", "terminate", "hub")
+    assert code == 0, out
+    wait_for(lambda: lab.status("br1")["ike_sas"] == [], 10, "SAs gone after terminate", lab)
+    time.sleep(8)  # longer than the keeper's check interval
+    assert lab.status("br1")["ike_sas"] == []
+    code, out = lab.ctl("br1", "initiate", "hub")
+    assert code == 0, out
+    assert installed_child(lab.status("br1")) is not None
+
+    # resident memory of the agent process itself (charon not included), for the record
+    rss = lab.containers["br1"].exec_run(["ps", "-o", "rss=", "-C", "python3"]).output.decode().split()
+    print(f"agent RSS in strongSwan mode: {max(int(r) for r in rss) / 1024:.1f} MiB")
+
     # control errors are one line and exit 1
     code, out = lab.ctl("br1", "rekey", "nosuchpeer")
     assert code == 1 and "unknown peer" in out and out.count("\n") <= 1, out
@@ -299,3 +343,12 @@ def test_strongswan_tunnel_ping_status_rekey_and_sigterm(lab: Lab) -> None:
     assert "charon stopped" in logs and "agent: stopped" in logs, logs[-3000:]
     # the hub saw the DELETE: its SAs are gone without waiting for DPD
     wait_for(lambda: lab.status("hub")["ike_sas"] == [], 10, "hub dropped the branch's SAs", lab)
+
+    # charon dying under the agent is reported (not ready, one error), and SIGTERM still exits 0
+    charon_pid = lab.status("hub")["services"]["strongswan"]["charon_pid"]
+    assert lab.containers["hub"].exec_run(["kill", "-KILL", str(charon_pid)]).exit_code == 0
+    st = wait_for(lambda: (s := lab.status("hub"))["errors"] and s, 10, "charon death reported", lab)
+    assert st["ready"] is False and st["errors"] == ["strongswan: charon exited with code -9"], st["errors"]
+    hub = lab.containers["hub"]
+    hub.stop(timeout=15)
+    assert hub.wait(timeout=5)["StatusCode"] == 0, lab.logs()

@@ -28,6 +28,12 @@ log = logging.getLogger("vpnlab_agent.strongswan")
 charon_log = logging.getLogger("vpnlab_agent.charon")
 
 VICI_WAIT_S = 20.0
+# charon's start_action = start tries once: if the peer answered before it had loaded its own
+# config (NO_PROPOSAL_CHOSEN) or was not up yet, nothing tries again. The keeper re-initiates
+# peers we initiate to whenever they have no IKE SA, with a capped backoff.
+KEEP_CHECK_S = 5.0
+KEEP_FIRST_RETRY_S = 2.0
+KEEP_MAX_RETRY_S = 30.0
 LOAD_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 MAX_LOG_LINE = 16 * 1024
@@ -142,7 +148,10 @@ class StrongswanService:
         self._errors: list[str] = []
         self._loaded = False
         self._stopping = False
+        self._keeper: asyncio.Task[None] | None = None
+        self._held: set[str] = set()  # terminated by the operator: the keeper leaves them down
         self.peers = tuple(p.name for p in config.ike.peers) if config.ike else ()
+        self.initiators = tuple(p.name for p in config.ike.peers if p.initiate) if config.ike else ()
 
     @property
     def env(self) -> dict[str, str]:
@@ -172,6 +181,39 @@ class StrongswanService:
         await self._wait_vici()
         await self._load_all()
         self._loaded = True
+        if self.initiators:
+            self._keeper = asyncio.create_task(self._keep_up())
+
+    def _has_ike_sa(self, peer: str) -> bool:
+        with Vici(self.paths.vici_socket, 10.0) as vici:
+            events, _ = vici.streamed("list-sas", "list-sa", {"ike": peer, "noblock": "yes"})
+        return any(peer in event for event in events)
+
+    async def _keep_up(self) -> None:
+        retry = dict.fromkeys(self.initiators, KEEP_FIRST_RETRY_S)
+        due = dict.fromkeys(self.initiators, time.monotonic() + KEEP_FIRST_RETRY_S)
+        while True:
+            await asyncio.sleep(1.0)
+            if self._proc is None or self._proc.returncode is not None:
+                return
+            for peer in self.initiators:
+                now = time.monotonic()
+                if peer in self._held or now < due[peer]:
+                    continue
+                try:
+                    up = await asyncio.to_thread(self._has_ike_sa, peer)
+                    if up:
+                        retry[peer], due[peer] = KEEP_FIRST_RETRY_S, now + KEEP_CHECK_S
+                        continue
+                    log.info("no IKE SA with %s: initiating again (next try in %g s)", peer, retry[peer])
+                    # timeout -1: charon answers at once, the exchange goes on in the background
+                    await asyncio.to_thread(
+                        self._vici_request, "initiate", {"child": peer, "timeout": "-1", "init-limits": "no"}
+                    )
+                except (ViciError, OSError) as exc:
+                    log.warning("keeping %s up: %s", peer, exc)
+                due[peer] = now + retry[peer]
+                retry[peer] = min(retry[peer] * 2, KEEP_MAX_RETRY_S)
 
     async def _pump_log(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -276,6 +318,7 @@ class StrongswanService:
 
     async def initiate(self, peer: str) -> dict[str, Any]:
         self._check_peer(peer)
+        self._held.discard(peer)
         try:
             await asyncio.to_thread(
                 self._vici_request, "initiate", {"child": peer, "timeout": "15000", "init-limits": "no"}
@@ -286,6 +329,7 @@ class StrongswanService:
 
     async def terminate(self, peer: str) -> dict[str, Any]:
         self._check_peer(peer)
+        self._held.add(peer)
         try:
             await asyncio.to_thread(self._vici_request, "terminate", {"ike": peer, "timeout": "5000"})
         except ViciError as exc:
@@ -294,6 +338,11 @@ class StrongswanService:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._keeper
+            self._keeper = None
         proc = self._proc
         if proc is None:
             return
