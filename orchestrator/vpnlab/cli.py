@@ -249,5 +249,10 @@ def image(
         out.print(tag, markup=False)
 
 
+from vpnlab.measure.cli import measure_app  # noqa: E402 - the group imports helpers from this module lazily
+
+app.add_typer(measure_app, name="measure")
+
+
 def main() -> None:
     app(prog_name="vpnlab")

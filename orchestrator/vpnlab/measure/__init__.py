@@ -1,0 +1,1 @@
+"""Measurements on running labs: `vpnlab measure ...` (hub traffic with and without Advanced Mesh VPN)."""

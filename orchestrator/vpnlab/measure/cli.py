@@ -1,0 +1,115 @@
+"""`vpnlab measure ...`: the Typer group cli.py registers. Printing happens here and in cli.py only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+measure_app = typer.Typer(
+    name="measure",
+    help="Measure a lab: hub traffic with and without Advanced Mesh VPN, shortcut state.",
+    no_args_is_help=True,
+)
+
+
+def _console() -> Any:
+    from vpnlab.cli import _reported, err, out
+
+    return _reported, out, err
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}"
+
+
+@measure_app.command("hub-traffic")
+def hub_traffic_cmd(
+    topology: Annotated[Path, typer.Argument(help="Topology file, e.g. topologies/mesh.yml.")],
+    pairs: Annotated[str, typer.Option(help="'all' or 'br1:br2,br3:br1' (first sends to second).")] = "all",
+    duration: Annotated[float, typer.Option(help="Seconds each iperf3 flow runs.")] = 10.0,
+    udp: Annotated[bool, typer.Option("--udp", help="UDP flows (loss and reordering) instead of TCP.")] = False,
+    bitrate: Annotated[str, typer.Option(help="iperf3 -b per flow, e.g. 20M.")] = "20M",
+    only: Annotated[Optional[str], typer.Option(help="Run just 'off' (star) or 'on' (mesh).")] = None,
+    json_out: Annotated[Path, typer.Option("--json", help="Write the full result here.")] = Path("hub-traffic.json"),
+    png: Annotated[Path, typer.Option("--png", help="Plot of hub throughput over time, both runs.")] = Path("hub-traffic.png"),
+) -> None:
+    """Run the same iperf3 flows on the star (mesh off) and with mesh on; what crossed the hub."""
+    reported, out, err = _console()
+    from vpnlab.errors import VpnlabError
+    from vpnlab.measure import hub_traffic as ht
+    from vpnlab.measure.report import STEPS
+
+    with reported():
+        if only not in (None, "off", "on"):
+            raise VpnlabError("--only: 'off' or 'on'")
+        result = ht.hub_traffic(topology, pairs=pairs, duration=duration, udp=udp, bitrate=bitrate,
+                                modes=(only,) if only else ("off", "on"), say=lambda s: err.print(s, markup=False))
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        ht.plot(result, png)
+    table = Table(box=box.SIMPLE_HEAD, title="hub traffic per pair")
+    for col in ("pair", "mesh", "hub MB", "shortcut MB", "hub share", "pkts via hub", "setup ms",
+                "loss" if udp else "retr", "reorder" if udp else "Mbit/s", "note"):
+        table.add_column(col, justify="left" if col in ("pair", "mesh", "note") else "right")
+    for mode, run in result["runs"].items():
+        for p in run["pairs"]:
+            ip = p["iperf"]
+            share = "-" if p["hub_share_pct"] is None else f"{p['hub_share_pct']:.2f} %"
+            table.add_row(p["pair"], mode, _mb(p["hub_bytes"]), _mb(p["shortcut_bytes"]), share,
+                          str(p["hub_packets"]), "-" if p["setup_ms"] is None else f"{p['setup_ms']:.1f}",
+                          str(ip.get("lost" if udp else "retransmits", "-")),
+                          str(ip.get("out_of_order", "-")) if udp else str(ip.get("mbps", "-")),
+                          (ip.get("error") or "; ".join(p["refused"]) or "")[:60])
+    out.print(table)
+    for mode, run in result["runs"].items():
+        out.print(f"mesh {mode}: hub forwarded {_mb(run['hub_total_bytes'])} MB "
+                  f"({run['hub_total_packets']} packets) between branches")
+    if "on" in result["runs"]:
+        tl = Table(box=box.SIMPLE_HEAD, title="shortcut setup, ms after the session was seen at B")
+        tl.add_column("pair")
+        for _, label in STEPS:
+            tl.add_column(label, justify="right")
+        for p in result["runs"]["on"]["pairs"]:
+            rel = p["timeline_ms"]
+            tl.add_row(p["pair"], *("-" if rel.get(k) is None else f"{rel[k]:.1f}" for k, _ in STEPS))
+        out.print(tl)
+    out.print(f"wrote {json_out} and {png}")
+
+
+@measure_app.command("shortcuts")
+def shortcuts_cmd(
+    lab: Annotated[str, typer.Argument(help="Name of a running lab.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Mesh state of every router: shortcuts, why some were not built, hub pair counters."""
+    reported, out, err = _console()
+    from vpnlab import lab as labs
+    from vpnlab.measure.report import mesh_of
+
+    with reported():
+        view = labs.inspect_lab(labs.resolve_lab_name(lab))
+    state = {n.name: mesh_of(n.agent or {}) for n in view.nodes if n.kind != "host"}
+    if as_json:
+        out.print_json(json.dumps(state))
+        return
+    table = Table(box=box.SIMPLE_HEAD, title=f"mesh in lab {view.name}")
+    for col in ("router", "mesh", "limit", "shortcuts", "not built (why)"):
+        table.add_column(col)
+    for name, m in state.items():
+        if not m:
+            table.add_row(name, "-", "-", "", "")
+            continue
+        if m.get("role") == "hub":
+            pairs = [f"{p['src']}>{p['dst']} {p['packets']} pkts" for p in m.get("hub_pairs", []) if p["packets"]]
+            table.add_row(name, "relay" if m.get("enabled") else "off", str(m.get("limit")), "\n".join(pairs),
+                          "\n".join(f"{r['peer']}: {r['reason']}" for r in m.get("refused", [])[-5:]))
+            continue
+        scs = [f"{s['peer']} {s['state']}" + (f" idle {s['idle_s']} s" if s.get("idle_s") is not None else "")
+               for s in m.get("shortcuts", [])]
+        refused = [f"{r['peer']}: {r['reason']}" for r in m.get("refused", [])[-5:]]
+        table.add_row(name, "on" if m.get("enabled") else "off", str(m.get("limit")), "\n".join(scs), "\n".join(refused))
+    out.print(table)
