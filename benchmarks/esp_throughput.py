@@ -14,7 +14,7 @@ Containers keep the two charons' config, pid and vici paths apart (the reason fo
 The agent code under test is this work tree's, bind-mounted over the image's copy.
 CPU is the containers' cgroup CPU time during the run (iperf3 included), in cores.
 
-    .venv/bin/python benchmarks/esp_throughput.py [--seconds 10] [--only plain,userspace,libipsec]
+    .venv/bin/python benchmarks/esp_throughput.py [--seconds 10] [--rounds 3] [--only plain,userspace,libipsec]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -256,10 +257,13 @@ CASES = {"plain": case_plain, "userspace": case_userspace, "userspace-nooffload"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every case this many times, interleaved; the table shows medians (a shared, busy "
+                         "machine makes single runs noisy)")
     ap.add_argument("--only", default=",".join(CASES))
     ap.add_argument("--image", help="node image tag (default: vpnlab.image.ensure_image())")
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=150)
     if os.geteuid() != 0:
         raise SystemExit("needs root (veth between containers)")
     image = args.image
@@ -269,28 +273,40 @@ def main() -> None:
         image = ensure_image()
     tag = uuid.uuid4().hex[:6]
     a, b = Node("rA", A_WAN, A_LAN), Node("rB", B_WAN, B_LAN)
-    results: dict[str, tuple[float, float, int]] = {}
+    names = args.only.split(",")
+    runs: dict[str, list[tuple[float, float, int]]] = {n: [] for n in names}
+    loads = []
     try:
         start(image, a, tag)
         start(image, b, tag)
         wire(a, b)
-        for name in args.only.split(","):
-            results[name] = CASES[name](a, b, args.seconds)
-            console.print(f"{name}: {results[name][0]:.0f} Mbit/s")
+        for r in range(args.rounds):
+            for name in names:
+                loads.append(os.getloadavg()[0])
+                runs[name].append(CASES[name](a, b, args.seconds))
+                console.print(f"round {r + 1} {name}: {runs[name][-1][0]:.0f} Mbit/s, "
+                              f"{runs[name][-1][1]:.2f} cores, load avg {loads[-1]:.1f}")
     finally:
         for n in (a, b):
             if n.cid:
                 run("docker", "rm", "-f", n.cid, check=False)
 
-    t = Table(title=f"TCP through one tunnel, iperf3 {args.seconds} s, one stream (load avg {os.getloadavg()[0]:.1f})")
-    for col in ("case", "Mbit/s", "vs libipsec", "vs plain veth", "CPU (cores)", "Mbit/s per core", "retransmits"):
-        t.add_column(col, justify="left" if col == "case" else "right")
-    ref_lib = results.get("libipsec", (0.0, 0.0, 0))[0]
-    ref_plain = results.get("plain", (0.0, 0.0, 0))[0]
-    for name, (mbps, cpu, retr) in results.items():
+    def med(xs: list[float]) -> float:
+        return statistics.median(xs)
+
+    results = {n: (med([x[0] for x in v]), med([x[1] for x in v]), int(med([x[2] for x in v])),
+                   med([x[0] / x[1] for x in v if x[1]] or [0.0]), [x[0] for x in v]) for n, v in runs.items()}
+    t = Table(title=f"TCP through one tunnel: iperf3 {args.seconds} s, one stream, {args.rounds} round(s), medians; "
+                    f"host load avg {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
+    for col in ("case", "Mbit/s", "vs libipsec", "vs plain veth", "CPU (cores)", "Mbit/s per core", "retransmits",
+                "all runs (Mbit/s)"):
+        t.add_column(col, justify="left" if col in ("case", "all runs (Mbit/s)") else "right")
+    ref_lib = results["libipsec"][0] if "libipsec" in results else 0.0
+    ref_plain = results["plain"][0] if "plain" in results else 0.0
+    for name, (mbps, cpu, retr, per_core, alls) in results.items():
         t.add_row(name, f"{mbps:.0f}", f"{mbps / ref_lib:.2f}x" if ref_lib else "-",
-                  f"{mbps / ref_plain:.3f}x" if ref_plain else "-", f"{cpu:.2f}", f"{mbps / cpu:.0f}" if cpu else "-",
-                  str(retr))
+                  f"{mbps / ref_plain:.3f}x" if ref_plain else "-", f"{cpu:.2f}", f"{per_core:.0f}", str(retr),
+                  " ".join(f"{x:.0f}" for x in alls))
     console.print(t)
 
 
