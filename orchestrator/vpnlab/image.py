@@ -432,7 +432,10 @@ def ensure_image(force: bool = False, progress: ProgressSink | None = None) -> s
 
 
 def remove_images(keep_current: bool = True) -> list[str]:
-    """Remove vpnlab images (all, or all but the current tags); returns the removed tags."""
+    """Remove vpnlab images (all, or all but the current tags); returns the removed tags.
+    Images that a container still uses are left alone."""
+    import docker.errors
+
     client = _client()
     keep = {base_tag(), node_tag()} if keep_current else set()
     removed: list[str] = []
@@ -440,7 +443,11 @@ def remove_images(keep_current: bool = True) -> list[str]:
     for kind in ("node", "base"):
         for image in client.images.list(filters={"label": f"{LABEL}={kind}"}):
             for tag in image.tags:
-                if tag not in keep:
+                if tag in keep:
+                    continue
+                try:
                     client.images.remove(tag, noprune=False)
-                    removed.append(tag)
+                except docker.errors.APIError:  # in use (a lab is running) or already gone
+                    continue
+                removed.append(tag)
     return removed

@@ -137,3 +137,11 @@ def test_xfrm_probe_on_this_host_agrees_with_ip_xfrm() -> None:
         assert out["xfrm"] == "XfrmEngine"
     else:
         assert "needs kernel ESP" in out["xfrm_error"] and "userspace" in out["xfrm_error"], out
+
+
+@pytest.mark.uml
+@pytest.mark.timeout(300)
+def test_xfrm_soft_byte_lifetime_reaches_on_lifetime(facts: dict[str, Any]) -> None:
+    # the rekeyed SA on xa has a 300-byte soft limit; 5 pings cross it in both directions
+    assert [0x3000B, False] in facts["lifetimes_a"], facts["lifetimes_a"]
+    assert all(spi == 0x3000B for spi, _hard in facts["lifetimes_a"])

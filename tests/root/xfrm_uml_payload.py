@@ -9,6 +9,7 @@ on both veth ends record what each side sends on the wire. Prints one JSON line 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -63,7 +64,9 @@ def engine_side(side: str, conn: Any) -> None:
         from vpnlab_agent.dataplane.xfrm import XfrmEngine
 
         ike: list[Any] = []
-        engine = XfrmEngine(route_src="10.1.0.1" if side == "xa" else "10.2.0.1")
+        lifetimes: list[Any] = []
+        engine = XfrmEngine(route_src="10.1.0.1" if side == "xa" else "10.2.0.1",
+                            on_lifetime=lambda spi, hard: lifetimes.append([spi, hard]))
         engine.open(OUTER[side], lambda data, addr: ike.append([data.hex(), list(addr)]))
         conn.send(("ok", None))
         while True:
@@ -84,6 +87,8 @@ def engine_side(side: str, conn: Any) -> None:
                     result = None
                 elif cmd == "ike_received":
                     result = list(ike)
+                elif cmd == "lifetimes":
+                    result = list(lifetimes)
                 elif cmd == "close":
                     engine.close()
                     engine.close()  # idempotent
@@ -273,9 +278,14 @@ def main() -> dict[str, Any]:
     # Make-before-break: a rekeyed GCM SA (same reqid, new SPIs and keys) takes outbound at once.
     new_keys = {"enc_ab": bytes(range(200, 220)), "enc_ba": bytes(range(220, 240))}
     for side in (a, b):
-        side("install", child_sa(side.name, GCM, 1, 0x3000A, 0x3000B, gcm_lans, new_keys))
+        sa = child_sa(side.name, GCM, 1, 0x3000A, 0x3000B, gcm_lans, new_keys)
+        if side is a:  # a small soft byte lifetime: the kernel's expire message must reach on_lifetime
+            sa = dataclasses.replace(sa, soft_lifetime_bytes=300)
+        side("install", sa)
     facts["after_rekey_states_a"] = sh("ip", "xfrm", "state", ns="xa").stdout
     facts["ping_rekeyed"] = ping("xa", "10.2.0.1")
+    time.sleep(0.3)
+    facts["lifetimes_a"] = a("lifetimes")
     facts["counters_old_after_rekey"] = a("counters", 0x1000B)
     facts["counters_new_after_rekey"] = a("counters", 0x3000B)
     for side in (a, b):

@@ -181,13 +181,23 @@ class XfrmEngine(Engine):
                 if mtype != nl.XFRM_MSG_EXPIRE:
                     continue
                 dst, spi, hard = nl.parse_expire(payload)
-                with self._lock:
-                    mine = spi in self._sas and self._sas[spi].sa.local_addr == dst
-                if mine and self.on_lifetime is not None:
+                spi_in = self._owner(dst, spi)
+                if spi_in is not None and self.on_lifetime is not None:
                     try:
-                        self.on_lifetime(spi, hard)
+                        self.on_lifetime(spi_in, hard)
                     except Exception:
-                        log.exception("lifetime handler failed for SPI %#010x", spi)
+                        log.exception("lifetime handler failed for SPI %#010x", spi_in)
+
+    def _owner(self, dst: str, spi: int) -> int | None:
+        """The inbound SPI of our SA pair that has the state (dst, spi), either direction."""
+        with self._lock:
+            entry = self._sas.get(spi)
+            if entry is not None and entry.sa.local_addr == dst:
+                return spi
+            for spi_in, entry in self._sas.items():
+                if entry.sa.spi_out == spi and entry.sa.remote_addr == dst:
+                    return spi_in
+        return None
 
     def send_ike(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._sock is None:
