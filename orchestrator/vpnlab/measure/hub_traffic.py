@@ -22,6 +22,7 @@ from typing import Any
 from vpnlab import lab as labs
 from vpnlab.errors import LabError
 from vpnlab.measure import report
+from vpnlab.measure.labctl import LabCtl
 from vpnlab.runtime.base import Runtime
 from vpnlab.topology.model import Lab, Node
 
@@ -77,28 +78,10 @@ def with_mesh(lab: Lab, enabled: bool, name: str) -> Lab:
     return dataclasses.replace(lab, name=name, nodes=nodes)
 
 
-class _Ctl:
-    def __init__(self, rt: Runtime, lab: str) -> None:
-        self.rt, self.lab = rt, lab
-
-    def cname(self, node: str) -> str:
-        return f"vpnlab-{self.lab}-{node}"
-
-    def status(self, node: str) -> dict[str, Any]:
-        info = self.rt.get(self.cname(node))
-        if info is None:
-            raise LabError(f"no container {self.cname(node)}")
-        return labs.agent_status(info)
-
-    def run(self, node: str, argv: list[str]) -> tuple[int, str]:
-        r = self.rt.exec_capture(self.cname(node), argv)
-        return r.exit_code, (r.stdout + r.stderr).decode(errors="replace")
-
-
 def run_once(lab: Lab, rt: Runtime, flows: list[Flow], *, duration: float, udp: bool, bitrate: str,
              say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """One run on a deployed lab: flows at once, then counters and timelines."""
-    ctl = _Ctl(rt, lab.name)
+    ctl = LabCtl(rt, lab.name)
     hub = next(n.name for n in lab.nodes if n.role in ("hub", "gateway"))
     branches = sorted({f.src for f in flows} | {f.dst for f in flows})
     for f in flows:

@@ -1,0 +1,56 @@
+"""Small handles on a running lab for measurements and end-to-end checks: agent status, commands
+in a node, waiting for a condition. No printing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from vpnlab import lab as labs
+from vpnlab.errors import LabError
+from vpnlab.measure.report import mesh_of
+from vpnlab.runtime.base import Runtime
+
+T = TypeVar("T")
+
+
+class LabCtl:
+    def __init__(self, rt: Runtime, lab: str) -> None:
+        self.rt, self.lab = rt, lab
+
+    def cname(self, node: str) -> str:
+        return f"vpnlab-{self.lab}-{node}"
+
+    def status(self, node: str) -> dict[str, Any]:
+        info = self.rt.get(self.cname(node))
+        if info is None:
+            raise LabError(f"no container {self.cname(node)}")
+        return labs.agent_status(info)
+
+    def mesh(self, node: str) -> dict[str, Any]:
+        return mesh_of(self.status(node))
+
+    def run(self, node: str, argv: list[str]) -> tuple[int, str]:
+        r = self.rt.exec_capture(self.cname(node), argv)
+        return r.exit_code, (r.stdout + r.stderr).decode(errors="replace")
+
+    def shortcuts(self, node: str) -> dict[str, str]:
+        """{peer: state} of the router's shortcuts."""
+        return {s["peer"]: s["state"] for s in self.mesh(node).get("shortcuts", []) if s.get("peer")}
+
+    def ike_peers(self, node: str) -> list[str]:
+        return [s["peer"] for s in self.status(node).get("ike_sas", []) if s.get("state") == "established"]
+
+
+def wait_for(what: str, fn: Callable[[], T | None], timeout: float, interval: float = 0.2) -> T:
+    """fn's first truthy result, polling; LabError naming `what` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
