@@ -145,6 +145,8 @@ def inspect(
             sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
             return
         out.print(_lab_table(view))
+        if any((n.agent or {}).get("ike_sas") for n in view.nodes):
+            out.print(_tunnel_table(view))
         for note in _lab_notes(view):
             out.print(note, style="yellow", markup=False)
 
@@ -176,6 +178,63 @@ def _lab_table(view: Any) -> Table:
             str(len(agent.get("child_sas") or [])) if n.agent else "",
         )
     return table
+
+
+def _tunnel_table(view: Any) -> Table:
+    """One row per IKE SA and, under it, one per child SA: what a VPN engineer checks first."""
+    table = Table(title="tunnels", title_justify="left", box=box.SIMPLE_HEAD)
+    for header in ("router", "peer", "state", "outer / selectors", "algorithms", "SPIs in/out", "in", "out", "age"):
+        table.add_column(header, no_wrap=header in ("router", "peer", "SPIs in/out"))
+    for n in view.nodes:
+        agent = n.agent or {}
+        for ike in agent.get("ike_sas") or []:
+            table.add_row(
+                n.name,
+                str(ike.get("peer", "?")),
+                _state_text(str(ike.get("state", "?"))),
+                f"{ike.get('local', '?')} → {ike.get('remote', '?')}",
+                str(ike.get("algorithms", "")),
+                f"{ike.get('spi_i', '')}\n{ike.get('spi_r', '')}",
+                "",
+                "",
+                _age(ike.get("age_s")),
+            )
+            for child in agent.get("child_sas") or []:
+                if child.get("peer") != ike.get("peer"):
+                    continue
+                table.add_row(
+                    "",
+                    "  └ child",
+                    _state_text(str(child.get("state", "installed"))),
+                    f"{', '.join(child.get('local_ts', []))} ⇄ {', '.join(child.get('remote_ts', []))}",
+                    str(child.get("algorithm", "")),
+                    f"{child.get('spi_in', '')} / {child.get('spi_out', '')}",
+                    _traffic(child, "in"),
+                    _traffic(child, "out"),
+                    _age(child.get("age_s")),
+                )
+    return table
+
+
+def _state_text(state: str) -> str:
+    return f"[green]{state}[/]" if state.lower() in ("established", "installed") else f"[yellow]{state}[/]"
+
+
+def _traffic(child: dict[str, Any], way: str) -> str:
+    octets, packets = child.get(f"bytes_{way}", 0) or 0, child.get(f"packets_{way}", 0) or 0
+    for unit in ("B", "kB", "MB", "GB"):
+        if octets < 1000 or unit == "GB":
+            size = f"{octets:.0f} {unit}" if unit == "B" else f"{octets:.1f} {unit}"
+            return f"{size}\n{packets} pkt"
+        octets /= 1000
+    return ""
+
+
+def _age(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _lab_notes(view: Any) -> list[str]:

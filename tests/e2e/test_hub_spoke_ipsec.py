@@ -88,3 +88,13 @@ def test_hub_spoke_inspect_shows_sas_and_engine(hub_spoke: tuple[str, Lab], runt
     assert all(sa["state"] == "established" for sa in hub["ike_sas"]), hub["ike_sas"]
     for child in hub["child_sas"]:
         assert child["spi_in"] and child["spi_out"] and child["local_ts"] and child["remote_ts"]
+
+    from typer.testing import CliRunner
+
+    from vpnlab.cli import app
+
+    shown = CliRunner().invoke(app, ["inspect", name], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "tunnels" in shown.output and "userspace" in shown.output
+    for child in hub["child_sas"]:  # every child SA of the hub, with its SPIs, is in the table
+        assert f"{child['spi_in']} / {child['spi_out']}" in shown.output
