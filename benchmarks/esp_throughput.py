@@ -201,11 +201,11 @@ def sa_pair(alg: EspAlgorithm) -> tuple[ChildSA, ChildSA]:
     return sa_a, sa_b
 
 
-def case_userspace(a: Node, b: Node, seconds: int, offload: bool = True) -> tuple[float, float, int]:
+def case_userspace(a: Node, b: Node, seconds: int, offload: bool = True, tx_thread: bool = True) -> tuple[float, float, int]:
     ea, eb = EngineProc(a), EngineProc(b)
     try:
-        ea.call(op="open", local_addr=a.wan, route_src=a.lan, offload=offload)
-        eb.call(op="open", local_addr=b.wan, route_src=b.lan, offload=offload)
+        ea.call(op="open", local_addr=a.wan, route_src=a.lan, offload=offload, tx_thread=tx_thread)
+        eb.call(op="open", local_addr=b.wan, route_src=b.lan, offload=offload, tx_thread=tx_thread)
         sa_a, sa_b = sa_pair(EspAlgorithm("aes-gcm-16", 128))
         ea.call(op="install", sa=sa_to_dict(sa_a))
         eb.call(op="install", sa=sa_to_dict(sa_b))
@@ -250,7 +250,12 @@ def case_userspace_nooffload(a: Node, b: Node, seconds: int) -> tuple[float, flo
     return case_userspace(a, b, seconds, offload=False)
 
 
-CASES = {"plain": case_plain, "userspace": case_userspace, "userspace-nooffload": case_userspace_nooffload,
+def case_userspace_notx(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
+    return case_userspace(a, b, seconds, tx_thread=False)
+
+
+CASES = {"plain": case_plain, "userspace": case_userspace, "userspace-notx": case_userspace_notx,
+         "userspace-nooffload": case_userspace_nooffload,
          "libipsec": case_libipsec}
 
 

@@ -19,6 +19,7 @@ import errno
 import ipaddress
 import logging
 import os
+import queue
 import socket
 import struct
 import threading
@@ -60,6 +61,8 @@ _VNET = struct.Struct("<BBHHHH")
 UDP_SEGMENT = 103  # setsockopt/cmsg: send one buffer as several datagrams of this size (Linux 4.18)
 UDP_GRO = 104  # receive several same-size datagrams in one buffer, size in a cmsg (Linux 5.0)
 UDP_GSO_MAX_SEGS = 64
+TX_BUFFERS = 8  # encrypted TSO packets waiting for the TX thread
+TX_BUF_SIZE = 65536 * 2  # one TSO packet's ESP packets: 64 kB plus per-segment overhead
 UDP_GSO_MAX_BYTES = 65000  # one UDP payload (IPv4 total length is 16 bits)
 _U64 = struct.Struct("!Q")  # inner source || destination, one dict key
 
@@ -122,15 +125,23 @@ class UserspaceEngine(Engine):
 
     def __init__(self, *, route_src: str | None = None, device: str = DEVICE,
                  underlay_mtu: int = UNDERLAY_MTU, on_lifetime: LifetimeHandler | None = None,
-                 offload: bool = True) -> None:
+                 offload: bool = True, tx_thread: bool = True) -> None:
         super().__init__(route_src=route_src)
         # offload: TSO/checksum offload on the TUN (we cut and finish TCP segments), UDP GSO to send
         # ESP packets in batches, UDP GRO to receive them in batches, and received TCP segments merged
         # into GSO packets on the TUN (tun.GroWriter). Each falls back alone if the kernel says no.
         self.offload = offload
+        self.tx_thread = offload and tx_thread  # a third thread that only sends (offload mode)
         self._gro: tun.GroWriter | None = None
         self._udp_gso = offload
         self._udp_gro = False
+        # outbound -> TX thread hand-off: bounded by the pool of TX buffers (back-pressure, not growth)
+        self._tx_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._tx_free: queue.SimpleQueue[PacketBuffer] = queue.SimpleQueue()
+        for _ in range(TX_BUFFERS):
+            self._tx_free.put(PacketBuffer(TX_BUF_SIZE))
+        self._enq = 0  # batches queued, written only by the outbound thread
+        self._done = 0  # batches sent, written only by the TX thread
         self.device = device
         self.underlay_mtu = underlay_mtu
         self.on_lifetime = on_lifetime
@@ -193,6 +204,8 @@ class UserspaceEngine(Engine):
             threading.Thread(target=self._outbound_loop, name=f"esp-out-{self.device}", daemon=True),
             threading.Thread(target=self._inbound_loop, name=f"esp-in-{self.device}", daemon=True),
         ]
+        if self.tx_thread:
+            self._threads.append(threading.Thread(target=self._tx_loop, name=f"esp-tx-{self.device}", daemon=True))
         for t in self._threads:
             t.start()
         log.info("userspace engine up: %s mtu %d, UDP %s:%d, crypto %s", self.device, self._mtu,
@@ -224,6 +237,7 @@ class UserspaceEngine(Engine):
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # unconnected UDP says ENOTCONN, but the reader is woken all the same
+        self._tx_queue.put(None)
         for t in self._threads:
             t.join(timeout=2.0)
         sock.close()
@@ -438,6 +452,9 @@ class UserspaceEngine(Engine):
         readv, sendto, sendmsg, key_of, drops = os.readv, sock.sendto, sock.sendmsg, _U64.unpack_from, self.drops
         vnet_of, segment, complete = _VNET.unpack_from, tun.segment_tcp, tun.complete_checksum
         route = self._route
+        tx_put, free_get, free_put = self._tx_queue.put, self._tx_free.get, self._tx_free.put
+        if not self.tx_thread:
+            tx_put = self._tx_one
         while True:
             try:
                 n = readv(fd, bufs) - hlen
@@ -464,34 +481,54 @@ class UserspaceEngine(Engine):
                     flags, gso, _, mss, cstart, coff = vnet_of(vnet)
                     if gso == tun.VNET_HDR_GSO_TCPV4:
                         # TSO: cut into MSS segments, encrypt them back to back, one UDP GSO send
-                        pos = i = cnt = size = 0
+                        # TSO: cut into MSS segments, encrypt them back to back into a TX buffer, and
+                        # let the TX thread send them as UDP GSO batches while we read the next one
+                        buf = free_get()
+                        batches: list[tuple[int, int, int]] = []
+                        pos = start = i = cnt = size = 0
                         short = False
-                        while True:
-                            k = segment(data, sview, n, mss, seg.data, seg.view, i)
-                            if not k:
-                                break
-                            i += 1
-                            m = out.encapsulate_into(seg, k, dst, pos)
-                            if pos and (m > size or short):
-                                # UDP GSO needs equal sizes with only the last one shorter
-                                self._send_batch(sendto, sendmsg, dview, pos, size, addr)
-                                dview[0:m] = bytes(dview[pos:pos + m])
-                                pos = cnt = size = 0
-                            size = size or m
-                            short = m < size
-                            pos += m
-                            cnt += 1
-                            if pos + size > UDP_GSO_MAX_BYTES or cnt == UDP_GSO_MAX_SEGS:
-                                self._send_batch(sendto, sendmsg, dview, pos, size, addr)
-                                pos = cnt = size = 0
-                        if pos:
-                            self._send_batch(sendto, sendmsg, dview, pos, size, addr)
+                        try:
+                            while True:
+                                k = segment(data, sview, n, mss, seg.data, seg.view, i)
+                                if not k:
+                                    break
+                                i += 1
+                                m = out.encapsulate_into(seg, k, buf, pos)
+                                if cnt and (m > size or short):
+                                    # UDP GSO needs equal sizes with only the last one shorter
+                                    batches.append((start, pos - start, size))
+                                    start, cnt, size = pos, 0, 0
+                                size = size or m
+                                short = m < size
+                                pos += m
+                                cnt += 1
+                                if pos - start + size > UDP_GSO_MAX_BYTES or cnt == UDP_GSO_MAX_SEGS:
+                                    batches.append((start, pos - start, size))
+                                    start, cnt, size, short = pos, 0, 0, False
+                            if pos > start:
+                                batches.append((start, pos - start, size))
+                        except BaseException:
+                            free_put(buf)
+                            raise
+                        self._enq += 1
+                        tx_put((buf, batches, addr))
                         continue
                     if gso:
                         drops.not_ipv4 += 1  # a GSO type we never offered
                         continue
                     if flags & tun.VNET_HDR_F_NEEDS_CSUM:
                         complete(data, sview, n, cstart, coff)
+                if self._enq != self._done:
+                    # the TX thread still has batches: queue behind them, never overtake
+                    buf = free_get()
+                    try:
+                        m = out.encapsulate_into(src, n, buf)
+                    except BaseException:
+                        free_put(buf)
+                        raise
+                    self._enq += 1
+                    tx_put((buf, [(0, m, m)], addr))
+                    continue
                 m = out.encapsulate_into(src, n, dst)
                 sendto(dview[:m], addr)
             except SequenceOverflow:
@@ -504,6 +541,39 @@ class UserspaceEngine(Engine):
             c = entry.counters
             if c.bytes_out + c.bytes_in > entry.next_limit:
                 self._lifetime(entry)
+
+    def _tx_loop(self) -> None:
+        """Sends what the outbound loop encrypted, so its next read and encryption overlap our syscalls."""
+        sock = self._sock
+        assert sock is not None
+        sendto, sendmsg, get, free_put, drops = sock.sendto, sock.sendmsg, self._tx_queue.get, self._tx_free.put, self.drops
+        while True:
+            item = get()
+            if item is None:
+                return
+            buf, batches, addr = item
+            try:
+                for off, total, size in batches:
+                    self._send_batch(sendto, sendmsg, buf.view[off:off + total], total, size, addr)
+            except OSError:
+                drops.send_errors += 1
+            finally:
+                free_put(buf)
+                self._done += 1
+
+    def _tx_one(self, item: tuple[PacketBuffer, list[tuple[int, int, int]], tuple[str, int]]) -> None:
+        """tx_thread=False: send a queued item at once, from the outbound thread."""
+        sock = self._sock
+        assert sock is not None
+        buf, batches, addr = item
+        try:
+            for off, total, size in batches:
+                self._send_batch(sock.sendto, sock.sendmsg, buf.view[off:off + total], total, size, addr)
+        except OSError:
+            self.drops.send_errors += 1
+        finally:
+            self._tx_free.put(buf)
+            self._done += 1
 
     def _send_batch(self, sendto: Any, sendmsg: Any, view: memoryview, total: int, size: int,
                     addr: tuple[str, int]) -> None:
@@ -678,7 +748,8 @@ def serve(stdin: Any, stdout: Any) -> None:
         reply: dict[str, Any] = {"ok": True}
         try:
             if op == "open":
-                engine = UserspaceEngine(route_src=cmd.get("route_src"), offload=cmd.get("offload", True))
+                engine = UserspaceEngine(route_src=cmd.get("route_src"), offload=cmd.get("offload", True),
+                                         tx_thread=cmd.get("tx_thread", True))
                 engine.open(cmd["local_addr"], on_ike, cmd.get("port", NATT_PORT))
             elif engine is None:
                 raise EngineError("engine not open")
