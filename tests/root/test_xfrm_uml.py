@@ -1,4 +1,5 @@
-"""Kernel XFRM engine, tested for real: inside user-mode Linux (a kernel with ESP), and the probe here."""
+"""Kernel XFRM engine, tested for real inside user-mode Linux (a kernel with ESP): hand-made SAs,
+then SAs negotiated by our own IKEv2 service; and the ESP probe on this host."""
 
 from __future__ import annotations
 
@@ -16,18 +17,22 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
-@pytest.fixture(scope="module")
-def facts() -> dict[str, Any]:
+def _run_payload(name: str) -> dict[str, Any]:
     reason = uml.unavailable_reason()
     if reason:
         pytest.skip(reason)
-    result = uml.run_python((HERE / "xfrm_uml_payload.py").read_text(), timeout_s=240)
+    result = uml.run_python((HERE / name).read_text(), timeout_s=240)
     lines = [ln for ln in result.output.splitlines() if ln.startswith("RESULT ")]
     assert lines, f"payload printed no result (rc {result.returncode}):\n{result.output[-4000:]}\n{result.console[-2000:]}"
     data = json.loads(lines[-1][len("RESULT ") :])
     assert "error" not in data, data["error"] + "\n" + result.output[-3000:]
     data["_uml_seconds"] = result.duration_s
     return data
+
+
+@pytest.fixture(scope="module")
+def facts() -> dict[str, Any]:
+    return _run_payload("xfrm_uml_payload.py")
 
 
 
@@ -104,6 +109,47 @@ def test_xfrm_close_removes_everything(facts: dict[str, Any]) -> None:
         assert dump["state"].strip() == "" and dump["policy"].strip() == "", (ns, dump)
         assert "10.2.0.0" not in dump["routes"] and "10.12.0.0" not in dump["routes"], (ns, dump)
         assert "10.1.0.0" not in dump["routes"] and "10.11.0.0" not in dump["routes"], (ns, dump)
+
+
+# ---- our IKEv2 service driving the kernel engine ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ike_facts() -> dict[str, Any]:
+    return _run_payload("xfrm_ike_uml_payload.py")
+
+
+@pytest.mark.uml
+@pytest.mark.timeout(300)
+def test_xfrm_ike_negotiated_child_sa_carries_traffic(ike_facts: dict[str, Any]) -> None:
+    f = ike_facts
+    assert f["engines"] == ["xfrm", "xfrm"]
+    assert f["children_a"] == 1 and f["children_b"] == 1
+    assert f["ping"]["received"] == 5 and f["ping_back"]["received"] == 5, (f["ping"], f["ping_back"])
+    child = f["after_ping"]["ike"]["child_sas"][0]
+    assert child["packets_out"] >= 10 and child["packets_in"] >= 10, child  # 5 requests out + 5 replies
+
+
+@pytest.mark.uml
+@pytest.mark.timeout(300)
+def test_xfrm_ike_child_rekey_swaps_spis_in_the_kernel(ike_facts: dict[str, Any]) -> None:
+    f = ike_facts
+    assert f["rekey"]["started"] == 1
+    assert f["children_after_rekey_a"] == 1 and f["children_after_rekey_b"] == 1
+    assert len(f["spis"]["before"]) == 1 and f["spis"]["before"] != f["spis"]["after"], f["spis"]
+    assert f["kernel_after_rekey"]["state"].count("proto esp") == 2  # the old pair is gone
+    assert f["ping_after_rekey"]["received"] == 5
+
+
+@pytest.mark.uml
+@pytest.mark.timeout(300)
+def test_xfrm_ike_wire_and_cleanup(ike_facts: dict[str, Any]) -> None:
+    wire = ike_facts["wire"]
+    assert wire["esp_in_udp"] >= 30 and wire["ike_udp"] >= 4, wire
+    assert wire["icmp"] == 0 and wire["pattern_seen"] == 0 and wire["inner_addr_in_outer_hdr"] == 0, wire
+    for ns, dump in ike_facts["after_stop"].items():
+        assert dump["state"].strip() == "" and dump["policy"].strip() == "", (ns, dump)
+        assert "10.1.0.0" not in dump["routes"] and "10.2.0.0" not in dump["routes"], (ns, dump)
 
 
 # ---- on this host ------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from vpnlab_agent.sa import ChildSA, EspAlgorithm
 GCM = EspAlgorithm("aes-gcm-16", 128)
 CBC = EspAlgorithm("aes-cbc", 128, "hmac-sha256-128")
 OUTER = {"xa": "192.0.2.1", "xb": "192.0.2.2"}
-PING_PATTERN = "76706e6c6162"  # "vpnlab": must never be seen on the wire
+PING_PATTERN = "5a17c0de9e11"  # echo payload bytes: must never be seen on the wire
 ETH_P_ALL = 0x0003
 
 
@@ -138,7 +138,7 @@ def capture(conn: Any, ns: str, iface: str) -> None:
             first = ip[ihl + 8 : ihl + 12]
             if 4500 in (sport, dport) and first != b"\0\0\0\0":
                 stats["esp_in_udp"] += 1
-            elif 4500 in (sport, dport):
+            elif 4500 in (sport, dport) or 500 in (sport, dport):
                 stats["ike_udp"] += 1
             else:
                 stats["other"] += 1
@@ -228,11 +228,7 @@ def xfrm_dump(ns: str) -> dict[str, str]:
     }
 
 
-def main() -> dict[str, Any]:
-    facts: dict[str, Any] = {"kernel": os.uname().release}
-    facts["probe_error"] = probe.esp_probe_error()
-    facts["auto_engine"] = type(probe.select_engine("auto", route_src=None)).__name__
-
+def setup_namespaces() -> None:
     for ns in OUTER:
         sh("ip", "netns", "add", ns)
         sh("ip", "link", "set", "lo", "up", ns=ns)
@@ -243,6 +239,13 @@ def main() -> dict[str, Any]:
         for lan in lans:
             sh("ip", "addr", "add", f"{lan}/32", "dev", "lo", ns=ns)
 
+
+def main() -> dict[str, Any]:
+    facts: dict[str, Any] = {"kernel": os.uname().release}
+    facts["probe_error"] = probe.esp_probe_error()
+    facts["auto_engine"] = type(probe.select_engine("auto", route_src=None)).__name__
+
+    setup_namespaces()
     ctx = mp.get_context("fork")
     captures = []
     for ns, dev in (("xa", "va"), ("xb", "vb")):
