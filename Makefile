@@ -22,6 +22,8 @@ help:
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c "import ensurepip" 2>/dev/null || { [ "$$(id -u)" = 0 ] && scripts/setup-host.sh; } \
+	  || { echo "python3-venv is missing: run 'make docker' as root (or apt-get install python3-venv)"; exit 1; }
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
@@ -30,22 +32,22 @@ $(STAMP): pyproject.toml
 docker:
 	scripts/setup-host.sh
 
-image: venv docker
+image: docker venv
 	$(VPNLAB) image
 
-lab-up: venv docker image
+lab-up: docker venv image
 	$(VPNLAB) deploy $(LAB_TOPOLOGY)
 
 lab-down: venv
 	$(VPNLAB) destroy $(LAB_NAME)
 
-test: venv docker image
+test: docker venv image
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test-unit: venv
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
-bench: venv docker image
+bench: docker venv image
 	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(VENV)/bin/python $$b; done
 
 clean:
