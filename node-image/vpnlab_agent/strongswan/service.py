@@ -63,18 +63,47 @@ def _write(path: str, text: str, mode: int = 0o600) -> None:
     os.chmod(path, mode)
 
 
-def ike_sa_status(name: str, sa: Message, now_age: bool = True) -> dict[str, Any]:
-    algs = [sa.get("encr-alg", "?") + (f"_{sa['encr-keysize']}" if sa.get("encr-keysize") else "")]
+# strongSwan's algorithm names -> the names our own IKE service reports, so that `inspect` shows
+# one vocabulary whichever implementation a node runs (unknown names pass through lower-cased).
+_IKE_ENCR = {"AES_GCM_16": "aes{bits}gcm16", "AES_CBC": "aes{bits}"}
+_IKE_NAMES = {
+    "HMAC_SHA2_256_128": "sha256", "HMAC_SHA2_384_192": "sha384",
+    "PRF_HMAC_SHA2_256": "prfsha256", "PRF_HMAC_SHA2_384": "prfsha384",
+    "MODP_2048": "modp2048", "ECP_256": "ecp256", "CURVE_25519": "curve25519",
+}
+_ESP_ENCR = {"AES_GCM_16": "aes-gcm-16", "AES_CBC": "aes-cbc"}
+_ESP_INTEG = {"HMAC_SHA2_256_128": "hmac-sha256-128"}
+
+
+def ike_algorithms(sa: Message) -> str:
+    encr = sa.get("encr-alg", "?")
+    parts = [_IKE_ENCR.get(encr, encr.lower()).format(bits=sa.get("encr-keysize", ""))]
     for key in ("integ-alg", "prf-alg", "dh-group"):
         if sa.get(key):
-            algs.append(sa[key])
+            parts.append(_IKE_NAMES.get(sa[key], sa[key].lower()))
+    return "-".join(parts)
+
+
+def esp_algorithm(child: Message) -> str:
+    encr = child.get("encr-alg", "?")
+    alg = f"{_ESP_ENCR.get(encr, encr.lower())}-{child.get('encr-keysize', '?')}"
+    if child.get("integ-alg"):
+        alg += "-" + _ESP_INTEG.get(child["integ-alg"], child["integ-alg"].lower())
+    return alg
+
+
+def _endpoint(host: Any, port: Any) -> str | None:
+    return f"{host}:{port}" if host and port else host
+
+
+def ike_sa_status(name: str, sa: Message) -> dict[str, Any]:
     return {
         "peer": name,
-        "state": sa.get("state"),
-        "local": sa.get("local-host"),
-        "remote": sa.get("remote-host"),
+        "state": str(sa.get("state", "unknown")).lower(),
+        "local": _endpoint(sa.get("local-host"), sa.get("local-port")),
+        "remote": _endpoint(sa.get("remote-host"), sa.get("remote-port")),
         "initiator": sa.get("initiator") == "yes",
-        "algorithms": "/".join(algs),
+        "algorithms": ike_algorithms(sa),
         "age_s": _int(sa.get("established")),
         "spi_i": sa.get("initiator-spi"),
         "spi_r": sa.get("responder-spi"),
@@ -86,20 +115,15 @@ def ike_sa_status(name: str, sa: Message, now_age: bool = True) -> dict[str, Any
 
 
 def child_sa_status(peer: str, child: Message) -> dict[str, Any]:
-    alg = child.get("encr-alg", "?")
-    if child.get("encr-keysize"):
-        alg += f"_{child['encr-keysize']}"
-    if child.get("integ-alg"):
-        alg += f"/{child['integ-alg']}"
     return {
         "peer": peer,
         "name": child.get("name"),
-        "state": child.get("state"),
+        "state": str(child.get("state", "unknown")).lower(),
         "local_ts": list(child.get("local-ts", [])),
         "remote_ts": list(child.get("remote-ts", [])),
         "spi_in": child.get("spi-in"),
         "spi_out": child.get("spi-out"),
-        "algorithm": alg,
+        "algorithm": esp_algorithm(child),
         "bytes_in": _int(child.get("bytes-in")),
         "bytes_out": _int(child.get("bytes-out")),
         "packets_in": _int(child.get("packets-in")),

@@ -150,20 +150,34 @@ LIST_SA = {
 
 def test_parse_list_sas() -> None:
     (ike,), (child,) = parse_list_sas([LIST_SA])
-    assert ike["peer"] == "hub" and ike["state"] == "ESTABLISHED" and ike["initiator"] is True
-    assert ike["local"] == "198.51.100.11" and ike["remote"] == "198.51.100.10"
-    assert ike["algorithms"] == "AES_GCM_16_128/PRF_HMAC_SHA2_256/ECP_256"
+    # the same vocabulary as our own IKE service: lower-case states, proposal-style algorithms
+    assert ike["peer"] == "hub" and ike["state"] == "established" and ike["initiator"] is True
+    assert ike["local"] == "198.51.100.11:4500" and ike["remote"] == "198.51.100.10:4500"
+    assert ike["algorithms"] == "aes128gcm16-prfsha256-ecp256"
     assert ike["age_s"] == 12 and ike["spi_i"] == "5e1f0c3a9b2d4e6f" and ike["spi_r"] == "a1b2c3d4e5f60718"
     assert ike["encap"] is True
     assert child == {
-        "peer": "hub", "name": "hub", "state": "INSTALLED", "local_ts": ["10.1.0.0/24"],
+        "peer": "hub", "name": "hub", "state": "installed", "local_ts": ["10.1.0.0/24"],
         "remote_ts": ["10.0.0.0/24"], "spi_in": "950bc558", "spi_out": "16a8ee36",
-        "algorithm": "AES_GCM_16_128", "bytes_in": 840, "bytes_out": 840, "packets_in": 10,
+        "algorithm": "aes-gcm-16-128", "bytes_in": 840, "bytes_out": 840, "packets_in": 10,
         "packets_out": 10, "age_s": 5, "reqid": 1, "encap": True,
     }
 
 
+def test_algorithm_names_for_cbc_and_other_groups() -> None:
+    sa = {"encr-alg": "AES_CBC", "encr-keysize": "256", "integ-alg": "HMAC_SHA2_256_128",
+          "prf-alg": "PRF_HMAC_SHA2_384", "dh-group": "CURVE_25519"}
+    (ike,), _ = parse_list_sas([{"p": sa}])
+    assert ike["algorithms"] == "aes256-sha256-prfsha384-curve25519"
+    child = {"encr-alg": "AES_CBC", "encr-keysize": "128", "integ-alg": "HMAC_SHA2_256_128"}
+    _, (c,) = parse_list_sas([{"p": {"child-sas": {"p-1": child}}}])
+    assert c["algorithm"] == "aes-cbc-128-hmac-sha256-128"
+    (odd,), _ = parse_list_sas([{"p": {"encr-alg": "CHACHA20_POLY1305", "encr-keysize": "256",
+                                       "dh-group": "MODP_3072"}}])
+    assert odd["algorithms"] == "chacha20_poly1305-modp_3072"
+
+
 def test_parse_list_sas_tolerates_half_built_sas() -> None:
     ike_sas, child_sas = parse_list_sas([{"hub": {"state": "CONNECTING"}}, {"odd": "value"}])
-    assert [s["state"] for s in ike_sas] == ["CONNECTING"] and child_sas == []
+    assert [s["state"] for s in ike_sas] == ["connecting"] and child_sas == []
     assert ike_sas[0]["age_s"] is None and ike_sas[0]["initiator"] is False
