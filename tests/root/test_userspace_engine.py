@@ -411,3 +411,42 @@ def test_close_removes_device_and_routes(lab: Lab) -> None:
     assert a.p.returncode == 0
     assert "ipsec0" not in nsx(lab.rA, "ip", "link").stdout
     assert "10.2.0.0/24" not in nsx(lab.rA, "ip", "route").stdout
+
+
+def test_byte_lifetimes_fire_soft_then_hard_and_hard_stops_traffic(lab: Lab) -> None:
+    a, b = lab.start_engines()
+    sa_a, sa_b = sa_pair(GCM128)
+    sa_a = replace(sa_a, soft_lifetime_bytes=3000, hard_lifetime_bytes=9000)
+    a.call(op="install", sa=sa_to_dict(sa_a))
+    b.call(op="install", sa=sa_to_dict(sa_b))
+    r = lab.ping(count=40, interval=0.02)  # 84-byte packets, both ways: ~6.7 kB by the end
+    assert r["received"] == 40
+    st = a.call(op="status")
+    assert st["lifetime_events"] == [[sa_a.spi_in, False]]
+    r = lab.ping(count=60, interval=0.02)
+    st = a.call(op="status")
+    assert st["lifetime_events"] == [[sa_a.spi_in, False], [sa_a.spi_in, True]]
+    assert st["status"]["sas"][0]["expired"] is True
+    assert r["received"] < 60
+    assert lab.ping(count=3)["received"] == 0
+    assert st["status"]["drops"]["expired"] >= 1
+
+
+def test_longest_prefix_wins_between_overlapping_selectors(lab: Lab) -> None:
+    a, b = lab.start_engines()
+    wide_a, wide_b = sa_pair(GCM128, reqid=1, spi_base=0x1000)
+    wide_a = replace(wide_a, remote_ts=("10.2.0.0/16",))
+    wide_b = replace(wide_b, local_ts=("10.2.0.0/16",))
+    narrow_a, narrow_b = sa_pair(GCM128, reqid=2, spi_base=0x2000)
+    for sa in (wide_a, narrow_a):
+        a.call(op="install", sa=sa_to_dict(sa))
+    for sa in (wide_b, narrow_b):
+        b.call(op="install", sa=sa_to_dict(sa))
+    assert lab.ping(count=5)["received"] == 5
+    narrow = a.call(op="counters", spi_in=narrow_a.spi_in)["counters"]
+    wide = a.call(op="counters", spi_in=wide_a.spi_in)["counters"]
+    assert narrow["packets_out"] == 5 and wide["packets_out"] == 0
+    # without the /24 the /16 carries it
+    a.call(op="remove", spi_in=narrow_a.spi_in)
+    assert lab.ping(count=3)["received"] == 3
+    assert a.call(op="counters", spi_in=wide_a.spi_in)["counters"]["packets_out"] == 3

@@ -69,7 +69,9 @@ _U64 = struct.Struct("!Q")  # inner source || destination, one dict key
 _NO_ROUTE = object()  # memoised outbound verdicts besides an entry
 _POLICY = object()
 
-# on_lifetime(spi_in, hard): the SA crossed its soft (hard=False) or hard byte lifetime.
+# on_lifetime(spi_in, hard): the SA crossed its soft (hard=False) or hard byte lifetime (bytes both ways),
+# or ran out of sequence numbers (hard). Called once each, from a packet thread: hand it over to the
+# IKE event loop thread-safely. After a hard expiry the SA passes nothing until it is removed.
 LifetimeHandler = Callable[[int, bool], None]
 
 
@@ -472,6 +474,9 @@ class UserspaceEngine(Engine):
                 else:
                     drops.policy_out += 1
                 continue
+            c = entry.counters
+            if c.bytes_out + c.bytes_in > entry.next_limit:
+                self._lifetime(entry)
             if entry.expired:
                 drops.expired += 1
                 continue
@@ -538,9 +543,6 @@ class UserspaceEngine(Engine):
                 continue
             except OSError:
                 drops.send_errors += 1
-            c = entry.counters
-            if c.bytes_out + c.bytes_in > entry.next_limit:
-                self._lifetime(entry)
 
     def _tx_loop(self) -> None:
         """Sends what the outbound loop encrypted, so its next read and encryption overlap our syscalls."""
@@ -624,6 +626,9 @@ class UserspaceEngine(Engine):
             entry = self._inbound.get(spi)
             if entry is None:
                 drops.unknown_spi += 1
+                return
+            if entry.expired:
+                drops.expired += 1
                 return
             try:
                 k = entry.inb.decapsulate_into(pkt, n, dst)
@@ -736,9 +741,14 @@ def serve(stdin: Any, stdout: Any) -> None:
 
     engine: UserspaceEngine | None = None
     ike_seen: list[int] = [0]
+    lifetime_events: list[list[int | bool]] = []
 
     def on_ike(msg: bytes, addr: tuple[str, int]) -> None:
         ike_seen[0] += 1
+
+    def on_lifetime(spi_in: int, hard: bool) -> None:
+        if len(lifetime_events) < 1000:
+            lifetime_events.append([spi_in, hard])
 
     for line in stdin:
         if not line.strip():
@@ -748,7 +758,8 @@ def serve(stdin: Any, stdout: Any) -> None:
         reply: dict[str, Any] = {"ok": True}
         try:
             if op == "open":
-                engine = UserspaceEngine(route_src=cmd.get("route_src"), offload=cmd.get("offload", True),
+                engine = UserspaceEngine(route_src=cmd.get("route_src"), on_lifetime=on_lifetime,
+                                         offload=cmd.get("offload", True),
                                          tx_thread=cmd.get("tx_thread", True))
                 engine.open(cmd["local_addr"], on_ike, cmd.get("port", NATT_PORT))
             elif engine is None:
@@ -762,6 +773,7 @@ def serve(stdin: Any, stdout: Any) -> None:
             elif op == "status":
                 reply["status"] = engine.status()
                 reply["ike_seen"] = ike_seen[0]
+                reply["lifetime_events"] = list(lifetime_events)
             elif op == "close":
                 engine.close()
                 stdout.write(json.dumps(reply) + "\n")
