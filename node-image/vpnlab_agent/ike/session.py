@@ -82,6 +82,10 @@ MAX_INIT_RETRIES = 3
 HALF_OPEN_TIMEOUT = 30.0
 # How long a replaced IKE SA or child SA lingers waiting for the peer's DELETE.
 REKEYED_GRACE = 30.0
+# A failed or refused rekey is tried again after this plus up to RETRY_JITTER seconds, so two
+# peers that collided do not collide again in lockstep.
+RETRY_AFTER = 5.0
+RETRY_JITTER = 5.0
 # Rekey at this fraction of the lifetime; the responder waits longer, so the two sides of one SA
 # rarely start a rekey at the same moment (collision handling of RFC 7296 §2.8.1 is not done).
 REKEY_FRACTION_INITIATOR = 0.90
@@ -237,6 +241,7 @@ class _Request:
     tries: int = 0
     next_at: float = 0.0
     timeout: float = RETRANSMIT_TIMEOUT
+    child: Child | None = None  # the child SA a queued rekey is for
 
 
 @dataclass
@@ -247,6 +252,7 @@ class Child:
     rekey_at: float
     expire_at: float | None = None  # set once replaced: the old SA goes away after a grace period
     rekeying: bool = False
+    hard_at: float = float("inf")  # lifetime end: deleted then even if every rekey failed
 
 
 @dataclass
@@ -317,6 +323,8 @@ class IkeSession:
 
         self.children: dict[int, Child] = {}
         self.init_key: tuple[bytes, tuple[str, int]] | None = None  # responder: (SPIi, addr) of IKE_SA_INIT
+        self.successor: IkeSession | None = None  # the IKE SA that replaced this one
+        self.hard_at: float | None = None  # end of the IKE SA's lifetime if rekeying keeps failing
 
     # --- naming ---------------------------------------------------------------------------
 
@@ -332,6 +340,13 @@ class IkeSession:
     def established(self) -> bool:
         return self.state == State.ESTABLISHED
 
+    def _retry_time(self, now: float) -> float:
+        return now + RETRY_AFTER + RETRY_JITTER * self.ep.rng(1)[0] / 255
+
+    def _owner(self) -> IkeSession:
+        """Where children live now: a rekeyed-away IKE SA hands new ones to its successor."""
+        return self.successor if self.state == State.REKEYED and self.successor is not None else self
+
     def _lifetime_fraction(self) -> float:
         return REKEY_FRACTION_INITIATOR if self.initiator else REKEY_FRACTION_RESPONDER
 
@@ -344,10 +359,10 @@ class IkeSession:
         self.ep._send(data, addr or self.remote, self.local_port if local_port is None else local_port)
 
     def _queue(self, exchange: int, payloads: list, on_response: Callable[[Message, float], None],
-               kind: str, now: float) -> bool:
+               kind: str, now: float, child: Child | None = None) -> bool:
         if len(self.queue) >= MAX_QUEUED_REQUESTS:
             return False
-        self.queue.append(_Request(exchange, payloads, on_response, kind))
+        self.queue.append(_Request(exchange, payloads, on_response, kind, child=child))
         self._pump(now)
         return True
 
@@ -683,8 +698,9 @@ class IkeSession:
             remote_ts=remote_ts,
         )
         lifetime = self.ep.config.child_lifetime_s
-        child = Child(sa, prop, now, now + lifetime * self._lifetime_fraction())
-        self.children[spi_in] = child
+        child = Child(sa, prop, now, now + lifetime * self._lifetime_fraction(), hard_at=now + lifetime)
+        # A child rekey answered after our IKE SA was itself rekeyed belongs to the new IKE SA.
+        self._owner().children[spi_in] = child
         if old is not None:
             old.rekeying = False
             old.expire_at = now + REKEYED_GRACE
@@ -707,6 +723,7 @@ class IkeSession:
         self.state = State.ESTABLISHED
         self.established_at = now
         self.rekey_at = now + self.ep.config.ike_lifetime_s * self._lifetime_fraction()
+        self.hard_at = now + self.ep.config.ike_lifetime_s
         self.ep._emit(IkeSAUp(self.peer.name, self.spi_i, self.spi_r, self.initiator,
                               describe(self.proposal), self.remote))
         self.ep._session_up(self)
@@ -920,8 +937,14 @@ class IkeSession:
         new.state = State.ESTABLISHED
         new.established_at = now
         new.rekey_at = now + self.ep.config.ike_lifetime_s * new._lifetime_fraction()
+        new.hard_at = now + self.ep.config.ike_lifetime_s
         self.state = State.REKEYED
+        self.successor = new
         self.linger_until = now + REKEYED_GRACE
+        for req in self.queue:  # child rekeys not sent yet: the new IKE SA does them right away
+            if req.child is not None:
+                req.child.rekeying = False
+                req.child.rekey_at = now
         self.queue.clear()
         self.ep._adopt(new)
         assert self.peer is not None and new.proposal is not None
@@ -974,7 +997,7 @@ class IkeSession:
         ctx = _RekeyCtx(nonce, spi, dh, child, offered_ts=(ts_i, ts_r))
         payloads = self._child_rekey_payloads(ctx)
         ok = self._queue(ExchangeType.CREATE_CHILD_SA, payloads,
-                         lambda m, t: self._on_child_rekey_response(m, t, ctx), "rekey-child", now)
+                         lambda m, t: self._on_child_rekey_response(m, t, ctx), "rekey-child", now, child)
         if not ok:
             child.rekeying = False
         return ok
@@ -1001,10 +1024,13 @@ class IkeSession:
                 ctx.retries += 1
                 ctx.dh = crypto.DhKeyPair.generate(group, self.ep.rng)
                 self._queue(ExchangeType.CREATE_CHILD_SA, self._child_rekey_payloads(ctx),
-                            lambda m, t: self._on_child_rekey_response(m, t, ctx), "rekey-child", now)
+                            lambda m, t: self._on_child_rekey_response(m, t, ctx), "rekey-child", now, old)
                 return
         nonce, ke = msg.find(Nonce), msg.find(KE)
         try:
+            errors = [n for n in msg.find_all(Notify) if is_error_notify(n.notify_type)]
+            if errors:
+                raise ProtocolFailure(errors[0].notify_type, f"refused: {_notify_name(errors[0].notify_type)}")
             if nonce is None:
                 raise ProtocolFailure(NotifyType.INVALID_SYNTAX, "child rekey response without Nonce")
             shared = None
@@ -1018,10 +1044,10 @@ class IkeSession:
             self._accept_child_response(msg, ctx, old, now, ctx.nonce, nonce.data, shared)
         except ProtocolFailure as e:
             old.rekeying = False
-            old.rekey_at = now + 10.0  # try again later, still within the lifetime
+            old.rekey_at = self._retry_time(now)  # try again later, still within the lifetime
             self.ep.log(f"{self.peer_name}: child SA rekey failed: {e}")
             return
-        self.delete_children([old], now)
+        self._owner().delete_children([old], now)
 
     def delete_children(self, children: list[Child], now: float) -> None:
         """INFORMATIONAL DELETE for child SAs (make-before-break: called once the new one is up)."""
@@ -1061,13 +1087,13 @@ class IkeSession:
         if (sa is None or nonce is None or ke is None or len(sa.proposals) != 1
                 or len(sa.proposals[0].spi) != 8 or ke.group != ctx.dh.group
                 or proposals.select(sa.proposals, self.ep.ike_proposals) is None):
-            self.rekey_at = now + 10.0
+            self.rekey_at = self._retry_time(now)
             self.ep.log(f"{self.peer_name}: IKE SA rekey refused or malformed answer")
             return
         try:
             shared = ctx.dh.shared_secret(ke.data)
         except ValueError:
-            self.rekey_at = now + 10.0
+            self.rekey_at = self._retry_time(now)
             return
         chosen = sa.proposals[0]
         self._replace_by(chosen, chosen.spi, ctx.spi, ctx.nonce, nonce.data, shared, we_initiated=True, now=now)
@@ -1107,7 +1133,10 @@ class IkeSession:
                 times.append(self.last_recv + self.ep.config.dpd_interval_s)
             if self.rekey_at is not None:
                 times.append(self.rekey_at)
+            if self.hard_at is not None:
+                times.append(self.hard_at)
             for c in self.children.values():
+                times.append(c.hard_at)
                 times.append(c.expire_at if c.expire_at is not None else c.rekey_at)
         elif self.state == State.REKEYED and self.linger_until is not None:
             times.append(self.linger_until)
@@ -1135,17 +1164,20 @@ class IkeSession:
             return
         if self.state != State.ESTABLISHED:
             return
+        if self.hard_at is not None and now >= self.hard_at:
+            self.delete(now, "IKE SA lifetime expired")
+            return
         if self.pending is None and not self.queue and now >= self.last_recv + self.ep.config.dpd_interval_s:
             # Dead peer detection: an empty INFORMATIONAL; its response refreshes last_recv.
             self._queue(ExchangeType.INFORMATIONAL, [], lambda m, t: None, "dpd", now)
         if self.rekey_at is not None and now >= self.rekey_at:
-            self.rekey_at = now + 10.0  # if it fails, try again a bit later
+            self.rekey_at = self._retry_time(now)  # if it fails, try again a bit later
             self.rekey_ike(now)
         for child in list(self.children.values()):
-            if child.expire_at is not None and now >= child.expire_at:
+            if (child.expire_at is not None and now >= child.expire_at) or now >= child.hard_at:
                 self.delete_children([child], now)
             elif child.expire_at is None and not child.rekeying and now >= child.rekey_at:
-                child.rekey_at = now + 10.0
+                child.rekey_at = self._retry_time(now)
                 self.rekey_child(child, now)
 
     # --- status ---------------------------------------------------------------------------
