@@ -142,6 +142,7 @@ class UserspaceEngine(Engine):
         self._tx_free: queue.SimpleQueue[PacketBuffer] = queue.SimpleQueue()
         for _ in range(TX_BUFFERS):
             self._tx_free.put(PacketBuffer(TX_BUF_SIZE))
+        self.tso_reads = 0  # TSO packets the kernel handed us (each cut into many ESP packets)
         self._enq = 0  # batches queued, written only by the outbound thread
         self._done = 0  # batches sent, written only by the TX thread
         self.device = device
@@ -385,6 +386,7 @@ class UserspaceEngine(Engine):
             "crypto": BACKEND,
             "offload": {"tun": self.offload, "udp_gso": self._udp_gso, "udp_gro": self._udp_gro},
             "tun_writes": self._gro.writes if self._gro else None,
+            "tso_reads": self.tso_reads,
             "sa_count": len(entries),
             "drops": dataclasses.asdict(self.drops),
             "sas": [
@@ -488,6 +490,7 @@ class UserspaceEngine(Engine):
                         # TSO: cut into MSS segments, encrypt them back to back, one UDP GSO send
                         # TSO: cut into MSS segments, encrypt them back to back into a TX buffer, and
                         # let the TX thread send them as UDP GSO batches while we read the next one
+                        self.tso_reads += 1
                         buf = free_get()
                         batches: list[tuple[int, int, int]] = []
                         pos = start = i = cnt = size = 0
