@@ -174,10 +174,12 @@ def render_strongswan_conf(
     vici_socket: str = VICI_SOCKET,
     plugin_conf_dir: str = PLUGIN_CONF_DIR,
     routing_table: int = ROUTING_TABLE,
+    libipsec: bool = True,
 ) -> str:
+    """libipsec: ESP in userspace on ipsec0 (kernels without ESP); False: the kernel's XFRM."""
     return _env().get_template("strongswan.conf.j2").render(
         node=config.name, vici_socket=vici_socket, plugin_conf_dir=plugin_conf_dir,
-        routing_table=routing_table,
+        routing_table=routing_table, libipsec=libipsec,
     )
 
 

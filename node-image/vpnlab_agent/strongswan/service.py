@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,13 +159,34 @@ def parse_list_sas(events: list[Message]) -> tuple[list[dict[str, Any]], list[di
     return ike_sas, child_sas
 
 
+def esp_backend(preference: str, probe: Callable[[], str | None] | None = None) -> bool:
+    """True: charon must do ESP itself (kernel-libipsec); False: the kernel's XFRM can.
+
+    Decided like the agent's own engines: "userspace" forces libipsec, "xfrm" requires kernel ESP,
+    "auto" tries the kernel (a throwaway ESP state) and falls back to libipsec.
+    """
+    if preference not in ("auto", "userspace", "xfrm"):
+        raise StrongswanError(f"unknown data plane {preference!r} (choose auto, userspace or xfrm)")
+    if preference == "userspace":
+        return True
+    if probe is None:
+        from vpnlab_agent.dataplane.probe import esp_probe_error as probe
+    why_not = probe()
+    if why_not is None:
+        return False
+    if preference == "xfrm":
+        raise StrongswanError(f"data plane 'xfrm' needs kernel ESP, but {why_not}")
+    log.info("kernel ESP unusable (%s): charon does ESP itself (kernel-libipsec)", why_not)
+    return True
+
+
 class StrongswanService:
     name = "strongswan"
-    dataplane = "strongswan-libipsec"
 
     def __init__(self, config: NodeConfig, paths: StrongswanPaths | None = None) -> None:
         self.config = config
         self.paths = paths or StrongswanPaths()
+        self.libipsec = True  # decided in start(), by probing the kernel
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
         self._ike_sas: list[dict[str, Any]] = []
@@ -181,14 +203,20 @@ class StrongswanService:
     def env(self) -> dict[str, str]:
         return {**os.environ, "STRONGSWAN_CONF": self.paths.strongswan_conf}
 
+    @property
+    def dataplane(self) -> str:
+        return "strongswan-libipsec" if self.libipsec else "strongswan-kernel"
+
     def render(self) -> None:
         _write(self.paths.swanctl_conf, render_swanctl(self.config))
         _write(self.paths.strongswan_conf, render_strongswan_conf(
             self.config, vici_socket=self.paths.vici_socket,
             plugin_conf_dir=self.paths.plugin_conf_dir, routing_table=self.paths.routing_table,
+            libipsec=self.libipsec,
         ), mode=0o644)
 
     async def start(self) -> None:
+        self.libipsec = await asyncio.to_thread(esp_backend, self.config.dataplane)
         self.render()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.paths.vici_socket)  # stale from an earlier charon

@@ -106,3 +106,29 @@ def test_control_dispatch(branch: NodeConfig, tmp_path: Any) -> None:
 
     asyncio.run(scenario())
     assert rec.calls == [("rekey", "hub", "ike")]
+
+
+def test_esp_backend_choice() -> None:
+    from vpnlab_agent.strongswan.service import StrongswanError, esp_backend
+
+    def has_esp() -> None:
+        return None
+
+    def no_esp() -> str:
+        return "the kernel refused an ESP AES-GCM state"
+
+    assert esp_backend("userspace", no_esp) is True
+    assert esp_backend("auto", no_esp) is True
+    assert esp_backend("auto", has_esp) is False
+    assert esp_backend("xfrm", has_esp) is False
+    with pytest.raises(StrongswanError, match="needs kernel ESP, but the kernel refused"):
+        esp_backend("xfrm", no_esp)
+    with pytest.raises(StrongswanError, match="unknown data plane 'fast'"):
+        esp_backend("fast", has_esp)
+
+
+def test_strongswan_dataplane_name_follows_the_backend(branch: NodeConfig) -> None:
+    svc = StrongswanService(branch)
+    assert svc.dataplane == "strongswan-libipsec"
+    svc.libipsec = False
+    assert svc.dataplane == "strongswan-kernel"

@@ -243,3 +243,11 @@ def test_vrrp_from_extensions(branch: NodeConfig) -> None:
     assert "unicast_peer {" in render_keepalived("br1", [inst])
     with pytest.raises(RenderError, match="extensions.vrrp"):
         vrrp_from_extensions(dataclasses.replace(branch, extensions={"vrrp": [{"name": "v1"}]}))
+
+
+def test_strongswan_conf_for_a_kernel_with_esp(branch: NodeConfig) -> None:
+    text = render_strongswan_conf(branch, libipsec=False)
+    plugins = section(section(text, "charon"), "plugins")
+    assert settings(section(plugins, "kernel-libipsec"))["load"] == "no"
+    assert settings(section(plugins, "kernel-netlink"))["load"] == "yes"
+    assert "kernel has ESP" in text and "ipsec0" not in text
