@@ -172,17 +172,20 @@ class Agent:
     async def _bring_up(self) -> None:
         netplan = netconfig.plan(self.config)
         await netconfig.wait_for_links(self._ipr, netplan.required_links, self.wait_timeout)
-        self._applied = netconfig.apply(self._ipr, netplan)
+        # apply() records into self._applied as it goes: a failure half-way is still undone.
+        netconfig.apply(self._ipr, netplan, self._applied)
         self.services = (
             self._preset_services if self._preset_services is not None
             else self._build_services()
         )
         failed = False
         for svc in self.services:
+            # Listed before start() runs: a failure or a SIGTERM half-way through start() must
+            # still get stop() called (charon may already be running).
+            self._started.append(svc)
             try:
                 await asyncio.wait_for(svc.start(), SERVICE_START_TIMEOUT_S)
             except Exception as exc:
-                self._started.append(svc)  # half-started: stop() must still clean it up
                 msg = str(exc) or type(exc).__name__
                 if isinstance(exc, asyncio.TimeoutError):
                     msg = f"did not start within {SERVICE_START_TIMEOUT_S:g} s"
@@ -190,7 +193,6 @@ class Agent:
                 log.error("service %s failed to start: %s", svc.name, msg)
                 failed = True
                 continue
-            self._started.append(svc)
             log.info("service %s started", svc.name)
         # Ready means: interfaces configured and every service we have is running.
         self.ready = not failed

@@ -213,11 +213,12 @@ def _route_args(ipr: Any, route: PlannedRoute) -> dict[str, Any]:
     return args
 
 
-def apply(ipr: Any, netplan: NetPlan) -> Applied:
-    """Bring links up, add addresses, then routes. Already-present items are left alone and not recorded."""
+def apply(ipr: Any, netplan: NetPlan, applied: Applied | None = None) -> Applied:
+    """Bring links up, add addresses, then routes. Already-present items are left alone and not
+    recorded; what is added is recorded into `applied` at once, so a failure half-way can be undone."""
     from pyroute2 import NetlinkError
 
-    applied = Applied()
+    applied = applied if applied is not None else Applied()
     for name in netplan.links:
         ipr.link("set", index=_index(ipr, name), state="up")
     for addr in netplan.addresses:

@@ -49,13 +49,13 @@ def config() -> NodeConfig:
 
 
 class Run:
-    def __init__(self, tmp: Path, wait: float = 30) -> None:
+    def __init__(self, tmp: Path, wait: float = 30, cfg: NodeConfig | None = None) -> None:
         tag = uuid.uuid4().hex[:6]
         self.ns, self.peer = f"vlag-{tag}", f"vlagp-{tag}"
         self.tag = tag
         self.sock = str(tmp / "run" / "agent.sock")
         self.cfg = tmp / "node.json"
-        self.cfg.write_text(config().to_json())
+        self.cfg.write_text((cfg or config()).to_json())
         self.log = tmp / "agent.log"
         ip("netns", "add", self.ns)
         ip("netns", "add", self.peer)
@@ -163,6 +163,30 @@ def test_interfaces_that_never_come_are_reported_not_fatal(tmp_path: Path) -> No
         assert st["errors"] == ["interfaces wan0, lan0 did not appear within 1 s"]
         code, took = r.stop()
         assert code == 0 and took < 5
+    finally:
+        r.close()
+
+
+def test_a_failure_half_way_is_reported_and_undone(tmp_path: Path) -> None:
+    import dataclasses
+
+    # the second route's gateway is on no connected network: the kernel refuses it, after the
+    # addresses and the first route went in
+    bad = dataclasses.replace(config(), routes=(
+        RouteConfig("10.60.0.0/16", dev="lan0"), RouteConfig("192.0.2.0/24", via="203.0.113.1"),
+    ))
+    r = Run(tmp_path, cfg=bad)
+    try:
+        r.plug()
+        st = r.wait_status(lambda s: s["errors"], 20, "an error in the status")
+        assert st["ready"] is False
+        (error,) = st["errors"]
+        assert error.startswith("route 192.0.2.0/24 via 203.0.113.1: ") and "\n" not in error
+        assert "10.60.0.0/16 dev lan0" in ip("-n", r.ns, "route", "show")
+        code, _ = r.stop()
+        assert code == 0
+        assert "inet " not in ip("-n", r.ns, "addr", "show", "wan0")
+        assert "10.60.0.0/16" not in ip("-n", r.ns, "route", "show")
     finally:
         r.close()
 
