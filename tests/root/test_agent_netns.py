@@ -198,3 +198,109 @@ def test_unreadable_config_is_one_line_and_exit_1(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "cannot load" in result.stderr and "nonsense" in result.stderr
+
+
+def _netns_with_wan0() -> str:
+    ns = f"vlag-{uuid.uuid4().hex[:6]}"
+    ip("netns", "add", ns)
+    ip("-n", ns, "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p")
+    ip("-n", ns, "link", "set", "lo", "up")
+    return ns
+
+
+def test_rendered_keepalived_conf_passes_keepalived_config_test(tmp_path: Path) -> None:
+    import shutil
+
+    from vpnlab_agent.strongswan.render import VrrpInstance, render_keepalived
+
+    if shutil.which("keepalived") is None:
+        pytest.skip("keepalived is not installed on this host (apt-get install keepalived)")
+    good = render_keepalived("gw1", [VrrpInstance(
+        "vpn_vip", "wan0", 51, 150, ("198.51.100.100/24",), unicast_src="198.51.100.21",
+        unicast_peers=("198.51.100.22",), nopreempt=True,
+    )])
+    ns = _netns_with_wan0()  # keepalived checks that the interface exists and is not loopback
+    try:
+        for text, expect_ok in ((good, True), (good.replace("advert_int", "advert_intx"), False)):
+            conf = tmp_path / "keepalived.conf"
+            conf.write_text(text)
+            result = subprocess.run(["ip", "netns", "exec", ns, "keepalived", "-t", "-n", "-l", "-f", str(conf)],
+                                    capture_output=True, text=True, timeout=30)
+            assert (result.returncode == 0) is expect_ok, result.stdout + result.stderr
+            if not expect_ok:
+                assert "Unknown keyword 'advert_intx'" in result.stdout + result.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+_CHARON_SCRIPT = """
+import asyncio, json, sys
+from vpnlab_agent import log
+from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.strongswan.service import StrongswanPaths, StrongswanService
+from vpnlab_agent.strongswan.vici import Vici
+
+tmp = sys.argv[1]
+cfg = NodeConfig.from_json(open(tmp + "/node.json").read())
+log.setup(cfg.name)
+paths = StrongswanPaths(strongswan_conf=tmp + "/strongswan.conf", swanctl_conf=tmp + "/swanctl/swanctl.conf",
+                        vici_socket=tmp + "/charon.vici")
+
+async def main():
+    svc = StrongswanService(cfg, paths)
+    await svc.start()
+    with Vici(paths.vici_socket) as vici:
+        conns, _ = vici.streamed("list-conns", "list-conn")
+    await svc.refresh()
+    status = svc.status()
+    pid = status["charon_pid"]
+    await svc.stop()
+    print("RESULT " + json.dumps({"conns": conns, "status": status, "pid": pid, "dataplane": svc.dataplane}))
+
+asyncio.run(main())
+"""
+
+
+def test_strongswan_service_runs_real_charon_for_a_two_branch_hub(tmp_path: Path) -> None:
+    """A strongSwan hub with two responder connections loads into a real charon (in a netns, with
+    every path under tmp_path, so the host's own strongSwan files are not touched), and stops."""
+    import shutil
+
+    from vpnlab_agent.config import IkeConfig, PeerConfig
+
+    if not (shutil.which("charon-systemd") or os.path.exists("/usr/sbin/charon-systemd")):
+        pytest.skip("strongSwan (charon-systemd) is not installed on this host")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("no /dev/net/tun: kernel-libipsec needs it")
+    hub = NodeConfig(
+        lab="t", name="hub", role="hub", implementation="strongswan", public_address="198.51.100.10",
+        interfaces=(InterfaceConfig("wan0", "wan", ("198.51.100.10/24",)),), lan_subnets=("10.0.0.0/24",),
+        ike=IkeConfig(local_id="hub", psk="root-test", peers=(
+            PeerConfig("br1", "br1", None, False, ("10.0.0.0/24",), ("10.1.0.0/24",)),
+            PeerConfig("br2", "br2", None, False, ("10.0.0.0/24",), ("10.2.0.0/24",)),
+        )),
+    )
+    (tmp_path / "node.json").write_text(hub.to_json())
+    ns = _netns_with_wan0()
+    try:
+        result = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _CHARON_SCRIPT, str(tmp_path)],
+                                capture_output=True, text=True, timeout=90)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
+    out = json.loads(line.removeprefix("RESULT "))
+    conns = {name: conn for event in out["conns"] for name, conn in event.items()}
+    assert sorted(conns) == ["br1", "br2"]
+    for name in ("br1", "br2"):
+        assert conns[name]["remote_addrs"] == ["%any"] and conns[name]["local_addrs"] == ["198.51.100.10"]
+        child = conns[name]["children"][name]
+        assert child["local-ts"] == ["10.0.0.0/24"] and child["remote-ts"] == [f"10.{name[-1]}.0.0/24"]
+        assert conns[name]["local-1"]["id"] == "hub" and conns[name]["remote-1"]["id"] == name
+        assert conns[name]["remote-1"]["class"] == "pre-shared key" and conns[name]["rekey_time"] == "14400"
+    assert out["status"]["running"] is True and out["status"]["errors"] == []
+    assert out["status"]["ike_sas"] == [] and out["dataplane"] == "strongswan-libipsec"
+    # charon's own lines came through the agent's log, and it is gone after stop()
+    assert re.search(r"hub charon: .*loaded plugins: .*kernel-libipsec", result.stdout)
+    assert "hub strongswan: charon stopped" in result.stdout
+    assert not os.path.exists(f"/proc/{out['pid']}")
