@@ -37,6 +37,7 @@ from vpnlab_agent.mesh.messages import MeshNotify, RefuseReason
 MAX_ACTIONS = 10_000
 MAX_REFUSED = 50
 MAX_TIMELINE = 50
+MAX_IGNORED = 10
 
 
 # --- actions ------------------------------------------------------------------------------------
@@ -162,6 +163,7 @@ class MeshManager:
         self._actions: deque[Action] = deque(maxlen=MAX_ACTIONS)
         self.refused: deque[dict[str, Any]] = deque(maxlen=MAX_REFUSED)
         self.history: deque[dict[str, Any]] = deque(maxlen=MAX_TIMELINE)  # finished shortcuts
+        self.ignored: deque[dict[str, Any]] = deque(maxlen=MAX_IGNORED)  # sessions that did not trigger, why
         self.counts = {"sessions_seen": 0, "ignored": 0, "requests_sent": 0, "built": 0, "accepted": 0,
                        "deleted_idle": 0, "bad_messages": 0}
         self.log_lines: deque[str] = deque(maxlen=1000)
@@ -181,6 +183,7 @@ class MeshManager:
         why = self._trigger_check(src, dst, now)
         if isinstance(why, str):
             self.counts["ignored"] += 1
+            self.ignored.append({"src": src, "dst": dst, "why": why, "at": now})
             return False
         hub, remote, local = why
         if self.cfg.limit <= self._active():
@@ -306,6 +309,7 @@ class MeshManager:
                  "events": dict(sc.timeline)} for sc in self._shortcuts],
             "holddown": {k: round(v - now, 1) for k, v in self._holddown.items()},
             "counts": dict(self.counts),
+            "ignored": list(self.ignored),
         }
 
     def log(self, line: str) -> None:
