@@ -450,3 +450,33 @@ def test_longest_prefix_wins_between_overlapping_selectors(lab: Lab) -> None:
     a.call(op="remove", spi_in=narrow_a.spi_in)
     assert lab.ping(count=3)["received"] == 3
     assert a.call(op="counters", spi_in=wide_a.spi_in)["counters"]["packets_out"] == 3
+
+
+def test_everything_selector_keeps_esp_to_the_peer_off_the_tunnel(lab: Lab) -> None:
+    a, b = lab.start_engines()
+    sa_a, sa_b = sa_pair(GCM128)
+    sa_a = replace(sa_a, remote_ts=("0.0.0.0/0",))
+    sa_b = replace(sa_b, local_ts=("0.0.0.0/0",))
+    a.call(op="install", sa=sa_to_dict(sa_a))
+    b.call(op="install", sa=sa_to_dict(sa_b))
+    routes = nsx(lab.rA, "ip", "route").stdout
+    assert "default dev ipsec0" in routes
+    assert "192.0.2.2 dev wan0" in routes  # the peer pinned to the underlay
+    assert lab.ping(count=3)["received"] == 3
+    a.close()
+    assert "192.0.2.2 dev wan0" not in nsx(lab.rA, "ip", "route").stdout
+
+
+def test_bad_sa_is_refused_and_leaves_nothing_behind(lab: Lab) -> None:
+    a = EngineProc(lab.rA)
+    lab.engines.append(a)
+    # 10.99.0.1 is not an address of rA: the kernel refuses routes with it as source
+    a.call(op="open", local_addr="192.0.2.1", route_src="10.99.0.1")
+    sa_a, _ = sa_pair(GCM128)
+    with pytest.raises(AssertionError, match="key material"):
+        a.call(op="install", sa=sa_to_dict(replace(sa_a, enc_key_out=b"short")))
+    with pytest.raises(AssertionError, match="route 10.2.0.0/24"):
+        a.call(op="install", sa=sa_to_dict(sa_a))
+    st = a.call(op="status")["status"]
+    assert st["sa_count"] == 0
+    assert "10.2.0.0/24" not in nsx(lab.rA, "ip", "route").stdout

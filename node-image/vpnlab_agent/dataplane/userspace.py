@@ -277,12 +277,28 @@ class UserspaceEngine(Engine):
         with self._lock:
             if sa.spi_in in self._entries:
                 raise EngineError(f"SA with inbound SPI {sa.spi_in:#010x} is already installed")
+            previous = self._current.get(sa.reqid)
             self._entries[sa.spi_in] = entry
             self._inbound = {**self._inbound, sa.spi_in: entry}
             self._current[sa.reqid] = entry  # make-before-break: outbound moves now
-            self._set_mtu()
-            self._sync_routes()
-            self._rebuild()
+            try:
+                self._set_mtu()
+                self._sync_routes()
+            except Exception as e:
+                # leave the engine as it was: the SA is either fully installed or not at all
+                del self._entries[sa.spi_in]
+                self._inbound = {k: v for k, v in self._inbound.items() if k != sa.spi_in}
+                if previous is None:
+                    del self._current[sa.reqid]
+                else:
+                    self._current[sa.reqid] = previous
+                self._set_mtu()
+                self._sync_routes()
+                if isinstance(e, EngineError):
+                    raise
+                raise EngineError(f"installing SA {sa.name} (SPI {sa.spi_in:#010x}): {e}") from e
+            finally:
+                self._rebuild()
 
     def remove(self, spi_in: int) -> None:
         with self._lock:
@@ -325,7 +341,7 @@ class UserspaceEngine(Engine):
             self._mtu = mtu
 
     def _sync_routes(self) -> None:
-        wanted = {c for e in self._current.values() for c in e.sa.remote_ts}
+        wanted = {str(ipaddress.IPv4Network(c, strict=False)) for e in self._current.values() for c in e.sa.remote_ts}
         if self._closing:
             wanted = set()
         with IPRoute() as ipr:
@@ -337,7 +353,7 @@ class UserspaceEngine(Engine):
             for entry in self._current.values():
                 self._pin_peer(ipr, entry)
             for cidr in sorted(wanted - self._routes):
-                kw: dict[str, Any] = {"dst": str(ipaddress.IPv4Network(cidr, strict=False)), "oif": self._ifindex}
+                kw: dict[str, Any] = {"dst": cidr, "oif": self._ifindex}
                 if self.route_src:
                     kw["prefsrc"] = self.route_src
                 try:
