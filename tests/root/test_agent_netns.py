@@ -304,3 +304,172 @@ def test_strongswan_service_runs_real_charon_for_a_two_branch_hub(tmp_path: Path
     assert re.search(r"hub charon: .*loaded plugins: .*kernel-libipsec", result.stdout)
     assert "hub strongswan: charon stopped" in result.stdout
     assert not os.path.exists(f"/proc/{out['pid']}")
+
+
+# Runs inside user-mode Linux (a kernel with ESP): two namespaces, a strongSwan hub and branch
+# driven by StrongswanService with the kernel XFRM backend, LAN-to-LAN traffic over kernel ESP.
+_UML_STRONGSWAN = r'''
+import json, os, socket, struct, subprocess, sys, time
+
+WORK = "/run/vpnlab-ss"
+os.makedirs(WORK, exist_ok=True)
+facts = {}
+
+def sh(*cmd, check=True):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if check and r.returncode:
+        raise SystemExit(f"{' '.join(cmd)}: {r.stderr}")
+    return r.stdout
+
+for ns in ("hub", "br1"):
+    sh("ip", "netns", "add", ns)
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
+sh("ip", "link", "add", "w-hub", "type", "veth", "peer", "name", "w-br1")
+sh("ip", "link", "set", "w-hub", "netns", "hub", "name", "wan0")
+sh("ip", "link", "set", "w-br1", "netns", "br1", "name", "wan0")
+for ns, wan, lan in (("hub", "198.51.100.10", "10.0.0.1"), ("br1", "198.51.100.11", "10.1.0.1")):
+    sh("ip", "-n", ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p")
+    for cmd in (("addr", "add", wan + "/24", "dev", "wan0"), ("addr", "add", lan + "/24", "dev", "lan0"),
+                ("link", "set", "wan0", "up"), ("link", "set", "lan0", "up"), ("link", "set", "lan0p", "up")):
+        sh("ip", "-n", ns, *cmd)
+
+from vpnlab_agent.config import IkeConfig, InterfaceConfig, NodeConfig, PeerConfig
+
+def node(name, wan, lan, net, peer):
+    return NodeConfig(lab="uml", name=name, role="hub" if name == "hub" else "branch",
+        implementation="strongswan", public_address=wan, dataplane="xfrm",
+        interfaces=(InterfaceConfig("wan0", "wan", (wan + "/24",)), InterfaceConfig("lan0", "lan", (lan + "/24",))),
+        lan_subnets=(net,), ike=IkeConfig(local_id=name, psk="uml-psk", peers=(peer,)))
+
+configs = {
+    "hub": node("hub", "198.51.100.10", "10.0.0.1", "10.0.0.0/24",
+                PeerConfig("br1", "br1", None, False, ("10.0.0.0/24",), ("10.1.0.0/24",))),
+    "br1": node("br1", "198.51.100.11", "10.1.0.1", "10.1.0.0/24",
+                PeerConfig("hub", "hub", "198.51.100.10", True, ("10.1.0.0/24",), ("10.0.0.0/24",))),
+}
+
+RUNNER = """
+import asyncio, json, os, sys
+from vpnlab_agent import log
+from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.strongswan.service import StrongswanPaths, StrongswanService
+d = sys.argv[1]
+cfg = NodeConfig.from_json(open(d + "/node.json").read())
+log.setup(cfg.name)
+paths = StrongswanPaths(strongswan_conf=d + "/strongswan.conf", swanctl_conf=d + "/swanctl.conf",
+                        vici_socket=d + "/charon.vici")
+async def main():
+    svc = StrongswanService(cfg, paths)
+    try:
+        await svc.start()
+        while not os.path.exists(d + "/stop"):
+            if os.path.exists(d + "/rekey"):
+                os.unlink(d + "/rekey")
+                await svc.rekey(cfg.ike.peers[0].name, "child")
+            await svc.refresh()
+            st = svc.status()
+            st["dataplane"] = svc.dataplane
+            with open(d + "/status.tmp", "w") as f:
+                json.dump(st, f)
+            os.replace(d + "/status.tmp", d + "/status.json")
+            await asyncio.sleep(0.3)
+    finally:
+        await svc.stop()
+asyncio.run(main())
+"""
+procs = {}
+for name, cfg in configs.items():
+    d = f"{WORK}/{name}"
+    os.makedirs(d, exist_ok=True)
+    open(d + "/node.json", "w").write(cfg.to_json())
+    procs[name] = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", RUNNER, d],
+                                   stdout=open(d + "/log", "w"), stderr=subprocess.STDOUT)
+
+def status(name):
+    try:
+        return json.load(open(f"{WORK}/{name}/status.json"))
+    except (OSError, ValueError):
+        return None
+
+def installed(name):
+    st = status(name)
+    return st and [c for c in st["child_sas"] if c["state"] == "installed"]
+
+def ping(count):
+    # ICMP echo from the branch's LAN address to the hub's (no ping binary on these hosts)
+    code = (
+        "import socket,struct,sys,os\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP);s.settimeout(1);s.bind(('10.1.0.1',0))\n"
+        "ok=0\n"
+        "for seq in range(%d):\n"
+        "  h=struct.pack('!BBHHH',8,0,0,os.getpid()&0xffff,seq)+b'vpnlab'\n"
+        "  c=sum(struct.unpack('!%%dH'%%(len(h)//2),h));c=(c>>16)+(c&0xffff);c=~(c+(c>>16))&0xffff\n"
+        "  h=h[:2]+struct.pack('!H',c)+h[4:]\n"
+        "  s.sendto(h,('10.0.0.1',0))\n"
+        "  try:\n"
+        "    d=s.recv(2048)\n"
+        "    ok+=d[20]==0\n"
+        "  except socket.timeout: pass\n"
+        "print(ok)\n" % count)
+    return int(sh("ip", "netns", "exec", "br1", sys.executable, "-c", code).strip())
+
+try:
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and not (installed("br1") and installed("hub")):
+        time.sleep(0.3)
+    facts["hub_status"] = status("hub")
+    facts["br1_status_up"] = status("br1")
+    facts["replies"] = ping(5)
+    facts["xfrm_state"] = sh("ip", "-n", "br1", "xfrm", "state")
+    facts["br1_status_after_ping"] = status("br1")
+    time.sleep(0.7)
+    facts["br1_status_after_ping"] = status("br1")
+    spi = installed("br1")[0]["spi_in"]
+    open(f"{WORK}/br1/rekey", "w").close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not (installed("br1") and installed("br1")[0]["spi_in"] != spi
+                                                 and len(status("br1")["child_sas"]) == 1):
+        time.sleep(0.3)
+    facts["br1_after_rekey"] = status("br1")
+    facts["replies_after_rekey"] = ping(3)
+finally:
+    for name in procs:
+        open(f"{WORK}/{name}/stop", "w").close()
+    facts["exit_codes"] = {name: p.wait(timeout=20) for name, p in procs.items()}
+    facts["xfrm_state_after"] = sh("ip", "-n", "br1", "xfrm", "state")
+    facts["logs"] = {name: open(f"{WORK}/{name}/log").read()[-4000:] for name in procs}
+    print("RESULT " + json.dumps(facts))
+'''
+
+
+@pytest.mark.uml
+def test_strongswan_kernel_xfrm_backend_in_uml() -> None:
+    """Where the kernel has ESP (user-mode Linux here), strongSwan mode uses kernel XFRM, not libipsec."""
+    from tests.root import uml
+
+    reason = uml.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    if not os.path.exists("/usr/sbin/charon-systemd"):
+        pytest.skip("strongSwan (charon-systemd) is not installed on this host")
+    result = uml.run_python(_UML_STRONGSWAN, timeout_s=240)
+    lines = [x for x in result.output.splitlines() if x.startswith("RESULT ")]
+    assert lines, f"payload failed (rc {result.returncode}):\n{result.output[-4000:]}\n{result.console[-2000:]}"
+    facts = json.loads(lines[-1].removeprefix("RESULT "))
+    logs = "\n".join(facts["logs"].values())
+    up = facts["br1_status_up"]
+    assert up and up["dataplane"] == "strongswan-kernel", logs
+    assert [c["state"] for c in up["child_sas"]] == ["installed"], logs
+    assert up["ike_sas"][0]["algorithms"] == "aes128gcm16-prfsha256-ecp256"
+    assert facts["replies"] == 5, logs
+    # the SAs are kernel XFRM states (ESP in UDP, AES-GCM), and charon reads their counters
+    assert "proto esp" in facts["xfrm_state"] and "rfc4106(gcm(aes))" in facts["xfrm_state"]
+    assert "encap type espinudp sport 4500 dport 4500" in facts["xfrm_state"]
+    (child,) = facts["br1_status_after_ping"]["child_sas"]
+    assert child["packets_out"] >= 5 and child["packets_in"] >= 5, child
+    # a child rekey moves to new SPIs and traffic keeps flowing
+    (new,) = facts["br1_after_rekey"]["child_sas"]
+    assert new["spi_in"] != child["spi_in"] and facts["replies_after_rekey"] == 3, logs
+    # both services stopped cleanly and charon removed its kernel states
+    assert facts["exit_codes"] == {"hub": 0, "br1": 0}, logs
+    assert facts["xfrm_state_after"].strip() == ""
