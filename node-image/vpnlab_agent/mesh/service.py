@@ -16,6 +16,7 @@ from typing import Any
 
 from vpnlab_agent.config import NodeConfig
 from vpnlab_agent.dataplane.base import EngineError
+from vpnlab_agent.ike.events import ChildSAUp
 from vpnlab_agent.mesh import hubcount
 from vpnlab_agent.mesh.config import MeshConfig
 from vpnlab_agent.mesh.conntrack import ConntrackWatcher, nft
@@ -24,7 +25,8 @@ from vpnlab_agent.mesh.driver import MeshDriver
 log = logging.getLogger("vpnlab_agent.mesh")
 
 POLL_S = 0.2  # shortcut counters (idle timer, traffic)
-FAST_POLL_S = 0.01  # while a new shortcut has not carried its first packet yet
+FAST_POLL_S = 0.002  # while a new shortcut has not carried its first packet yet (its time is measured)
+FAST_FOR_S = 5.0  # ... but no longer than this after it came up
 SAMPLE_S = 0.5  # hub pair counters
 MAX_SAMPLES = 1200  # 10 minutes of hub samples
 
@@ -51,6 +53,8 @@ class MeshService:
         self._timer: asyncio.TimerHandle | None = None
         self._flush_pending = False
         self._first_seen: set[int] = set()
+        self._installed_at: dict[int, float] = {}
+        self._wake = asyncio.Event()
         self._pairs = hubcount.pairs(self.cfg.branches) if self.cfg.role != "branch" else []
         self._hub_counters: dict[tuple[str, str], tuple[int, int]] = {}
         self.samples: deque[tuple[float, int, int]] = deque(maxlen=MAX_SAMPLES)  # (t, bytes, packets)
@@ -115,6 +119,8 @@ class MeshService:
 
     def _on_ike_event(self, ev: object) -> None:
         self.driver.on_event(ev, self._now())
+        if isinstance(ev, ChildSAUp):
+            self._wake.set()  # a shortcut may have come up: watch for its first packet closely
         self._after()
 
     def _on_session(self, src: str, dst: str) -> None:
@@ -164,14 +170,18 @@ class MeshService:
                     total += c.bytes_in + c.bytes_out
                     packets = c.packets_in + c.packets_out
                     if spi not in self._first_seen:
+                        since = self._installed_at.setdefault(spi, now)
                         if packets:
                             self._first_seen.add(spi)
-                            # With exactly one packet so far, last_used is its time (same monotonic clock).
+                            # With exactly one packet so far, last_used is its time (same monotonic
+                            # clock); otherwise the fast poll bounds the error to FAST_POLL_S.
                             self.driver.first_packet(peer, c.last_used if packets == 1 else now)
-                        else:
+                        elif now - since < FAST_FOR_S:
                             fast = True
                 self.driver.traffic(peer, total, now)
-            await asyncio.sleep(FAST_POLL_S if fast else POLL_S)
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), FAST_POLL_S if fast else POLL_S)
 
     async def _sample_hub(self) -> None:
         while True:

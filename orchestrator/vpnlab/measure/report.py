@@ -35,13 +35,13 @@ def shortcut_entries(status: dict[str, Any], peer: str) -> list[dict[str, Any]]:
 
 
 def timeline(b_status: dict[str, Any], a_status: dict[str, Any], hub_status: dict[str, Any],
-             a: str, b: str) -> dict[str, float] | None:
+             a: str, b: str, *, latest: bool = False) -> dict[str, float] | None:
     """Absolute times (monotonic seconds, shared by all containers of one host) of each step of the
-    first shortcut B (the receiving branch) asked A for; None when there was none."""
-    asked = [e for e in shortcut_entries(b_status, a) if e["role"] == "requester"]
+    first (or latest) shortcut B (the receiving branch) asked A for; None when there was none."""
+    asked = [e for e in shortcut_entries(b_status, a) if e["role"] == "requester" and "session_seen" in e["events"]]
     if not asked:
         return None
-    first = min(asked, key=lambda e: e["events"].get("session_seen", float("inf")))
+    first = (max if latest else min)(asked, key=lambda e: e["events"]["session_seen"])
     sid, eb = first["id"], first["events"]
     ea = next((e["events"] for e in shortcut_entries(a_status, b) if e["id"] == sid), {})
     relayed = [r["at"] for r in mesh_of(hub_status).get("relayed", []) if r.get("id") == sid]
