@@ -94,8 +94,9 @@ def run(*argv: str, timeout: float = 60, check: bool = True, input: str | None =
 @dataclass
 class Node:
     name: str
-    wan: str
-    lan: str
+    wan: str  # underlay address (routers) or "" (hosts)
+    lan: str  # the address iperf3 binds to / the router's LAN address
+    lan_net: str = ""  # what the peer routes here in the plain case
     cid: str = ""
     pid: int = 0
 
@@ -144,6 +145,15 @@ class EngineProc:
             self.p.wait(timeout=10)
 
 
+@dataclass
+class Bench:
+    a: Node  # routers, tunnel endpoints
+    b: Node
+    src: Node  # iperf3 client and server: the routers themselves, or hosts behind them
+    dst: Node
+    nodes: list[Node]  # every container, for CPU accounting
+
+
 def start(image: str, node: Node, tag: str) -> None:
     node.cid = run("docker", "run", "-d", "--rm", "--name", f"espbench-{tag}-{node.name}", "--network", "none",
                    "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--device", "/dev/net/tun",
@@ -151,27 +161,53 @@ def start(image: str, node: Node, tag: str) -> None:
                    "-v", f"{AGENT_SRC}:{AGENT_DST}:ro", "--label", "vpnlab.benchmark=esp",
                    image, "sleep", "infinity").strip()
     node.pid = int(run("docker", "inspect", "-f", "{{.State.Pid}}", node.cid).strip())
-    node.sh(f"ip link set lo up && ip addr add {node.lan}/32 dev lo")
+    node.sh("ip link set lo up")
 
 
-def wire(a: Node, b: Node) -> None:
+def wire(a: Node, an: str, a_addr: str, b: Node, bn: str, b_addr: str) -> None:
     tmp = "eb" + uuid.uuid4().hex[:8]
     run("ip", "link", "add", tmp + "a", "type", "veth", "peer", "name", tmp + "b")
     run("ip", "link", "set", tmp + "a", "netns", str(a.pid))
     run("ip", "link", "set", tmp + "b", "netns", str(b.pid))
-    for n, dev in ((a, tmp + "a"), (b, tmp + "b")):
-        n.sh(f"ip link set {dev} name wan0 && ip addr add {n.wan}/24 dev wan0 && ip link set wan0 up")
+    for n, dev, name, addr in ((a, tmp + "a", an, a_addr), (b, tmp + "b", bn, b_addr)):
+        n.sh(f"ip link set {dev} name {name} && ip addr add {addr} dev {name} && ip link set {name} up")
 
 
-def iperf(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
-    """(Mbit/s received, CPU cores used by both containers, TCP retransmits)."""
+def build(image: str, tag: str, hosts: bool) -> Bench:
+    """Routers rA, rB joined by wan0; in hosts mode each also has lan0 to a host container behind it."""
+    if not hosts:  # iperf3 on the routers, LAN addresses on lo (no dummy devices on this kernel)
+        a = Node("rA", A_WAN, A_LAN, f"{A_LAN}/32")
+        b = Node("rB", B_WAN, B_LAN, f"{B_LAN}/32")
+        bench = Bench(a, b, a, b, [a, b])
+    else:
+        a = Node("rA", A_WAN, A_LAN, "10.1.0.0/24")
+        b = Node("rB", B_WAN, B_LAN, "10.2.0.0/24")
+        ha, hb = Node("hA", "", "10.1.0.10"), Node("hB", "", "10.2.0.10")
+        bench = Bench(a, b, ha, hb, [a, b, ha, hb])
+    for n in bench.nodes:
+        start(image, n, tag)
+    wire(a, "wan0", f"{A_WAN}/24", b, "wan0", f"{B_WAN}/24")
+    if not hosts:
+        a.sh(f"ip addr add {A_LAN}/32 dev lo")
+        b.sh(f"ip addr add {B_LAN}/32 dev lo")
+    else:
+        wire(bench.src, "eth0", "10.1.0.10/24", a, "lan0", f"{A_LAN}/24")
+        wire(bench.dst, "eth0", "10.2.0.10/24", b, "lan0", f"{B_LAN}/24")
+        bench.src.sh(f"ip route add default via {A_LAN}")
+        bench.dst.sh(f"ip route add default via {B_LAN}")
+    return bench
+
+
+def iperf(bench: Bench, seconds: int) -> tuple[float, float, int]:
+    """(Mbit/s received, CPU cores used by all containers, TCP retransmits)."""
+    a, b = bench.src, bench.dst
     b.sh(f"iperf3 -s -1 -D -B {b.lan}")
     time.sleep(0.5)
-    c0 = a.cpu_seconds() + b.cpu_seconds()
+    c0 = sum(n.cpu_seconds() for n in bench.nodes)
     t0 = time.monotonic()
     out = a.sh(f"iperf3 -c {b.lan} -B {a.lan} -t {seconds} -J", timeout=seconds + 30)
     dt = time.monotonic() - t0
-    cpu = (a.cpu_seconds() + b.cpu_seconds() - c0) / dt
+    cpu = (sum(n.cpu_seconds() for n in bench.nodes) - c0) / dt
     j = json.loads(out)
     if os.environ.get("ESP_BENCH_DEBUG"):
         snd = j["end"]["streams"][0]["sender"]
@@ -179,14 +215,15 @@ def iperf(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
     return (j["end"]["sum_received"]["bits_per_second"] / 1e6, cpu, j["end"]["sum_sent"].get("retransmits", 0))
 
 
-def case_plain(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
-    a.sh(f"ip route add {b.lan}/32 via {b.wan} src {a.lan}")
-    b.sh(f"ip route add {a.lan}/32 via {a.wan} src {b.lan}")
+def case_plain(bench: Bench, seconds: int) -> tuple[float, float, int]:
+    a, b = bench.a, bench.b
+    a.sh(f"ip route add {b.lan_net} via {b.wan} src {a.lan}")
+    b.sh(f"ip route add {a.lan_net} via {a.wan} src {b.lan}")
     try:
-        return iperf(a, b, seconds)
+        return iperf(bench, seconds)
     finally:
-        a.sh(f"ip route del {b.lan}/32")
-        b.sh(f"ip route del {a.lan}/32")
+        a.sh(f"ip route del {b.lan_net}")
+        b.sh(f"ip route del {a.lan_net}")
 
 
 def sa_pair(alg: EspAlgorithm) -> tuple[ChildSA, ChildSA]:
@@ -201,7 +238,8 @@ def sa_pair(alg: EspAlgorithm) -> tuple[ChildSA, ChildSA]:
     return sa_a, sa_b
 
 
-def case_userspace(a: Node, b: Node, seconds: int, offload: bool = True, tx_thread: bool = True) -> tuple[float, float, int]:
+def case_userspace(bench: Bench, seconds: int, offload: bool = True, tx_thread: bool = True) -> tuple[float, float, int]:
+    a, b = bench.a, bench.b
     ea, eb = EngineProc(a), EngineProc(b)
     try:
         ea.call(op="open", local_addr=a.wan, route_src=a.lan, offload=offload, tx_thread=tx_thread)
@@ -209,20 +247,21 @@ def case_userspace(a: Node, b: Node, seconds: int, offload: bool = True, tx_thre
         sa_a, sa_b = sa_pair(EspAlgorithm("aes-gcm-16", 128))
         ea.call(op="install", sa=sa_to_dict(sa_a))
         eb.call(op="install", sa=sa_to_dict(sa_b))
-        result = iperf(a, b, seconds)
+        result = iperf(bench, seconds)
         st = eb.call(op="status")["status"]
         if st["sas"][0]["packets_in"] < 1000:
             raise RuntimeError("the iperf3 traffic did not cross our tunnel")
         print(f"userspace engine (offload {offload}): crypto back end {st['crypto']}, mtu {st['mtu']}, drops "
               f"{ {k: v for k, v in st['drops'].items() if v} }, {st['sas'][0]['packets_in']} ESP packets in, "
-              f"{st['tun_writes']} TUN writes, offload {st['offload']}")
+              f"{st['tun_writes']} TUN writes, {ea.call(op='status')['status']['tso_reads']} TSO reads at rA")
         return result
     finally:
         for e in (ea, eb):
             e.close()
 
 
-def case_libipsec(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
+def case_libipsec(bench: Bench, seconds: int) -> tuple[float, float, int]:
+    a, b = bench.a, bench.b
     for me, peer, n, p in (("rA", "rB", a, b), ("rB", "rA", b, a)):
         n.write("/etc/swanctl/conf.d/bench.conf",
                 SWANCTL.format(local=n.wan, remote=p.wan, me=me, peer=peer, lts=n.lan.rsplit(".", 2)[0] + ".0.0/24",
@@ -240,18 +279,18 @@ def case_libipsec(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
     if "INSTALLED" not in sas:
         raise RuntimeError("strongSwan child SA not installed: " + sas[:300])
     try:
-        return iperf(a, b, seconds)
+        return iperf(bench, seconds)
     finally:
         for n in (a, b):
             n.sh("pkill -x charon-systemd; true", check=False)
 
 
-def case_userspace_nooffload(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
-    return case_userspace(a, b, seconds, offload=False)
+def case_userspace_nooffload(bench: Bench, seconds: int) -> tuple[float, float, int]:
+    return case_userspace(bench, seconds, offload=False)
 
 
-def case_userspace_notx(a: Node, b: Node, seconds: int) -> tuple[float, float, int]:
-    return case_userspace(a, b, seconds, tx_thread=False)
+def case_userspace_notx(bench: Bench, seconds: int) -> tuple[float, float, int]:
+    return case_userspace(bench, seconds, tx_thread=False)
 
 
 CASES = {"plain": case_plain, "userspace": case_userspace, "userspace-notx": case_userspace_notx,
@@ -266,6 +305,9 @@ def main() -> None:
                     help="run every case this many times, interleaved; the table shows medians (a shared, busy "
                          "machine makes single runs noisy)")
     ap.add_argument("--only", default=",".join(CASES))
+    ap.add_argument("--hosts", action="store_true",
+                    help="iperf3 between two host containers behind the routers (forwarded, as in a lab) "
+                         "instead of on the routers themselves")
     ap.add_argument("--image", help="node image tag (default: vpnlab.image.ensure_image())")
     args = ap.parse_args()
     console = Console(width=150)
@@ -277,31 +319,28 @@ def main() -> None:
 
         image = ensure_image()
     tag = uuid.uuid4().hex[:6]
-    a, b = Node("rA", A_WAN, A_LAN), Node("rB", B_WAN, B_LAN)
     names = args.only.split(",")
+    bench: Bench | None = None
     runs: dict[str, list[tuple[float, float, int]]] = {n: [] for n in names}
     loads = []
     try:
-        start(image, a, tag)
-        start(image, b, tag)
-        wire(a, b)
+        bench = build(image, tag, args.hosts)
         for r in range(args.rounds):
             for name in names:
                 loads.append(os.getloadavg()[0])
-                runs[name].append(CASES[name](a, b, args.seconds))
+                runs[name].append(CASES[name](bench, args.seconds))
                 console.print(f"round {r + 1} {name}: {runs[name][-1][0]:.0f} Mbit/s, "
                               f"{runs[name][-1][1]:.2f} cores, load avg {loads[-1]:.1f}")
     finally:
-        for n in (a, b):
-            if n.cid:
-                run("docker", "rm", "-f", n.cid, check=False)
+        run("sh", "-c", f"docker rm -f $(docker ps -aq --filter name=espbench-{tag}-) 2>/dev/null; true", check=False)
 
     def med(xs: list[float]) -> float:
         return statistics.median(xs)
 
     results = {n: (med([x[0] for x in v]), med([x[1] for x in v]), int(med([x[2] for x in v])),
                    med([x[0] / x[1] for x in v if x[1]] or [0.0]), [x[0] for x in v]) for n, v in runs.items()}
-    t = Table(title=f"TCP through one tunnel: iperf3 {args.seconds} s, one stream, {args.rounds} round(s), medians; "
+    where = "host to host through the routers" if args.hosts else "router to router"
+    t = Table(title=f"TCP through one tunnel, {where}: iperf3 {args.seconds} s, one stream, {args.rounds} round(s), medians; "
                     f"host load avg {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
     for col in ("case", "Mbit/s", "vs libipsec", "vs plain veth", "CPU (cores)", "Mbit/s per core", "retransmits",
                 "all runs (Mbit/s)"):
