@@ -38,6 +38,7 @@ MAX_ACTIONS = 10_000
 MAX_REFUSED = 50
 MAX_TIMELINE = 50
 MAX_IGNORED = 10
+RETRY_FIRST_S = 0.25  # initiator retry after a failed IKE attempt, doubling
 
 
 # --- actions ------------------------------------------------------------------------------------
@@ -132,6 +133,8 @@ class Shortcut:
     since: float = 0.0  # when the current state began
     last_traffic: float = 0.0
     last_bytes: int = -1
+    retries: int = 0  # initiator: IKE attempts that failed so far
+    retry_at: float | None = None
     timeline: dict[str, float] = field(default_factory=dict)
 
     def mark(self, event: str, t: float) -> None:
@@ -239,6 +242,13 @@ class MeshManager:
         sc = self._by_peer(peer)
         if sc is None:
             return
+        if sc.state is State.BUILDING and now + RETRY_FIRST_S * 2 ** sc.retries < sc.since + self.cfg.request_timeout_s:
+            # Under load the hub's ACK to B can trail its RELAY to us, so B may not know us yet
+            # when our IKE_AUTH arrives: try again shortly, within the request timeout.
+            sc.retry_at = now + RETRY_FIRST_S * 2 ** sc.retries
+            sc.retries += 1
+            self.log(f"shortcut to {peer} failed ({reason}): retry {sc.retries} in {sc.retry_at - now:.2f} s")
+            return
         was_up = sc.state is State.UP
         self._finish(sc, f"down: {reason}", now)
         self._actions.append(DeleteShortcut(peer, reason))
@@ -259,6 +269,11 @@ class MeshManager:
 
     def handle_timer(self, now: float) -> None:
         for sc in list(self._shortcuts):
+            if sc.retry_at is not None and sc.retry_at <= now and sc.state is State.BUILDING:
+                sc.retry_at = None
+                sc.mark(f"retry_{sc.retries}", now)
+                self._actions.append(BuildShortcut(sc.peer or "", sc.peer or "", sc.address or "",
+                                                   more_specific(sc.local_subnets), more_specific(sc.remote_subnets)))
             if sc.state is State.UP:
                 if now - sc.last_traffic >= self.cfg.idle_timeout_s:
                     self.counts["deleted_idle"] += 1
@@ -287,6 +302,8 @@ class MeshManager:
                 times.append(sc.last_traffic + self.cfg.idle_timeout_s)
             else:
                 times.append(sc.since + self.cfg.request_timeout_s)
+            if sc.retry_at is not None:
+                times.append(sc.retry_at)
         times.extend(self._holddown.values())
         return min(times) if times else None
 

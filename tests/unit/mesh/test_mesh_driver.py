@@ -150,3 +150,28 @@ def test_dynamic_peers_cannot_replace_static_ones() -> None:
         eps["br1"].add_peer(PeerConfig("evil", "hub", None, False, (), ()))
     with pytest.raises(IkeError, match="not a dynamic peer"):
         eps["br1"].remove_peer("hub", lb.now)
+
+
+def test_initiator_retries_when_the_ack_trails_the_relay() -> None:
+    """The hub's ACK to B is late (lost here until A's first attempt failed): A tries again."""
+    lb, eps, drivers, children, settle = build()
+    from vpnlab_agent.mesh.messages import MeshNotify
+    held: list = []
+    orig = drivers["br2"].on_event
+
+    def late_ack(ev, now):  # br2 sees the ACK only after br1's first IKE_AUTH was refused
+        if getattr(ev, "notify_type", None) == MeshNotify.ACK and not held:
+            held.append(ev)
+            return
+        orig(ev, now)
+
+    drivers["br2"].on_event = late_ack
+    drivers["br2"].session_seen("10.1.0.10", "10.2.0.10", lb.now)
+    settle()
+    assert not eps["br1"].is_up("br2")
+    [sc] = drivers["br1"].status(lb.now)["shortcuts"]
+    assert sc["state"] == "building"  # still within the request timeout, a retry is pending
+    orig(held[0], lb.now)
+    settle(lb.now + 1.0)
+    assert eps["br1"].is_up("br2") and eps["br2"].is_up("br1")
+    assert "retry_1" in drivers["br1"].status(lb.now)["shortcuts"][0]["timeline"]
