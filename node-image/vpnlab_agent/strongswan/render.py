@@ -20,8 +20,15 @@ from vpnlab_agent.strongswan.proposals import ProposalError, esp_proposals, ike_
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 VICI_SOCKET = "/var/run/charon.vici"
-PLUGIN_CONF_DIR = "/etc/strongswan.d/charon"
 ROUTING_TABLE = 220
+# charon's plugins, in load order: randomness and crypto (openssl: AES-GCM/CBC, ECP, x25519;
+# gmp: MODP), the key derivation (kdf, needed since 5.9.8), then the kernel interfaces, the IKE
+# socket and VICI.
+CHARON_PLUGINS_HEAD = (
+    "random", "nonce", "openssl", "aes", "sha1", "sha2", "hmac", "gcm", "gmp", "curve25519", "kdf",
+    "pem", "pkcs1", "pkcs8", "x509", "pubkey",
+)
+CHARON_PLUGINS_TAIL = ("kernel-netlink", "socket-default", "vici", "updown")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _FQDN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
@@ -172,14 +179,15 @@ def render_strongswan_conf(
     config: NodeConfig,
     *,
     vici_socket: str = VICI_SOCKET,
-    plugin_conf_dir: str = PLUGIN_CONF_DIR,
     routing_table: int = ROUTING_TABLE,
     libipsec: bool = True,
 ) -> str:
     """libipsec: ESP in userspace on ipsec0 (kernels without ESP); False: the kernel's XFRM."""
+    # kernel-libipsec before kernel-netlink: the first IPsec backend loaded is the one used.
+    plugins = CHARON_PLUGINS_HEAD + (("kernel-libipsec",) if libipsec else ()) + CHARON_PLUGINS_TAIL
     return _env().get_template("strongswan.conf.j2").render(
-        node=config.name, vici_socket=vici_socket, plugin_conf_dir=plugin_conf_dir,
-        routing_table=routing_table, libipsec=libipsec,
+        node=config.name, vici_socket=vici_socket,
+        routing_table=routing_table, libipsec=libipsec, plugins=plugins,
     )
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from vpnlab_agent.config import NodeConfig
 from vpnlab_agent.strongswan.render import (
-    PLUGIN_CONF_DIR,
     VICI_SOCKET,
     render_strongswan_conf,
     render_swanctl,
@@ -49,7 +48,6 @@ class StrongswanPaths:
     strongswan_conf: str = "/etc/strongswan.conf"
     swanctl_conf: str = "/etc/swanctl/swanctl.conf"
     vici_socket: str = VICI_SOCKET
-    plugin_conf_dir: str = PLUGIN_CONF_DIR
     charon: str = "/usr/sbin/charon-systemd"
     swanctl: str = "/usr/sbin/swanctl"
     routing_table: int = 220
@@ -210,8 +208,7 @@ class StrongswanService:
     def render(self) -> None:
         _write(self.paths.swanctl_conf, render_swanctl(self.config))
         _write(self.paths.strongswan_conf, render_strongswan_conf(
-            self.config, vici_socket=self.paths.vici_socket,
-            plugin_conf_dir=self.paths.plugin_conf_dir, routing_table=self.paths.routing_table,
+            self.config, vici_socket=self.paths.vici_socket, routing_table=self.paths.routing_table,
             libipsec=self.libipsec,
         ), mode=0o644)
 
