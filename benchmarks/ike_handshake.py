@@ -180,7 +180,7 @@ def main() -> int:
     for r in rows:
         t.add_row(str(r["mode"]), str(r["suite"]), str(r["rounds"]), f"{r['median_ms']:.2f}",
                   f"{r['p95_ms']:.2f}", "ok" if r["ok"] else "MISSED")
-    console = Console()
+    console = Console(width=130)
     console.print(t)
     if skipped:
         console.print(f"skipped: {skipped}")

@@ -61,10 +61,16 @@ class Loopback:
     def run(self, until: float) -> None:
         """Deliver, then fire timers in order until the clock reaches `until`."""
         self.deliver()
+        stuck = 0
         while True:
             t = self.next_timer()
             if t is None or t > until:
                 break
+            # An endpoint whose deadline does not move after handle_timer() would spin its
+            # owner's event loop: that is a bug, and tests should see it.
+            stuck = stuck + 1 if t <= self.now else 0
+            if stuck > 1000:
+                raise RuntimeError(f"timer stuck at {t}: handle_timer() does not advance get_timer()")
             self.now = max(self.now, t)
             for ep in self.endpoints.values():
                 ep.handle_timer(self.now)

@@ -1137,7 +1137,10 @@ class IkeSession:
                 times.append(self.hard_at)
             for c in self.children.values():
                 times.append(c.hard_at)
-                times.append(c.expire_at if c.expire_at is not None else c.rekey_at)
+                if c.expire_at is not None:
+                    times.append(c.expire_at)
+                elif not c.rekeying:  # a rekey under way is timed by its request's retransmissions
+                    times.append(c.rekey_at)
         elif self.state == State.REKEYED and self.linger_until is not None:
             times.append(self.linger_until)
         return min(times) if times else None

@@ -115,3 +115,16 @@ def test_two_hours_of_rekeys_and_dpd_with_loss(loss: float) -> None:
     ups = sum(isinstance(e, ChildSAUp) for e in all_a)
     assert ups >= 7200 / 120  # at least one child per lifetime
     assert sum(isinstance(e, ChildSAUp) for e in all_a) - sum(isinstance(e, ChildSADeleted) for e in all_a) == 1
+
+
+def test_timer_advances_while_an_operator_rekey_is_in_flight_past_the_rekey_time() -> None:
+    # Regression: a child whose rekey was started by hand and was still under way when its own
+    # rekey time passed kept get_timer() in the past, so the owner's event loop spun.
+    ea, eb, lb = pair(child_lifetime_s=50, dpd_interval_s=1000)
+    ea.connect("b", 0.0)
+    lb.run(1.0)
+    lb.run(44.0)
+    lb.drop = lambda data, src, dst: True  # the rekey stays in flight
+    ea.rekey_child("b", lb.now)
+    lb.run(80.0)  # Loopback raises if the timer gets stuck
+    assert [type(e) for e in lb.take_events(A)][-1] is IkeSADown
