@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 
 from vpnlab_agent import config as node_config
@@ -52,7 +53,11 @@ def _run(args: argparse.Namespace) -> int:
     from vpnlab_agent.agent import Agent
 
     agent = Agent(cfg, control_path=args.socket, wait_timeout=args.wait)
-    return asyncio.run(agent.run())
+    try:
+        return asyncio.run(agent.run())
+    except Exception as exc:  # e.g. the control socket cannot be created: one line, exit 1
+        logging.getLogger("vpnlab_agent").error("agent failed", exc_info=exc)
+        return 1
 
 
 def _ctl(args: argparse.Namespace) -> int:

@@ -473,3 +473,17 @@ def test_strongswan_kernel_xfrm_backend_in_uml() -> None:
     # both services stopped cleanly and charon removed its kernel states
     assert facts["exit_codes"] == {"hub": 0, "br1": 0}, logs
     assert facts["xfrm_state_after"].strip() == ""
+
+
+def test_control_socket_that_cannot_be_created_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    cfg = tmp_path / "node.json"
+    cfg.write_text(config().to_json())
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the socket's directory should be
+    result = subprocess.run([sys.executable, "-m", "vpnlab_agent", "run", "--config", str(cfg),
+                             "--socket", str(blocker / "agent.sock")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert all(LOG_LINE.match(line) for line in lines), lines
+    assert lines[-1].endswith(f"r1 agent: error: agent failed: FileExistsError: [Errno 17] File exists: '{blocker}'")
+    assert result.stderr == ""
