@@ -104,7 +104,7 @@ class IkeEndpoint:
         peer = self.peer(peer_name)
         if peer.address is None:
             raise IkeError(f"peer {peer_name!r} has no address; it can only initiate to us")
-        if any(s.peer is peer and s.state not in (State.CLOSED, State.REKEYED, State.DELETING)
+        if any(s.peer is not None and s.peer.name == peer.name and s.state not in (State.CLOSED, State.REKEYED, State.DELETING)
                for s in self._sessions.values()):
             return
         s = IkeSession(self, initiator=True, local_spi=self.new_ike_spi(), remote=(peer.address, IKE_PORT),
@@ -348,12 +348,15 @@ class IkeEndpoint:
                 return spi
 
     def has_other_sa(self, session: IkeSession) -> bool:
-        return any(s is not session and s.established and s.peer is session.peer for s in self._sessions.values())
+        name = session.peer.name if session.peer else None
+        return any(s is not session and s.established and s.peer is not None and s.peer.name == name
+                   for s in self._sessions.values())
 
     def initial_contact(self, session: IkeSession, now: float) -> None:
         """The peer says it has no other SA with us (it restarted): forget the old ones."""
         for s in list(self._sessions.values()):
-            if s is not session and s.peer is session.peer and s.state in (State.ESTABLISHED, State.REKEYED):
+            if (s is not session and s.peer is not None and session.peer is not None
+                    and s.peer.name == session.peer.name and s.state in (State.ESTABLISHED, State.REKEYED)):
                 s._close(now, "replaced: peer sent INITIAL_CONTACT")
 
     def _session_up(self, session: IkeSession) -> None:

@@ -31,6 +31,7 @@ log = logging.getLogger("vpnlab_agent.ike")
 IKE_PORT = 500
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
+TIMER_FLOOR_S = 0.05
 STOP_GRACE_S = 1.5  # how long stop() waits for the peers' answers to our DELETEs
 MAX_ERRORS = 50
 
@@ -199,12 +200,13 @@ class IkeService:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.endpoint.handle_timer(self._now())
-        self._flush()
+        now = self._now()
+        self.endpoint.handle_timer(now)
+        self._flush(fired_at=now)
 
     # --- outputs ----------------------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush(self, fired_at: float | None = None) -> None:
         if self._loop is None:
             return
         now = self._now()
@@ -226,6 +228,9 @@ class IkeService:
         for line in self.endpoint.pop_logs():
             log.info("%s", line)
         deadline = self.endpoint.get_timer()
+        if deadline is not None and fired_at is not None and deadline <= fired_at:
+            # Safety net: a deadline that handle_timer() did not move would spin the loop.
+            deadline = fired_at + TIMER_FLOOR_S
         if deadline != self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
