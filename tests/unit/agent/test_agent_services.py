@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.util
 from typing import Any
 
 import pytest
@@ -30,23 +29,26 @@ def test_router_without_ike_runs_no_service(branch: NodeConfig) -> None:
     assert build_services(cfg, errors) == ([], None) and errors == []
 
 
-def _present(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
+def test_agent_node_gets_the_ike_service_on_the_chosen_engine(branch: NodeConfig) -> None:
+    from vpnlab_agent.io.ike_service import IkeService
 
-
-@pytest.mark.skipif(_present("vpnlab_agent.io.ike_service"), reason="the IKE service exists now; "
-                    "its wiring is tested by the IKE helper's tests")
-def test_agent_node_without_the_ike_module_says_so() -> None:
     errors: list[str] = []
-    cfg = make_branch(implementation="agent", dataplane="userspace")
-    services, _engine = build_services(cfg, errors)
-    assert services == []
-    assert "ike: not available" in errors
-    if not _present("vpnlab_agent.dataplane.probe"):
-        assert any(e.startswith("dataplane: not available") for e in errors)
+    cfg = dataclasses.replace(branch, implementation="agent", dataplane="userspace")
+    services, engine = build_services(cfg, errors)
+    try:
+        assert [type(s) for s in services] == [IkeService] and errors == []
+        assert engine.name == "userspace" and services[0].dataplane == "userspace"
+        assert engine.route_src == "10.1.0.1"  # the first LAN address, inside the selectors
+    finally:
+        engine.close()
+
+
+def test_agent_node_with_an_impossible_dataplane_reports_it(branch: NodeConfig) -> None:
+    errors: list[str] = []
+    cfg = dataclasses.replace(branch, implementation="agent", dataplane="warp")  # type: ignore[arg-type]
+    assert build_services(cfg, errors) == ([], None)
+    assert errors == ["dataplane: unknown data plane 'warp' (choose auto, userspace or xfrm)",
+                      "ike: not started (no data-plane engine)"]
 
 
 def test_optional_import() -> None:
