@@ -118,6 +118,7 @@ class _Drops:
     expired: int = 0  # sequence numbers or hard byte lifetime used up
     send_errors: int = 0
     tun_errors: int = 0
+    internal_errors: int = 0  # a packet loop hit a bug and was restarted (see the log)
     keepalives: int = 0
     ike_in: int = 0
 
@@ -203,12 +204,11 @@ class UserspaceEngine(Engine):
             raise EngineError(f"cannot set up {self.device}: {e}") from e
         self._sock = sock
         self._closing = False
-        self._threads = [
-            threading.Thread(target=self._outbound_loop, name=f"esp-out-{self.device}", daemon=True),
-            threading.Thread(target=self._inbound_loop, name=f"esp-in-{self.device}", daemon=True),
-        ]
+        loops = [("out", self._outbound_loop), ("in", self._inbound_loop)]
         if self.tx_thread:
-            self._threads.append(threading.Thread(target=self._tx_loop, name=f"esp-tx-{self.device}", daemon=True))
+            loops.append(("tx", self._tx_loop))
+        self._threads = [threading.Thread(target=self._guarded, args=(loop,), name=f"esp-{what}-{self.device}",
+                                          daemon=True) for what, loop in loops]
         for t in self._threads:
             t.start()
         log.info("userspace engine up: %s mtu %d, UDP %s:%d, crypto %s", self.device, self._mtu,
@@ -438,6 +438,16 @@ class UserspaceEngine(Engine):
 
     # ---- packet loops ----------------------------------------------------------------------
 
+    def _guarded(self, loop: Callable[[], None]) -> None:
+        """Run a packet loop; a bug that escapes it is logged and counted, and the loop starts over."""
+        while not self._closing:
+            try:
+                loop()
+                return
+            except Exception:  # noqa: BLE001 - the data plane must outlive one bad packet
+                self.drops.internal_errors += 1
+                log.exception("%s failed; restarting it", threading.current_thread().name)
+
     def _lookup_out(self, key: int) -> _Entry | object:
         """Slow path: longest-prefix match on the inner destination, then the source check."""
         src, dst = key >> 32, key & 0xFFFFFFFF
@@ -578,7 +588,7 @@ class UserspaceEngine(Engine):
                     self._send_batch(sendto, sendmsg, buf.view[off:off + total], total, size, addr)
             except OSError:
                 drops.send_errors += 1
-            finally:
+            finally:  # whatever happened, the buffer goes back, or the outbound loop would starve
                 free_put(buf)
                 self._done += 1
 
