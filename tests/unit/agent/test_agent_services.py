@@ -13,7 +13,6 @@ from vpnlab_agent.config import NodeConfig
 from vpnlab_agent.control import ControlError
 from vpnlab_agent.strongswan.service import StrongswanService
 
-from .conftest import make_branch
 
 
 def test_strongswan_node_gets_the_strongswan_service(branch: NodeConfig) -> None:
