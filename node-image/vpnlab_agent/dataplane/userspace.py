@@ -1,12 +1,25 @@
 """Userspace ESP-in-UDP engine over a TUN device, for kernels without ESP (as on the lab machines).
 
-Two threads, one per direction, each with blocking I/O and its own preallocated buffers:
+Threads, each with blocking I/O and its own preallocated buffers:
 - outbound: read an inner packet from TUN `ipsec0`, find the SA by longest-prefix match of the inner
   destination over the installed SAs' remote selectors (memoised per (src, dst) pair), check the
   inner source is inside the SA's local selectors, encrypt, send on the UDP 4500 socket;
 - inbound: receive a datagram, hand IKE (non-ESP marker) to `on_ike`, ignore NAT-keepalives, look the
   SPI up, check replay window and ICV, decrypt, check the inner addresses against the SA's selectors
-  (a peer may only send what it negotiated), write the packet to TUN.
+  (a peer may only send what it negotiated), write the packet to TUN;
+- tx (offload mode): sends the UDP GSO batches the outbound thread prepared, so that thread's next
+  read and encryption overlap the send syscall (the kernel work runs without the GIL).
+
+Per-packet kernel work, not Python, dominated at first (TUN read/write, UDP send/receive, the TCP
+stack for every 1.4 kB segment). Offload mode (the default) amortises it the way NIC drivers do:
+- TUN with IFF_VNET_HDR and TSO/checksum offload: TCP hands us up to 64 kB at once; we cut it into
+  MSS segments and compute their checksums (tun.segment_tcp);
+- UDP GSO (UDP_SEGMENT): the ESP packets of one such read leave in one sendmsg;
+- UDP GRO: the receiver gets them back in one recvmsg;
+- GRO on the TUN (tun.GroWriter): consecutive received segments of one flow go back into the kernel
+  as one GSO packet.
+Measured on the 2-core lab machine under load (benchmarks/esp_throughput.py): one TCP stream
+~200 Mbit/s without offloads, ~400-560 Mbit/s with them; strongSwan kernel-libipsec 140-250.
 
 Control-plane changes (install/remove) build new lookup tables and swap them in with one assignment,
 so the packet loops never take a lock.
