@@ -14,7 +14,6 @@ from vpnlab_agent.control import ControlError
 from vpnlab_agent.strongswan.service import StrongswanService
 
 
-
 def test_strongswan_node_gets_the_strongswan_service(branch: NodeConfig) -> None:
     errors: list[str] = []
     services, engine = build_services(branch, errors)
