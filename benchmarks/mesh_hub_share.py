@@ -39,13 +39,16 @@ def main() -> None:
         print(json.dumps(res, indent=2))
         return
     t = Table(title=f"{args.pair}, {args.duration:g} s {'UDP' if args.udp else 'TCP'} at {args.bitrate}bit/s")
-    for c in ("mesh", "hub bytes", "shortcut bytes", "hub share", "hub packets", "setup ms", "goal"):
+    extra = ("lost", "out of order") if args.udp else ("retransmits", "Mbit/s")
+    for c in ("mesh", "hub bytes", "shortcut bytes", "hub share", "hub packets", "setup ms", *extra, "goal"):
         t.add_column(c, justify="right")
     for mode, run in res["runs"].items():
         p = run["pairs"][0]
         ok = "" if mode == "off" else ("met" if (p["hub_share_pct"] or 0) < GOAL_SHARE_PCT else "MISSED")
+        ip = p["iperf"]
+        more = (ip.get("lost"), ip.get("out_of_order")) if args.udp else (ip.get("retransmits"), ip.get("mbps"))
         t.add_row(mode, str(p["hub_bytes"]), str(p["shortcut_bytes"]), f"{p['hub_share_pct']} %",
-                  str(p["hub_packets"]), str(p["setup_ms"]), ok)
+                  str(p["hub_packets"]), str(p["setup_ms"]), *(str(x) for x in more), ok)
     con.print(t)
     rel = res["runs"]["on"]["pairs"][0]["timeline_ms"]
     tl = Table(title="shortcut timeline (ms after the session was seen at B)")
