@@ -406,8 +406,8 @@ class UserspaceEngine(Engine):
         return dataclasses.replace(entry.counters)
 
     def status(self) -> dict[str, Any]:
-        entries = list(self._entries.values())
-        current = {id(e) for e in self._current.values()}
+        entries = list(self._entries.values())  # copies first: install/remove may run meanwhile
+        current = {id(e) for e in list(self._current.values())}
         return {
             "engine": self.name,
             "device": self.device,
@@ -431,10 +431,13 @@ class UserspaceEngine(Engine):
 
     # ---- lifetimes -------------------------------------------------------------------------
 
-    def _lifetime(self, entry: _Entry) -> None:
-        """Called from a packet loop when an SA's byte count crossed entry.next_limit."""
+    def _lifetime(self, entry: _Entry, exhausted: bool = False) -> None:
+        """Called from a packet loop when an SA's byte count crossed entry.next_limit, or (exhausted)
+        when its sequence numbers ran out."""
         sa, used = entry.sa, entry.counters.bytes_in + entry.counters.bytes_out
-        hard = bool(sa.hard_lifetime_bytes) and used >= sa.hard_lifetime_bytes
+        hard = exhausted or (bool(sa.hard_lifetime_bytes) and used >= sa.hard_lifetime_bytes)
+        if entry.expired:
+            return
         if hard:
             entry.expired = True
             entry.next_limit = float("inf")
@@ -580,8 +583,7 @@ class UserspaceEngine(Engine):
                 sendto(dview[:m], addr)
             except SequenceOverflow:
                 drops.expired += 1
-                entry.next_limit = 0.0
-                self._lifetime(entry)
+                self._lifetime(entry, exhausted=True)
                 continue
             except OSError:
                 drops.send_errors += 1
