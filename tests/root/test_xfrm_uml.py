@@ -58,6 +58,26 @@ def test_xfrm_states_policies_routes_installed(facts: dict[str, Any]) -> None:
 
 @pytest.mark.uml
 @pytest.mark.timeout(300)
+def test_xfrm_refused_sa_leaves_nothing_behind(facts: dict[str, Any]) -> None:
+    assert "kernel refused it" in facts["bad_install"], facts["bad_install"]
+    after = facts["after_bad_install"]
+    assert "0x0009000b" not in after["state"] and "10.21.0.0" not in after["policy"], after
+    assert "10.22.0.0" not in after["routes"], after
+    assert after["state"].count("proto esp") == 4  # the two good pairs are untouched
+
+
+@pytest.mark.uml
+@pytest.mark.timeout(300)
+def test_xfrm_forged_esp_is_dropped_and_counted(facts: dict[str, Any]) -> None:
+    before, after = facts["counters_gcm_b"], facts["counters_gcm_b_forged"]
+    assert after["replay_dropped"] == before["replay_dropped"] + 1, after
+    assert after["auth_failed"] == before["auth_failed"] + 1, after
+    assert after["packets_in"] == before["packets_in"]  # neither forged packet was accepted
+    assert facts["ping_after_forged"]["received"] == 2
+
+
+@pytest.mark.uml
+@pytest.mark.timeout(300)
 def test_xfrm_lan_to_lan_ping_over_esp(facts: dict[str, Any]) -> None:
     for key in ("ping_gcm", "ping_cbc"):
         assert facts[key]["received"] == facts[key]["sent"], (key, facts[key])
@@ -75,7 +95,8 @@ def test_xfrm_lan_to_lan_ping_over_esp(facts: dict[str, Any]) -> None:
 def test_xfrm_wire_shows_only_esp_in_udp(facts: dict[str, Any]) -> None:
     wire = facts["wire"]
     assert wire is not None
-    echoes = sum(facts[k]["sent"] for k in ("ping_gcm", "ping_cbc", "ping_rekeyed", "ping_after_old_removed"))
+    echoes = sum(facts[k]["sent"] for k in
+                 ("ping_gcm", "ping_cbc", "ping_after_forged", "ping_rekeyed", "ping_after_old_removed"))
     assert wire["esp_in_udp"] >= 2 * echoes, wire  # every request and every reply, encrypted
     assert wire["icmp"] == 0 and wire["pattern_seen"] == 0 and wire["inner_addr_in_outer_hdr"] == 0, wire
 

@@ -169,6 +169,21 @@ class Side:
         return self._expect()
 
 
+def _forger(ns: str, spi: int, seq: int) -> None:
+    netns.setns(ns)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((OUTER[ns], 0))
+    # SPI, sequence number, then an IV, "ciphertext" and ICV that no key produced
+    s.sendto(struct.pack("!II", spi, seq) + os.urandom(8 + 48 + 16), (OUTER["xb"], 4500))
+    s.close()
+
+
+def forge(ns: str, spi: int, seq: int) -> None:
+    proc = mp.get_context("fork").Process(target=_forger, args=(ns, spi, seq), daemon=True)
+    proc.start()
+    proc.join(5)
+
+
 def _icmp_checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -264,6 +279,15 @@ def main() -> dict[str, Any]:
         side("install", child_sa(side.name, CBC, 2, 0x2000A, 0x2000B, cbc_lans, cbc_keys))
     facts["installed"] = xfrm_dump("xa")
 
+    # The kernel refuses an SA (its outbound SPI to xb is taken): nothing of it may stay behind.
+    bad = child_sa("xa", GCM, 9, 0x1000A, 0x9000B, ("10.21.0.0/24", "10.22.0.0/24"), gcm_keys)
+    try:
+        a("install", bad)
+        facts["bad_install"] = "accepted"
+    except RuntimeError as exc:
+        facts["bad_install"] = str(exc)
+    facts["after_bad_install"] = xfrm_dump("xa")
+
     # IKE rides the same UDP 4500 socket: the marker goes on the wire, on_ike gets it without.
     a("send_ike", (b"\x01ike-probe", ("192.0.2.2", 4500)))
     time.sleep(0.3)
@@ -277,6 +301,13 @@ def main() -> dict[str, Any]:
     facts["counters_gcm_a"] = a("counters", 0x1000B)
     facts["counters_cbc_a"] = a("counters", 0x2000B)
     facts["counters_gcm_b"] = b("counters", 0x1000A)
+
+    # Forged ESP for xb's GCM SA: an old sequence number is a replay, a fresh one fails the ICV.
+    forge("xa", 0x1000A, seq=1)
+    forge("xa", 0x1000A, seq=100000)
+    time.sleep(0.3)
+    facts["counters_gcm_b_forged"] = b("counters", 0x1000A)
+    facts["ping_after_forged"] = ping("xa", "10.2.0.1", count=2)
 
     # Make-before-break: a rekeyed GCM SA (same reqid, new SPIs and keys) takes outbound at once.
     new_keys = {"enc_ab": bytes(range(200, 220)), "enc_ba": bytes(range(220, 240))}
