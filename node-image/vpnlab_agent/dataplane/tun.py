@@ -199,7 +199,10 @@ def complete_checksum(p: bytearray, v: memoryview, n: int, start: int, offset: i
     x = _from_bytes(v[start:n], "big")
     if (n - start) & 1:
         x <<= 8
-    _U16.pack_into(p, start + offset, _fold(x))
+    c = _fold(x)
+    if c == 0 and offset == 6:
+        c = 0xFFFF  # UDP: a computed zero goes out as all ones; zero means "no checksum" (RFC 768)
+    _U16.pack_into(p, start + offset, c)
 
 
 def segment_tcp(src: bytearray, sv: memoryview, n: int, mss: int, out: bytearray, ov: memoryview, i: int) -> int:
