@@ -323,6 +323,9 @@ class IkeSession:
 
         self.children: dict[int, Child] = {}
         self.init_key: tuple[bytes, tuple[str, int]] | None = None  # responder: (SPIi, addr) of IKE_SA_INIT
+        self._auth_ctx = _RekeyCtx(b"", b"", None)  # initiator: what IKE_AUTH offered for the first child
+        self._last_raw = b""  # bytes of the response being handled (IKE_SA_INIT's are signed by AUTH)
+        self._close_after_response: tuple[str, bool] | None = None  # (reason, quiet) once answered
         self.successor: IkeSession | None = None  # the IKE SA that replaced this one
         self.hard_at: float | None = None  # end of the IKE SA's lifetime if rekeying keeps failing
 
@@ -794,12 +797,8 @@ class IkeSession:
         if handler is None:
             return
         if hdr.response:
-            req = self.pending
-            assert req is not None
-            self.pending = None
             self._last_raw = data
-            req.on_response(msg, now)
-            self._pump(now)
+            handler(self, msg, addr, now)
             return
         try:
             out = handler(self, msg, addr, now)
@@ -828,10 +827,6 @@ class IkeSession:
         else:
             self._pump(now)
 
-    _close_after_response: tuple[str, bool] | None = None
-    _last_raw: bytes = b""
-    _auth_ctx: _RekeyCtx
-
     def _receive_init(self, data: bytes, hdr: Header, addr: tuple[str, int], local_port: int, now: float) -> None:
         if not hdr.response:
             # A retransmitted IKE_SA_INIT request: same answer again (the endpoint routed it here).
@@ -846,10 +841,12 @@ class IkeSession:
             return
         if msg.initiator:
             return
+        handler = _TRANSITIONS.get((self.state, hdr.exchange, hdr.response))
+        if handler is None:
+            return
         self.last_recv = now
-        self.pending = None
         self._last_raw = data
-        self._on_init_response(msg, now)
+        handler(self, msg, addr, now)
 
     # --- responder: CREATE_CHILD_SA -------------------------------------------------------
 
@@ -978,8 +975,14 @@ class IkeSession:
     def _refuse_temporarily(self, msg: Message, addr: tuple[str, int], now: float) -> list:
         return [Notify(ProtocolId.NONE, b"", NotifyType.TEMPORARY_FAILURE)]
 
-    def _response_transition(self, msg: Message, addr: tuple[str, int], now: float) -> None:
-        """Marker for the table: responses go to the outstanding request's callback."""
+    def _to_pending(self, msg: Message, addr: tuple[str, int], now: float) -> None:
+        """A response (already matched to our outstanding request's message ID) goes to that
+        request's own callback; then the next queued request may go out."""
+        req = self.pending
+        assert req is not None
+        self.pending = None
+        req.on_response(msg, now)
+        self._pump(now)
 
     # --- locally started exchanges (endpoint API) ------------------------------------------
 
@@ -1212,17 +1215,18 @@ _R = IkeSession
 # The one table: (state, exchange, is_response) → handler. Requests return the response payloads;
 # responses are routed to the outstanding request's own callback. Absent → dropped.
 _TRANSITIONS: dict[tuple[State, int, bool], Callable[..., Any]] = {
+    (State.INIT_SENT, ExchangeType.IKE_SA_INIT, True): _R._to_pending,
     (State.HALF_OPEN, ExchangeType.IKE_AUTH, False): _R._on_auth_request,
-    (State.AUTH_SENT, ExchangeType.IKE_AUTH, True): _R._response_transition,
+    (State.AUTH_SENT, ExchangeType.IKE_AUTH, True): _R._to_pending,
     (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA, False): _R._on_create_child_request,
-    (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA, True): _R._response_transition,
+    (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA, True): _R._to_pending,
     (State.ESTABLISHED, ExchangeType.INFORMATIONAL, False): _R._on_informational_request,
-    (State.ESTABLISHED, ExchangeType.INFORMATIONAL, True): _R._response_transition,
+    (State.ESTABLISHED, ExchangeType.INFORMATIONAL, True): _R._to_pending,
     (State.REKEYED, ExchangeType.CREATE_CHILD_SA, False): _R._refuse_temporarily,
-    (State.REKEYED, ExchangeType.CREATE_CHILD_SA, True): _R._response_transition,
+    (State.REKEYED, ExchangeType.CREATE_CHILD_SA, True): _R._to_pending,
     (State.REKEYED, ExchangeType.INFORMATIONAL, False): _R._on_informational_request,
-    (State.REKEYED, ExchangeType.INFORMATIONAL, True): _R._response_transition,
+    (State.REKEYED, ExchangeType.INFORMATIONAL, True): _R._to_pending,
     (State.DELETING, ExchangeType.INFORMATIONAL, False): _R._on_informational_request,
-    (State.DELETING, ExchangeType.INFORMATIONAL, True): _R._response_transition,
+    (State.DELETING, ExchangeType.INFORMATIONAL, True): _R._to_pending,
     (State.DELETING, ExchangeType.CREATE_CHILD_SA, False): _R._refuse_temporarily,
 }
