@@ -73,6 +73,9 @@ def test_xfrm_forged_esp_is_dropped_and_counted(facts: dict[str, Any]) -> None:
     assert after["replay_dropped"] == before["replay_dropped"] + 1, after
     assert after["auth_failed"] == before["auth_failed"] + 1, after
     assert after["packets_in"] == before["packets_in"]  # neither forged packet was accepted
+    # the namespace-wide kernel counters (shown by status) saw them too
+    assert facts["xfrm_stat_after_forged"].get("XfrmInStateSeqError", 0) >= 1
+    assert facts["xfrm_stat_after_forged"].get("XfrmInStateProtoError", 0) >= 1
     assert facts["ping_after_forged"]["received"] == 2
 
 

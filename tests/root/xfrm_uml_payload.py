@@ -307,6 +307,7 @@ def main() -> dict[str, Any]:
     forge("xa", 0x1000A, seq=100000)
     time.sleep(0.3)
     facts["counters_gcm_b_forged"] = b("counters", 0x1000A)
+    facts["xfrm_stat_after_forged"] = b("status")["drops"]["kernel"]
     facts["ping_after_forged"] = ping("xa", "10.2.0.1", count=2)
 
     # Make-before-break: a rekeyed GCM SA (same reqid, new SPIs and keys) takes outbound at once.

@@ -86,6 +86,17 @@ def policy_specs(sa: ChildSA) -> list[nl.PolicySpec]:
     return specs
 
 
+def kernel_xfrm_errors(path: str = "/proc/net/xfrm_stat") -> dict[str, int]:
+    """The namespace's XFRM error counters that are not zero (no policy, no state, template
+    mismatch ...): why the kernel dropped what no SA counter shows."""
+    try:
+        with open(path, encoding="ascii") as f:
+            pairs = [line.split() for line in f if line.strip()]
+    except OSError:
+        return {}
+    return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].isdigit() and int(p[1])}
+
+
 def _plen(cidr: str) -> int:
     return ipaddress.IPv4Network(cidr, strict=False).prefixlen
 
@@ -403,6 +414,7 @@ class XfrmEngine(Engine):
             "drops": {
                 "replay": sum(s["replay_dropped"] for s in sas),
                 "auth": sum(s["auth_failed"] for s in sas),
+                "kernel": kernel_xfrm_errors(),
             },
             "sas": sas,
         }

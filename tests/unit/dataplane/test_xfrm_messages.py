@@ -107,3 +107,12 @@ def test_expire_message_parsed() -> None:
 def test_unknown_data_plane_preference_is_refused() -> None:
     with pytest.raises(EngineError, match="unknown data plane 'kernel'"):
         probe.select_engine("kernel")
+
+
+def test_kernel_error_counters_keep_only_nonzero(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vpnlab_agent.dataplane.xfrm import kernel_xfrm_errors
+
+    stat = tmp_path / "xfrm_stat"
+    stat.write_text("XfrmInError             \t0\nXfrmInNoStates          \t3\nXfrmOutPolBlock\t1\n")
+    assert kernel_xfrm_errors(str(stat)) == {"XfrmInNoStates": 3, "XfrmOutPolBlock": 1}
+    assert kernel_xfrm_errors(str(tmp_path / "missing")) == {}
