@@ -37,6 +37,9 @@ except Exception:  # pragma: no cover - depends on the installed cryptography
     _HAVE_CTX = False
 
 BACKEND = "openssl-ctx" if _HAVE_CTX else "aead-api"
+_NULL: Any = _ffi.NULL if _HAVE_CTX else None
+_GET_TAG = _lib.EVP_CTRL_AEAD_GET_TAG if _HAVE_CTX else 0
+_SET_TAG = _lib.EVP_CTRL_AEAD_SET_TAG if _HAVE_CTX else 0
 
 GCM_IV_LEN = 8
 GCM_SALT_LEN = 4
@@ -88,21 +91,25 @@ class GcmCipher:
             name = b"aes-128-gcm" if len(key) == 16 else b"aes-256-gcm"
             self._ctx = _new_ctx(name, key, 1 if encrypt else 0, 12)
             self._outl = _ffi.new("int *")
+            # bound once: attribute lookups on the cffi lib are a measurable share of 1.5 us
+            self._init, self._update = _lib.EVP_CipherInit_ex, _lib.EVP_CipherUpdate
+            self._final, self._ctrl = _lib.EVP_CipherFinal_ex, _lib.EVP_CIPHER_CTX_ctrl
 
     def seal(self, iv: bytes, aad: bytes, src: PacketBuffer, n: int, dst: PacketBuffer, off: int) -> int:
         """Encrypt src[0:n] into dst[off:], append the ICV; returns bytes written."""
-        nonce = self.salt + iv
         ctx = self._ctx
         if ctx is None:
-            out = self._aead.encrypt(nonce, bytes(src.view[:n]), aad)
+            out = self._aead.encrypt(self.salt + iv, bytes(src.view[:n]), aad)
             dst.data[off:off + len(out)] = out
             return len(out)
-        lib, outl = _lib, self._outl
-        lib.EVP_CipherInit_ex(ctx, _ffi.NULL, _ffi.NULL, _ffi.NULL, nonce, 1)
-        lib.EVP_CipherUpdate(ctx, _ffi.NULL, outl, aad, len(aad))
-        lib.EVP_CipherUpdate(ctx, dst.ptr + off, outl, src.ptr, n)
-        lib.EVP_CipherFinal_ex(ctx, dst.ptr + off + n, outl)
-        lib.EVP_CIPHER_CTX_ctrl(ctx, lib.EVP_CTRL_AEAD_GET_TAG, ICV_LEN, dst.ptr + off + n)
+        null, outl = _NULL, self._outl
+        p = dst.ptr + off
+        self._init(ctx, null, null, null, self.salt + iv, 1)
+        self._update(ctx, null, outl, aad, len(aad))
+        self._update(ctx, p, outl, src.ptr, n)
+        p += n
+        self._final(ctx, p, outl)
+        self._ctrl(ctx, _GET_TAG, ICV_LEN, p)
         return n + ICV_LEN
 
     def open(self, iv: bytes, aad: bytes, src: PacketBuffer, off: int, n: int, dst: PacketBuffer) -> bool:
@@ -123,12 +130,13 @@ class GcmCipher:
                 return False
             dst.data[:clen] = out
             return True
-        lib, outl = _lib, self._outl
-        lib.EVP_CipherInit_ex(ctx, _ffi.NULL, _ffi.NULL, _ffi.NULL, nonce, 0)
-        lib.EVP_CIPHER_CTX_ctrl(ctx, lib.EVP_CTRL_AEAD_SET_TAG, ICV_LEN, src.ptr + off + clen)
-        lib.EVP_CipherUpdate(ctx, _ffi.NULL, outl, aad, len(aad))
-        lib.EVP_CipherUpdate(ctx, dst.ptr, outl, src.ptr + off, clen)
-        return lib.EVP_CipherFinal_ex(ctx, dst.ptr + clen, outl) == 1
+        null, outl = _NULL, self._outl
+        p = src.ptr + off
+        self._init(ctx, null, null, null, nonce, 0)
+        self._ctrl(ctx, _SET_TAG, ICV_LEN, p + clen)
+        self._update(ctx, null, outl, aad, len(aad))
+        self._update(ctx, dst.ptr, outl, p, clen)
+        return self._final(ctx, dst.ptr + clen, outl) == 1
 
 
 class CbcHmacCipher:
