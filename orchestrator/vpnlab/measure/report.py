@@ -107,12 +107,15 @@ def iperf_figures(result: dict[str, Any], udp: bool) -> dict[str, Any]:
     end = result.get("end") or {}
     out: dict[str, Any] = {"error": result.get("error")}
     if udp:
-        s = end.get("sum") or {}
+        # iperf3 3.12 puts the receiver's view in end.sum_received and per stream in end.streams[].udp
+        s, recv = end.get("sum") or {}, end.get("sum_received") or {}
         server = ((result.get("server_output_json") or {}).get("end") or {}).get("sum") or {}
+        streams = [st.get("udp") or {} for st in end.get("streams") or []]
+        ooo = [st["out_of_order"] for st in streams if "out_of_order" in st]
         out.update(bytes=s.get("bytes", 0), mbps=round(s.get("bits_per_second", 0) / 1e6, 2),
-                   lost=server.get("lost_packets", s.get("lost_packets")),
-                   packets=server.get("packets", s.get("packets")),
-                   out_of_order=server.get("out_of_order", s.get("out_of_order")))
+                   lost=server.get("lost_packets", recv.get("lost_packets", s.get("lost_packets"))),
+                   packets=server.get("packets", recv.get("packets", s.get("packets"))),
+                   out_of_order=server.get("out_of_order", sum(ooo) if ooo else None))
     else:
         sent, recv = end.get("sum_sent") or {}, end.get("sum_received") or {}
         out.update(bytes=recv.get("bytes", 0), mbps=round(recv.get("bits_per_second", 0) / 1e6, 2),

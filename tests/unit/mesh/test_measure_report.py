@@ -63,6 +63,11 @@ def test_iperf_figures() -> None:
            "server_output_json": {"end": {"sum": {"lost_packets": 2, "packets": 100, "out_of_order": 1}}}}
     assert report.iperf_figures(udp, udp=True)["lost"] == 2
     assert report.iperf_figures(udp, udp=True)["out_of_order"] == 1
+    client_only = {"end": {"sum": {"bytes": 10, "bits_per_second": 1e6, "lost_packets": 9},
+                           "sum_received": {"lost_packets": 3, "packets": 50},
+                           "streams": [{"udp": {"out_of_order": 2}}, {"udp": {"out_of_order": 1}}]}}
+    fig = report.iperf_figures(client_only, udp=True)
+    assert (fig["lost"], fig["packets"], fig["out_of_order"]) == (3, 50, 3)
     assert report.iperf_figures({"error": "unable to connect"}, udp=False)["error"] == "unable to connect"
 
 
