@@ -152,6 +152,15 @@ class IkeEndpoint:
                 return s.rekey_child(child, now)
         return False
 
+    def delete_child_spi(self, spi_in: int, now: float) -> bool:
+        """DELETE the one child SA with this inbound SPI (e.g. the data plane could not install it)."""
+        for s in self._sessions.values():
+            child = s.children.get(spi_in)
+            if child is not None:
+                s.delete_children([child], now)
+                return True
+        return False
+
     def rekey_ike(self, peer: str, now: float) -> bool:
         return self._established(peer).rekey_ike(now)
 

@@ -245,6 +245,8 @@ class IkeService:
                 self._installed.add(sa.spi_in)
             except EngineError as e:
                 self._error(f"installing child SA with {sa.name}: {e}")
+                # Tell the peer, so it does not send into an SA we do not have.
+                self.endpoint.delete_child_spi(sa.spi_in, self._now())
                 return
             what = f"rekeyed (replaces {ev.rekey_of:08x})" if ev.rekey_of is not None else "up"
             log.info("child SA with %s %s: %s === %s, SPIs in %08x out %08x, %s-%d", sa.name, what,

@@ -243,3 +243,16 @@ def test_restarted_initiator_replaces_old_sa_via_initial_contact() -> None:
     assert types(evb) == [ChildSADeleted, IkeSADown, IkeSAUp, ChildSAUp]
     assert "INITIAL_CONTACT" in evb[1].reason
     assert len(eb.status(3.0)["ike_sas"]) == 1
+
+
+def test_delete_one_child_by_spi() -> None:
+    ea, eb, lb = pair()
+    ea.connect("b", 0.0)
+    lb.run(1.0)
+    (_, up_a) = lb.take_events(A)
+    lb.take_events(B)
+    assert ea.delete_child_spi(up_a.child.spi_in, lb.now)
+    assert not ea.delete_child_spi(12345, lb.now)
+    lb.run(lb.now + 1)
+    assert types(lb.take_events(A)) == [ChildSADeleted] and types(lb.take_events(B)) == [ChildSADeleted]
+    assert ea.is_up("b") and ea.status(lb.now)["child_sas"] == [] == eb.status(lb.now)["child_sas"]
