@@ -127,3 +127,64 @@ def test_seeded_pairs_share_spis_so_the_mutation_test_reaches_live_sas() -> None
     lb.run(1.0)
     live = {bytes.fromhex(s["spi_i"]) for s in ea.status(1.0)["ike_sas"]}
     assert sum(1 for _dst, d in trace if d[:8] in live) >= 4
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["rekey_child_a", "rekey_child_b", "rekey_ike_a", "rekey_ike_b", "terminate_a",
+                         "terminate_b", "notify_a", "loss_on", "loss_off", "partition", "heal"]),
+        st.floats(min_value=0.0, max_value=40.0),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations, st.integers(0, 2**32 - 1))
+def test_random_operations_loss_and_partitions_end_consistent(ops: list, seed: int) -> None:
+    """Whatever the operators and the network do, once things calm down (and A reconnects if its SA
+    died) both sides agree on exactly one IKE SA and one child SA pair, and nothing crashed."""
+    from vpnlab_agent.ike.constants import NotifyType
+
+    ea, eb = endpoints(seed)
+    lb = Loopback(ea, eb)
+    rnd = random.Random(seed)
+    mode = {"loss": 0.0, "cut": False}
+    lb.drop = lambda d, s, t: mode["cut"] or rnd.random() < mode["loss"]
+    ea.connect("b", 0.0)
+    for op, dt in ops:
+        lb.run(lb.now + dt)
+        ep, peer = (ea, "b") if op.endswith("_a") else (eb, "a")
+        if op.startswith(("rekey", "notify")) and not ep.is_up(peer):
+            continue
+        if op.startswith("rekey_child"):
+            ep.rekey_child(peer, lb.now)
+        elif op.startswith("rekey_ike"):
+            ep.rekey_ike(peer, lb.now)
+        elif op.startswith("terminate"):
+            ep.terminate(peer, lb.now)
+        elif op == "notify_a":
+            ea.send_notify("b", NotifyType.VPNLAB_PRIVATE_BASE + 7, b"x", lb.now)
+        elif op == "loss_on":
+            mode["loss"] = 0.3
+        elif op == "loss_off":
+            mode["loss"] = 0.0
+        elif op == "partition":
+            mode["cut"] = True
+        elif op == "heal":
+            mode["cut"] = False
+    mode.update(loss=0.0, cut=False)
+    lb.run(lb.now + 120)  # everything in flight finishes or times out; replaced SAs leave
+    if not ea.is_up("b"):
+        ea.connect("b", lb.now)
+        lb.run(lb.now + 60)
+    sa, sb = ea.status(lb.now), eb.status(lb.now)
+    est_a = [s for s in sa["ike_sas"] if s["state"] == "established"]
+    est_b = [s for s in sb["ike_sas"] if s["state"] == "established"]
+    assert len(est_a) == 1 == len(est_b)
+    assert est_a[0]["spi_i"] == est_b[0]["spi_i"]
+    ca = [c for c in sa["child_sas"] if c["state"] == "installed"]
+    assert len(ca) == 1
+    cb = [c for c in sb["child_sas"] if c["state"] == "installed"]
+    assert len(cb) == 1 and (cb[0]["spi_in"], cb[0]["spi_out"]) == (ca[0]["spi_out"], ca[0]["spi_in"])
+    assert ea.internal_errors == 0 == eb.internal_errors
