@@ -193,7 +193,8 @@ _DH_NAMES = {DhGroup.MODP_2048: "modp2048", DhGroup.ECP_256: "ecp256", DhGroup.C
 def describe(prop: Proposal) -> str:
     """strongSwan-style name of a selected proposal, e.g. "aes128gcm16-prfsha256-ecp256"."""
     parts = []
-    for t in prop.transforms:
+    order = {TransformType.ENCR: 0, TransformType.INTEG: 1, TransformType.PRF: 2, TransformType.DH: 3}
+    for t in sorted(prop.transforms, key=lambda t: order.get(t.type, 9)):
         if t.type == TransformType.ENCR:
             parts.append(_ENCR_NAMES.get(t.id, f"encr{t.id}-{{}}").format(t.key_length or ""))
         elif t.type == TransformType.INTEG and t.id != IntegId.NONE:

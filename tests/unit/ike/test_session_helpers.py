@@ -1,0 +1,39 @@
+"""Pure helpers of the state machine: identities, selector narrowing, suite names."""
+
+from __future__ import annotations
+
+import pytest
+
+from vpnlab_agent.ike.codec import TrafficSelector, ts_from_cidr
+from vpnlab_agent.ike.constants import IdType
+from vpnlab_agent.ike.proposals import esp_proposals_from_config, ike_proposals_from_config
+from vpnlab_agent.ike.session import describe, identity, identity_text, narrow
+
+
+@pytest.mark.parametrize(("text", "id_type", "data", "shown"), [
+    ("hub", IdType.FQDN, b"hub", "hub"),
+    ("@hub.example", IdType.FQDN, b"hub.example", "hub.example"),
+    ("192.0.2.7", IdType.IPV4_ADDR, bytes([192, 0, 2, 7]), "192.0.2.7"),
+    ("keyid:branch-1", IdType.KEY_ID, b"branch-1", "keyid:branch-1"),
+    ("@#c0ffee", IdType.KEY_ID, b"\xc0\xff\xee", None),
+])
+def test_identity(text: str, id_type: int, data: bytes, shown: str | None) -> None:
+    assert identity(text) == (id_type, data)
+    if shown is not None:
+        assert identity_text(id_type, data) == shown
+
+
+def test_narrow_keeps_only_the_intersection_and_the_offered_protocol() -> None:
+    offered = [ts_from_cidr("10.0.0.0/16"), TrafficSelector("10.9.0.0", "10.9.0.255", 6, 80, 80)]
+    assert narrow(offered, ("10.0.5.0/24", "10.9.0.128/25")) == [
+        TrafficSelector("10.0.5.0", "10.0.5.255"),
+        TrafficSelector("10.9.0.128", "10.9.0.255", 6, 80, 80),
+    ]
+    assert narrow(offered, ("172.16.0.0/12",)) == []
+    assert narrow([ts_from_cidr("10.1.2.0/24")], ("0.0.0.0/0",)) == [ts_from_cidr("10.1.2.0/24")]
+
+
+def test_describe_gives_strongswan_style_names() -> None:
+    for text in ("aes128gcm16-prfsha256-ecp256", "aes256gcm16-prfsha384-curve25519", "aes128-sha256-prfsha256-modp2048"):
+        assert describe(ike_proposals_from_config([text])[0]) == text
+    assert describe(esp_proposals_from_config(["aes256-sha256"])[0]) == "aes256-sha256"
