@@ -48,9 +48,9 @@ class MeshDriver:
         if isinstance(ev, NotifyReceived):
             self.logic.notify_received(ev.peer, ev.notify_type, ev.data, now)
         elif isinstance(ev, IkeSAUp):
-            self._ike_up(ev.peer, now)
+            self.ike_up(ev.peer, now)
         elif isinstance(ev, IkeSADown):
-            self._ike_down(ev.peer, ev.reason, now)
+            self.ike_down(ev.peer, ev.reason, now)
         elif isinstance(ev, ChildSAUp) and self.manager is not None:
             sa = ev.child
             if sa.name in self.manager.shortcut_peers():
@@ -130,7 +130,7 @@ class MeshDriver:
         return any(s.get("peer") == peer and s.get("state") == "established" and s.get("vpnlab_peer")
                    for s in self.ep.status(now)["ike_sas"])
 
-    def _ike_up(self, peer: str, now: float) -> None:
+    def ike_up(self, peer: str, now: float) -> None:
         if self.relay is not None:
             self.relay.branch_up(peer, self._vendor(peer, now), now)
         elif self.manager is not None:
@@ -139,7 +139,7 @@ class MeshDriver:
             else:
                 self.manager.shortcut_ike_up(peer, now)
 
-    def _ike_down(self, peer: str, reason: str, now: float) -> None:
+    def ike_down(self, peer: str, reason: str, now: float) -> None:
         if self.relay is not None:
             if not self.ep.is_up(peer):
                 self.relay.branch_down(peer, now)

@@ -66,7 +66,7 @@ class MeshService:
         now = self._now()
         for sa in self.ike.endpoint.status(now)["ike_sas"]:  # SAs that came up before we started
             if sa.get("state") == "established":
-                self.driver._ike_up(sa["peer"], now)
+                self.driver.ike_up(sa["peer"], now)
         if self.cfg.role == "branch":
             self.watcher = ConntrackWatcher(self._on_session)
             await self.watcher.start()
