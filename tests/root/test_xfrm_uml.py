@@ -135,6 +135,17 @@ def test_xfrm_close_removes_everything(facts: dict[str, Any]) -> None:
         assert "10.1.0.0" not in dump["routes"] and "10.11.0.0" not in dump["routes"], (ns, dump)
 
 
+@pytest.mark.uml
+@pytest.mark.timeout(300)
+def test_xfrm_marks_select_which_traffic_uses_the_sa(facts: dict[str, Any]) -> None:
+    m = facts["marks"]
+    assert m["states"].count("mark 0x10/0xff") == 2 and m["policies"].count("mark 0x10/0xff") == 3
+    assert m["ping_unmarked"]["received"] == 0  # unmarked traffic matches none of xa's policies
+    assert m["ping_marked"]["received"] == 5
+    assert m["counters_a"]["packets_out"] == 5 and m["counters_a"]["packets_in"] == 5  # GETSA with the mark
+    assert m["after_close"]["state"].strip() == "" and m["after_close"]["policy"].strip() == ""
+
+
 # ---- our IKEv2 service driving the kernel engine ------------------------------------------------
 
 

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 # What an IPsec test needs; modprobe resolves dependencies (xfrm_algo, authenc, ...).
 DEFAULT_MODULES = (
     "xfrm_user", "esp4", "veth", "gcm", "ghash_generic", "ctr", "seqiv", "echainiv",
-    "cbc", "hmac", "authenc", "tun",
+    "cbc", "hmac", "authenc", "tun", "iptable_mangle", "xt_mark", "xt_tcpudp",
 )  # fmt: skip
 
 

@@ -57,7 +57,7 @@ def child_sa(side: str, alg: EspAlgorithm, reqid: int, spi_ab: int, spi_ba: int,
     )  # fmt: skip
 
 
-def engine_side(side: str, conn: Any) -> None:
+def engine_side(side: str, conn: Any, mark: tuple[int, int] | None = None) -> None:
     """Child process: enter the netns, run an XfrmEngine, obey commands from the pipe."""
     try:
         netns.setns(side)
@@ -66,7 +66,7 @@ def engine_side(side: str, conn: Any) -> None:
         ike: list[Any] = []
         lifetimes: list[Any] = []
         engine = XfrmEngine(route_src="10.1.0.1" if side == "xa" else "10.2.0.1",
-                            on_lifetime=lambda spi, hard: lifetimes.append([spi, hard]))
+                            on_lifetime=lambda spi, hard: lifetimes.append([spi, hard]), mark=mark)
         engine.open(OUTER[side], lambda data, addr: ike.append([data.hex(), list(addr)]))
         conn.send(("ok", None))
         while True:
@@ -149,10 +149,10 @@ def capture(conn: Any, ns: str, iface: str) -> None:
 
 
 class Side:
-    def __init__(self, ctx: Any, name: str) -> None:
+    def __init__(self, ctx: Any, name: str, mark: tuple[int, int] | None = None) -> None:
         self.name = name
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=engine_side, args=(name, child), daemon=True)
+        self.proc = ctx.Process(target=engine_side, args=(name, child, mark), daemon=True)
         self.proc.start()
         self._expect()
 
@@ -341,7 +341,33 @@ def main() -> dict[str, Any]:
         side("close")
         side.proc.join(5)
     facts["after_close"] = {ns: xfrm_dump(ns) for ns in OUTER}
+    facts["marks"] = marked_scenario(ctx, gcm_lans, gcm_keys)
     return facts
+
+
+def marked_scenario(ctx: Any, lans: tuple[str, str], keys: dict[str, bytes]) -> dict[str, Any]:
+    """xa's engine marks its states and policies (0x10/0xff); xb's does not. Only traffic that iptables
+    marks (outbound to 10.2/24, inbound ESP on UDP 4500) may use xa's SA."""
+    out: dict[str, Any] = {}
+    a, b = Side(ctx, "xa", mark=(0x10, 0xFF)), Side(ctx, "xb")
+    for side in (a, b):
+        side("install", child_sa(side.name, GCM, 5, 0x5000A, 0x5000B, lans, keys))
+    out["states"] = sh("ip", "xfrm", "state", ns="xa").stdout
+    out["policies"] = sh("ip", "xfrm", "policy", ns="xa").stdout
+    out["ping_unmarked"] = ping("xa", "10.2.0.1", count=2)  # matches no policy on xa: never encrypted
+    # iptables-legacy: UML's kernel has no nf_tables for the ip family
+    for rule in (
+        ("-t", "mangle", "-A", "OUTPUT", "-d", "10.2.0.0/24", "-j", "MARK", "--set-mark", "0x10"),
+        ("-t", "mangle", "-A", "PREROUTING", "-p", "udp", "--dport", "4500", "-j", "MARK", "--set-mark", "0x10"),
+    ):
+        sh("iptables-legacy", *rule, ns="xa")
+    out["ping_marked"] = ping("xa", "10.2.0.1")
+    out["counters_a"] = a("counters", 0x5000B)
+    for side in (a, b):
+        side("close")
+        side.proc.join(5)
+    out["after_close"] = xfrm_dump("xa")
+    return out
 
 
 if __name__ == "__main__":

@@ -58,9 +58,10 @@ def algorithm_attrs(sa: ChildSA, inbound: bool) -> dict[str, Any]:
     raise EngineError(f"SA {sa.name}: unsupported ESP algorithm {alg.cipher}/{alg.integ}")
 
 
-def state_specs(sa: ChildSA) -> tuple[nl.StateSpec, nl.StateSpec]:
+def state_specs(sa: ChildSA, mark: nl.Mark | None = None) -> tuple[nl.StateSpec, nl.StateSpec]:
     """(inbound, outbound) states of a child SA."""
-    common = {"reqid": sa.reqid, "soft_bytes": sa.soft_lifetime_bytes, "hard_bytes": sa.hard_lifetime_bytes}
+    common = {"reqid": sa.reqid, "soft_bytes": sa.soft_lifetime_bytes, "hard_bytes": sa.hard_lifetime_bytes,
+              "mark": mark}
     inbound = nl.StateSpec(
         src=sa.remote_addr, dst=sa.local_addr, spi=sa.spi_in,
         encap=(sa.remote_port, sa.local_port) if sa.encap else None,
@@ -74,15 +75,15 @@ def state_specs(sa: ChildSA) -> tuple[nl.StateSpec, nl.StateSpec]:
     return inbound, outbound
 
 
-def policy_specs(sa: ChildSA) -> list[nl.PolicySpec]:
+def policy_specs(sa: ChildSA, mark: nl.Mark | None = None) -> list[nl.PolicySpec]:
     specs = []
     for lts in sa.local_ts:
         for rts in sa.remote_ts:
             # more specific selectors win: lower priority value
             prio = 2000 - _plen(lts) - _plen(rts)
-            specs.append(nl.PolicySpec(lts, rts, nl.XFRM_POLICY_OUT, sa.local_addr, sa.remote_addr, sa.reqid, prio))
-            specs.append(nl.PolicySpec(rts, lts, nl.XFRM_POLICY_IN, sa.remote_addr, sa.local_addr, sa.reqid, prio))
-            specs.append(nl.PolicySpec(rts, lts, nl.XFRM_POLICY_FWD, sa.remote_addr, sa.local_addr, sa.reqid, prio))
+            specs.append(nl.PolicySpec(lts, rts, nl.XFRM_POLICY_OUT, sa.local_addr, sa.remote_addr, sa.reqid, prio, mark))
+            specs.append(nl.PolicySpec(rts, lts, nl.XFRM_POLICY_IN, sa.remote_addr, sa.local_addr, sa.reqid, prio, mark))
+            specs.append(nl.PolicySpec(rts, lts, nl.XFRM_POLICY_FWD, sa.remote_addr, sa.local_addr, sa.reqid, prio, mark))
     return specs
 
 
@@ -117,9 +118,14 @@ class _Reqid:
 class XfrmEngine(Engine):
     name: ClassVar[str] = "xfrm"
 
-    def __init__(self, *, route_src: str | None = None, on_lifetime: LifetimeHandler | None = None) -> None:
+    def __init__(self, *, route_src: str | None = None, on_lifetime: LifetimeHandler | None = None,
+                 mark: nl.Mark | None = None) -> None:
         super().__init__(route_src=route_src)
         self.on_lifetime = on_lifetime
+        # (value, mask) on every state and policy: only packets carrying that fwmark use them, so
+        # several engines (routing contexts) can share one namespace. Inbound ESP must be marked
+        # too (e.g. nft prerouting on UDP 4500), or the kernel finds no state for it.
+        self.mark = mark
         self._nl: nl.XfrmSocket | None = None
         self._sock: socket.socket | None = None
         self._on_ike: IkeHandler | None = None
@@ -231,12 +237,12 @@ class XfrmEngine(Engine):
 
     def install(self, sa: ChildSA) -> None:
         sock = self._netlink()
-        inbound, outbound = state_specs(sa)
+        inbound, outbound = state_specs(sa, self.mark)
         with self._lock:
             if sa.spi_in in self._sas:
                 raise EngineError(f"SA {sa.name}: inbound SPI {sa.spi_in:#010x} is already installed")
             known = self._reqids.get(sa.reqid)
-            group = known or _Reqid(policies=policy_specs(sa))
+            group = known or _Reqid(policies=policy_specs(sa, self.mark))
             added: list[nl.StateSpec] = []
             try:
                 for spec in (inbound, outbound):
@@ -291,7 +297,7 @@ class XfrmEngine(Engine):
         for pol in group.policies:
             try:
                 sock.request(
-                    nl.XFRM_MSG_DELPOLICY, nl.policy_id_payload(pol.src_cidr, pol.dst_cidr, pol.direction)
+                    nl.XFRM_MSG_DELPOLICY, nl.policy_id_payload(pol.src_cidr, pol.dst_cidr, pol.direction, pol.mark)
                 )
             except nl.XfrmError as exc:
                 if not nl.ignore_missing(exc):
@@ -300,14 +306,14 @@ class XfrmEngine(Engine):
 
     def _delete_state(self, dst: str, spi: int) -> None:
         try:
-            self._netlink().request(nl.XFRM_MSG_DELSA, nl.sa_id_payload(dst, spi))
+            self._netlink().request(nl.XFRM_MSG_DELSA, nl.sa_id_payload(dst, spi, self.mark))
         except nl.XfrmError as exc:
             if not nl.ignore_missing(exc):
                 log.warning("xfrm: deleting state %s spi %#010x: %s", dst, spi, exc)
 
     def _state_counters(self, dst: str, spi: int) -> nl.StateCounters | None:
         try:
-            replies = self._netlink().request(nl.XFRM_MSG_GETSA, nl.sa_id_payload(dst, spi))
+            replies = self._netlink().request(nl.XFRM_MSG_GETSA, nl.sa_id_payload(dst, spi, self.mark))
         except nl.XfrmError as exc:
             if nl.ignore_missing(exc):
                 return None
@@ -409,6 +415,7 @@ class XfrmEngine(Engine):
         return {
             "engine": self.name,
             "device": None,
+            "mark": f"{self.mark[0]:#x}/{self.mark[1]:#x}" if self.mark else None,
             "sa_count": len(entries),
             "ike": {"in": self._ike_in, "out": self._ike_out},
             "drops": {

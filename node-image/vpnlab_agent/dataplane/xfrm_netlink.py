@@ -27,7 +27,7 @@ XFRMNLGRP_EXPIRE = 2
 
 # attributes
 XFRMA_ALG_CRYPT, XFRMA_ENCAP, XFRMA_TMPL = 2, 4, 5
-XFRMA_LASTUSED, XFRMA_ALG_AEAD, XFRMA_ALG_AUTH_TRUNC = 15, 18, 20
+XFRMA_LASTUSED, XFRMA_ALG_AEAD, XFRMA_ALG_AUTH_TRUNC, XFRMA_MARK = 15, 18, 20, 21
 
 XFRM_POLICY_IN, XFRM_POLICY_OUT, XFRM_POLICY_FWD = 0, 1, 2
 XFRM_POLICY_ALLOW = 0
@@ -60,6 +60,10 @@ _USER_TMPL = struct.Struct("=24sH2x16sIBBBxIII")
 _ALGO = struct.Struct("=64sI")  # struct xfrm_algo: name, key_len (bits), key follows
 _ALGO_X = struct.Struct("=64sII")  # xfrm_algo_aead / xfrm_algo_auth: + icv_len / trunc_len (bits)
 _ENCAP = struct.Struct("=HHH2x16s")  # struct xfrm_encap_tmpl: type, sport (be), dport (be), oa
+_MARK = struct.Struct("=II")  # struct xfrm_mark: value, mask
+
+# (value, mask): the SA or policy applies only to packets whose fwmark & mask == value
+Mark = tuple[int, int]
 
 for _s, _size in ((_SELECTOR, 56), (_ID, 24), (_USERSA_INFO, 224), (_USERSA_ID, 24),
                   (_USERPOLICY_INFO, 168), (_USERPOLICY_ID, 64), (_USER_TMPL, 64), (_ENCAP, 24)):
@@ -77,6 +81,10 @@ def _addr(ip: str) -> bytes:
 def _attr(kind: int, payload: bytes) -> bytes:
     length = _NLATTR.size + len(payload)
     return _NLATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _mark_attr(mark: Mark | None) -> bytes:
+    return _attr(XFRMA_MARK, _MARK.pack(*mark)) if mark else b""
 
 
 def selector(src_cidr: str = "0.0.0.0/0", dst_cidr: str = "0.0.0.0/0") -> bytes:
@@ -110,6 +118,7 @@ class StateSpec:
     replay_window: int = 32
     soft_bytes: int = 0
     hard_bytes: int = 0
+    mark: Mark | None = None
 
 
 def newsa_payload(s: StateSpec) -> bytes:
@@ -133,11 +142,12 @@ def newsa_payload(s: StateSpec) -> bytes:
         attrs += _attr(
             XFRMA_ENCAP, _ENCAP.pack(UDP_ENCAP_ESPINUDP, socket.htons(sport), socket.htons(dport), bytes(16))
         )
-    return info + attrs
+    return info + attrs + _mark_attr(s.mark)
 
 
-def sa_id_payload(dst: str, spi: int) -> bytes:
-    return _USERSA_ID.pack(_addr(dst), socket.htonl(spi), AF_INET, IPPROTO_ESP)
+def sa_id_payload(dst: str, spi: int, mark: Mark | None = None) -> bytes:
+    # a marked state is only found when the lookup carries the same mark
+    return _USERSA_ID.pack(_addr(dst), socket.htonl(spi), AF_INET, IPPROTO_ESP) + _mark_attr(mark)
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,7 @@ class PolicySpec:
     tmpl_dst: str
     reqid: int
     priority: int = 2000
+    mark: Mark | None = None
 
 
 def policy_payload(p: PolicySpec) -> bytes:
@@ -160,11 +171,11 @@ def policy_payload(p: PolicySpec) -> bytes:
         _ID.pack(_addr(p.tmpl_dst), 0, IPPROTO_ESP), AF_INET, _addr(p.tmpl_src), p.reqid,
         XFRM_MODE_TUNNEL, 0, 0, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF,
     )  # fmt: skip
-    return info + _attr(XFRMA_TMPL, tmpl)
+    return info + _attr(XFRMA_TMPL, tmpl) + _mark_attr(p.mark)
 
 
-def policy_id_payload(src_cidr: str, dst_cidr: str, direction: int) -> bytes:
-    return _USERPOLICY_ID.pack(selector(src_cidr, dst_cidr), 0, direction)
+def policy_id_payload(src_cidr: str, dst_cidr: str, direction: int, mark: Mark | None = None) -> bytes:
+    return _USERPOLICY_ID.pack(selector(src_cidr, dst_cidr), 0, direction) + _mark_attr(mark)
 
 
 def socket_bypass_policy(direction: int) -> bytes:

@@ -116,3 +116,13 @@ def test_kernel_error_counters_keep_only_nonzero(tmp_path) -> None:  # type: ign
     stat.write_text("XfrmInError             \t0\nXfrmInNoStates          \t3\nXfrmOutPolBlock\t1\n")
     assert kernel_xfrm_errors(str(stat)) == {"XfrmInNoStates": 3, "XfrmOutPolBlock": 1}
     assert kernel_xfrm_errors(str(tmp_path / "missing")) == {}
+
+
+def test_marks_go_on_states_policies_and_lookups() -> None:
+    inbound, _ = state_specs(_sa(EspAlgorithm("aes-gcm-16", 128), 20), mark=(0x10, 0xFF))
+    assert struct.unpack("=II", _attrs(nl.newsa_payload(inbound)[224:])[nl.XFRMA_MARK]) == (0x10, 0xFF)
+    pol = policy_specs(_sa(EspAlgorithm("aes-gcm-16", 128), 20), mark=(0x10, 0xFF))[0]
+    assert struct.unpack("=II", _attrs(nl.policy_payload(pol)[168:])[nl.XFRMA_MARK]) == (0x10, 0xFF)
+    assert _attrs(nl.sa_id_payload("192.0.2.1", 1, (0x10, 0xFF))[24:])[nl.XFRMA_MARK] == struct.pack("=II", 16, 255)
+    assert len(nl.sa_id_payload("192.0.2.1", 1)) == 24  # no mark: no attribute
+    assert nl.XFRMA_MARK in _attrs(nl.policy_id_payload("10.1.0.0/24", "10.2.0.0/24", 1, (1, 1))[64:])
