@@ -122,9 +122,9 @@ class XfrmEngine(Engine):
                  mark: nl.Mark | None = None) -> None:
         super().__init__(route_src=route_src)
         self.on_lifetime = on_lifetime
-        # (value, mask) on every state and policy: only packets carrying that fwmark use them, so
-        # several engines (routing contexts) can share one namespace. Inbound ESP must be marked
-        # too (e.g. nft prerouting on UDP 4500), or the kernel finds no state for it.
+        # (value, mask) on every state and policy: only packets carrying that fwmark use them
+        # (routing contexts). Inbound ESP must carry the mark too (e.g. a mangle PREROUTING rule on
+        # UDP 4500), or the kernel finds no state for it.
         self.mark = mark
         self._nl: nl.XfrmSocket | None = None
         self._sock: socket.socket | None = None
@@ -143,6 +143,7 @@ class XfrmEngine(Engine):
     def open(self, local_addr: str, on_ike: IkeHandler, port: int = NATT_PORT) -> None:
         if self._sock is not None:
             raise EngineError("xfrm engine already open")
+        sock = None
         try:
             self._nl = nl.XfrmSocket()
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -153,6 +154,8 @@ class XfrmEngine(Engine):
             for direction in (nl.XFRM_POLICY_IN, nl.XFRM_POLICY_OUT):
                 sock.setsockopt(socket.IPPROTO_IP, IP_XFRM_POLICY, nl.socket_bypass_policy(direction))
         except OSError as exc:
+            if sock is not None:
+                sock.close()
             self.close()
             raise EngineError(f"xfrm engine: cannot open {local_addr}:{port}: {exc.strerror or exc}") from exc
         self._sock, self._on_ike = sock, on_ike
