@@ -25,6 +25,11 @@ from vpnlab_agent.config import NodeConfig
 log = logging.getLogger("vpnlab_agent.netconfig")
 
 WAIT_TIMEOUT_S = 60.0
+# Leak guards: an "unreachable" route for every remote traffic selector, at a metric above anything
+# a data plane installs. While a tunnel is up its route (metric 0, or strongSwan's table 220) wins;
+# while it is down, traffic for the remote LAN is refused here instead of leaving in plaintext
+# through the underlay's default route.
+GUARD_METRIC = 4090
 POLL_INTERVAL_S = 0.1
 
 
@@ -47,6 +52,8 @@ class PlannedRoute:
     via: str | None
     dev: str | None
     family: int
+    type: str = "unicast"  # or "unreachable" (a leak guard)
+    metric: int = 0
 
     @property
     def cidr(self) -> str:
@@ -104,7 +111,47 @@ def plan(config: NodeConfig) -> NetPlan:
         routes.append(
             PlannedRoute(str(net.network_address), net.prefixlen, route.via, route.dev, net.version)
         )
+    routes.extend(leak_guards(config, addresses, routes))
     return NetPlan(tuple(links), tuple(addresses), tuple(routes))
+
+
+def leak_guards(
+    config: NodeConfig, addresses: list[PlannedAddress], routes: list[PlannedRoute]
+) -> list[PlannedRoute]:
+    """Unreachable routes for the remote selectors of every IKE peer (see GUARD_METRIC).
+
+    Never for a selector that would cover the underlay: one containing a peer's address, our own
+    WAN networks, or a configured route's gateway (e.g. 0.0.0.0/0 in a full tunnel), because that
+    would cut IKE itself off.
+    """
+    if config.ike is None:
+        return []
+    wan_names = {iface.name for iface in config.interfaces if iface.kind == "wan"}
+    underlay = [
+        ipaddress.ip_network(f"{a.address}/{a.prefixlen}", strict=False) for a in addresses if a.dev in wan_names
+    ]
+    keep_clear = [ipaddress.ip_address(p.address) for p in config.ike.peers if p.address]
+    keep_clear += [ipaddress.ip_address(r.via) for r in routes if r.via]
+    out: list[PlannedRoute] = []
+    seen: set[str] = set()
+    for peer in config.ike.peers:
+        for cidr in peer.remote_ts:
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise NetConfigError(f"peer {peer.name}: remote_ts {cidr!r} is not a CIDR") from None
+            if str(net) in seen or net.prefixlen == 0:
+                continue
+            if any(addr in net for addr in keep_clear if addr.version == net.version) or any(
+                u.version == net.version and u.overlaps(net) for u in underlay
+            ):
+                continue
+            seen.add(str(net))
+            out.append(PlannedRoute(
+                str(net.network_address), net.prefixlen, None, None, net.version,
+                type="unreachable", metric=GUARD_METRIC,
+            ))
+    return out
 
 
 # Where the pyroute2 names the agent uses really live (pyroute2 0.7).
@@ -204,6 +251,10 @@ def _index(ipr: Any, name: str) -> int:
 
 def _route_args(ipr: Any, route: PlannedRoute) -> dict[str, Any]:
     args: dict[str, Any] = {"family": _family(route.family), "dst_len": route.dst_len}
+    if route.type != "unicast":
+        args["type"] = route.type
+    if route.metric:
+        args["priority"] = route.metric
     if route.dst_len:
         args["dst"] = route.dst
     if route.via:
@@ -242,7 +293,10 @@ def apply(ipr: Any, netplan: NetPlan, applied: Applied | None = None) -> Applied
                 raise NetConfigError(f"route {route.cidr}{where}: {exc}") from None
             continue
         applied.routes.append(route)
-        log.info("route %s via %s dev %s", route.cidr, route.via or "-", route.dev or "-")
+        if route.type == "unicast":
+            log.info("route %s via %s dev %s", route.cidr, route.via or "-", route.dev or "-")
+        else:
+            log.info("route %s %s metric %d (leak guard)", route.type, route.cidr, route.metric)
     return applied
 
 
@@ -265,6 +319,9 @@ def undo(ipr: Any, applied: Applied) -> None:
             pass
     applied.routes.clear()
     applied.addresses.clear()
+
+
+_ROUTE_TYPES = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}  # RTN_*
 
 
 def snapshot(ipr: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -291,7 +348,8 @@ def snapshot(ipr: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     for family in (socket.AF_INET, socket.AF_INET6):
         for msg in ipr.route("dump", family=family):  # every table, strongSwan's 220 too
             table = msg.get_attr("RTA_TABLE") or msg["table"]
-            if table == 255 or msg["type"] != 1:  # skip the local table; unicast routes only
+            kind = _ROUTE_TYPES.get(msg["type"])
+            if table == 255 or kind is None:  # skip the local table, broadcast and the like
                 continue
             if family == socket.AF_INET6 and (msg.get_attr("RTA_DST") or "").startswith(("fe80", "ff00")):
                 continue
@@ -303,5 +361,7 @@ def snapshot(ipr: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                 "via": msg.get_attr("RTA_GATEWAY"),
                 "dev": names.get(oif) if oif else None,
                 "table": table,
+                "type": kind,
+                "metric": msg.get_attr("RTA_PRIORITY") or 0,
             })
     return interfaces, routes

@@ -487,3 +487,64 @@ def test_control_socket_that_cannot_be_created_is_one_line_and_exit_1(tmp_path: 
     assert all(LOG_LINE.match(line) for line in lines), lines
     assert lines[-1].endswith(f"r1 agent: error: agent failed: FileExistsError: [Errno 17] File exists: '{blocker}'")
     assert result.stderr == ""
+
+
+_GUARD_SCRIPT = """
+import json, sys
+from pyroute2 import IPRoute, NetlinkError
+from vpnlab_agent import netconfig
+from vpnlab_agent.config import NodeConfig
+cfg = NodeConfig.from_json(open(sys.argv[1]).read())
+out = {}
+with IPRoute() as ipr:
+    applied = netconfig.apply(ipr, netconfig.plan(cfg))
+    out["snapshot"] = netconfig.snapshot(ipr)[1]
+    lan0 = ipr.link_lookup(ifname="lan0")[0]
+
+    def where(dst):
+        try:
+            return ipr.route("get", dst=dst)[0].get_attr("RTA_OIF") == lan0 and "lan0"
+        except NetlinkError as exc:
+            return exc.code  # EHOSTUNREACH (113): the unreachable route answered
+    out["down"] = where("10.0.0.10")
+    # what a data plane does when the tunnel comes up: its own route, metric 0, wins
+    ipr.route("add", dst="10.0.0.0", dst_len=8, oif=lan0)
+    out["up"] = where("10.0.0.10")
+    ipr.route("del", dst="10.0.0.0", dst_len=8, oif=lan0)  # the data plane's delete leaves the guard
+    out["down_again"] = where("10.0.0.10")
+    netconfig.undo(ipr, applied)
+    out["after_undo"] = netconfig.snapshot(ipr)[1]
+print(json.dumps(out))
+"""
+
+
+def test_leak_guard_refuses_remote_lan_traffic_while_no_tunnel_route_exists(tmp_path: Path) -> None:
+    import dataclasses
+
+    from vpnlab_agent.config import IkeConfig, PeerConfig
+
+    cfg = dataclasses.replace(config(), routes=(RouteConfig("0.0.0.0/0", via="198.51.100.1"),), ike=IkeConfig(
+        local_id="r1", psk="x", peers=(PeerConfig("hub", "hub", "198.51.100.10", True, ("10.50.0.0/24",),
+                                                  ("10.0.0.0/8",)),)))
+    (tmp_path / "node.json").write_text(cfg.to_json())
+    r = Run.__new__(Run)  # only the namespaces and veths, no agent process
+    r.tag = uuid.uuid4().hex[:6]
+    r.ns, r.peer = f"vlag-{r.tag}", f"vlagp-{r.tag}"
+    ip("netns", "add", r.ns)
+    ip("netns", "add", r.peer)
+    try:
+        r.plug()
+        result = subprocess.run(["ip", "netns", "exec", r.ns, sys.executable, "-c", _GUARD_SCRIPT,
+                                 str(tmp_path / "node.json")], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+    finally:
+        for ns in (r.ns, r.peer):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    guard = {"dst": "10.0.0.0/8", "via": None, "dev": None, "table": 254, "type": "unreachable", "metric": 4090}
+    assert guard in out["snapshot"]
+    # the default route via the underlay would otherwise have carried it in plaintext
+    assert {"dst": "0.0.0.0/0", "via": "198.51.100.1", "dev": "wan0", "table": 254, "type": "unicast",
+            "metric": 0} in out["snapshot"]
+    assert out["down"] == 113 and out["up"] == "lan0" and out["down_again"] == 113
+    assert guard not in out["after_undo"]
