@@ -12,6 +12,7 @@ charon's libipsec and our engine, rekeys started by either side, DPD, DELETE and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -292,7 +293,7 @@ connections {{
       net {{
         local_ts = 10.2.0.0/24
         remote_ts = 10.1.0.0/24
-        esp_proposals = aes128gcm16
+        esp_proposals = {esp}
       }}
     }}
   }}
@@ -310,12 +311,12 @@ secrets {{
 class Charon:
     """strongSwan's charon in namespace B (own config dir and vici socket), with kernel-libipsec."""
 
-    def __init__(self, ns: str, tmp: Path) -> None:
+    def __init__(self, ns: str, tmp: Path, esp: str = "aes128gcm16") -> None:
         self.ns, self.dir = ns, tmp / "charon"
         self.dir.mkdir()
         os.chmod(self.dir, 0o755)
         (self.dir / "strongswan.conf").write_text(STRONGSWAN_CONF.format(dir=self.dir))
-        (self.dir / "swanctl.conf").write_text(SWANCTL_CONF.format())
+        (self.dir / "swanctl.conf").write_text(SWANCTL_CONF.format(esp=esp))
         env = {**os.environ, "STRONGSWAN_CONF": str(self.dir / "strongswan.conf")}
         self.p = subprocess.Popen(["ip", "netns", "exec", ns, CHARON], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -350,10 +351,10 @@ class Charon:
 
 
 @pytest.fixture
-def charon(lab: Lab) -> Iterator[Charon]:
+def charon(lab: Lab, esp: str) -> Iterator[Charon]:
     if not (os.access(CHARON, os.X_OK) and os.access(SWANCTL, os.X_OK)):
         pytest.skip("strongSwan (charon-systemd, swanctl) is not installed")
-    c = Charon(lab.b, lab.tmp)
+    c = Charon(lab.b, lab.tmp, esp)
     try:
         yield c
     finally:
@@ -378,11 +379,13 @@ def our_child(runner: Runner) -> dict | None:
     return live[0] if len(live) == 1 else None
 
 
-@pytest.mark.parametrize("charon_role", ["responder", "initiator"])
-def test_interop_with_strongswan(lab: Lab, charon: Charon, charon_role: str) -> None:
-    ours = lab.runner(lab.a, node("branch.vpnlab", "192.0.2.1", "10.1.0.1/24", "hub", "192.0.2.2" if
-                                  charon_role == "responder" else None, "10.2.0.0/24", peer_id="hub.vpnlab"),
-                      "10.1.0.1")
+@pytest.mark.parametrize(("charon_role", "esp"), [("responder", "aes128gcm16"), ("initiator", "aes128gcm16"),
+                                                 ("responder", "aes128gcm16-ecp256")])  # the last: PFS rekeys
+def test_interop_with_strongswan(lab: Lab, charon: Charon, charon_role: str, esp: str) -> None:
+    cfg = node("branch.vpnlab", "192.0.2.1", "10.1.0.1/24", "hub", "192.0.2.2" if charon_role == "responder" else None,
+               "10.2.0.0/24", peer_id="hub.vpnlab")
+    cfg = dataclasses.replace(cfg, ike=dataclasses.replace(cfg.ike, esp_proposals=(esp,)))  # type: ignore[arg-type]
+    ours = lab.runner(lab.a, cfg, "10.1.0.1")
     if charon_role == "initiator":
         charon.swanctl("--initiate", "--child", "net", "--timeout", "10")
     wait_for("IKE SA with charon", lambda: [s for s in ours.status()["ike_sas"] if s["state"] == "established"])
