@@ -528,8 +528,7 @@ class UserspaceEngine(Engine):
             try:
                 if offload and (vnet[0] or vnet[1]):
                     flags, gso, _, mss, cstart, coff = vnet_of(vnet)
-                    if gso == tun.VNET_HDR_GSO_TCPV4:
-                        # TSO: cut into MSS segments, encrypt them back to back, one UDP GSO send
+                    if gso == tun.VNET_HDR_GSO_TCPV4 and mss > 0 and data[9] == 6:
                         # TSO: cut into MSS segments, encrypt them back to back into a TX buffer, and
                         # let the TX thread send them as UDP GSO batches while we read the next one
                         self.tso_reads += 1
