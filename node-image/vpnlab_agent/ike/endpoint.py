@@ -37,7 +37,8 @@ from vpnlab_agent.ike.codec import (
 )
 from vpnlab_agent.ike.constants import VENDOR_ID, ExchangeType, NotifyType, ProtocolId
 from vpnlab_agent.ike.events import Event
-from vpnlab_agent.ike.session import IkeSession, State, _dh_group, identity
+from vpnlab_agent.ike.policy import dh_group, identity
+from vpnlab_agent.ike.session import IkeSession, State
 
 IKE_PORT = 500
 NATT_PORT = 4500
@@ -292,7 +293,7 @@ class IkeEndpoint:
             self.log(f"{addr[0]}: IKE_SA_INIT: no acceptable IKE proposal")
             self._refuse_init(hdr.spi_i, addr, local_port, NotifyType.NO_PROPOSAL_CHOSEN)
             return
-        group = _dh_group(chosen)
+        group = dh_group(chosen)
         if group is None or ke.group != group:
             self._refuse_init(hdr.spi_i, addr, local_port, NotifyType.INVALID_KE_PAYLOAD,
                               (group or 0).to_bytes(2, "big"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hmac
-import ipaddress
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,19 +42,12 @@ from vpnlab_agent.ike.codec import (
     encode,
     payload_body,
     ts_from_cidr,
-    ts_to_cidrs,
 )
 from vpnlab_agent.ike.constants import (
     AuthMethod,
-    DhGroup,
-    EncrId,
     ExchangeType,
-    IdType,
-    IntegId,
     NotifyType,
-    PrfId,
     ProtocolId,
-    TransformType,
     is_error_notify,
 )
 from vpnlab_agent.ike.events import (
@@ -65,6 +57,19 @@ from vpnlab_agent.ike.events import (
     IkeSADown,
     IkeSAUp,
     NotifyReceived,
+)
+from vpnlab_agent.ike.policy import (
+    cidrs,
+    describe,
+    dh_group,
+    identity,
+    identity_text,
+    narrow,
+    selectors_for,
+    spi_int,
+    with_spi,
+    within,
+    without_dh,
 )
 from vpnlab_agent.sa import ChildSA
 
@@ -112,118 +117,6 @@ class ProtocolFailure(Exception):
         super().__init__(reason)
         self.notify = notify
         self.data = data
-
-
-# --- identities -----------------------------------------------------------------------------
-
-
-def identity(text: str) -> tuple[int, bytes]:
-    """Config identity → (ID type, data): "192.0.2.1" is ID_IPV4_ADDR, "keyid:xyz" (or "@#hex",
-    strongSwan's spelling) ID_KEY_ID, anything else ID_FQDN (a leading "@" is dropped)."""
-    if text.startswith("keyid:"):
-        return IdType.KEY_ID, text[6:].encode()
-    if text.startswith("@#"):
-        return IdType.KEY_ID, bytes.fromhex(text[2:])
-    try:
-        addr = ipaddress.IPv4Address(text)
-    except ValueError:
-        return IdType.FQDN, text.removeprefix("@").encode()
-    return IdType.IPV4_ADDR, addr.packed
-
-
-def identity_text(id_type: int, data: bytes) -> str:
-    """Printable form of a received identity (for logs and AuthFailed events)."""
-    if id_type == IdType.IPV4_ADDR and len(data) == 4:
-        return str(ipaddress.IPv4Address(data))
-    if id_type == IdType.FQDN:
-        return data.decode("ascii", "replace")
-    if id_type == IdType.KEY_ID:
-        return "keyid:" + data.decode("ascii", "replace")
-    return f"id{id_type}:{data.hex()}"
-
-
-# --- traffic selectors ----------------------------------------------------------------------
-
-
-def narrow(offered: list[TrafficSelector], allowed: tuple[str, ...]) -> list[TrafficSelector]:
-    """The parts of the offered selectors inside our allowed CIDRs (RFC 7296 §2.9 narrowing)."""
-    out: list[TrafficSelector] = []
-    for ts in offered:
-        try:
-            start, end = ipaddress.ip_address(ts.start), ipaddress.ip_address(ts.end)
-        except ValueError:
-            continue
-        for cidr in allowed:
-            net = ipaddress.ip_network(cidr, strict=False)
-            if net.version != start.version:
-                continue
-            lo, hi = max(start, net.network_address), min(end, net.broadcast_address)
-            if lo <= hi:
-                sel = TrafficSelector(str(lo), str(hi), ts.ip_proto, ts.start_port, ts.end_port)
-                if sel not in out:
-                    out.append(sel)
-    return out
-
-
-def _cidrs(selectors: list[TrafficSelector]) -> tuple[str, ...]:
-    out: list[str] = []
-    for ts in selectors:
-        for c in ts_to_cidrs(ts):
-            if c not in out:
-                out.append(c)
-    return tuple(out)
-
-
-def _selectors(cidrs: tuple[str, ...]) -> list[TrafficSelector]:
-    return [ts_from_cidr(c) for c in (cidrs or ("0.0.0.0/0",))]
-
-
-def _within(got: list[TrafficSelector], offered: list[TrafficSelector]) -> bool:
-    """Every returned selector lies inside one we offered (the responder may only narrow)."""
-    return bool(got) and all(narrow([g], _cidrs(offered)) == [g] for g in got)
-
-
-# --- suites ---------------------------------------------------------------------------------
-
-_ENCR_NAMES = {EncrId.AES_GCM_16: "aes{}gcm16", EncrId.AES_CBC: "aes{}"}
-_PRF_NAMES = {PrfId.HMAC_SHA2_256: "prfsha256", PrfId.HMAC_SHA2_384: "prfsha384"}
-_DH_NAMES = {DhGroup.MODP_2048: "modp2048", DhGroup.ECP_256: "ecp256", DhGroup.CURVE25519: "curve25519"}
-
-
-def describe(prop: Proposal) -> str:
-    """strongSwan-style name of a selected proposal, e.g. "aes128gcm16-prfsha256-ecp256"."""
-    parts = []
-    order = {TransformType.ENCR: 0, TransformType.INTEG: 1, TransformType.PRF: 2, TransformType.DH: 3}
-    for t in sorted(prop.transforms, key=lambda t: order.get(t.type, 9)):
-        if t.type == TransformType.ENCR:
-            parts.append(_ENCR_NAMES.get(t.id, f"encr{t.id}-{{}}").format(t.key_length or ""))
-        elif t.type == TransformType.INTEG and t.id != IntegId.NONE:
-            parts.append("sha256" if t.id == IntegId.HMAC_SHA2_256_128 else f"integ{t.id}")
-        elif t.type == TransformType.PRF:
-            parts.append(_PRF_NAMES.get(t.id, f"prf{t.id}"))
-        elif t.type == TransformType.DH and t.id != DhGroup.NONE:
-            parts.append(_DH_NAMES.get(t.id, f"dh{t.id}"))
-    return "-".join(parts)
-
-
-def _dh_group(prop: Proposal) -> int | None:
-    for t in prop.transforms:
-        if t.type == TransformType.DH and t.id != DhGroup.NONE:
-            return t.id
-    return None
-
-
-def _without_dh(prop: Proposal) -> Proposal:
-    # In IKE_AUTH the child's keys come from the IKE SA's DH; a DH transform there is meaningless.
-    return dataclasses.replace(prop, transforms=[t for t in prop.transforms if t.type != TransformType.DH])
-
-
-def _with_spi(props: list[Proposal], spi: bytes) -> list[Proposal]:
-    return [dataclasses.replace(p, spi=spi) for p in props]
-
-
-def _spi_int(spi: bytes) -> int:
-    return int.from_bytes(spi, "big")
 
 
 # --- bookkeeping records --------------------------------------------------------------------
@@ -395,7 +288,7 @@ class IkeSession:
     def start(self, now: float) -> None:
         ours = self.ep.ike_proposals
         self.ni = self.ep.rng(NONCE_LEN)
-        group = _dh_group(ours[0])
+        group = dh_group(ours[0])
         self.dh = crypto.DhKeyPair.generate(group, self.ep.rng)
         self._send_init(now)
 
@@ -404,7 +297,7 @@ class IkeSession:
         if self.cookie is not None:
             payloads.append(Notify(ProtocolId.NONE, b"", NotifyType.COOKIE, self.cookie))
         payloads += [
-            SA(_with_spi(self.ep.ike_proposals, b"")),
+            SA(with_spi(self.ep.ike_proposals, b"")),
             KE(self.dh.group, self.dh.public_bytes),
             Nonce(self.ni),
             *self._nat_notifies(self.spi_i, _ZERO_SPI),
@@ -450,7 +343,7 @@ class IkeSession:
         bad_ke = msg.notifies(NotifyType.INVALID_KE_PAYLOAD)
         if bad_ke and self.init_retries < MAX_INIT_RETRIES and len(bad_ke[0].data) == 2:
             group = int.from_bytes(bad_ke[0].data, "big")
-            offered = {_dh_group(p) for p in self.ep.ike_proposals}
+            offered = {dh_group(p) for p in self.ep.ike_proposals}
             if group in offered and group != self.dh.group:
                 self.init_retries += 1
                 self.dh = crypto.DhKeyPair.generate(group, self.ep.rng)
@@ -468,7 +361,7 @@ class IkeSession:
         if proposals.select([chosen], self.ep.ike_proposals) is None:
             self._close(now, "IKE_SA_INIT response chose a proposal we did not offer")
             return
-        if ke.group != self.dh.group or _dh_group(chosen) != self.dh.group:
+        if ke.group != self.dh.group or dh_group(chosen) != self.dh.group:
             self._close(now, "IKE_SA_INIT response KE group does not match")
             return
         if not 16 <= len(nonce.data) <= 256 or msg.spi_r == _ZERO_SPI:
@@ -520,14 +413,14 @@ class IkeSession:
         id_type, id_data = identity(self.ep.config.local_id)
         idi = IDi(id_type, id_data)
         spi = self.ep.new_child_spi()
-        ts_i, ts_r = _selectors(self.peer.local_ts), _selectors(self.peer.remote_ts)
+        ts_i, ts_r = selectors_for(self.peer.local_ts), selectors_for(self.peer.remote_ts)
         self._auth_ctx = _RekeyCtx(nonce=b"", spi=spi, dh=None, offered_ts=(ts_i, ts_r))
         payloads: list = [idi]
         if not self.ep.has_other_sa(self):
             payloads.append(Notify(ProtocolId.NONE, b"", NotifyType.INITIAL_CONTACT))
         payloads += [
             Auth(AuthMethod.PSK, self._auth_data(self.initiator, idi)),
-            SA(_with_spi([_without_dh(p) for p in self.ep.esp_proposals], spi)),
+            SA(with_spi([without_dh(p) for p in self.ep.esp_proposals], spi)),
             TSi(ts_i),
             TSr(ts_r),
             VendorId(self.ep.vendor_id),
@@ -574,16 +467,16 @@ class IkeSession:
         if sa is None or tsi is None or tsr is None or len(sa.proposals) != 1:
             raise ProtocolFailure(NotifyType.INVALID_SYNTAX, "child SA response lacks SA/TSi/TSr")
         chosen = sa.proposals[0]
-        offered = [p if shared is not None else _without_dh(p) for p in self.ep.esp_proposals]
+        offered = [p if shared is not None else without_dh(p) for p in self.ep.esp_proposals]
         if chosen.protocol != ProtocolId.ESP or len(chosen.spi) != 4 or proposals.select([chosen], offered) is None:
             raise ProtocolFailure(NotifyType.NO_PROPOSAL_CHOSEN, "responder chose an ESP proposal we did not offer")
-        if not (_within(tsi.selectors, ctx.offered_ts[0]) and _within(tsr.selectors, ctx.offered_ts[1])):
+        if not (within(tsi.selectors, ctx.offered_ts[0]) and within(tsr.selectors, ctx.offered_ts[1])):
             raise ProtocolFailure(NotifyType.TS_UNACCEPTABLE, "responder widened the traffic selectors")
         suite = proposals.suite_from_proposal(chosen)
         keys = crypto.derive_child_keys(suite, self.suite.prf, self.keys.sk_d, ni, nr, shared)
         mine = dataclasses.replace(chosen, spi=ctx.spi)
-        return self._add_child(mine, suite, keys, True, _spi_int(ctx.spi), _spi_int(chosen.spi),
-                               _cidrs(tsi.selectors), _cidrs(tsr.selectors), old, now)
+        return self._add_child(mine, suite, keys, True, spi_int(ctx.spi), spi_int(chosen.spi),
+                               cidrs(tsi.selectors), cidrs(tsr.selectors), old, now)
 
     # --- responder: IKE_SA_INIT (called by the endpoint, which did cookies and dispatch) ----
 
@@ -652,8 +545,8 @@ class IkeSession:
         if sa is None or tsi is None or tsr is None:
             raise ProtocolFailure(NotifyType.INVALID_SYNTAX, "child SA request lacks SA/TSi/TSr")
         esp = [p for p in sa.proposals if p.protocol == ProtocolId.ESP and len(p.spi) == 4]
-        ours = [p if shared is not None else _without_dh(p) for p in self.ep.esp_proposals]
-        offered = esp if shared is not None else [_without_dh(p) for p in esp]
+        ours = [p if shared is not None else without_dh(p) for p in self.ep.esp_proposals]
+        offered = esp if shared is not None else [without_dh(p) for p in esp]
         chosen = proposals.select(offered, ours)
         if chosen is None:
             raise ProtocolFailure(NotifyType.NO_PROPOSAL_CHOSEN, "no acceptable ESP proposal")
@@ -667,8 +560,8 @@ class IkeSession:
         mine = dataclasses.replace(chosen, spi=spi)
         suite = proposals.suite_from_proposal(mine)
         keys = crypto.derive_child_keys(suite, self.suite.prf, self.keys.sk_d, ni, nr, shared)
-        self._add_child(mine, suite, keys, False, _spi_int(spi), _spi_int(peer_spi),
-                        _cidrs(ts_r), _cidrs(ts_i), old, now)
+        self._add_child(mine, suite, keys, False, spi_int(spi), spi_int(peer_spi),
+                        cidrs(ts_r), cidrs(ts_i), old, now)
         return [SA([mine]), TSi(ts_i), TSr(ts_r)]
 
     # --- children -------------------------------------------------------------------------
@@ -717,7 +610,7 @@ class IkeSession:
             self.ep._emit(ChildSADeleted(child.sa.name, child.sa.spi_in, child.sa.reqid))
 
     def _child_by_out(self, spi: bytes) -> Child | None:
-        want = _spi_int(spi)
+        want = spi_int(spi)
         return next((c for c in self.children.values() if c.sa.spi_out == want), None)
 
     # --- establishment / close ------------------------------------------------------------
@@ -881,7 +774,7 @@ class IkeSession:
         ours = self.ep.esp_proposals
         esp = [p for p in sa.proposals if p.protocol == ProtocolId.ESP]
         chosen = proposals.select(esp, ours)
-        group = _dh_group(chosen) if chosen else None
+        group = dh_group(chosen) if chosen else None
         if group is None:
             return None, None
         ke = msg.find(KE)
@@ -899,7 +792,7 @@ class IkeSession:
         chosen = proposals.select(offered, self.ep.ike_proposals)
         if chosen is None:
             raise ProtocolFailure(NotifyType.NO_PROPOSAL_CHOSEN, "no acceptable IKE proposal for rekey")
-        group = _dh_group(chosen)
+        group = dh_group(chosen)
         ke = msg.find(KE)
         if ke is None or ke.group != group:
             raise ProtocolFailure(NotifyType.INVALID_KE_PAYLOAD, "KE of the wrong group",
@@ -994,7 +887,7 @@ class IkeSession:
         child.rekeying = True
         spi = self.ep.new_child_spi()
         nonce = self.ep.rng(NONCE_LEN)
-        group = _dh_group(self.ep.esp_proposals[0])
+        group = dh_group(self.ep.esp_proposals[0])
         dh = crypto.DhKeyPair.generate(group, self.ep.rng) if group else None
         ts_i = [ts_from_cidr(c) for c in child.sa.local_ts]
         ts_r = [ts_from_cidr(c) for c in child.sa.remote_ts]
@@ -1010,7 +903,7 @@ class IkeSession:
         assert ctx.old is not None
         payloads: list = [
             Notify(ProtocolId.ESP, ctx.old.sa.spi_in.to_bytes(4, "big"), NotifyType.REKEY_SA),
-            SA(_with_spi(self.ep.esp_proposals if ctx.dh else [_without_dh(p) for p in self.ep.esp_proposals],
+            SA(with_spi(self.ep.esp_proposals if ctx.dh else [without_dh(p) for p in self.ep.esp_proposals],
                          ctx.spi)),
             Nonce(ctx.nonce),
         ]
@@ -1024,7 +917,7 @@ class IkeSession:
         bad_ke = msg.notifies(NotifyType.INVALID_KE_PAYLOAD)
         if bad_ke and ctx.retries < 1 and len(bad_ke[0].data) == 2:
             group = int.from_bytes(bad_ke[0].data, "big")
-            if group in {_dh_group(p) for p in self.ep.esp_proposals}:
+            if group in {dh_group(p) for p in self.ep.esp_proposals}:
                 ctx.retries += 1
                 ctx.dh = crypto.DhKeyPair.generate(group, self.ep.rng)
                 self._queue(ExchangeType.CREATE_CHILD_SA, self._child_rekey_payloads(ctx),
@@ -1069,19 +962,19 @@ class IkeSession:
         spi = self.ep.new_ike_spi()
         nonce = self.ep.rng(NONCE_LEN)
         assert self.proposal is not None
-        group = _dh_group(self.proposal) or _dh_group(self.ep.ike_proposals[0])
+        group = dh_group(self.proposal) or dh_group(self.ep.ike_proposals[0])
         ctx = _RekeyCtx(nonce, spi, crypto.DhKeyPair.generate(group, self.ep.rng))
         return self._queue(ExchangeType.CREATE_CHILD_SA, self._ike_rekey_payloads(ctx),
                            lambda m, t: self._on_ike_rekey_response(m, t, ctx), "rekey-ike", now)
 
     def _ike_rekey_payloads(self, ctx: _RekeyCtx) -> list:
-        return [SA(_with_spi(self.ep.ike_proposals, ctx.spi)), Nonce(ctx.nonce), KE(ctx.dh.group, ctx.dh.public_bytes)]
+        return [SA(with_spi(self.ep.ike_proposals, ctx.spi)), Nonce(ctx.nonce), KE(ctx.dh.group, ctx.dh.public_bytes)]
 
     def _on_ike_rekey_response(self, msg: Message, now: float, ctx: _RekeyCtx) -> None:
         bad_ke = msg.notifies(NotifyType.INVALID_KE_PAYLOAD)
         if bad_ke and ctx.retries < 1 and len(bad_ke[0].data) == 2:
             group = int.from_bytes(bad_ke[0].data, "big")
-            if group in {_dh_group(p) for p in self.ep.ike_proposals}:
+            if group in {dh_group(p) for p in self.ep.ike_proposals}:
                 ctx.retries += 1
                 ctx.dh = crypto.DhKeyPair.generate(group, self.ep.rng)
                 self._queue(ExchangeType.CREATE_CHILD_SA, self._ike_rekey_payloads(ctx),

@@ -1,4 +1,4 @@
-"""Pure helpers of the state machine: identities, selector narrowing, suite names."""
+"""ike.policy: identities, selector narrowing, suite names."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from vpnlab_agent.ike.codec import TrafficSelector, ts_from_cidr
 from vpnlab_agent.ike.constants import IdType
 from vpnlab_agent.ike.proposals import esp_proposals_from_config, ike_proposals_from_config
-from vpnlab_agent.ike.session import describe, identity, identity_text, narrow
+from vpnlab_agent.ike.policy import describe, identity, identity_text, narrow
 
 
 @pytest.mark.parametrize(("text", "id_type", "data", "shown"), [
