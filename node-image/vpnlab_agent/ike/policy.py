@@ -18,7 +18,10 @@ def identity(text: str) -> tuple[int, bytes]:
     if text.startswith("keyid:"):
         return IdType.KEY_ID, text[6:].encode()
     if text.startswith("@#"):
-        return IdType.KEY_ID, bytes.fromhex(text[2:])
+        try:
+            return IdType.KEY_ID, bytes.fromhex(text[2:])
+        except ValueError:
+            raise ValueError(f"identity {text!r}: '@#' must be followed by hex digits") from None
     try:
         addr = ipaddress.IPv4Address(text)
     except ValueError:

@@ -23,6 +23,11 @@ def test_identity(text: str, id_type: int, data: bytes, shown: str | None) -> No
         assert identity_text(id_type, data) == shown
 
 
+def test_bad_key_id_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="'@#' must be followed by hex digits"):
+        identity("@#nothex")
+
+
 def test_narrow_keeps_only_the_intersection_and_the_offered_protocol() -> None:
     offered = [ts_from_cidr("10.0.0.0/16"), TrafficSelector("10.9.0.0", "10.9.0.255", 6, 80, 80)]
     assert narrow(offered, ("10.0.5.0/24", "10.9.0.128/25")) == [
