@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from vpnlab_agent.config import IkeConfig, InterfaceConfig, NodeConfig, PeerConfig
+from vpnlab_agent.config import IkeConfig, InterfaceConfig, NodeConfig, PeerConfig, RouteConfig
 
 pytestmark = pytest.mark.e2e
 
@@ -57,14 +57,15 @@ def _image(client: Any) -> str:
     return str(ensure_image())
 
 
-def node(name: str, role: str, wan: str, lan: str, lan_net: str, peer: PeerConfig) -> NodeConfig:
+def node(name: str, role: str, wan: str, lan: str, lan_net: str, peer: PeerConfig,
+         routes: tuple[RouteConfig, ...] = ()) -> NodeConfig:
     return NodeConfig(
         lab="sstest", name=name, role=role, implementation="strongswan", public_address=wan,
         interfaces=(
             InterfaceConfig("wan0", "wan", (f"{wan}/24",)),
             InterfaceConfig("lan0", "lan", (f"{lan}/24",)),
         ),
-        lan_subnets=(lan_net,),
+        lan_subnets=(lan_net,), routes=routes,
         ike=IkeConfig(
             local_id=name, psk="e2e-shared-psk",
             ike_lifetime_s=3600, child_lifetime_s=1200, dpd_interval_s=5, peers=(peer,),
@@ -79,7 +80,9 @@ def hub_config() -> NodeConfig:
 
 def br1_config() -> NodeConfig:
     peer = PeerConfig("hub", "hub", HUB_WAN, True, ("10.1.0.0/24",), ("10.0.0.0/24",))
-    return node("br1", "branch", BR_WAN, "10.1.0.1", "10.1.0.0/24", peer)
+    # a default route into the underlay, as a branch has towards the internet: without the leak
+    # guard, traffic for the hub's LAN would take it in plaintext whenever the tunnel is down
+    return node("br1", "branch", BR_WAN, "10.1.0.1", "10.1.0.0/24", peer, (RouteConfig("0.0.0.0/0", via=HUB_WAN),))
 
 
 class Lab:
@@ -318,7 +321,21 @@ def test_strongswan_tunnel_ping_status_rekey_and_sigterm(lab: Lab) -> None:
     code, out = lab.ctl("br1", "terminate", "hub")
     assert code == 0, out
     wait_for(lambda: lab.status("br1")["ike_sas"] == [], 10, "SAs gone after terminate", lab)
-    time.sleep(8)  # longer than the keeper's check interval
+    # meanwhile the leak guard refuses the remote LAN: nothing leaves for it in plaintext
+    routes = lab.status("br1")["routes"]
+    assert {"dst": "10.0.0.0/24", "via": None, "dev": None, "table": 254, "type": "unreachable",
+            "metric": 4090} in routes, routes
+    sniff = subprocess.Popen(
+        ["docker", "exec", lab.containers["hub"].id, "timeout", "4", "tcpdump", "-l", "-n", "-i", "wan0", "icmp"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    time.sleep(1.5)
+    p = ping(lab, "br1-h", "10.0.0.10", 3)
+    out, _ = p.communicate(timeout=30)
+    assert received(out) == 0, out
+    wire, _ = sniff.communicate(timeout=30)
+    assert "10.1.0.10" not in wire and "listening on wan0" in wire, wire
+    time.sleep(5)  # longer than the keeper's check interval in all
     assert lab.status("br1")["ike_sas"] == []
     code, out = lab.ctl("br1", "initiate", "hub")
     assert code == 0, out
