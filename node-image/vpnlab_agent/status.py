@@ -2,7 +2,8 @@
 
 Shape (every key always present):
   {"node", "role", "implementation", "ready", "started_at", "dataplane",
-   "interfaces": [{"name", "addresses", "up"}], "routes": [{"dst", "via", "dev", "table"}],
+   "interfaces": [{"name", "addresses", "up"}],
+   "routes": [{"dst", "via", "dev", "table", "type", "metric"}]  (type "unreachable": a leak guard),
    "ike_sas": [{"peer", "state", "local", "remote", "initiator", "algorithms", "age_s", "spi_i", "spi_r"}],
    "child_sas": [{"peer", "local_ts", "remote_ts", "spi_in", "spi_out", "algorithm",
                   "bytes_in", "bytes_out", "packets_in", "packets_out", "age_s"}],
