@@ -62,7 +62,8 @@ log = logging.getLogger(__name__)
 DEVICE = "ipsec0"
 UNDERLAY_MTU = 1500
 OUTER_HEADERS = 20 + 8  # outer IPv4 + UDP (RFC 3948)
-SOCKET_BUFFER = 4 << 20
+SOCKET_BUFFER = 1 << 20  # ~700 ESP packets of burst at the receiver
+TUN_QUEUE = 256  # packets (a TSO packet counts as one); bounded queues keep latency down
 CACHE_LIMIT = 4096  # memoised (src, dst) decisions per table; cleared when full
 BUF_SIZE = 65536 + 256
 _GCM = EspAlgorithm("aes-gcm-16", 128)
@@ -208,7 +209,7 @@ class UserspaceEngine(Engine):
                     log.info("no TUN offloads (%s): packets come one MTU at a time", e.strerror)
             self._disable_ipv6()
             self._mtu = max_inner_len(self.underlay_mtu - OUTER_HEADERS, _GCM)
-            self._ifindex = tun.configure(self.device, self._mtu)
+            self._ifindex = tun.configure(self.device, self._mtu, TUN_QUEUE)
         except (tun.TunError, OSError) as e:
             sock.close()
             if self._tun_fd >= 0:
