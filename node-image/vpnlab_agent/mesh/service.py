@@ -190,12 +190,19 @@ class MeshService:
             await asyncio.sleep(SAMPLE_S)
 
     async def _read_hub(self) -> None:
-        try:
-            self._hub_counters = hubcount.parse_counters(await nft(None, "-j", "list", "table", "ip", hubcount.TABLE))
-        except (RuntimeError, ValueError, asyncio.TimeoutError) as e:
-            if len(self.errors) < 10:
-                self.errors.append(f"hub counters: {e}")
-            return
+        # Right after the table was (re)created a listing can briefly fail with ENOENT (seen on
+        # this kernel at agent start-up): a couple of quick retries before calling it an error.
+        for attempt in range(3):
+            try:
+                self._hub_counters = hubcount.parse_counters(
+                    await nft(None, "-j", "list", "table", "ip", hubcount.TABLE))
+                break
+            except (RuntimeError, ValueError, asyncio.TimeoutError) as e:
+                if attempt == 2:
+                    if len(self.errors) < 10:
+                        self.errors.append(f"hub counters: {e}")
+                    return
+                await asyncio.sleep(0.05)
         total_b = sum(b for _, b in self._hub_counters.values())
         total_p = sum(p for p, _ in self._hub_counters.values())
         self.samples.append((round(self._now(), 3), total_b, total_p))
