@@ -7,7 +7,9 @@ Two layers, each tagged with a content hash so that it is rebuilt only when its 
     vpnlab-node:<hash of node-image/>    node-image/Dockerfile FROM the base: adds the router agent
 
 The Debian mirror is read from the host's own apt sources at build time, so no registry host name
-lives in the repository. `VPNLAB_DEBIAN_MIRROR` overrides it.
+lives in the repository. `VPNLAB_DEBIAN_MIRROR` overrides it. Only the `bookworm` suite is used
+(no -updates/-security), and the base tag hashes the package list, not the mirror's contents: two
+machines may hold different point-release builds under one tag.
 """
 
 from __future__ import annotations
