@@ -36,12 +36,15 @@ class CodecError(Exception):
 
 class ParseError(CodecError):
     """Malformed input. notify_type is the error Notify to answer with (RFC 7296 §3.10.1);
-    data is that Notify's data (e.g. the unsupported critical payload's type byte)."""
+    data is that Notify's data (e.g. the unsupported critical payload's type byte). `authentic`
+    is True only when the fault lies inside an SK payload whose ICV verified: only then may the
+    error be answered within the IKE SA (an answer moves the message-ID window)."""
 
     def __init__(self, notify_type: int, msg: str, data: bytes = b"") -> None:
         super().__init__(msg)
         self.notify_type = notify_type
         self.data = data
+        self.authentic = False
 
 
 class IntegrityError(CodecError):
@@ -523,6 +526,10 @@ def _decode(data: bytes, sk: SkCipher | None) -> Message:
             raise _syntax("encrypted payload must be the last payload")
         body_off = sk_off + GENERIC_HEADER_LEN
         inner = sk.open(data[:body_off], data[body_off:])
-        if _dec_chain(inner, 0, len(inner), sk_next, payloads)[1] >= 0:
-            raise _syntax("encrypted payload inside the encrypted payload")
+        try:
+            if _dec_chain(inner, 0, len(inner), sk_next, payloads)[1] >= 0:
+                raise _syntax("encrypted payload inside the encrypted payload")
+        except ParseError as e:
+            e.authentic = True
+            raise
     return Message(h.spi_i, h.spi_r, h.exchange, h.message_id, h.initiator, h.response, payloads)

@@ -665,8 +665,11 @@ class IkeSession:
             # but only if it is authentic.
             try:
                 decode(data, self.sk_in)
-            except (ParseError, IntegrityError):
+            except IntegrityError:
                 return
+            except ParseError as e:
+                if not e.authentic:
+                    return
             self._send_raw(self.last_resp[1], addr, local_port)
             return
         elif hdr.message_id != self.peer_mid:
@@ -676,8 +679,9 @@ class IkeSession:
         except IntegrityError:
             return
         except ParseError as e:
-            if not hdr.response and e.notify_type != NotifyType.INVALID_SYNTAX:
+            if e.authentic and not hdr.response and e.notify_type != NotifyType.INVALID_SYNTAX:
                 # Authentic but with an unknown critical payload: answer with the error (§2.5).
+                # Never for a fault outside the SK payload: a forger would move our window.
                 self._respond(hdr.exchange, hdr.message_id,
                               [Notify(ProtocolId.NONE, b"", e.notify_type, e.data)], addr, local_port)
             return

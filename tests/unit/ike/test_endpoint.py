@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vpnlab_agent.config import IkeConfig, PeerConfig
-from vpnlab_agent.ike.codec import Message, decode_header, encode
+from vpnlab_agent.ike.codec import Message, Notify, UnknownPayload, decode, decode_header, encode
 from vpnlab_agent.ike.constants import ExchangeType, NotifyType
 from vpnlab_agent.ike.endpoint import IkeEndpoint, IkeError
 from vpnlab_agent.ike.events import ChildSADeleted, ChildSAUp, IkeSADown, IkeSAUp, NotifyReceived
@@ -256,3 +256,29 @@ def test_delete_one_child_by_spi() -> None:
     lb.run(lb.now + 1)
     assert types(lb.take_events(A)) == [ChildSADeleted] and types(lb.take_events(B)) == [ChildSADeleted]
     assert ea.is_up("b") and ea.status(lb.now)["child_sas"] == [] == eb.status(lb.now)["child_sas"]
+
+
+def test_unauthenticated_critical_payload_gets_no_answer_and_keeps_the_window() -> None:
+    ea, eb, lb = pair()
+    ea.connect("b", 0.0)
+    lb.run(1.0)
+    sess_a = next(iter(ea._sessions.values()))
+    sess_b = next(iter(eb._sessions.values()))
+    # An on-path forger knows the SPIs and the next message ID, not the keys: an unknown critical
+    # payload in clear (no SK payload) must not be answered nor move B's expected message ID.
+    forged = Message(sess_a.spi_i, sess_a.spi_r, ExchangeType.INFORMATIONAL, sess_a.my_mid, True, False,
+                     [UnknownPayload(200, True, b"x")])
+    before, mid = len(lb.trace), sess_b.peer_mid
+    eb.receive_datagram(encode(forged), (A, 4500), 4500, lb.now)
+    lb.deliver()
+    assert len(lb.trace) == before and sess_b.peer_mid == mid
+    # Inside a genuine SK payload the same payload is answered with UNSUPPORTED_CRITICAL_PAYLOAD.
+    eb.receive_datagram(encode(forged, sess_a.sk_out), (A, 4500), 4500, lb.now)
+    lb.deliver()
+    assert len(lb.trace) == before + 1 and sess_b.peer_mid == mid + 1
+    answer = decode(lb.trace[-1][2], sess_a.sk_in)
+    assert [n.notify_type for n in answer.find_all(Notify)] == [NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD]
+    # Its retransmission gets the same answer again.
+    eb.receive_datagram(encode(forged, sess_a.sk_out), (A, 4500), 4500, lb.now)
+    lb.deliver()
+    assert len(lb.trace) == before + 2 and lb.trace[-1][2] == lb.trace[-2][2]
