@@ -97,6 +97,9 @@ def destroy(
     with _reported():
         if all_labs == (target is not None):
             raise VpnlabError("destroy: give a lab name or topology file, or --all (not both)")
+        if name is not None and target is None:
+            # --all --name NAME must never mean "all": that would remove other people's labs.
+            raise VpnlabError("destroy: --name goes with a topology file (vpnlab destroy FILE --name NAME), not with --all")
         if all_labs:
             results = labs.destroy_all()
         else:

@@ -79,3 +79,15 @@ def test_graph_to_an_unknown_format_is_refused(tmp_path: Path) -> None:
 def test_unknown_command_is_a_usage_error() -> None:
     result = runner.invoke(app, ["deplyo"])
     assert result.exit_code == 2
+
+
+def test_destroy_all_with_a_name_is_refused_not_widened_to_every_lab(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Once this destroyed every lab on the machine: --name was ignored next to --all.
+    from vpnlab import lab as labs
+
+    def destroy_all() -> None:  # a regression must fail this test, not remove real labs
+        raise AssertionError("destroy --all --name reached destroy_all")
+
+    monkeypatch.setattr(labs, "destroy_all", destroy_all)
+    _fails_with_one_line(["destroy", "--all", "--name", "x"], "--name", "not with --all")
+    _fails_with_one_line(["destroy", "--name", "x"], "--all")
