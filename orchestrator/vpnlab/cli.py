@@ -43,15 +43,36 @@ def _reported() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _progress() -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description:<14}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-    )
+class _progress:
+    """rich Progress that appears with its first task: a mistake caught before any step (bad
+    file, lab exists) stays one line, without the blank line an empty live display leaves."""
+
+    def __init__(self) -> None:
+        self._live: Progress | None = None
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> Any:
+        if self._live is None:
+            self._live = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description:<14}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+            )
+            self._live.start()
+        return self._live.add_task(description, total=total, **fields)
+
+    def update(self, task_id: Any, **fields: Any) -> None:
+        if self._live is not None:
+            self._live.update(task_id, **fields)
+
+    def __enter__(self) -> _progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
 
 
 @app.command()
@@ -150,6 +171,8 @@ def inspect(
         out.print(_lab_table(view))
         if any((n.agent or {}).get("ike_sas") for n in view.nodes):
             out.print(_tunnel_table(view))
+        if any(_mesh_status(n).get("enabled") for n in view.nodes):
+            out.print(_mesh_table(view))
         for note in _lab_notes(view):
             out.print(note, style="yellow", markup=False)
 
@@ -219,8 +242,41 @@ def _tunnel_table(view: Any) -> Table:
     return table
 
 
+def _mesh_status(node: Any) -> dict[str, Any]:
+    return ((node.agent or {}).get("services") or {}).get("mesh") or {}
+
+
+def _mesh_table(view: Any) -> Table:
+    """Advanced Mesh VPN per router: shortcuts in use against the licence limit, and why any was not built."""
+    table = Table(title="mesh shortcuts", title_justify="left", box=box.SIMPLE_HEAD)
+    for header in ("router", "shortcuts / limit", "peer", "state", "idle", "not built (why)"):
+        table.add_column(header, no_wrap=header in ("router", "peer"))
+    for n in view.nodes:
+        mesh = _mesh_status(n)
+        if not mesh:
+            continue
+        if not mesh.get("enabled"):
+            table.add_row(n.name, "off", "", "", "", "")
+            continue
+        usage = f"{mesh.get('active', 0)} / {mesh.get('limit', '?')}"
+        refused = "\n".join(f"{r.get('peer', '?')}: {r.get('reason', r.get('code', '?'))}" for r in (mesh.get("refused") or [])[-3:])
+        shortcuts = mesh.get("shortcuts") or []
+        if not shortcuts:
+            table.add_row(n.name, usage, "-", "", "", refused)
+        for i, cut in enumerate(shortcuts):
+            table.add_row(
+                n.name if i == 0 else "",
+                usage if i == 0 else "",
+                str(cut.get("peer", "?")),
+                _state_text(str(cut.get("state", "?"))),
+                _age(cut.get("idle_s")),
+                refused if i == 0 else "",
+            )
+    return table
+
+
 def _state_text(state: str) -> str:
-    return f"[green]{state}[/]" if state.lower() in ("established", "installed") else f"[yellow]{state}[/]"
+    return f"[green]{state}[/]" if state.lower() in ("established", "installed", "up") else f"[yellow]{state}[/]"
 
 
 def _traffic(child: dict[str, Any], way: str) -> str:

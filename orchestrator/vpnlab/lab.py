@@ -167,6 +167,8 @@ def deploy(
     rt = _runtime(runtime)
     if reconfigure:
         destroy(lab.name, runtime=rt)
+    else:
+        _refuse_existing(lab.name, rt)  # before a possibly long image build, not after it
     image = ensure_image(progress=progress)
     return deploy_lab(lab, image, runtime=rt, progress=progress, ready_timeout=ready_timeout)
 
@@ -184,8 +186,7 @@ def deploy_lab(
     rt = _runtime(runtime)
     check_lab_name(lab.name)
     netns = fabric_netns_name(lab.name)
-    if rt.containers(lab.name) or netns_exists(netns):
-        raise LabError(f"lab {lab.name} already exists: `vpnlab destroy {lab.name}` first, or deploy with --reconfigure")
+    _refuse_existing(lab.name, rt)
     all_specs = _container_specs(lab)
     all_specs.update(specs or {})
     plan = plan_fabric(lab)
@@ -215,6 +216,11 @@ def deploy_lab(
             raise
         raise LabError(f"deploy of {lab.name} failed: {_one_line(exc)}") from exc
     return DeployResult(lab=lab.name, fabric_netns=netns, containers=len(lab.nodes), seconds=time.monotonic() - started)
+
+
+def _refuse_existing(name: str, rt: Runtime) -> None:
+    if rt.containers(name) or netns_exists(fabric_netns_name(name)):
+        raise LabError(f"lab {name} already exists: `vpnlab destroy {name}` first, or deploy with --reconfigure")
 
 
 def _container_specs(lab: Lab) -> dict[str, ContainerSpec]:

@@ -1,0 +1,34 @@
+"""lab.deploy's order of checks, with the environment and the image replaced (no Docker, no root)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vpnlab import environment, image
+from vpnlab import lab as labs
+from vpnlab.errors import LabError
+from vpnlab.runtime.base import ContainerInfo
+
+
+class _OneLabRuntime:
+    """Just enough runtime for deploy() to find that lab `name` already has a container."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def containers(self, lab: str | None = None) -> list[ContainerInfo]:
+        if lab not in (None, self.name):
+            return []
+        return [ContainerInfo(f"vpnlab-{self.name}-hub", "id", self.name, "hub", "hub", "agent", "", "running", 1)]
+
+
+def test_an_existing_lab_is_refused_before_the_image_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(environment, "check_privileges", lambda: None)
+    monkeypatch.setattr(environment, "check_docker", lambda: None)
+
+    def ensure_image(**_: object) -> str:
+        raise AssertionError("the image was built for a lab that exists already")
+
+    monkeypatch.setattr(image, "ensure_image", ensure_image)
+    with pytest.raises(LabError, match="lab rvotest already exists"):
+        labs.deploy("topologies/minimal.yml", name="rvotest", runtime=_OneLabRuntime("rvotest"))  # type: ignore[arg-type]
