@@ -158,6 +158,14 @@ def test_9_mesh_branch_behind_nat_stays_on_the_hub_and_says_why(ctl: LabCtl, run
     view = labs.inspect_lab(ctl.lab, runtime=runtime)
     br4 = next(n for n in view.nodes if n.name == "br4")
     assert any("behind NAT" in r["reason"] for r in br4.agent["services"]["mesh"]["refused"])
+    # ... and so does the table a person reads
+    from typer.testing import CliRunner
+
+    from vpnlab.cli import app
+
+    shown = CliRunner().invoke(app, ["inspect", ctl.lab], env={"COLUMNS": "220"})
+    assert shown.exit_code == 0 and "mesh shortcuts" in shown.output, shown.output
+    assert "br1: no public address: cannot accept a shortcut (behind NAT)" in shown.output
     _, out = ping(ctl, "br1", H["br4"], 5, 0.1)
     assert replies(out) == 5  # nothing broke, still via the hub
     # br4 can still build towards a branch that has a public address (br3 initiates? no: br4 does).
