@@ -36,6 +36,7 @@ KEEP_FIRST_RETRY_S = 2.0
 KEEP_MAX_RETRY_S = 30.0
 LOAD_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
+FAREWELL_S = 2.5  # DELETEs to peers on stop; with STOP_GRACE_S within the agent's stop timeout
 MAX_LOG_LINE = 16 * 1024
 
 
@@ -385,6 +386,21 @@ class StrongswanService:
             raise StrongswanError(f"terminate {peer}: {exc}") from None
         return {"peer": peer, "terminated": True}
 
+    async def _say_goodbye(self) -> None:
+        """Tell peers we are going (DELETE): all peers at once, FAREWELL_S in total. One peer
+        after the other, a hub with a few dead branches outlasted the agent's stop timeout,
+        which cancelled stop() before charon got its SIGTERM."""
+
+        def terminate(peer: str) -> None:
+            with contextlib.suppress(ViciError, OSError):
+                self._vici_request("terminate", {"ike": peer, "timeout": "1000", "force": "yes"}, 2.0)
+
+        farewell = asyncio.gather(*(asyncio.to_thread(terminate, peer) for peer in self.peers))
+        try:
+            await asyncio.wait_for(farewell, FAREWELL_S)
+        except asyncio.TimeoutError:
+            log.warning("peers not all told within %g s; stopping charon anyway", FAREWELL_S)
+
     async def stop(self) -> None:
         self._stopping = True
         if self._keeper is not None:
@@ -396,12 +412,7 @@ class StrongswanService:
         if proc is None:
             return
         if proc.returncode is None and self._loaded:
-            # Tell peers we are going (DELETE), but never wait long for a dead one.
-            for peer in self.peers:
-                with contextlib.suppress(ViciError, OSError):
-                    await asyncio.wait_for(asyncio.to_thread(
-                        self._vici_request, "terminate", {"ike": peer, "timeout": "1000", "force": "yes"}, 2.0
-                    ), 2.5)
+            await self._say_goodbye()
         if proc.returncode is None:
             proc.terminate()
             try:

@@ -132,3 +132,45 @@ def test_strongswan_dataplane_name_follows_the_backend(branch: NodeConfig) -> No
     assert svc.dataplane == "strongswan-libipsec"
     svc.libipsec = False
     assert svc.dataplane == "strongswan-kernel"
+
+
+def test_strongswan_stop_ends_charon_within_the_agent_timeout_when_peers_are_dead(
+    hub: NodeConfig, tmp_path: Any
+) -> None:
+    """A charon that accepts VICI connections but never answers (every peer dead, or charon
+    wedged): stop() must still reach SIGTERM within the agent's stop timeout, with many peers."""
+    import socket
+
+    from vpnlab_agent.agent import SERVICE_STOP_TIMEOUT_S
+    from vpnlab_agent.config import PeerConfig
+    from vpnlab_agent.strongswan.service import StrongswanPaths
+
+    assert hub.ike is not None
+    peers = tuple(
+        PeerConfig(f"br{i}", f"br{i}", None, False, ("10.0.0.0/24",), (f"10.{i}.0.0/24",)) for i in range(1, 13)
+    )
+    config = dataclasses.replace(hub, ike=dataclasses.replace(hub.ike, peers=peers))
+    vici_path = str(tmp_path / "vici")
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(vici_path)
+    silent.listen(64)
+
+    async def scenario() -> int | None:
+        svc = StrongswanService(config, StrongswanPaths(vici_socket=vici_path))
+        svc._proc = await asyncio.create_subprocess_exec("sleep", "60")  # stands in for charon
+        svc._loaded = True
+        proc = svc._proc
+        try:
+            await asyncio.wait_for(svc.stop(), SERVICE_STOP_TIMEOUT_S)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+                return None
+        return proc.returncode
+
+    try:
+        code = asyncio.run(scenario())
+    finally:
+        silent.close()
+    assert code is not None and code < 0  # ended by our signal, not left behind
