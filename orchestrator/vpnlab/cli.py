@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,7 +27,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped or redirected output (`inspect | less`, a CI log) has no terminal width to fit: rich would
+# squeeze tables into 80 columns and cut SPIs, selectors and states to "…". Give it room instead.
+PIPE_WIDTH = 200
+TUNNEL_TABLE_WIDTH = 160  # narrower than this, `inspect` lists tunnels as lines
+
+
+class _Console(Console):
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self.is_terminal or self._environ.get("COLUMNS"):
+            return size
+        return ConsoleDimensions(max(size.width, PIPE_WIDTH), size.height)
+
+
+out = _Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -170,7 +185,12 @@ def inspect(
             return
         out.print(_lab_table(view))
         if any((n.agent or {}).get("ike_sas") for n in view.nodes):
-            out.print(_tunnel_table(view))
+            if out.width >= TUNNEL_TABLE_WIDTH:
+                out.print(_tunnel_table(view))
+            else:  # a table this wide would be folded into an unreadable column of fragments
+                out.print("tunnels", style="italic")
+                for line in _tunnel_lines(view):
+                    out.print(line, markup=False)
         if any(_mesh_status(n).get("enabled") for n in view.nodes):
             out.print(_mesh_table(view))
         for note in _lab_notes(view):
@@ -189,7 +209,7 @@ def _lab_table(view: Any) -> Table:
     table.add_column("up")
     table.add_column("addresses", no_wrap=True)
     for header in ("engine", "IKE", "child"):
-        table.add_column(header)
+        table.add_column(header, overflow="fold")
     for n in view.nodes:
         addrs = "\n".join(f"{ifname} {' '.join(a)}" for ifname, a in sorted(n.addresses.items()) if a)
         agent = n.agent or {}
@@ -210,7 +230,8 @@ def _tunnel_table(view: Any) -> Table:
     """One row per IKE SA and, under it, one per child SA: what a VPN engineer checks first."""
     table = Table(title="tunnels", title_justify="left", box=box.SIMPLE_HEAD)
     for header in ("router", "peer", "state", "outer / selectors", "algorithms", "SPIs in/out", "in", "out", "age"):
-        table.add_column(header, no_wrap=header in ("router", "peer", "SPIs in/out"))
+        # On a narrow terminal, fold long values onto more lines rather than cut them to "…".
+        table.add_column(header, no_wrap=header in ("router", "peer", "SPIs in/out"), overflow="fold")
     for n in view.nodes:
         agent = n.agent or {}
         for ike in agent.get("ike_sas") or []:
@@ -273,6 +294,30 @@ def _mesh_table(view: Any) -> Table:
                 refused if i == 0 else "",
             )
     return table
+
+
+def _tunnel_lines(view: Any) -> list[str]:
+    """The tunnel table's content as one line per SA, for terminals too narrow for the table."""
+    lines = []
+    for n in view.nodes:
+        agent = n.agent or {}
+        for ike in agent.get("ike_sas") or []:
+            lines.append(
+                f"  {n.name} → {ike.get('peer', '?')}  {ike.get('state', '?')}  "
+                f"{ike.get('local', '?')} → {ike.get('remote', '?')}  {ike.get('algorithms', '')}  "
+                f"SPIs {ike.get('spi_i', '')}/{ike.get('spi_r', '')}  {_age(ike.get('age_s'))}"
+            )
+            for child in agent.get("child_sas") or []:
+                if child.get("peer") != ike.get("peer"):
+                    continue
+                lines.append(
+                    f"    └ child {child.get('state', 'installed')}  {', '.join(child.get('local_ts', []))} ⇄ "
+                    f"{', '.join(child.get('remote_ts', []))}  {child.get('algorithm', '')}  "
+                    f"SPIs {child.get('spi_in', '')}/{child.get('spi_out', '')}  "
+                    f"in {_traffic(child, 'in').replace(chr(10), ' ')}  out {_traffic(child, 'out').replace(chr(10), ' ')}  "
+                    f"{_age(child.get('age_s'))}"
+                )
+    return lines
 
 
 def _state_text(state: str) -> str:

@@ -91,3 +91,26 @@ def test_destroy_all_with_a_name_is_refused_not_widened_to_every_lab(monkeypatch
     monkeypatch.setattr(labs, "destroy_all", destroy_all)
     _fails_with_one_line(["destroy", "--all", "--name", "x"], "--name", "not with --all")
     _fails_with_one_line(["destroy", "--name", "x"], "--all")
+
+
+def test_tunnel_lines_keep_every_field_a_narrow_terminal_would_cut() -> None:
+    from types import SimpleNamespace
+
+    from vpnlab.cli import _tunnel_lines
+
+    agent = {
+        "ike_sas": [{"peer": "hub", "state": "established", "local": "198.51.100.11:4500",
+                     "remote": "198.51.100.10:4500", "algorithms": "aes128gcm16-prfsha256-ecp256",
+                     "spi_i": "24d0b8e895ea6437", "spi_r": "21d473e896dbefca", "age_s": 71}],
+        "child_sas": [{"peer": "hub", "state": "installed", "local_ts": ["10.1.0.0/24"],
+                       "remote_ts": ["10.0.0.0/24", "10.2.0.0/24"], "algorithm": "aes-gcm-16-128",
+                       "spi_in": "5620bcc4", "spi_out": "38543e00", "bytes_in": 1500, "packets_in": 3,
+                       "bytes_out": 0, "packets_out": 0, "age_s": 5},
+                      {"peer": "other", "local_ts": ["10.9.0.0/24"], "remote_ts": []}],
+    }
+    lines = _tunnel_lines(SimpleNamespace(nodes=[SimpleNamespace(name="br1", agent=agent)]))
+    assert len(lines) == 2  # the other peer's child is not listed under hub
+    assert "br1 → hub  established  198.51.100.11:4500 → 198.51.100.10:4500" in lines[0]
+    assert "24d0b8e895ea6437/21d473e896dbefca" in lines[0] and lines[0].endswith("1m11s")
+    assert "10.1.0.0/24 ⇄ 10.0.0.0/24, 10.2.0.0/24" in lines[1]
+    assert "SPIs 5620bcc4/38543e00" in lines[1] and "in 1.5 kB 3 pkt" in lines[1]
