@@ -76,7 +76,8 @@ UDP_SEGMENT = 103  # setsockopt/cmsg: send one buffer as several datagrams of th
 UDP_GRO = 104  # receive several same-size datagrams in one buffer, size in a cmsg (Linux 5.0)
 UDP_GSO_MAX_SEGS = 64
 TX_BUFFERS = 8  # encrypted TSO packets waiting for the TX thread
-TX_BUF_SIZE = 65536 * 2  # one TSO packet's ESP packets: 64 kB plus per-segment overhead
+TX_BUF_SIZE = 65536 * 2  # one TSO packet's ESP packets at a usual MSS: 64 kB plus per-segment overhead
+ESP_MAX_OVERHEAD = 64  # ESP header 8 + IV 16 + padding 15 + trailer 2 + ICV 16, rounded up
 UDP_GSO_MAX_BYTES = 65000  # one UDP payload (IPv4 total length is 16 bits)
 _U64 = struct.Struct("!Q")  # inner source || destination, one dict key
 
@@ -496,8 +497,8 @@ class UserspaceEngine(Engine):
         hlen = tun.VNET_HDR_LEN if offload else 0
         # the virtio header lands in its own buffer, the packet at offset 0 of src (room for the trailer)
         bufs = [vnet, sview[:65536]] if offload else [sview[:65536]]
-        readv, sendto, sendmsg, key_of, drops = os.readv, sock.sendto, sock.sendmsg, _U64.unpack_from, self.drops
-        vnet_of, segment, complete = _VNET.unpack_from, tun.segment_tcp, tun.complete_checksum
+        readv, sendto, key_of, drops = os.readv, sock.sendto, _U64.unpack_from, self.drops
+        vnet_of, complete = _VNET.unpack_from, tun.complete_checksum
         route = self._route
         tx_put, free_get, free_put = self._tx_queue.put, self._tx_free.get, self._tx_free.put
         if not self.tx_thread:
@@ -530,38 +531,8 @@ class UserspaceEngine(Engine):
                 if offload and (vnet[0] or vnet[1]):
                     flags, gso, _, mss, cstart, coff = vnet_of(vnet)
                     if gso == tun.VNET_HDR_GSO_TCPV4 and mss > 0 and data[9] == 6:
-                        # TSO: cut into MSS segments, encrypt them back to back into a TX buffer, and
-                        # let the TX thread send them as UDP GSO batches while we read the next one
                         self.tso_reads += 1
-                        buf = free_get()
-                        batches: list[tuple[int, int, int]] = []
-                        pos = start = i = cnt = size = 0
-                        short = False
-                        try:
-                            while True:
-                                k = segment(data, sview, n, mss, seg.data, seg.view, i)
-                                if not k:
-                                    break
-                                i += 1
-                                m = out.encapsulate_into(seg, k, buf, pos)
-                                if cnt and (m > size or short):
-                                    # UDP GSO needs equal sizes with only the last one shorter
-                                    batches.append((start, pos - start, size))
-                                    start, cnt, size = pos, 0, 0
-                                size = size or m
-                                short = m < size
-                                pos += m
-                                cnt += 1
-                                if pos - start + size > UDP_GSO_MAX_BYTES or cnt == UDP_GSO_MAX_SEGS:
-                                    batches.append((start, pos - start, size))
-                                    start, cnt, size, short = pos, 0, 0, False
-                            if pos > start:
-                                batches.append((start, pos - start, size))
-                        except BaseException:
-                            free_put(buf)
-                            raise
-                        self._enq += 1
-                        tx_put((buf, batches, addr))
+                        self._seal_tso(out, src, n, mss, seg, addr, tx_put)
                         continue
                     if gso:
                         drops.not_ipv4 += 1  # a GSO type we never offered
@@ -587,6 +558,58 @@ class UserspaceEngine(Engine):
                 continue
             except OSError:
                 drops.send_errors += 1
+
+    def _seal_tso(self, out: EspOutbound, src: PacketBuffer, n: int, mss: int, seg: PacketBuffer,
+                  addr: tuple[str, int], tx_put: Callable[[Any], None]) -> None:
+        """TSO: cut src[0:n] into MSS segments, encrypt them back to back into TX buffers and queue
+        those as UDP GSO batches, so the TX thread sends while the outbound loop reads the next one.
+
+        A small MSS makes the ESP packets of one 64 kB read outgrow a buffer (the OpenSSL back end
+        writes through a raw pointer, unchecked): a buffer that could not take one more packet is
+        queued and the next one taken.
+        """
+        free_get, segment = self._tx_free.get, tun.segment_tcp
+        data, sview = src.data, src.view
+        buf: PacketBuffer | None = free_get()
+        batches: list[tuple[int, int, int]] = []
+        pos = start = i = cnt = size = 0
+        short = False
+        try:
+            while True:
+                k = segment(data, sview, n, mss, seg.data, seg.view, i)
+                if not k:
+                    break
+                i += 1
+                if pos + k + ESP_MAX_OVERHEAD > TX_BUF_SIZE:
+                    if pos > start:
+                        batches.append((start, pos - start, size))
+                    self._enq += 1
+                    tx_put((buf, batches, addr))
+                    buf, batches = None, []
+                    buf = free_get()
+                    pos = start = cnt = size = 0
+                    short = False
+                assert buf is not None
+                m = out.encapsulate_into(seg, k, buf, pos)
+                if cnt and (m > size or short):
+                    # UDP GSO needs equal sizes with only the last one shorter
+                    batches.append((start, pos - start, size))
+                    start, cnt, size = pos, 0, 0
+                size = size or m
+                short = m < size
+                pos += m
+                cnt += 1
+                if pos - start + size > UDP_GSO_MAX_BYTES or cnt == UDP_GSO_MAX_SEGS:
+                    batches.append((start, pos - start, size))
+                    start, cnt, size, short = pos, 0, 0, False
+            if pos > start:
+                batches.append((start, pos - start, size))
+        except BaseException:
+            if buf is not None:
+                self._tx_free.put(buf)
+            raise
+        self._enq += 1
+        tx_put((buf, batches, addr))
 
     def _tx_loop(self) -> None:
         """Sends what the outbound loop encrypted, so its next read and encryption overlap our syscalls."""
@@ -639,7 +662,8 @@ class UserspaceEngine(Engine):
     def _inbound_loop(self) -> None:
         fd, sock = self._tun_fd, self._sock
         assert sock is not None
-        src, one, dst = PacketBuffer(BUF_SIZE), PacketBuffer(4096), PacketBuffer(BUF_SIZE)
+        # one: a datagram split off a UDP GRO batch; as large as any datagram (a peer's MTU may exceed ours)
+        src, one, dst = PacketBuffer(BUF_SIZE), PacketBuffer(BUF_SIZE), PacketBuffer(BUF_SIZE)
         data, sview, out, oview = src.data, src.view, dst.data, dst.view
         recv, recvmsg, write, u32 = sock.recvfrom_into, sock.recvmsg_into, os.write, _U32.unpack_from
         key_of, drops = _U64.unpack_from, self.drops

@@ -1,0 +1,46 @@
+"""The userspace engine's TSO path: a 64 kB TCP read cut into MSS segments, encrypted into TX buffers.
+
+No device or socket is needed: `_seal_tso` fills the engine's own TX buffers, and every queued UDP GSO
+batch is decrypted again with the receiving side of the SA.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.unit.dataplane.test_tun_offload import segments, tcp_packet
+from vpnlab_agent.dataplane.userspace import TX_BUF_SIZE, TX_BUFFERS, UserspaceEngine
+from vpnlab_agent.esp import EspInbound, EspOutbound, PacketBuffer
+from vpnlab_agent.sa import EspAlgorithm
+
+GCM = EspAlgorithm("aes-gcm-16", 128)
+CBC = EspAlgorithm("aes-cbc", 128, "hmac-sha256-128")
+ADDR = ("198.51.100.2", 4500)
+
+
+@pytest.mark.parametrize("alg", [GCM, CBC], ids=["gcm", "cbc"])
+@pytest.mark.parametrize("mss", [1398, 536, 48])
+def test_tso_read_is_cut_sealed_and_batched_within_the_tx_buffers(alg: EspAlgorithm, mss: int) -> None:
+    # MSS 48 is Linux's floor (tcp_min_snd_mss): its ESP packets need ~1.4 TX buffers.
+    enc = os.urandom(20 if alg.aead else 16)
+    integ = b"" if alg.aead else os.urandom(32)
+    out, inb = EspOutbound(0x1001, alg, enc, integ), EspInbound(0x1001, alg, enc, integ)
+    tso = tcp_packet(os.urandom(65483 - 40 - 12), partial=True)
+    src = PacketBuffer(65536 + 256)
+    src.data[:len(tso)] = tso
+    engine = UserspaceEngine()
+    queued: list = []
+    engine._seal_tso(out, src, len(tso), mss, PacketBuffer(4096), ADDR, queued.append)
+
+    got = []
+    for buf, batches, addr in queued:
+        assert addr == ADDR and len(buf.data) == TX_BUF_SIZE  # no buffer grew or was overrun
+        for off, total, size in batches:
+            assert total <= 65000
+            for o in range(off, off + total, size):
+                got.append(inb.decapsulate(bytes(buf.view[o:min(o + size, off + total)])))
+    assert got == segments(tso, mss)
+    assert engine._enq == len(queued) == (1 if mss >= 536 else 2)
+    assert len(queued) + engine._tx_free.qsize() == TX_BUFFERS
