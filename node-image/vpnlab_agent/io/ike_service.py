@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ RETRY_MAX_S = 30.0
 TIMER_FLOOR_S = 0.05
 STOP_GRACE_S = 1.5  # how long stop() waits for the peers' answers to our DELETEs
 MAX_ERRORS = 50
+MAX_ENGINE_BACKLOG = 1024  # IKE messages from the engine's thread waiting for the event loop
 
 
 class _Udp500(asyncio.DatagramProtocol):
@@ -77,6 +79,10 @@ class IkeService:
         self._delays: dict[str, float] = {}  # peer -> next retry delay (doubles, capped)
         self._stopping = False
         self._up_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # IKE on 4500 arrives on the engine's thread; deque append/popleft are thread-safe.
+        self._from_engine: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self._drain_scheduled = False
+        self.engine_dropped = 0  # IKE messages from the engine dropped because the loop lagged
         # Called with every endpoint event after the service handled it (the mesh service listens).
         self.listeners: list[Callable[[object], None]] = []
 
@@ -177,9 +183,28 @@ class IkeService:
         return self._loop.time() if self._loop is not None else time.monotonic()
 
     def _on_ike_from_engine(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Engine thread: queue the message for the loop. The queue is bounded (a flood on 4500 must
+        not grow memory faster than the loop drains it), and one drain call serves a whole burst."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._on_datagram, data, addr, self.natt_port)
+        if loop is None or loop.is_closed():
+            return
+        if len(self._from_engine) >= MAX_ENGINE_BACKLOG:
+            self.engine_dropped += 1
+            return
+        self._from_engine.append((data, addr))
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            loop.call_soon_threadsafe(self._drain_engine)
+
+    def _drain_engine(self) -> None:
+        self._drain_scheduled = False  # before draining: a message queued from now on schedules anew
+        pending = self._from_engine
+        while pending:
+            data, addr = pending.popleft()
+            if self._loop is None:
+                continue
+            self.endpoint.receive_datagram(data, addr, self.natt_port, self._now())
+        self._flush()
 
     def _on_lifetime_from_engine(self, spi_in: int, hard: bool) -> None:
         loop = self._loop
