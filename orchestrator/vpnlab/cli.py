@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer.exceptions import Abort
+from typer.core import TyperGroup
 from rich import box
 from rich.console import Console, ConsoleDimensions
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -19,7 +22,31 @@ from rich.table import Table
 
 from vpnlab.errors import VpnlabError
 
+class _OneLineErrors(TyperGroup):
+    """Usage mistakes (missing argument, unknown option, bad value) as one `error:` line that
+    points at --help, like every other vpnlab error, instead of click's boxed usage block."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.pop("standalone_mode", True) is False:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as exc:  # a bare `vpnlab` or `vpnlab measure`: the help is the answer
+            exc.show()
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            err.print(f"error: {exc.format_message()}{where}", style="red", markup=False)
+            sys.exit(exc.exit_code)
+        except Abort:
+            err.print("aborted", style="red", markup=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="vpnlab",
     help="Container lab for multi-site IPsec VPN designs: deploy a YAML topology as Docker containers.",
     no_args_is_help=True,

@@ -114,3 +114,20 @@ def test_tunnel_lines_keep_every_field_a_narrow_terminal_would_cut() -> None:
     assert "24d0b8e895ea6437/21d473e896dbefca" in lines[0] and lines[0].endswith("1m11s")
     assert "10.1.0.0/24 ⇄ 10.0.0.0/24, 10.2.0.0/24" in lines[1]
     assert "SPIs 5620bcc4/38543e00" in lines[1] and "in 1.5 kB 3 pkt" in lines[1]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["deploy"], "Missing argument"),
+        (["deploy", "x.yml", "--bogus"], "No such option: --bogus"),
+        (["deploy", "x.yml", "--timeout", "0"], "--timeout"),
+        (["deplyo"], "Did you mean 'deploy'?"),
+    ],
+)
+def test_usage_mistakes_are_one_line_pointing_at_help(args: list[str], expected: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "--help" in lines[0]
