@@ -44,9 +44,15 @@ def identity_text(id_type: int, data: bytes) -> str:
 
 
 def narrow(offered: list[TrafficSelector], allowed: tuple[str, ...]) -> list[TrafficSelector]:
-    """The parts of the offered selectors inside our allowed CIDRs (RFC 7296 §2.9 narrowing)."""
+    """The parts of the offered selectors inside our allowed CIDRs (RFC 7296 §2.9 narrowing).
+
+    Selectors limited to one protocol or port range are left out: child SAs and both data planes
+    match addresses only, so accepting one would carry (and admit) all traffic of its addresses.
+    """
     out: list[TrafficSelector] = []
     for ts in offered:
+        if ts.ip_proto != 0 or ts.start_port != 0 or ts.end_port != 65535:
+            continue
         try:
             start, end = ipaddress.ip_address(ts.start), ipaddress.ip_address(ts.end)
         except ValueError:
@@ -57,7 +63,7 @@ def narrow(offered: list[TrafficSelector], allowed: tuple[str, ...]) -> list[Tra
                 continue
             lo, hi = max(start, net.network_address), min(end, net.broadcast_address)
             if lo <= hi:
-                sel = TrafficSelector(str(lo), str(hi), ts.ip_proto, ts.start_port, ts.end_port)
+                sel = TrafficSelector(str(lo), str(hi))
                 if sel not in out:
                     out.append(sel)
     return out

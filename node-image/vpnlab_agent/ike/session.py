@@ -555,7 +555,7 @@ class IkeSession:
         ts_r = narrow(tsr.selectors, self.peer.local_ts or ("0.0.0.0/0",))
         if not ts_i or not ts_r:
             raise ProtocolFailure(NotifyType.TS_UNACCEPTABLE, "traffic selectors do not match our configuration")
-        peer_spi = next(p.spi for p in sa.proposals if p.num == chosen.num and p.protocol == ProtocolId.ESP)
+        peer_spi = chosen.spi  # select() keeps the offered SPI (proposal numbers need not be unique)
         spi = self.ep.new_child_spi()
         mine = dataclasses.replace(chosen, spi=spi)
         suite = proposals.suite_from_proposal(mine)
@@ -801,7 +801,7 @@ class IkeSession:
         if ke is None or ke.group != group:
             raise ProtocolFailure(NotifyType.INVALID_KE_PAYLOAD, "KE of the wrong group",
                                   (group or 0).to_bytes(2, "big"))
-        peer_spi = next(p.spi for p in offered if p.num == chosen.num)
+        peer_spi = chosen.spi
         dh = crypto.DhKeyPair.generate(group, self.ep.rng)
         try:
             shared = dh.shared_secret(ke.data)

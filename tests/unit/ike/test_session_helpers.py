@@ -7,7 +7,7 @@ import pytest
 from vpnlab_agent.ike.codec import TrafficSelector, ts_from_cidr
 from vpnlab_agent.ike.constants import IdType
 from vpnlab_agent.ike.proposals import esp_proposals_from_config, ike_proposals_from_config
-from vpnlab_agent.ike.policy import describe, identity, identity_text, narrow
+from vpnlab_agent.ike.policy import describe, identity, identity_text, narrow, within
 
 
 @pytest.mark.parametrize(("text", "id_type", "data", "shown"), [
@@ -28,14 +28,22 @@ def test_bad_key_id_is_a_clear_error() -> None:
         identity("@#nothex")
 
 
-def test_narrow_keeps_only_the_intersection_and_the_offered_protocol() -> None:
-    offered = [ts_from_cidr("10.0.0.0/16"), TrafficSelector("10.9.0.0", "10.9.0.255", 6, 80, 80)]
+def test_narrow_keeps_only_the_intersection() -> None:
+    offered = [ts_from_cidr("10.0.0.0/16"), ts_from_cidr("10.9.0.0/24")]
     assert narrow(offered, ("10.0.5.0/24", "10.9.0.128/25")) == [
         TrafficSelector("10.0.5.0", "10.0.5.255"),
-        TrafficSelector("10.9.0.128", "10.9.0.255", 6, 80, 80),
+        TrafficSelector("10.9.0.128", "10.9.0.255"),
     ]
     assert narrow(offered, ("172.16.0.0/12",)) == []
     assert narrow([ts_from_cidr("10.1.2.0/24")], ("0.0.0.0/0",)) == [ts_from_cidr("10.1.2.0/24")]
+
+
+@pytest.mark.parametrize("ts", [TrafficSelector("10.9.0.0", "10.9.0.255", 6),
+                                TrafficSelector("10.9.0.0", "10.9.0.255", 0, 80, 80)])
+def test_narrow_leaves_out_protocol_or_port_limited_selectors(ts: TrafficSelector) -> None:
+    # Our SAs match addresses only: taking TCP/80 would carry and admit every protocol of 10.9.0.0/24.
+    assert narrow([ts, ts_from_cidr("10.0.0.0/16")], ("10.0.0.0/8",)) == [ts_from_cidr("10.0.0.0/16")]
+    assert not within([ts], [ts_from_cidr("10.9.0.0/24")])  # nor from a responder that narrowed so
 
 
 def test_describe_gives_strongswan_style_names() -> None:
