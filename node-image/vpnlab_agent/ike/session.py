@@ -216,6 +216,9 @@ class IkeSession:
         self.last_resp: tuple[int, bytes] | None = None
 
         self.children: dict[int, Child] = {}
+        # Inbound SPIs we offered for a child not installed yet: released if it never comes, so
+        # the endpoint's set of SPIs in use does not grow with every failed negotiation.
+        self._offered_spis: set[bytes] = set()
         self.init_key: tuple[bytes, tuple[str, int]] | None = None  # responder: (SPIi, addr) of IKE_SA_INIT
         self._auth_ctx = _RekeyCtx(b"", b"", None)  # initiator: what IKE_AUTH offered for the first child
         self._last_raw = b""  # bytes of the response being handled (IKE_SA_INIT's are signed by AUTH)
@@ -412,7 +415,7 @@ class IkeSession:
         assert self.peer is not None
         id_type, id_data = identity(self.ep.config.local_id)
         idi = IDi(id_type, id_data)
-        spi = self.ep.new_child_spi()
+        spi = self._offer_spi()
         ts_i, ts_r = selectors_for(self.peer.local_ts), selectors_for(self.peer.remote_ts)
         self._auth_ctx = _RekeyCtx(nonce=b"", spi=spi, dh=None, offered_ts=(ts_i, ts_r))
         payloads: list = [idi]
@@ -454,6 +457,7 @@ class IkeSession:
         try:
             self._accept_child_response(msg, ctx, None, now, self.ni, self.nr, None)
         except ProtocolFailure as e:
+            self._withdraw_spi(ctx.spi)
             self.ep.log(f"{self.peer_name}: IKE SA up without child SA: {e}")
 
     def _accept_child_response(self, msg: Message, ctx: _RekeyCtx, old: Child | None, now: float,
@@ -594,6 +598,7 @@ class IkeSession:
             local_ts=local_ts,
             remote_ts=remote_ts,
         )
+        self._offered_spis.discard(spi_in.to_bytes(4, "big"))
         lifetime = self.ep.config.child_lifetime_s
         child = Child(sa, prop, now, now + lifetime * self._lifetime_fraction(), hard_at=now + lifetime)
         # A child rekey answered after our IKE SA was itself rekeyed belongs to the new IKE SA.
@@ -608,6 +613,17 @@ class IkeSession:
         if self.children.pop(child.sa.spi_in, None) is not None:
             self.ep.release_child_spi(child.sa.spi_in)
             self.ep._emit(ChildSADeleted(child.sa.name, child.sa.spi_in, child.sa.reqid))
+
+    def _offer_spi(self) -> bytes:
+        spi = self.ep.new_child_spi()
+        self._offered_spis.add(spi)
+        return spi
+
+    def _withdraw_spi(self, spi: bytes) -> None:
+        """The child we offered this inbound SPI for will not exist."""
+        if spi in self._offered_spis:
+            self._offered_spis.discard(spi)
+            self.ep.release_child_spi(spi_int(spi))
 
     def _child_by_out(self, spi: bytes) -> Child | None:
         want = spi_int(spi)
@@ -640,6 +656,8 @@ class IkeSession:
         self.close_reason = reason
         for child in list(self.children.values()):
             self._remove_child(child)
+        for spi in list(self._offered_spis):
+            self._withdraw_spi(spi)
         self.pending = None
         self.queue.clear()
         if not quiet and was != State.REKEYED and (self.peer is not None and (self.initiator or was != State.HALF_OPEN)):
@@ -889,7 +907,7 @@ class IkeSession:
             return False
         assert self.peer is not None
         child.rekeying = True
-        spi = self.ep.new_child_spi()
+        spi = self._offer_spi()
         nonce = self.ep.rng(NONCE_LEN)
         group = dh_group(self.ep.esp_proposals[0])
         dh = crypto.DhKeyPair.generate(group, self.ep.rng) if group else None
@@ -901,6 +919,7 @@ class IkeSession:
                          lambda m, t: self._on_child_rekey_response(m, t, ctx), "rekey-child", now, child)
         if not ok:
             child.rekeying = False
+            self._withdraw_spi(spi)
         return ok
 
     def _child_rekey_payloads(self, ctx: _RekeyCtx) -> list:
@@ -944,6 +963,7 @@ class IkeSession:
                     raise ProtocolFailure(NotifyType.INVALID_SYNTAX, f"bad KE value: {e}") from e
             self._accept_child_response(msg, ctx, old, now, ctx.nonce, nonce.data, shared)
         except ProtocolFailure as e:
+            self._withdraw_spi(ctx.spi)
             old.rekeying = False
             old.rekey_at = self._retry_time(now)  # try again later, still within the lifetime
             self.ep.log(f"{self.peer_name}: child SA rekey failed: {e}")

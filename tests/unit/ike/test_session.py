@@ -137,6 +137,7 @@ def test_no_common_esp_proposal_keeps_ike_sa_without_child() -> None:
     eva, evb = up(ea, lb)
     assert len(of(eva, IkeSAUp)) == 1 and of(eva, ChildSAUp) == [] and of(evb, ChildSAUp) == []
     assert any("NO_PROPOSAL_CHOSEN" in line for line in ea.pop_logs())
+    assert ea._child_spis == set()  # the SPI offered for the refused child is free again
 
 
 @pytest.mark.parametrize("esp", ["aes128gcm16", "aes128gcm16-curve25519"])  # without and with PFS
@@ -156,6 +157,18 @@ def test_child_rekey_make_before_break(esp: str, side: str) -> None:
         assert new.child.spi_in != old.spi_in and new.child.enc_key_in != old.enc_key_in
     assert_child_pair(eva[0], evb[0])
     assert [c["spi_in"] for c in ea.status(lb.now)["child_sas"]] == [f"{eva[0].child.spi_in:08x}"]
+    assert ea._child_spis == {eva[0].child.spi_in.to_bytes(4, "big")}
+
+
+def test_colliding_child_rekeys_are_refused_and_their_spis_released() -> None:
+    ea, eb, lb = pair()
+    eva, evb = up(ea, lb)
+    ea.rekey_child("b", lb.now)
+    eb.rekey_child("a", lb.now)  # both requests cross: each side refuses the other's (TEMPORARY_FAILURE)
+    lb.run(lb.now + 1)
+    assert lb.take_events(A) == [] and lb.take_events(B) == []
+    for ep, first in ((ea, eva), (eb, evb)):
+        assert ep._child_spis == {of(first, ChildSAUp)[0].child.spi_in.to_bytes(4, "big")}
 
 
 def test_ike_rekey_moves_children_and_keeps_working() -> None:
@@ -219,6 +232,7 @@ def test_wrong_psk_is_authentication_failed_and_no_sa() -> None:
     assert "AUTHENTICATION_FAILED" in eva[0].reason
     assert ea.status(lb.now)["ike_sas"] == [] == eb.status(lb.now)["ike_sas"]
     assert any("PSK mismatch" in line for line in eb.pop_logs())
+    assert ea._child_spis == set() == eb._child_spis  # the SPI offered for the first child is free again
 
 
 def test_unknown_identity_is_authentication_failed() -> None:
