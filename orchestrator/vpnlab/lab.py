@@ -8,8 +8,6 @@ agent reports ready. Any failure, Ctrl-C included, destroys what was made and re
 
 from __future__ import annotations
 
-import dataclasses
-import re
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -35,8 +33,9 @@ from vpnlab.runtime.base import (
     container_name,
 )
 from vpnlab.topology.model import Lab, Node
+from vpnlab.topology.schema import LAB_NAME_RE
 
-LAB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")  # same rule as the topology file's `name`
+LAB_NAME = LAB_NAME_RE  # the topology file's `name` rule: it becomes part of netns and container names
 WORKERS = 8  # concurrent Docker calls; more only queues on 2 cores
 READY_TIMEOUT_S = 90.0
 READY_POLL_S = 0.5
@@ -129,10 +128,7 @@ def load_lab(topology: str | Path, name: str | None = None) -> Lab:
     """Load, validate and plan a topology file, optionally under another lab name."""
     from vpnlab.topology import load_topology
 
-    lab = load_topology(Path(topology))
-    if name is not None and name != lab.name:
-        lab = dataclasses.replace(lab, name=check_lab_name(name))
-    return lab
+    return load_topology(Path(topology), name=None if name is None else check_lab_name(name))
 
 
 def resolve_lab_name(arg: str) -> str:
