@@ -170,6 +170,8 @@ def request(path: str, command: str, timeout: float = CLIENT_TIMEOUT_S, **args: 
         response = json.loads(buf)
     except ValueError:
         raise ControlError("agent sent a response that is not JSON") from None
+    if not isinstance(response, dict):
+        raise ControlError(f"agent sent a {type(response).__name__}, not a response object")
     if not response.get("ok"):
         raise ControlError(str(response.get("error", "request failed")))
     return response.get("result")

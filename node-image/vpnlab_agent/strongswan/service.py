@@ -270,9 +270,11 @@ class StrongswanService:
         while True:
             try:
                 line = await proc.stdout.readline()
-            except ValueError:  # a line over the limit: drop the rest of it
-                with contextlib.suppress(Exception):
-                    await proc.stdout.readuntil(b"\n")
+            except ValueError:
+                # A line over MAX_LOG_LINE: readline has already dropped it (or its head, when the
+                # rest is still on its way). Reading on to the next newline here would also throw
+                # away the following, ordinary line.
+                charon_log.warning("dropped a charon log line longer than %d bytes", MAX_LOG_LINE)
                 continue
             if not line:
                 break

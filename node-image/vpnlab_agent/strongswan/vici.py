@@ -181,7 +181,9 @@ class Vici:
         while True:
             kind, body = self._recv()
             if kind == EVENT:
-                (nlen,) = body[:1]
+                if not body or len(body) < 1 + body[0]:
+                    raise ViciError(f"truncated {event} event")
+                nlen = body[0]
                 if len(events) >= MAX_EVENTS:
                     raise ViciError(f"more than {MAX_EVENTS} {event} events")
                 events.append(decode_message(body[1 + nlen:]))

@@ -178,3 +178,26 @@ def test_ctl_command_line(served: Served, sock_path: str, tmp_path: Path) -> Non
                            "status"], capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1 and len(gone.stderr.strip().splitlines()) == 1
     assert "agent not reachable" in gone.stderr
+
+
+@pytest.mark.parametrize("answer", [b"[1, 2]\n", b"\"ok\"\n", b"null\n"])
+def test_an_answer_that_is_not_an_object_is_a_control_error(tmp_path: Path, answer: bytes) -> None:
+    path = str(tmp_path / "odd.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+
+    def reply() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=reply, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ControlError, match="not a response object"):
+            control.request(path, "status", timeout=5)
+    finally:
+        thread.join(5)
+        srv.close()

@@ -181,3 +181,13 @@ def test_parse_list_sas_tolerates_half_built_sas() -> None:
     ike_sas, child_sas = parse_list_sas([{"hub": {"state": "CONNECTING"}}, {"odd": "value"}])
     assert [s["state"] for s in ike_sas] == ["connecting"] and child_sas == []
     assert ike_sas[0]["age_s"] is None and ike_sas[0]["initiator"] is False
+
+
+@pytest.mark.parametrize("body", [b"", b"\x07list"], ids=["empty", "name-cut"])
+def test_a_truncated_event_is_a_vici_error(tmp_path: Path, body: bytes) -> None:
+    path = str(tmp_path / "vici")
+    script = [(b"register", _packet(5)), (b"list-sas", _packet(7, body))]
+    thread = _serve_once(path, script, [])
+    with Vici(path, timeout=5) as vici, pytest.raises(ViciError, match="truncated list-sa event"):
+        vici.streamed("list-sas", "list-sa")
+    thread.join(5)
