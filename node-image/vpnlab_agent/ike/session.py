@@ -934,18 +934,28 @@ class IkeSession:
             payloads.append(KE(ctx.dh.group, ctx.dh.public_bytes))
         return payloads + [TSi(ctx.offered_ts[0]), TSr(ctx.offered_ts[1])]
 
+    def _retry_invalid_ke(self, msg: Message, ctx: _RekeyCtx, offered: list[Proposal],
+                          build: Callable[[_RekeyCtx], list],
+                          on_response: Callable[[Message, float, _RekeyCtx], None], kind: str, now: float) -> bool:
+        """INVALID_KE_PAYLOAD naming a group we offered: ask once more with a KE of that group.
+        False if not (then the response is an error like any other)."""
+        bad_ke = msg.notifies(NotifyType.INVALID_KE_PAYLOAD)
+        if not bad_ke or ctx.retries >= 1 or len(bad_ke[0].data) != 2:
+            return False
+        group = int.from_bytes(bad_ke[0].data, "big")
+        if group not in {dh_group(p) for p in offered}:
+            return False
+        ctx.retries += 1
+        ctx.dh = crypto.DhKeyPair.generate(group, self.ep.rng)
+        return self._queue(ExchangeType.CREATE_CHILD_SA, build(ctx), lambda m, t: on_response(m, t, ctx),
+                           kind, now, ctx.old)
+
     def _on_child_rekey_response(self, msg: Message, now: float, ctx: _RekeyCtx) -> None:
         old = ctx.old
         assert old is not None
-        bad_ke = msg.notifies(NotifyType.INVALID_KE_PAYLOAD)
-        if bad_ke and ctx.retries < 1 and len(bad_ke[0].data) == 2:
-            group = int.from_bytes(bad_ke[0].data, "big")
-            if group in {dh_group(p) for p in self.ep.esp_proposals}:
-                ctx.retries += 1
-                ctx.dh = crypto.DhKeyPair.generate(group, self.ep.rng)
-                self._queue(ExchangeType.CREATE_CHILD_SA, self._child_rekey_payloads(ctx),
-                            lambda m, t: self._on_child_rekey_response(m, t, ctx), "rekey-child", now, old)
-                return
+        if self._retry_invalid_ke(msg, ctx, self.ep.esp_proposals, self._child_rekey_payloads,
+                                  self._on_child_rekey_response, "rekey-child", now):
+            return
         nonce, ke = msg.find(Nonce), msg.find(KE)
         try:
             errors = [n for n in msg.find_all(Notify) if is_error_notify(n.notify_type)]
@@ -995,15 +1005,9 @@ class IkeSession:
         return [SA(with_spi(self.ep.ike_proposals, ctx.spi)), Nonce(ctx.nonce), KE(ctx.dh.group, ctx.dh.public_bytes)]
 
     def _on_ike_rekey_response(self, msg: Message, now: float, ctx: _RekeyCtx) -> None:
-        bad_ke = msg.notifies(NotifyType.INVALID_KE_PAYLOAD)
-        if bad_ke and ctx.retries < 1 and len(bad_ke[0].data) == 2:
-            group = int.from_bytes(bad_ke[0].data, "big")
-            if group in {dh_group(p) for p in self.ep.ike_proposals}:
-                ctx.retries += 1
-                ctx.dh = crypto.DhKeyPair.generate(group, self.ep.rng)
-                self._queue(ExchangeType.CREATE_CHILD_SA, self._ike_rekey_payloads(ctx),
-                            lambda m, t: self._on_ike_rekey_response(m, t, ctx), "rekey-ike", now)
-                return
+        if self._retry_invalid_ke(msg, ctx, self.ep.ike_proposals, self._ike_rekey_payloads,
+                                  self._on_ike_rekey_response, "rekey-ike", now):
+            return
         sa, nonce, ke = msg.find(SA), msg.find(Nonce), msg.find(KE)
         if (sa is None or nonce is None or ke is None or len(sa.proposals) != 1
                 or len(sa.proposals[0].spi) != 8 or ke.group != ctx.dh.group

@@ -270,3 +270,18 @@ def test_force_encap_floats_to_4500_and_plain_stays_on_500() -> None:
     eva, evb = up(ea, lb)
     assert all((s[1], d[1]) == (500, 500) for s, d, _ in lb.trace)
     assert not of(eva, ChildSAUp)[0].child.encap and not of(evb, ChildSAUp)[0].child.encap
+
+
+def test_child_rekey_retries_once_with_the_pfs_group_the_responder_asks_for() -> None:
+    # A's first PFS group is curve25519; B only takes ecp256: INVALID_KE_PAYLOAD, then a second try.
+    ea, eb, lb = pair(esp=("aes128gcm16-curve25519", "aes128gcm16-ecp256"), esp_b=("aes128gcm16-ecp256",))
+    up(ea, lb)
+    lb.trace.clear()
+    assert ea.rekey_child("b", lb.now) == 1
+    lb.run(lb.now + 1)
+    eva, evb = lb.take_events(A), lb.take_events(B)
+    assert [type(e) for e in eva] == [ChildSAUp, ChildSADeleted] == [type(e) for e in evb]
+    assert_child_pair(eva[0], evb[0])
+    requests = [d for s, _, d in lb.trace if s[0] == A and decode_header(d).exchange == ExchangeType.CREATE_CHILD_SA]
+    assert len(requests) == 2
+    assert ea._child_spis == {eva[0].child.spi_in.to_bytes(4, "big")}
