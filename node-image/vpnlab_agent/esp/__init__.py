@@ -1,4 +1,4 @@
-"""ESP (RFC 4303) packet codec, anti-replay window and UDP encapsulation (RFC 3948) helpers."""
+"""ESP (RFC 4303) packet codec and anti-replay window; UDP encapsulation (RFC 3948) lives in the engines."""
 
 from vpnlab_agent.esp.ciphers import BACKEND, PacketBuffer
 from vpnlab_agent.esp.codec import (
