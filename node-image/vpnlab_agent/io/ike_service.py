@@ -161,8 +161,15 @@ class IkeService:
         if self.endpoint.is_up(peer):
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._up_waiters.setdefault(peer, []).append(fut)
-        await asyncio.wait_for(fut, timeout)
+        waiters = self._up_waiters.setdefault(peer, [])
+        waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:  # a timed-out waiter must not stay behind for a peer that never comes up
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters and self._up_waiters.get(peer) is waiters:
+                del self._up_waiters[peer]
 
     def status(self) -> dict[str, Any]:
         st = self.endpoint.status(self._now())

@@ -43,3 +43,19 @@ def test_a_flood_from_the_engine_is_bounded_and_real_ike_still_gets_through() ->
     assert ready == 1  # one drain call for the whole burst, not one callback per message
     assert not service._from_engine
     assert service.endpoint.status(0.0)["half_open"] == 1  # the genuine IKE_SA_INIT was answered
+
+
+def test_a_timed_out_wait_up_leaves_no_waiter_behind() -> None:
+    service = IkeService(make_branch(implementation="agent"), UserspaceEngine())
+
+    async def run() -> None:
+        for _ in range(3):
+            try:
+                await service.wait_up("hub", 0.01)
+            except asyncio.TimeoutError:
+                pass
+            else:
+                raise AssertionError("no IKE SA can be up: the service never started")
+
+    asyncio.run(run())
+    assert service._up_waiters == {}
