@@ -152,6 +152,9 @@ class DockerRuntime:
         raise LabError("exec did not report an exit code")
 
 
+FILE_MODE = 0o600  # node configs carry the lab's PSK; only root (the agent) reads them
+
+
 def _tar(files: dict[str, bytes]) -> bytes:
     """An archive of `files` (absolute paths) to extract at '/'. Docker creates missing parent
     directories itself; listing existing ones would reset their modes (think /tmp)."""
@@ -159,7 +162,7 @@ def _tar(files: dict[str, bytes]) -> bytes:
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for path, content in sorted(files.items()):
             info = tarfile.TarInfo(path.strip("/"))
-            info.size, info.mode = len(content), 0o644
+            info.size, info.mode = len(content), FILE_MODE
             tar.addfile(info, io.BytesIO(content))
     return buf.getvalue()
 
