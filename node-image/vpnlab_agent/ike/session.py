@@ -96,6 +96,8 @@ RETRY_JITTER = 5.0
 REKEY_FRACTION_INITIATOR = 0.90
 REKEY_FRACTION_RESPONDER = 0.96
 NONCE_LEN = 32
+# Queued requests an IKE rekey hands to the new IKE SA (the rest are rekeys and DPD, redone there).
+_CARRIED_OVER = ("delete-child", "notify")
 NATT_PORT = 4500
 _ZERO_SPI = bytes(8)
 
@@ -742,6 +744,13 @@ class IkeSession:
             self._close(now, reason, quiet=quiet)
         else:
             self._pump(now)
+        self._pump_successor(now)
+
+    def _pump_successor(self, now: float) -> None:
+        """After an IKE rekey, requests carried over to the new IKE SA go out once the exchange
+        that created it is complete (as responder: our answer is sent)."""
+        if self.successor is not None:
+            self.successor._pump(now)
 
     def _receive_init(self, data: bytes, hdr: Header, addr: tuple[str, int], local_port: int, now: float) -> None:
         if not hdr.response:
@@ -854,10 +863,12 @@ class IkeSession:
         self.state = State.REKEYED
         self.successor = new
         self.linger_until = now + REKEYED_GRACE
-        for req in self.queue:  # child rekeys not sent yet: the new IKE SA does them right away
-            if req.child is not None:
+        for req in self.queue:
+            if req.child is not None:  # child rekeys not sent yet: the new IKE SA does them right away
                 req.child.rekeying = False
                 req.child.rekey_at = now
+            elif req.kind in _CARRIED_OVER:  # DELETEs of children and notifies still matter
+                new.queue.append(_Request(req.exchange, req.payloads, req.on_response, req.kind))
         self.queue.clear()
         self.ep._adopt(new)
         assert self.peer is not None and new.proposal is not None
@@ -899,6 +910,7 @@ class IkeSession:
         self.pending = None
         req.on_response(msg, now)
         self._pump(now)
+        self._pump_successor(now)
 
     # --- locally started exchanges (endpoint API) ------------------------------------------
 

@@ -282,3 +282,21 @@ def test_unauthenticated_critical_payload_gets_no_answer_and_keeps_the_window() 
     eb.receive_datagram(encode(forged, sess_a.sk_out), (A, 4500), 4500, lb.now)
     lb.deliver()
     assert len(lb.trace) == before + 2 and lb.trace[-1][2] == lb.trace[-2][2]
+
+
+@pytest.mark.parametrize("rekeyer", ["peer", "self"])
+def test_requests_queued_when_the_ike_sa_is_rekeyed_go_out_on_the_new_one(rekeyer: str) -> None:
+    ea, eb, lb = pair()
+    ea.connect("b", 0.0)
+    lb.run(1.0)
+    lb.take_events(A), lb.take_events(B)
+    ea.rekey_child("b", lb.now)  # outstanding: what A queues next waits behind it
+    (child,) = next(iter(ea._sessions.values())).children.values()
+    ea.send_notify("b", PRIV, b"mesh-hello", lb.now)
+    ea.delete_child_spi(child.sa.spi_in, lb.now)  # the SA being rekeyed: its DELETE is queued too
+    (eb if rekeyer == "peer" else ea).rekey_ike("a" if rekeyer == "peer" else "b", lb.now)
+    lb.run(lb.now + 2)
+    assert NotifyReceived("a", PRIV, b"mesh-hello") in lb.take_events(B)
+    # The DELETE went out too: both sides hold the same child SAs.
+    assert {c["spi_in"] for c in ea.status(lb.now)["child_sas"]} == {c["spi_out"] for c in eb.status(lb.now)["child_sas"]}
+    assert {c["spi_out"] for c in ea.status(lb.now)["child_sas"]} == {c["spi_in"] for c in eb.status(lb.now)["child_sas"]}
