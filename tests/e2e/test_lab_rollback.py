@@ -24,6 +24,22 @@ from vpnlab.topology.model import Lab
 pytestmark = pytest.mark.e2e
 
 
+def _deploy_in_background(runtime: DockerRuntime, topologies: Path, name: str, containers: int) -> subprocess.Popen[str]:
+    """`vpnlab deploy minimal.yml` as a user runs it, returned once `containers` of its containers
+    exist (or it has ended, or 120 s have passed), so that a test can interrupt it mid-deploy."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vpnlab", "deploy", str(topologies / "minimal.yml"), "--name", name],
+        cwd=topologies.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while len(runtime.containers(name)) < containers and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
 def test_a_node_that_cannot_start_rolls_the_whole_lab_back(
     node_image: str,
     runtime: DockerRuntime,
@@ -52,17 +68,8 @@ def test_ctrl_c_during_deploy_leaves_nothing(
     leftovers: Callable[[str], list[str]],
 ) -> None:
     name = lab_name()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vpnlab", "deploy", str(topologies / "minimal.yml"), "--name", name],
-        cwd=topologies.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _deploy_in_background(runtime, topologies, name, containers=1)
     try:
-        deadline = time.monotonic() + 120
-        while not runtime.containers(name) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
         assert proc.poll() is None, f"deploy ended before any container appeared: {proc.communicate()}"
         assert runtime.containers(name), "no container appeared within 120 s"
         proc.send_signal(signal.SIGINT)
@@ -130,19 +137,9 @@ def test_destroy_cleans_up_after_a_deploy_that_was_killed(
 ) -> None:
     # SIGKILL leaves no chance to roll back: the labels and the netns name are all destroy needs.
     name = lab_name()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vpnlab", "deploy", str(topologies / "minimal.yml"), "--name", name],
-        cwd=topologies.parent,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while len(runtime.containers(name)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.wait()
+    proc = _deploy_in_background(runtime, topologies, name, containers=2)
+    proc.kill()
+    proc.communicate()
     assert leftovers(name), "the killed deploy should have left containers and a fabric behind"
     result = labs.destroy(name, runtime=runtime)
     assert result.found_anything
