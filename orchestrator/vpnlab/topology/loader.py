@@ -81,6 +81,25 @@ def _path_to(root: yaml.Node, target: yaml.Node) -> list[str] | None:
     return None
 
 
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the document holds once every alias is expanded, counting stops just past
+    MAX_YAML_NODES. A few nested anchors (a "billion laughs") would otherwise make validation and
+    error messages walk and print an exponentially large value."""
+    count, stack = 0, [root]
+    while stack and count <= MAX_YAML_NODES:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.extend((key, value))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return count
+
+
 def read_yaml(path: str | Path) -> Any:
     file = str(path)
     p = Path(path)
@@ -101,6 +120,10 @@ def read_yaml(path: str | Path) -> Any:
         root = loader.get_single_node()
         if root is None:
             raise TopologyError(file, "", "file is empty (only comments)")
+        if _expanded_size(root) > MAX_YAML_NODES:
+            raise TopologyError(
+                file, "", f"aliases expand to more than {MAX_YAML_NODES} values; a topology needs far fewer"
+            )
         data = loader.construct_document(root)
     except _DuplicateKey as e:
         where = ".".join(_path_to(root, e.mapping) or [])

@@ -407,3 +407,28 @@ def test_nodes_null(tmp_path: Path) -> None:
 def test_yaml_boolean_node_name(tmp_path: Path) -> None:
     err = error_of(tmp_path, GOOD + "  on: {role: hub}\n")
     assert (err.where, err.problem) == ("nodes", "node names must be strings, got True (quote it)")
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("field", ["role", "lan", "hosts"])
+def test_nested_aliases_are_refused_before_they_expand(tmp_path: Path, field: str) -> None:
+    # Nine anchors of ten aliases each stand for 10**9 values: validating or quoting them in an
+    # error message used to run for minutes and take gigabytes.
+    chain = ['&a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    chain += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    value = f"[{', '.join(chain)}]"
+    role = value if field == "role" else "hub"
+    extra = "" if field == "role" else f", {field}: {value}"
+    err = error_of(tmp_path, f"name: t\nsecret: {{psk: s}}\nnodes:\n  hub: {{role: {role}{extra}}}\n")
+    assert "aliases expand to more than" in err.problem
+
+
+def test_a_few_aliases_are_fine(tmp_path: Path) -> None:
+    lab = load_topology(write(tmp_path, """\
+        name: t
+        secret: {psk: s3cret}
+        nodes:
+          hub: {role: hub, hosts: &two 2}
+          br1: {role: branch, hosts: *two}
+        """))
+    assert [n.name for n in lab.hosts] == ["hub-h1", "hub-h2", "br1-h1", "br1-h2"]
