@@ -536,7 +536,7 @@ class IkeSession:
             self.ep.initial_contact(self, now)
         self._establish(now)
         try:
-            out += self._answer_child(msg, None, now, self.ni, self.nr, None)
+            out += self._answer_child(msg, None, now, self.ni, self.nr, None, in_auth=True)
         except ProtocolFailure as e:
             self.ep.log(f"{peer.name}: IKE SA up without child SA: {e}")
             out.append(Notify(ProtocolId.NONE, b"", e.notify, e.data))
@@ -544,15 +544,20 @@ class IkeSession:
         return out
 
     def _answer_child(self, msg: Message, old: Child | None, now: float, ni: bytes, nr: bytes,
-                      shared: bytes | None) -> list:
+                      shared: bytes | None, *, in_auth: bool = False) -> list:
         """Responder: select ESP proposal, narrow selectors, create the child; → SA/TSi/TSr payloads."""
         assert self.peer is not None
         sa, tsi, tsr = msg.find(SA), msg.find(TSi), msg.find(TSr)
         if sa is None or tsi is None or tsr is None:
             raise ProtocolFailure(NotifyType.INVALID_SYNTAX, "child SA request lacks SA/TSi/TSr")
         esp = [p for p in sa.proposals if p.protocol == ProtocolId.ESP and len(p.spi) == 4]
-        ours = [p if shared is not None else without_dh(p) for p in self.ep.esp_proposals]
-        offered = esp if shared is not None else [without_dh(p) for p in esp]
+        if shared is not None:  # PFS: the KE matched the group of the proposal _answer_ke chose
+            ours, offered = self.ep.esp_proposals, esp
+        elif in_auth:  # the first child's keys come from the IKE SA's DH
+            ours, offered = [without_dh(p) for p in self.ep.esp_proposals], [without_dh(p) for p in esp]
+        else:  # CREATE_CHILD_SA without a DH exchange: only our proposals that ask for none
+            ours = [p for p in self.ep.esp_proposals if dh_group(p) is None]
+            offered = [without_dh(p) for p in esp]
         chosen = proposals.select(offered, ours)
         if chosen is None:
             raise ProtocolFailure(NotifyType.NO_PROPOSAL_CHOSEN, "no acceptable ESP proposal")

@@ -285,3 +285,14 @@ def test_child_rekey_retries_once_with_the_pfs_group_the_responder_asks_for() ->
     requests = [d for s, _, d in lb.trace if s[0] == A and decode_header(d).exchange == ExchangeType.CREATE_CHILD_SA]
     assert len(requests) == 2
     assert ea._child_spis == {eva[0].child.spi_in.to_bytes(4, "big")}
+
+
+def test_responder_that_requires_pfs_refuses_a_child_rekey_without_it() -> None:
+    # In IKE_AUTH there is no DH for the child anyway; a later CREATE_CHILD_SA must bring one for B.
+    ea, eb, lb = pair(esp=("aes128gcm16",), esp_b=("aes128gcm16-ecp256",))
+    eva, evb = up(ea, lb)
+    assert len(of(eva, ChildSAUp)) == 1 == len(of(evb, ChildSAUp))
+    assert ea.rekey_child("b", lb.now) == 1
+    lb.run(lb.now + 1)
+    assert lb.take_events(A) == [] and lb.take_events(B) == []
+    assert any("NO_PROPOSAL_CHOSEN" in line for line in ea.pop_logs())
