@@ -37,7 +37,8 @@ from vpnlab_agent.ike.codec import (
 )
 from vpnlab_agent.ike.constants import VENDOR_ID, ExchangeType, NotifyType, ProtocolId
 from vpnlab_agent.ike.events import Event
-from vpnlab_agent.ike.policy import dh_group, identity
+from vpnlab_agent.ike.policy import identity
+from vpnlab_agent.ike.proposals import dh_group
 from vpnlab_agent.ike.session import IkeSession, State
 
 IKE_PORT = 500

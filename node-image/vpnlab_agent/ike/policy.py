@@ -110,13 +110,6 @@ def describe(prop: Proposal) -> str:
     return "-".join(parts)
 
 
-def dh_group(prop: Proposal) -> int | None:
-    for t in prop.transforms:
-        if t.type == TransformType.DH and t.id != DhGroup.NONE:
-            return t.id
-    return None
-
-
 def without_dh(prop: Proposal) -> Proposal:
     # In IKE_AUTH the child's keys come from the IKE SA's DH; a DH transform there is meaningless.
     return dataclasses.replace(prop, transforms=[t for t in prop.transforms if t.type != TransformType.DH])

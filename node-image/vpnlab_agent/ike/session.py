@@ -61,7 +61,6 @@ from vpnlab_agent.ike.events import (
 from vpnlab_agent.ike.policy import (
     cidrs,
     describe,
-    dh_group,
     identity,
     identity_text,
     narrow,
@@ -71,6 +70,7 @@ from vpnlab_agent.ike.policy import (
     within,
     without_dh,
 )
+from vpnlab_agent.ike.proposals import dh_group
 from vpnlab_agent.sa import ChildSA
 
 if TYPE_CHECKING:
