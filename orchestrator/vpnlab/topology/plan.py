@@ -35,6 +35,7 @@ from vpnlab.topology.schema import (
 
 FIRST_PLANNED_OFFSET = 10  # planned public and host addresses start at .10
 HUB_ROLES = ("hub", "gateway")  # gateways act like hubs for branches (for now)
+MAX_PSK_FILE_BYTES = 4096
 
 
 def lan_segment_name(router: str, index: int) -> str:
@@ -82,12 +83,19 @@ class _Planner:
         path = Path(secret.psk_file)
         if not path.is_absolute():
             path = self.source.parent / path
+        if path.exists() and not path.is_file():
+            # /dev/zero or a FIFO would never end; a directory cannot hold a key
+            raise self.fail("secret.psk_file", f"{path} is not a regular file")
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as f:
+                raw = f.read(MAX_PSK_FILE_BYTES + 1)
+            text = raw.decode("utf-8")
         except FileNotFoundError:
             raise self.fail("secret.psk_file", f"file not found: {path}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise self.fail("secret.psk_file", f"cannot read {path}: {e}") from None
+        if len(raw) > MAX_PSK_FILE_BYTES:
+            raise self.fail("secret.psk_file", f"{path} is larger than {MAX_PSK_FILE_BYTES} bytes: not a key file")
         psk = text.strip()
         if not psk:
             raise self.fail("secret.psk_file", f"{path} is empty")

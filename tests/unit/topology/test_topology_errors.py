@@ -432,3 +432,13 @@ def test_a_few_aliases_are_fine(tmp_path: Path) -> None:
           br1: {role: branch, hosts: *two}
         """))
     assert [n.name for n in lab.hosts] == ["hub-h1", "hub-h2", "br1-h1", "br1-h2"]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("target, problem", [("/dev/zero", "is not a regular file"), ("big.psk", "larger than 4096 bytes")])
+def test_psk_file_that_is_no_key_file_is_refused_without_reading_it_all(
+    tmp_path: Path, target: str, problem: str
+) -> None:
+    (tmp_path / "big.psk").write_bytes(b"k" * 100_000)
+    err = error_of(tmp_path, GOOD.replace("{psk: s3cret}", f"{{psk_file: {target}}}"))
+    assert err.where == "secret.psk_file" and problem in err.problem
