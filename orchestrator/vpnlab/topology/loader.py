@@ -7,6 +7,7 @@ names the file, the dotted path of the field, and what is wrong with it.
 from __future__ import annotations
 
 import difflib
+import stat
 import types
 import typing
 from pathlib import Path
@@ -82,6 +83,7 @@ def _path_to(root: yaml.Node, target: yaml.Node) -> list[str] | None:
 
 
 MAX_YAML_NODES = 100_000
+MAX_FILE_BYTES = 1 << 20
 
 
 def _expanded_size(root: yaml.Node) -> int:
@@ -104,7 +106,13 @@ def read_yaml(path: str | Path) -> Any:
     file = str(path)
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        if stat.S_ISCHR(p.stat().st_mode) or stat.S_ISBLK(p.stat().st_mode):
+            raise TopologyError(file, "", "is a device, not a topology file")
+        with p.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise TopologyError(file, "", f"larger than {MAX_FILE_BYTES // 1024} KiB: not a topology file")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise TopologyError(file, "", "file not found") from None
     except IsADirectoryError:

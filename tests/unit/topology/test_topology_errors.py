@@ -442,3 +442,13 @@ def test_psk_file_that_is_no_key_file_is_refused_without_reading_it_all(
     (tmp_path / "big.psk").write_bytes(b"k" * 100_000)
     err = error_of(tmp_path, GOOD.replace("{psk: s3cret}", f"{{psk_file: {target}}}"))
     assert err.where == "secret.psk_file" and problem in err.problem
+
+
+@pytest.mark.timeout(20)
+def test_a_device_or_a_huge_file_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError, match="^/dev/zero: is a device, not a topology file$"):
+        load_topology("/dev/zero")
+    big = tmp_path / "big.yml"
+    big.write_text("# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(TopologyError, match="larger than 1024 KiB"):
+        load_topology(big)
