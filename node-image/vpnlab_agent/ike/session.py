@@ -917,6 +917,21 @@ class IkeSession:
         self._pump(now)
         self._pump_successor(now)
 
+    def _on_rekey_response_while_deleting(self, msg: Message, addr: tuple[str, int], now: float) -> None:
+        """A rekey answered after delete(). A child rekey is moot: deleting the IKE SA takes the
+        peer's new child with it. An IKE rekey is completed so that the new IKE SA is deleted too;
+        otherwise the peer would keep it, with all the children, until its DPD gave up."""
+        req = self.pending
+        assert req is not None
+        if req.kind != "rekey-ike":
+            self.pending = None
+            self._pump(now)
+            return
+        reason = self.close_reason or "terminated"
+        self._to_pending(msg, addr, now)
+        if self.successor is not None:
+            self.successor.delete(now, reason)
+
     # --- locally started exchanges (endpoint API) ------------------------------------------
 
     def rekey_child(self, child: Child, now: float) -> bool:
@@ -1168,4 +1183,5 @@ _TRANSITIONS: dict[tuple[State, int, bool], Callable[..., Any]] = {
     (State.DELETING, ExchangeType.INFORMATIONAL, False): _R._on_informational_request,
     (State.DELETING, ExchangeType.INFORMATIONAL, True): _R._to_pending,
     (State.DELETING, ExchangeType.CREATE_CHILD_SA, False): _R._refuse_temporarily,
+    (State.DELETING, ExchangeType.CREATE_CHILD_SA, True): _R._on_rekey_response_while_deleting,
 }

@@ -296,3 +296,21 @@ def test_responder_that_requires_pfs_refuses_a_child_rekey_without_it() -> None:
     lb.run(lb.now + 1)
     assert lb.take_events(A) == [] and lb.take_events(B) == []
     assert any("NO_PROPOSAL_CHOSEN" in line for line in ea.pop_logs())
+
+
+@pytest.mark.parametrize("what", ["child", "ike"])
+def test_terminate_during_a_rekey_deletes_at_once(what: str) -> None:
+    ea, eb, lb = pair()
+    up(ea, lb)
+    start = lb.now
+    if what == "child":
+        assert ea.rekey_child("b", lb.now) == 1
+    else:
+        assert ea.rekey_ike("b", lb.now)
+    ea.terminate("b", lb.now)  # the rekey is outstanding: its answer must not stall the DELETE
+    lb.run(lb.now + 3)
+    downs = of(lb.take_events(A), IkeSADown)
+    assert [d.reason for d in downs] == ["terminated"]
+    assert ea.status(lb.now)["ike_sas"] == [] and ea.status(lb.now)["child_sas"] == []
+    assert of(lb.take_events(B), IkeSADown)
+    assert lb.now - start < 5
