@@ -33,6 +33,9 @@ class DockerRuntime:
         try:
             self._client = client or docker.from_env(max_pool_size=POOL_SIZE)
         except DockerException as e:
+            from vpnlab.environment import check_docker
+
+            check_docker()  # raises the one "no Docker engine ... start dockerd" message
             raise LabError(f"cannot reach the Docker engine: {e}") from e
 
     @property
