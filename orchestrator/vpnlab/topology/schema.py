@@ -211,6 +211,9 @@ class NodeSpec(_Strict):
                 )
         if self.role == "host" and self.router is None:
             raise ValueError("a host needs 'router': the router whose LAN it sits in")
+        if self.implementation == "strongswan" and self.mesh is not None and self.mesh.enabled:
+            # strongSwan does not speak the mesh protocol: the key would silently do nothing
+            raise ValueError("mesh shortcuts need implementation: agent (a strongswan node stays on the star)")
         if self.nat and self.public is not None:
             raise ValueError("a branch with nat: true has no public address; drop 'public'")
         return self

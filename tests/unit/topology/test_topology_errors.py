@@ -452,3 +452,15 @@ def test_a_device_or_a_huge_file_is_refused_without_reading_it_all(tmp_path: Pat
     big.write_text("# " + "x" * (2 << 20) + "\n")
     with pytest.raises(TopologyError, match="larger than 1024 KiB"):
         load_topology(big)
+
+
+def test_mesh_enabled_on_a_strongswan_node_is_refused_not_ignored(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD.replace(
+        "br1: {role: branch, hosts: 1}", "br1: {role: branch, implementation: strongswan, mesh: {enabled: true}}"
+    ))
+    assert err.where == "nodes.br1" and "need implementation: agent" in err.problem
+    # the lab-wide default still applies to agent nodes only, with no error
+    lab = load_topology(write(tmp_path, GOOD.replace(
+        "br1: {role: branch, hosts: 1}", "br1: {role: branch, implementation: strongswan}"
+    ).replace("nodes:", "defaults: {mesh: {enabled: true}}\nnodes:"), "ok.yml"))
+    assert lab.node("br1").implementation == "strongswan"
