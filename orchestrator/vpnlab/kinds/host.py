@@ -12,6 +12,7 @@ class HostKind:
     name = "host"
 
     def container_spec(self, lab: Lab, node: Node) -> ContainerSpec:
-        # NET_ADMIN stays so the runtime can set eth0's address and default route in the
-        # container's namespace; no TUN device, hosts run no VPN.
+        # The runtime configures eth0 from the host (its own privileges, through setns); the
+        # default NET_ADMIN/NET_RAW stay for the user's `vpnlab exec` (ip route, ping, tcpdump).
+        # No TUN device: hosts run no VPN.
         return ContainerSpec(node=node.name, command=HOST_COMMAND, devices=(), has_agent=False)
