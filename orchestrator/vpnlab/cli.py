@@ -167,18 +167,12 @@ def destroy(
             results = labs.destroy_all()
         else:
             assert target is not None
-            results = [labs.destroy(check_name(name) if name else labs.resolve_lab_name(target))]
+            results = [labs.destroy(labs.check_lab_name(name) if name else labs.resolve_lab_name(target))]
         if not results or not any(r.found_anything for r in results):
             out.print("nothing to destroy" + (f": no lab {results[0].lab}" if results else ""))
         for r in results:
             if r.found_anything:
                 out.print(f"destroyed {r.lab}: {r.containers_removed} containers, fabric netns {'removed' if r.netns_removed else 'absent'}")
-
-
-def check_name(name: str) -> str:
-    from vpnlab.lab import check_lab_name
-
-    return check_lab_name(name)
 
 
 @app.command()

@@ -21,7 +21,7 @@ from vpnlab.errors import LabError, VpnlabError
 from vpnlab.kinds.base import ContainerSpec
 from vpnlab.net.fabric import Fabric, configure_interface, fabric_netns_name, interface_addresses, remove_fabric
 from vpnlab.net.namespace import list_netns, netns_exists
-from vpnlab.net.wiring import plan_fabric
+from vpnlab.net.wiring import FabricPlan, plan_fabric
 from vpnlab.runtime.base import (
     LABEL_KIND,
     LABEL_LAB,
@@ -198,7 +198,7 @@ def deploy_lab(
             for bridge in plan.bridges:
                 fabric.add_bridge(bridge.name, bridge.segment)
                 report.advance()
-            _start_and_wire(lab, image, all_specs, rt, fabric, report)
+            _start_and_wire(lab, image, all_specs, plan, rt, fabric, report)
         finally:
             fabric.close()
         agents = [n for n in lab.nodes if all_specs[n.name].has_agent]
@@ -236,11 +236,16 @@ def _labels(lab: Lab, node: Node) -> dict[str, str]:
 
 
 def _start_and_wire(
-    lab: Lab, image: str, specs: dict[str, ContainerSpec], rt: Runtime, fabric: Fabric, report: _Report
+    lab: Lab,
+    image: str,
+    specs: dict[str, ContainerSpec],
+    plan: FabricPlan,
+    rt: Runtime,
+    fabric: Fabric,
+    report: _Report,
 ) -> None:
     """Start containers concurrently; wire each in this thread as soon as it runs (the fabric's
     netlink handle is not thread-safe, and wiring takes milliseconds)."""
-    plan = plan_fabric(lab)
     cancelled = threading.Event()
 
     def start(node: Node) -> ContainerInfo:
