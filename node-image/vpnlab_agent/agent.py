@@ -39,18 +39,20 @@ class Service(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-def first_lan_address(config: NodeConfig) -> str | None:
+def first_address(config: NodeConfig, kind: str) -> str | None:
+    """The first address (without prefix) of the first `kind` ("lan" or "wan") interface that has one."""
     for iface in config.interfaces:
-        if iface.kind == "lan" and iface.addresses:
+        if iface.kind == kind and iface.addresses:
             return str(ipaddress.ip_interface(iface.addresses[0]).ip)
     return None
+
+
+def first_lan_address(config: NodeConfig) -> str | None:
+    return first_address(config, "lan")
 
 
 def wan_address(config: NodeConfig) -> str | None:
-    for iface in config.interfaces:
-        if iface.kind == "wan" and iface.addresses:
-            return str(ipaddress.ip_interface(iface.addresses[0]).ip)
-    return None
+    return first_address(config, "wan")
 
 
 def _optional_import(module: str, attr: str) -> Any | None:

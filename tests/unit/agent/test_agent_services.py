@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from vpnlab_agent.agent import Agent, _optional_import, build_services, first_lan_address
+from vpnlab_agent.agent import Agent, _optional_import, build_services, first_lan_address, wan_address
 from vpnlab_agent.config import NodeConfig
 from vpnlab_agent.control import ControlError
 from vpnlab_agent.strongswan.service import StrongswanService
@@ -59,6 +59,8 @@ def test_optional_import() -> None:
 def test_first_lan_address(branch: NodeConfig) -> None:
     assert first_lan_address(branch) == "10.1.0.1"
     assert first_lan_address(dataclasses.replace(branch, interfaces=branch.interfaces[:1])) is None
+    assert wan_address(branch) == "198.51.100.11"
+    assert wan_address(dataclasses.replace(branch, interfaces=branch.interfaces[1:])) is None
 
 
 class Recorder:
