@@ -169,7 +169,12 @@ def destroy(
             assert target is not None
             results = [labs.destroy(labs.check_lab_name(name) if name else labs.resolve_lab_name(target))]
         if not results or not any(r.found_anything for r in results):
-            out.print("nothing to destroy" + (f": no lab {results[0].lab}" if results else ""))
+            hint = ""
+            if target is not None and name is None and Path(target).is_file():
+                # deployed from this file under another name (--name): say which
+                others = labs.labs_deployed_from(target)
+                hint = f" (labs from this file: {', '.join(others)}; add --name)" if others else ""
+            out.print("nothing to destroy" + (f": no lab {results[0].lab}" if results else "") + hint, markup=False)
         for r in results:
             if r.found_anything:
                 out.print(f"destroyed {r.lab}: {r.containers_removed} containers, fabric netns {'removed' if r.netns_removed else 'absent'}")

@@ -395,6 +395,12 @@ def list_labs(runtime: Runtime | None = None) -> list[LabSummary]:
     return result
 
 
+def labs_deployed_from(topology: str | Path, runtime: Runtime | None = None) -> list[str]:
+    """Names of the running labs whose containers say they came from this topology file."""
+    source = str(Path(topology).resolve())
+    return sorted({c.lab for c in _runtime(runtime).containers() if c.topology == source and c.lab})
+
+
 def inspect_lab(name: str, runtime: Runtime | None = None) -> LabView:
     check_lab_name(name)
     rt = _runtime(runtime)

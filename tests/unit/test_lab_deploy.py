@@ -32,3 +32,19 @@ def test_an_existing_lab_is_refused_before_the_image_is_built(monkeypatch: pytes
     monkeypatch.setattr(image, "ensure_image", ensure_image)
     with pytest.raises(LabError, match="lab rvotest already exists"):
         labs.deploy("topologies/minimal.yml", name="rvotest", runtime=_OneLabRuntime("rvotest"))  # type: ignore[arg-type]
+
+
+def test_labs_deployed_from_a_file_are_found_by_its_resolved_path() -> None:
+    from pathlib import Path
+
+    source = str(Path("topologies/minimal.yml").resolve())
+
+    class _Runtime:
+        def containers(self, lab: str | None = None) -> list[ContainerInfo]:
+            return [
+                ContainerInfo("vpnlab-a-hub", "1", "a", "hub", "hub", "agent", source, "running", 1),
+                ContainerInfo("vpnlab-a-br1", "2", "a", "br1", "branch", "agent", source, "running", 2),
+                ContainerInfo("vpnlab-b-hub", "3", "b", "hub", "hub", "agent", "/elsewhere.yml", "running", 3),
+            ]
+
+    assert labs.labs_deployed_from("topologies/minimal.yml", runtime=_Runtime()) == ["a"]  # type: ignore[arg-type]
