@@ -8,10 +8,13 @@ import shutil
 import subprocess
 import tarfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import BinaryIO
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
+from requests.exceptions import RequestException
 
 from vpnlab.errors import LabError
 from vpnlab.kinds.base import ContainerSpec
@@ -70,7 +73,8 @@ class DockerRuntime:
 
     def containers(self, lab: str | None = None) -> list[ContainerInfo]:
         label = f"{LABEL_LAB}={lab}" if lab else LABEL_LAB
-        found = self._client.api.containers(all=True, filters={"label": label})
+        with _engine_errors("listing containers"):
+            found = self._client.api.containers(all=True, filters={"label": label})
         infos = []
         for c in found:
             info = self.get(c["Id"])
@@ -80,7 +84,8 @@ class DockerRuntime:
 
     def get(self, name: str) -> ContainerInfo | None:
         try:
-            data = self._client.api.inspect_container(name)
+            with _engine_errors(f"inspecting container {name}"):
+                data = self._client.api.inspect_container(name)
         except NotFound:
             return None
         labels = data["Config"].get("Labels") or {}
@@ -168,6 +173,21 @@ def _tar(files: dict[str, bytes]) -> bytes:
             info.size, info.mode = len(content), FILE_MODE
             tar.addfile(info, io.BytesIO(content))
     return buf.getvalue()
+
+
+@contextmanager
+def _engine_errors(what: str) -> Iterator[None]:
+    """An engine that fails or goes away mid-command is one LabError line, not a traceback.
+    NotFound passes through: callers treat it as an answer."""
+    try:
+        yield
+    except NotFound:
+        raise
+    except APIError as e:
+        raise LabError(f"{what}: {_api_message(e)}") from e
+    except (DockerException, RequestException) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LabError(f"{what}: Docker engine not answering ({reason})") from e
 
 
 def _api_message(e: APIError) -> str:
