@@ -113,20 +113,22 @@ class DockerRuntime:
 
     def exec_capture(self, name: str, argv: list[str]) -> ExecResult:
         exec_id = self._exec_create(name, argv)
-        out, err = self._client.api.exec_start(exec_id, demux=True)
-        code = self._exit_code(exec_id)
+        with _engine_errors(f"exec in {name}"):
+            out, err = self._client.api.exec_start(exec_id, demux=True)
+            code = self._exit_code(exec_id)
         return ExecResult(exit_code=code, stdout=out or b"", stderr=err or b"")
 
     def exec_stream(self, name: str, argv: list[str], stdout: BinaryIO, stderr: BinaryIO) -> int:
         exec_id = self._exec_create(name, argv)
-        for out, err in self._client.api.exec_start(exec_id, stream=True, demux=True):
-            if out:
-                stdout.write(out)
-                stdout.flush()
-            if err:
-                stderr.write(err)
-                stderr.flush()
-        return self._exit_code(exec_id)
+        with _engine_errors(f"exec in {name}"):
+            for out, err in self._client.api.exec_start(exec_id, stream=True, demux=True):
+                if out:
+                    stdout.write(out)
+                    stdout.flush()
+                if err:
+                    stderr.write(err)
+                    stderr.flush()
+            return self._exit_code(exec_id)
 
     def exec_interactive(self, name: str, argv: list[str]) -> int:
         # A terminal needs a hijacked, raw-mode connection; the docker CLI already does that well.
