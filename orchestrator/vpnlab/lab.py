@@ -1,9 +1,10 @@
 """Lab lifecycle: deploy, destroy, inspect, exec. Everything a lab owns is found again from labels
 (containers) and names (the fabric netns), so destroy works after a crash and twice in a row.
 
-Deploy order: refuse a lab that exists → kinds make ContainerSpecs → fabric netns with one bridge
-per segment → containers started concurrently → each wired as soon as it runs → wait until every
-agent reports ready. Any failure, Ctrl-C included, destroys what was made and re-raises.
+Deploy order: the file → refuse a lab that exists (before any image build) → kinds make
+ContainerSpecs → fabric netns with one bridge per segment → containers started concurrently →
+each wired as soon as it runs → wait until every agent reports ready. Any failure, Ctrl-C
+included, destroys what was made and re-raises.
 """
 
 from __future__ import annotations
