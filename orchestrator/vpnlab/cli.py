@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer._click.exceptions import ClickException, NoArgsIsHelpError
-from typer.exceptions import Abort
-from typer.core import TyperGroup
 from rich import box
 from rich.console import Console, ConsoleDimensions
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer 0.29 vendors click
+from typer.core import TyperGroup
+from typer.exceptions import Abort
 
 from vpnlab.errors import VpnlabError
+
 
 class _OneLineErrors(TyperGroup):
     """Usage mistakes (missing argument, unknown option, bad value) as one `error:` line that
