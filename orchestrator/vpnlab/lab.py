@@ -34,7 +34,7 @@ from vpnlab.runtime.base import (
     container_name,
 )
 from vpnlab.topology.model import Lab, Node
-from vpnlab.topology.schema import LAB_NAME_RE
+from vpnlab.topology.schema import LAB_NAME_RE, NODE_NAME_RE
 
 LAB_NAME = LAB_NAME_RE  # the topology file's `name` rule: it becomes part of netns and container names
 WORKERS = 8  # concurrent Docker calls; more only queues on 2 cores
@@ -451,8 +451,9 @@ def exec_node(
     if not argv:
         raise LabError("exec: no command given (vpnlab exec LAB NODE -- CMD ...)")
     rt = _runtime(runtime)
-    info = rt.get(container_name(lab, node))
-    if info is None or info.lab != lab:
+    # A name no topology allows never reaches the engine's API (it becomes part of a URL path).
+    info = rt.get(container_name(lab, node)) if NODE_NAME_RE.match(node) else None
+    if info is None or info.lab != lab or info.node != node:
         nodes = sorted(c.node for c in rt.containers(lab))
         if not nodes:
             raise LabError(f"no lab {lab} is running")

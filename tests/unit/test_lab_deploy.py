@@ -48,3 +48,17 @@ def test_labs_deployed_from_a_file_are_found_by_its_resolved_path() -> None:
             ]
 
     assert labs.labs_deployed_from("topologies/minimal.yml", runtime=_Runtime()) == ["a"]  # type: ignore[arg-type]
+
+
+def test_exec_never_sends_a_name_no_topology_allows_to_the_engine() -> None:
+    asked: list[str] = []
+
+    class _Runtime(_OneLabRuntime):
+        def get(self, name: str) -> ContainerInfo | None:
+            asked.append(name)
+            return None
+
+    for node in ("../../containers/json", "a/b", "BR1", ""):
+        with pytest.raises(LabError, match=r"lab rvotest has no node .* \(nodes: hub\)"):
+            labs.exec_node("rvotest", node, ["true"], None, None, runtime=_Runtime("rvotest"))  # type: ignore[arg-type]
+    assert asked == []
