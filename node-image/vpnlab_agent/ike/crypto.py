@@ -105,8 +105,29 @@ _PRF_NAME = {PrfId.HMAC_SHA1: "prfsha1", PrfId.HMAC_SHA2_256: "prfsha256",
 _DH_NAME = {DhGroup.MODP_2048: "modp2048", DhGroup.ECP_256: "ecp256", DhGroup.CURVE25519: "curve25519"}
 
 
+class _AesKeys:
+    """Key lengths shared by IkeSuite and EspSuite (both AES-GCM or AES-CBC + HMAC)."""
+
+    __slots__ = ()
+    encr: int
+    key_bits: int
+    integ: int
+
+    @property
+    def aead(self) -> bool:
+        return self.encr == EncrId.AES_GCM_16
+
+    @property
+    def enc_key_len(self) -> int:
+        return _enc_key_len(self.encr, self.key_bits)
+
+    @property
+    def integ_key_len(self) -> int:
+        return 0 if self.aead else _INTEG[self.integ][1]
+
+
 @dataclass(frozen=True, slots=True)
-class IkeSuite:
+class IkeSuite(_AesKeys):
     """The negotiated IKE SA algorithms. integ is IntegId.NONE for AES-GCM."""
 
     encr: int
@@ -124,18 +145,6 @@ class IkeSuite:
             raise ValueError(f"unsupported integrity algorithm {self.integ}")
         if self.dh not in _DH_NAME:
             raise ValueError(f"unsupported DH group {self.dh}")
-
-    @property
-    def aead(self) -> bool:
-        return self.encr == EncrId.AES_GCM_16
-
-    @property
-    def enc_key_len(self) -> int:
-        return _enc_key_len(self.encr, self.key_bits)
-
-    @property
-    def integ_key_len(self) -> int:
-        return 0 if self.aead else _INTEG[self.integ][1]
 
     @property
     def prf_len(self) -> int:
@@ -159,7 +168,7 @@ class IkeSuite:
 
 
 @dataclass(frozen=True, slots=True)
-class EspSuite:
+class EspSuite(_AesKeys):
     """The negotiated ESP algorithms; dh is the PFS group of a CREATE_CHILD_SA, or None."""
 
     encr: int
@@ -177,18 +186,6 @@ class EspSuite:
             raise ValueError(f"unsupported ESP integrity algorithm {self.integ}")
         if self.dh not in (None, DhGroup.NONE) and self.dh not in _DH_NAME:
             raise ValueError(f"unsupported DH group {self.dh}")
-
-    @property
-    def aead(self) -> bool:
-        return self.encr == EncrId.AES_GCM_16
-
-    @property
-    def enc_key_len(self) -> int:
-        return _enc_key_len(self.encr, self.key_bits)
-
-    @property
-    def integ_key_len(self) -> int:
-        return 0 if self.aead else _INTEG[self.integ][1]
 
     def algorithm(self) -> EspAlgorithm:
         """The data-plane view (vpnlab_agent.sa)."""
