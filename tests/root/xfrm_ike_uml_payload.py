@@ -19,7 +19,7 @@ from typing import Any
 
 from pyroute2 import netns
 
-from tests.root.xfrm_uml_payload import OUTER, capture, ping, setup_namespaces, sh, xfrm_dump
+from tests.root.xfrm_uml_payload import OUTER, ping, setup_namespaces, sh, start_captures, stop_captures, xfrm_dump
 from vpnlab_agent.config import IkeConfig, NodeConfig, PeerConfig
 
 LANS = {"xa": "10.1.0.0/24", "xb": "10.2.0.0/24"}
@@ -113,12 +113,7 @@ def main() -> dict[str, Any]:
     facts: dict[str, Any] = {}
     setup_namespaces()
     ctx = mp.get_context("fork")
-    captures = []
-    for ns, dev in (("xa", "va"), ("xb", "vb")):
-        cap_conn, cap_child = ctx.Pipe()
-        ctx.Process(target=capture, args=(cap_child, ns, dev), daemon=True).start()
-        assert cap_conn.poll(10) and cap_conn.recv() == "ready"
-        captures.append(cap_conn)
+    captures = start_captures(ctx)
 
     b = Side(ctx, "xb")  # responder first, so the initiator's first packet finds it
     a = Side(ctx, "xa")
@@ -139,14 +134,7 @@ def main() -> dict[str, Any]:
     facts["kernel_after_rekey"] = xfrm_dump("xa")
     facts["ping_after_rekey"] = ping("xa", "10.2.0.1")
 
-    wire: dict[str, Any] = {}
-    for cap_conn in captures:
-        cap_conn.send("stop")
-        cap_conn.send("stop")
-        stats = cap_conn.recv() if cap_conn.poll(5) else {"capture_failed": 1}
-        for key, value in stats.items():
-            wire[key] = wire.get(key, 0) + value if isinstance(value, int) else wire.get(key, []) + value
-    facts["wire"] = wire
+    facts["wire"] = stop_captures(captures)
     for side in (a, b):
         side("stop")
         side.proc.join(5)

@@ -148,6 +148,29 @@ def capture(conn: Any, ns: str, iface: str) -> None:
     conn.send(stats)
 
 
+def start_captures(ctx: Any) -> list[Any]:
+    """One capture process per side's outer device; returns their pipe ends once all are ready."""
+    captures = []
+    for ns, dev in (("xa", "va"), ("xb", "vb")):
+        cap_conn, cap_child = ctx.Pipe()
+        ctx.Process(target=capture, args=(cap_child, ns, dev), daemon=True).start()
+        assert cap_conn.poll(10) and cap_conn.recv() == "ready"
+        captures.append(cap_conn)
+    return captures
+
+
+def stop_captures(captures: list[Any]) -> dict[str, Any]:
+    """Stop the captures and sum their stats (counts added, sample lists joined)."""
+    wire: dict[str, Any] = {}
+    for cap_conn in captures:
+        cap_conn.send("stop")
+        cap_conn.send("stop")
+        stats = cap_conn.recv() if cap_conn.poll(5) else {"capture_failed": 1}
+        for key, value in stats.items():
+            wire[key] = wire.get(key, 0) + value if isinstance(value, int) else wire.get(key, []) + value
+    return wire
+
+
 class Side:
     def __init__(self, ctx: Any, name: str, mark: tuple[int, int] | None = None) -> None:
         self.name = name
@@ -262,12 +285,7 @@ def main() -> dict[str, Any]:
 
     setup_namespaces()
     ctx = mp.get_context("fork")
-    captures = []
-    for ns, dev in (("xa", "va"), ("xb", "vb")):
-        cap_conn, cap_child = ctx.Pipe()
-        ctx.Process(target=capture, args=(cap_child, ns, dev), daemon=True).start()
-        assert cap_conn.poll(10) and cap_conn.recv() == "ready"
-        captures.append(cap_conn)
+    captures = start_captures(ctx)
 
     a, b = Side(ctx, "xa"), Side(ctx, "xb")
     gcm_keys = {"enc_ab": bytes(range(20)), "enc_ba": bytes(range(20, 40))}
@@ -328,14 +346,7 @@ def main() -> dict[str, Any]:
     facts["ping_after_old_removed"] = ping("xa", "10.2.0.1", count=3)
     facts["status_a"] = a("status")
 
-    wire: dict[str, Any] = {}
-    for cap_conn in captures:
-        cap_conn.send("stop")
-        cap_conn.send("stop")
-        stats = cap_conn.recv() if cap_conn.poll(5) else {"capture_failed": 1}
-        for key, value in stats.items():
-            wire[key] = wire.get(key, 0) + value if isinstance(value, int) else wire.get(key, []) + value
-    facts["wire"] = wire
+    facts["wire"] = stop_captures(captures)
 
     for side in (a, b):
         side("close")
