@@ -25,6 +25,8 @@ import pytest
 
 from vpnlab_agent.config import IkeConfig, InterfaceConfig, NodeConfig, PeerConfig
 
+from tests.root.charon import Charon
+
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 PY = sys.executable
@@ -247,31 +249,8 @@ def test_wrong_psk_is_refused_over_the_wire(lab: Lab) -> None:
 
 # --- against a real strongSwan charon -----------------------------------------------------------
 
-CHARON = "/usr/sbin/charon-systemd"
-SWANCTL = "/usr/sbin/swanctl"
-
-STRONGSWAN_CONF = """
-charon-systemd {{
-  load_modular = no
-  load = random nonce openssl aes sha1 sha2 hmac gcm gmp curve25519 kdf kernel-libipsec kernel-netlink socket-default vici
-  install_routes = yes
-  plugins {{
-    vici {{
-      socket = unix://{dir}/charon.vici
-    }}
-  }}
-  journal {{
-    default = -1
-  }}
-  filelog {{
-    charon {{
-      path = {dir}/charon.log
-      default = 1
-      ike = 2
-    }}
-  }}
-}}
-"""
+NETNS_CHARON_PLUGINS = ("random nonce openssl aes sha1 sha2 hmac gcm gmp curve25519 kdf kernel-libipsec kernel-netlink "
+                        "socket-default vici")
 
 SWANCTL_CONF = """
 connections {{
@@ -308,53 +287,12 @@ secrets {{
 """
 
 
-class Charon:
-    """strongSwan's charon in namespace B (own config dir and vici socket), with kernel-libipsec."""
-
-    def __init__(self, ns: str, tmp: Path, esp: str = "aes128gcm16") -> None:
-        self.ns, self.dir = ns, tmp / "charon"
-        self.dir.mkdir()
-        os.chmod(self.dir, 0o755)
-        (self.dir / "strongswan.conf").write_text(STRONGSWAN_CONF.format(dir=self.dir))
-        (self.dir / "swanctl.conf").write_text(SWANCTL_CONF.format(esp=esp))
-        env = {**os.environ, "STRONGSWAN_CONF": str(self.dir / "strongswan.conf")}
-        self.p = subprocess.Popen(["ip", "netns", "exec", ns, CHARON], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(150):
-            if (self.dir / "charon.vici").exists():
-                break
-            if self.p.poll() is not None:
-                break
-            subprocess.run(["sleep", "0.1"])
-        else:
-            raise AssertionError(f"charon did not start:\n{self.log()[-2000:]}")
-        self.swanctl("--load-all", "--noprompt", "--file", str(self.dir / "swanctl.conf"))
-
-    def swanctl(self, *args: str) -> str:
-        r = subprocess.run(["ip", "netns", "exec", self.ns, SWANCTL, *args, "--uri", f"unix://{self.dir}/charon.vici"],
-                           capture_output=True, text=True, timeout=30)
-        if r.returncode:
-            raise AssertionError(f"swanctl {' '.join(args)}: {r.stdout[-1500:]}{r.stderr[-500:]}")
-        return r.stdout
-
-    def log(self) -> str:
-        path = self.dir / "charon.log"
-        return path.read_text() if path.exists() else ""
-
-    def close(self) -> None:
-        self.p.terminate()
-        try:
-            self.p.wait(10)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
-
-
 @pytest.fixture
 def charon(lab: Lab, esp: str) -> Iterator[Charon]:
-    if not (os.access(CHARON, os.X_OK) and os.access(SWANCTL, os.X_OK)):
+    if not Charon.installed():
         pytest.skip("strongSwan (charon-systemd, swanctl) is not installed")
-    c = Charon(lab.b, lab.tmp, esp)
+    c = Charon(lab.b, lab.tmp / "charon", SWANCTL_CONF.format(esp=esp), load=NETNS_CHARON_PLUGINS,
+               options=("install_routes = yes",))
     try:
         yield c
     finally:

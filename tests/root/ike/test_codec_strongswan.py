@@ -18,7 +18,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,38 +74,15 @@ from vpnlab_agent.ike.proposals import (
     suite_from_proposal,
 )
 
+from tests.root.charon import Charon
+
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
-CHARON = "/usr/sbin/charon-systemd"
-SWANCTL = "/usr/sbin/swanctl"
 OUR_ADDR, PEER_ADDR = "192.0.2.1", "192.0.2.2"
 PSK = b"codec-interop-secret"
 IKE_SUITES = ["aes128gcm16-prfsha256-ecp256", "aes256gcm16-prfsha384-curve25519", "aes128-sha256-modp2048"]
 
-STRONGSWAN_CONF = """
-charon-systemd {{
-  load_modular = no
-  load = random nonce openssl aes sha1 sha2 hmac gcm gmp kdf kernel-libipsec kernel-netlink socket-default vici
-  install_routes = no
-  retransmit_tries = 1
-  plugins {{
-    vici {{
-      socket = unix://{dir}/charon.vici
-    }}
-  }}
-  journal {{
-    default = -1
-  }}
-  filelog {{
-    charon {{
-      path = {dir}/charon.log
-      default = 1
-      ike = 2
-      cfg = 2
-    }}
-  }}
-}}
-"""
+CODEC_CHARON_PLUGINS = "random nonce openssl aes sha1 sha2 hmac gcm gmp kdf kernel-libipsec kernel-netlink socket-default vici"
 
 SWANCTL_CONF = """
 connections {{
@@ -160,18 +136,14 @@ class Peer:
 def charon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
-    if not (os.access(CHARON, os.X_OK) and os.access(SWANCTL, os.X_OK) and shutil.which("ip")):
+    if not (Charon.installed() and shutil.which("ip")):
         pytest.skip("charon-systemd/swanctl (strongSwan) or iproute2 not installed")
     from pyroute2.netns import popns, pushns
 
     tag = f"ikc{os.getpid() % 100000}"
     ns_peer, ns_ours = f"{tag}s", f"{tag}c"
     d = tmp_path_factory.mktemp("charon")
-    os.chmod(d, 0o755)
-    (d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(dir=d))
-    (d / "swanctl.conf").write_text(SWANCTL_CONF.format(
-        peer=PEER_ADDR, ours=OUR_ADDR, proposals=", ".join(IKE_SUITES), psk=PSK.decode()))
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Charon | None = None
     socks: list[socket.socket] = []
     try:
         for ns in (ns_ours, ns_peer):  # leftovers of a killed run with the same pid
@@ -185,18 +157,10 @@ def charon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
             _run("ip", "-n", ns, "link", "set", "lo", "up")
         # charon's protected subnet: libipsec routes it through its TUN only with a source address in it
         _run("ip", "-n", ns_peer, "addr", "add", "10.2.0.1/24", "dev", "lo")
-        env = dict(os.environ, STRONGSWAN_CONF=str(d / "strongswan.conf"))
-        proc = subprocess.Popen(["ip", "netns", "exec", ns_peer, CHARON], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        vici = d / "charon.vici"
-        deadline = time.monotonic() + 15
-        while not vici.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log = (d / "charon.log").read_text() if (d / "charon.log").exists() else ""
-                pytest.fail(f"charon did not start (rc={proc.poll()}):\n{log[-3000:]}")
-            time.sleep(0.1)
-        _run("ip", "netns", "exec", ns_peer, SWANCTL, "--load-all", "--noprompt",
-             "--uri", f"unix://{vici}", "--file", str(d / "swanctl.conf"))
+        proc = Charon(ns_peer, d, SWANCTL_CONF.format(
+            peer=PEER_ADDR, ours=OUR_ADDR, proposals=", ".join(IKE_SUITES), psk=PSK.decode()),
+            load=CODEC_CHARON_PLUGINS, options=("install_routes = no", "retransmit_tries = 1"),
+            levels=("ike = 2", "cfg = 2"))
         pushns(ns_ours)  # sockets stay in the namespace they were created in
         try:
             for port in (500, 4500):
@@ -205,17 +169,12 @@ def charon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
                 socks[-1].settimeout(5)
         finally:
             popns()
-        yield Peer(socks[0], socks[1], d / "charon.log")
+        yield Peer(socks[0], socks[1], proc.log_path)
     finally:
         for sock in socks:
             sock.close()
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            proc.close()
         for ns in (ns_ours, ns_peer):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
