@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import deque
 from typing import TextIO
 
 ROOT_LOGGER = "vpnlab_agent"
@@ -59,3 +60,18 @@ def setup(node: str, level: int = logging.INFO, stream: TextIO | None = None) ->
 
 def get(component: str) -> logging.Logger:
     return logging.getLogger(f"{ROOT_LOGGER}.{component}")
+
+
+class LogLines:
+    """Log lines kept for the caller to drain: the sans-I/O parts log here, whoever drives them prints.
+    The subclass sets log_lines (a bounded deque)."""
+
+    log_lines: deque[str]
+
+    def log(self, line: str) -> None:
+        self.log_lines.append(line)
+
+    def pop_logs(self) -> list[str]:
+        out = list(self.log_lines)
+        self.log_lines.clear()
+        return out

@@ -40,6 +40,7 @@ from vpnlab_agent.ike.events import Event
 from vpnlab_agent.ike.policy import identity
 from vpnlab_agent.ike.proposals import dh_group
 from vpnlab_agent.ike.session import IkeSession, State
+from vpnlab_agent.log import LogLines
 
 IKE_PORT = 500
 NATT_PORT = 4500
@@ -56,7 +57,7 @@ class IkeError(Exception):
     """A local API call that cannot be done (unknown peer, no IKE SA); one-line message."""
 
 
-class IkeEndpoint:
+class IkeEndpoint(LogLines):
     def __init__(
         self,
         config: IkeConfig,
@@ -326,14 +327,6 @@ class IkeEndpoint:
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)
-
-    def log(self, line: str) -> None:
-        self.log_lines.append(line)
-
-    def pop_logs(self) -> list[str]:
-        out = list(self.log_lines)
-        self.log_lines.clear()
-        return out
 
     def peer_by_identity(self, id_type: int, data: bytes) -> PeerConfig | None:
         return self._peers_by_id.get((id_type, data))

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vpnlab_agent.log import LogLines
 from vpnlab_agent.mesh import messages as m
 from vpnlab_agent.mesh.config import HubView, MeshConfig
 from vpnlab_agent.mesh.messages import MeshNotify, RefuseReason
@@ -155,7 +156,7 @@ class Shortcut:
         }
 
 
-class MeshManager:
+class MeshManager(LogLines):
     def __init__(self, config: MeshConfig, rng: Callable[[int], bytes] = os.urandom) -> None:
         self.cfg = config
         self.rng = rng
@@ -328,14 +329,6 @@ class MeshManager:
             "counts": dict(self.counts),
             "ignored": list(self.ignored),
         }
-
-    def log(self, line: str) -> None:
-        self.log_lines.append(line)
-
-    def pop_logs(self) -> list[str]:
-        out = list(self.log_lines)
-        self.log_lines.clear()
-        return out
 
     # --- rules ---------------------------------------------------------------------------
 

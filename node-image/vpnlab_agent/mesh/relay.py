@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from vpnlab_agent.log import LogLines
 from vpnlab_agent.mesh import messages as m
 from vpnlab_agent.mesh.config import MeshConfig
 from vpnlab_agent.mesh.manager import Action, SendNotify
@@ -39,7 +40,7 @@ class _Branch:
     refilled: float = 0.0
 
 
-class HubRelay:
+class HubRelay(LogLines):
     def __init__(self, config: MeshConfig) -> None:
         self.cfg = config
         self._branches = {name: _Branch(tuple(nets)) for name, nets in config.branches.items()}
@@ -106,14 +107,6 @@ class HubRelay:
             "shortcuts": [],
             "timeline": [],
         }
-
-    def log(self, line: str) -> None:
-        self.log_lines.append(line)
-
-    def pop_logs(self) -> list[str]:
-        out = list(self.log_lines)
-        self.log_lines.clear()
-        return out
 
     # --- rules ---------------------------------------------------------------------------
 
