@@ -19,7 +19,16 @@ from typing import Any
 
 from pyroute2 import netns
 
-from tests.root.xfrm_uml_payload import OUTER, ping, setup_namespaces, sh, start_captures, stop_captures, xfrm_dump
+from tests.root.xfrm_uml_payload import (
+    OUTER,
+    PipeWorker,
+    ping,
+    setup_namespaces,
+    sh,
+    start_captures,
+    stop_captures,
+    xfrm_dump,
+)
 from vpnlab_agent.config import IkeConfig, NodeConfig, PeerConfig
 
 LANS = {"xa": "10.1.0.0/24", "xb": "10.2.0.0/24"}
@@ -84,25 +93,10 @@ async def _serve(side: str, conn: Any) -> None:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-class Side:
+class Side(PipeWorker):
     def __init__(self, ctx: Any, name: str) -> None:
-        self.name = name
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=service_side, args=(name, child), daemon=True)
-        self.proc.start()
-        self.engine = self._expect(30)
-
-    def _expect(self, timeout: float = 30) -> Any:
-        if not self.conn.poll(timeout):
-            raise RuntimeError(f"{self.name}: IKE process did not answer")
-        status, value = self.conn.recv()
-        if status != "ok":
-            raise RuntimeError(f"{self.name}: {value}")
-        return value
-
-    def __call__(self, cmd: str, arg: Any = None) -> Any:
-        self.conn.send((cmd, arg))
-        return self._expect()
+        super().__init__(ctx, name, "IKE process", service_side)
+        self.engine = self.started
 
 
 def _spis(status: dict[str, Any]) -> list[int]:

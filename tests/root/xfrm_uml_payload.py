@@ -171,17 +171,20 @@ def stop_captures(captures: list[Any]) -> dict[str, Any]:
     return wire
 
 
-class Side:
-    def __init__(self, ctx: Any, name: str, mark: tuple[int, int] | None = None) -> None:
-        self.name = name
+class PipeWorker:
+    """A child process for one side, driven over a pipe: (cmd, arg) in, ("ok" | "error", value) out.
+    Its first answer (kept in .started) says it is up."""
+
+    def __init__(self, ctx: Any, name: str, what: str, target: Any, *args: Any) -> None:
+        self.name, self.what = name, what
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=engine_side, args=(name, child, mark), daemon=True)
+        self.proc = ctx.Process(target=target, args=(name, child, *args), daemon=True)
         self.proc.start()
-        self._expect()
+        self.started = self._expect()
 
     def _expect(self) -> Any:
         if not self.conn.poll(30):
-            raise RuntimeError(f"{self.name}: engine process did not answer")
+            raise RuntimeError(f"{self.name}: {self.what} did not answer")
         status, value = self.conn.recv()
         if status != "ok":
             raise RuntimeError(f"{self.name}: {value}")
@@ -190,6 +193,11 @@ class Side:
     def __call__(self, cmd: str, arg: Any = None) -> Any:
         self.conn.send((cmd, arg))
         return self._expect()
+
+
+class Side(PipeWorker):
+    def __init__(self, ctx: Any, name: str, mark: tuple[int, int] | None = None) -> None:
+        super().__init__(ctx, name, "engine process", engine_side, mark)
 
 
 def _forger(ns: str, spi: int, seq: int) -> None:
