@@ -28,9 +28,10 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from vpnlab.errors import ImageError
+from vpnlab.progress import ProgressSink
 
 NODE_IMAGE_DIR = Path(__file__).resolve().parents[2] / "node-image"
 BASE_REPO = "vpnlab-base"
@@ -43,14 +44,6 @@ LOG_DIR = Path("/var/log") if os.access("/var/log", os.W_OK) else Path(tempfile.
 DEBOOTSTRAP_TIMEOUT_S = 1200
 _HASH_LEN = 12
 _SKIP_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
-
-
-class ProgressSink(Protocol):
-    """What ensure_image reports to: rich.progress.Progress fits (the CLI owns the display)."""
-
-    def add_task(self, description: str, total: float | None = ..., **fields: Any) -> Any: ...
-
-    def update(self, task_id: Any, **fields: Any) -> None: ...
 
 
 @dataclass(frozen=True)

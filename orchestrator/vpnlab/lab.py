@@ -14,7 +14,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -23,6 +23,7 @@ from vpnlab.kinds.base import ContainerSpec
 from vpnlab.net.fabric import Fabric, configure_interface, fabric_netns_name, interface_addresses, remove_fabric
 from vpnlab.net.namespace import list_netns, netns_exists
 from vpnlab.net.wiring import FabricPlan, plan_fabric
+from vpnlab.progress import ProgressSink
 from vpnlab.runtime.base import (
     LABEL_KIND,
     LABEL_LAB,
@@ -42,14 +43,6 @@ READY_TIMEOUT_S = 90.0
 READY_POLL_S = 0.5
 STATUS_TIMEOUT_S = 5.0
 LOG_LINES = 8  # container log lines quoted when a node fails
-
-
-class ProgressSink(Protocol):
-    """rich.progress.Progress fits; the CLI owns the display."""
-
-    def add_task(self, description: str, total: float | None = ..., **fields: Any) -> Any: ...
-
-    def update(self, task_id: Any, **fields: Any) -> None: ...
 
 
 @dataclass(frozen=True)
