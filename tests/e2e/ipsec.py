@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,34 +10,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vpnlab.measure.labctl import LabCtl, wait_for
 from vpnlab.runtime.docker import DockerRuntime
 
 
-def container(lab: str, node: str) -> str:
-    return f"vpnlab-{lab}-{node}"
-
-
 def run(runtime: DockerRuntime, lab: str, node: str, argv: list[str]) -> tuple[int, str]:
-    result = runtime.exec_capture(container(lab, node), argv)
-    return result.exit_code, (result.stdout + result.stderr).decode(errors="replace")
+    return LabCtl(runtime, lab).run(node, argv)
 
 
 def status(runtime: DockerRuntime, lab: str, node: str) -> dict[str, Any]:
-    code, out = run(runtime, lab, node, ["python3", "-m", "vpnlab_agent", "ctl", "status"])
-    assert code == 0, f"{node}: ctl status failed: {out}"
-    return json.loads(out)
+    return LabCtl(runtime, lab).status(node)
 
 
 def wait_for_children(runtime: DockerRuntime, lab: str, node: str, count: int, timeout: float = 40.0) -> dict[str, Any]:
-    """Poll the node's status until it has `count` child SAs (and as many established IKE SAs)."""
-    deadline = time.monotonic() + timeout
-    last: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        last = status(runtime, lab, node)
-        if len(last.get("child_sas", [])) >= count and len(last.get("ike_sas", [])) >= 1:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{node}: {count} child SAs not up after {timeout:.0f} s: {json.dumps(last)[:1500]}")
+    """The node's status once it has `count` child SAs and at least one IKE SA."""
+
+    def enough() -> dict[str, Any] | None:
+        state = status(runtime, lab, node)
+        return state if len(state.get("child_sas", [])) >= count and state.get("ike_sas") else None
+
+    return wait_for(f"{count} child SA(s) at {node}", enough, timeout, interval=0.5)
 
 
 def child_for(state: dict[str, Any], peer: str) -> dict[str, Any]:
