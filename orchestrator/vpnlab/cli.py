@@ -253,40 +253,61 @@ def _lab_table(view: Any) -> Table:
     return table
 
 
+@dataclasses.dataclass(frozen=True)
+class _SaRow:
+    """One IKE SA, or one child SA under it, as inspect shows it (both the table and the lines)."""
+
+    router: str
+    peer: str
+    child: bool
+    state: str
+    where: str  # outer addresses of an IKE SA, selectors of a child SA
+    algorithms: str
+    spis: tuple[str, str]  # IKE: initiator/responder; child: in/out
+    traffic_in: tuple[str, ...]  # (size, packets); () for an IKE SA
+    traffic_out: tuple[str, ...]
+    age: str
+
+
+def _sa_rows(view: Any) -> Iterator[_SaRow]:
+    for n in view.nodes:
+        agent = n.agent or {}
+        for ike in agent.get("ike_sas") or []:
+            peer = str(ike.get("peer", "?"))
+            yield _SaRow(
+                n.name, peer, False, str(ike.get("state", "?")),
+                f"{ike.get('local', '?')} → {ike.get('remote', '?')}", str(ike.get("algorithms", "")),
+                (str(ike.get("spi_i", "")), str(ike.get("spi_r", ""))), (), (), _age(ike.get("age_s")),
+            )
+            for child in agent.get("child_sas") or []:
+                if child.get("peer") != ike.get("peer"):
+                    continue
+                yield _SaRow(
+                    n.name, peer, True, str(child.get("state", "installed")),
+                    f"{', '.join(child.get('local_ts', []))} ⇄ {', '.join(child.get('remote_ts', []))}",
+                    str(child.get("algorithm", "")), (str(child.get("spi_in", "")), str(child.get("spi_out", ""))),
+                    _traffic(child, "in"), _traffic(child, "out"), _age(child.get("age_s")),
+                )
+
+
 def _tunnel_table(view: Any) -> Table:
     """One row per IKE SA and, under it, one per child SA: what a VPN engineer checks first."""
     table = Table(title="tunnels", title_justify="left", box=box.SIMPLE_HEAD)
     for header in ("router", "peer", "state", "outer / selectors", "algorithms", "SPIs in/out", "in", "out", "age"):
         # On a narrow terminal, fold long values onto more lines rather than cut them to "…".
         table.add_column(header, no_wrap=header in ("router", "peer", "SPIs in/out"), overflow="fold")
-    for n in view.nodes:
-        agent = n.agent or {}
-        for ike in agent.get("ike_sas") or []:
-            table.add_row(
-                n.name,
-                str(ike.get("peer", "?")),
-                _state_text(str(ike.get("state", "?"))),
-                f"{ike.get('local', '?')} → {ike.get('remote', '?')}",
-                str(ike.get("algorithms", "")),
-                f"{ike.get('spi_i', '')}\n{ike.get('spi_r', '')}",
-                "",
-                "",
-                _age(ike.get("age_s")),
-            )
-            for child in agent.get("child_sas") or []:
-                if child.get("peer") != ike.get("peer"):
-                    continue
-                table.add_row(
-                    "",
-                    "  └ child",
-                    _state_text(str(child.get("state", "installed"))),
-                    f"{', '.join(child.get('local_ts', []))} ⇄ {', '.join(child.get('remote_ts', []))}",
-                    str(child.get("algorithm", "")),
-                    f"{child.get('spi_in', '')} / {child.get('spi_out', '')}",
-                    _traffic(child, "in"),
-                    _traffic(child, "out"),
-                    _age(child.get("age_s")),
-                )
+    for row in _sa_rows(view):
+        table.add_row(
+            "" if row.child else row.router,
+            "  └ child" if row.child else row.peer,
+            _state_text(row.state),
+            row.where,
+            row.algorithms,
+            " / ".join(row.spis) if row.child else "\n".join(row.spis),
+            "\n".join(row.traffic_in),
+            "\n".join(row.traffic_out),
+            row.age,
+        )
     return table
 
 
@@ -326,24 +347,15 @@ def _mesh_table(view: Any) -> Table:
 def _tunnel_lines(view: Any) -> list[str]:
     """The tunnel table's content as one line per SA, for terminals too narrow for the table."""
     lines = []
-    for n in view.nodes:
-        agent = n.agent or {}
-        for ike in agent.get("ike_sas") or []:
+    for row in _sa_rows(view):
+        spis = f"SPIs {'/'.join(row.spis)}"
+        if row.child:
             lines.append(
-                f"  {n.name} → {ike.get('peer', '?')}  {ike.get('state', '?')}  "
-                f"{ike.get('local', '?')} → {ike.get('remote', '?')}  {ike.get('algorithms', '')}  "
-                f"SPIs {ike.get('spi_i', '')}/{ike.get('spi_r', '')}  {_age(ike.get('age_s'))}"
+                f"    └ child {row.state}  {row.where}  {row.algorithms}  {spis}  "
+                f"in {' '.join(row.traffic_in)}  out {' '.join(row.traffic_out)}  {row.age}"
             )
-            for child in agent.get("child_sas") or []:
-                if child.get("peer") != ike.get("peer"):
-                    continue
-                lines.append(
-                    f"    └ child {child.get('state', 'installed')}  {', '.join(child.get('local_ts', []))} ⇄ "
-                    f"{', '.join(child.get('remote_ts', []))}  {child.get('algorithm', '')}  "
-                    f"SPIs {child.get('spi_in', '')}/{child.get('spi_out', '')}  "
-                    f"in {_traffic(child, 'in').replace(chr(10), ' ')}  out {_traffic(child, 'out').replace(chr(10), ' ')}  "
-                    f"{_age(child.get('age_s'))}"
-                )
+        else:
+            lines.append(f"  {row.router} → {row.peer}  {row.state}  {row.where}  {row.algorithms}  {spis}  {row.age}")
     return lines
 
 
@@ -351,14 +363,15 @@ def _state_text(state: str) -> str:
     return f"[green]{state}[/]" if state.lower() in ("established", "installed", "up") else f"[yellow]{state}[/]"
 
 
-def _traffic(child: dict[str, Any], way: str) -> str:
+def _traffic(child: dict[str, Any], way: str) -> tuple[str, str]:
+    """(size, packets) one way, e.g. ("1.5 kB", "3 pkt")."""
     octets, packets = child.get(f"bytes_{way}", 0) or 0, child.get(f"packets_{way}", 0) or 0
     for unit in ("B", "kB", "MB", "GB"):
         if octets < 1000 or unit == "GB":
-            size = f"{octets:.0f} {unit}" if unit == "B" else f"{octets:.1f} {unit}"
-            return f"{size}\n{packets} pkt"
+            break
         octets /= 1000
-    return ""
+    size = f"{octets:.0f} {unit}" if unit == "B" else f"{octets:.1f} {unit}"
+    return size, f"{packets} pkt"
 
 
 def _age(seconds: Any) -> str:
