@@ -46,20 +46,17 @@ def packets(state: dict[str, Any], peer: str, direction: str) -> int:
 class UnderlayCapture:
     """tcpdump on the lab's emulated internet (the `inet` bridge in the fabric namespace)."""
 
-    def __init__(self, lab: str) -> None:
-        self.lab = lab
+    def __init__(self, lab: str, bpf: str = "") -> None:
+        self.lab, self.bpf = lab, bpf
         self.path = Path(tempfile.mkdtemp(prefix="vpnlab-cap-")) / "inet.pcap"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> UnderlayCapture:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", f"vpnlab-{self.lab}", "tcpdump", "--immediate-mode", "-U", "-s", "0", "-i", "inet", "-w", str(self.path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while not (self.path.exists() and self.path.stat().st_size > 0) and time.monotonic() < deadline:
-            time.sleep(0.1)  # the pcap header is written once tcpdump listens
+        argv = ["ip", "netns", "exec", f"vpnlab-{self.lab}", "tcpdump", "--immediate-mode", "-U", "-s", "0", "-i", "inet", "-w", str(self.path)]
+        self.proc = subprocess.Popen(argv + ([self.bpf] if self.bpf else []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline().decode()  # capturing before the caller sends anything
+        assert "listening on" in line, f"tcpdump did not start: {line}"
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -19,6 +19,8 @@ from vpnlab.measure.labctl import LabCtl, wait_for
 from vpnlab.measure.report import hub_pair
 from vpnlab.runtime.docker import DockerRuntime
 
+from .ipsec import UnderlayCapture
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 TOPO = Path(__file__).resolve().parents[2] / "topologies" / "mesh.yml"
@@ -95,25 +97,15 @@ def test_4_mesh_signal_goes_through_the_hub_inside_ike(ctl: LabCtl) -> None:
 def test_4_mesh_signal_is_never_plaintext_on_the_underlay(ctl: LabCtl) -> None:
     """Capture the emulated internet while br2 asks for a shortcut to br4 (br4 initiates: it is
     behind NAT but br2 is not): the request's bytes never appear in clear."""
-    import subprocess
-    import tempfile
-
     assert "br4" not in ctl.shortcuts("br2")
-    with tempfile.TemporaryDirectory() as d:
-        pcap = Path(d) / "inet.pcap"
-        cap = subprocess.Popen(["ip", "netns", "exec", f"vpnlab-{ctl.lab}", "tcpdump", "-ni", "inet", "--immediate-mode", "-U",
-                                "-s", "0",
-                                "-w", str(pcap), "udp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            assert cap.stderr is not None
-            assert "listening on" in cap.stderr.readline().decode()  # capturing before we trigger
+    cap = UnderlayCapture(ctl.lab, bpf="udp")
+    try:
+        with cap:
             ping(ctl, "br4", H["br2"], 2)
             wait_for("shortcut br4->br2", lambda: ctl.shortcuts("br2").get("br4") == "up", 10)
-            time.sleep(1.5)  # let tcpdump write what it has
-        finally:
-            cap.terminate()
-            cap.wait(5)
-        raw = pcap.read_bytes()
+        raw = cap.raw()
+    finally:
+        cap.cleanup()
     # REQUEST body as br2 encodes it: name "br2", its public address, its subnet 10.2.0.0/24
     assert b"\x03br2\xc6\x33\x64\x0c\x01\x0a\x02\x00\x00\x18" not in raw
     assert b"br4" not in raw and b"br2" not in raw  # identities travel encrypted too (IKE_AUTH)
