@@ -2,6 +2,10 @@
 
     .venv/bin/python benchmarks/ike_load.py [--count 100] [--runs 3] [--json]
 
+`--count 300` pushes the hub past its cookie threshold (50 half-open SAs) and makes initiators
+retransmit: the table then shows retransmitted IKE_SA_INITs next to the authentication failures
+and half-open SAs left at the hub, which must stay 0 (issue #14: PSK mismatches under load).
+
 The hub is the agent's IKE service (`python -m vpnlab_agent.io.ike_service`: IkeService + the
 userspace ESP engine, which installs every child SA and its route) in one network namespace, with
 `count` peers configured. The load generator is built on the agent's own IKE code: `count`
@@ -57,6 +61,8 @@ class Driver:
         self.socks: dict[int, asyncio.DatagramTransport] = {}
         self.timer: asyncio.TimerHandle | None = None
         self.inits_sent = 0
+        self.inits_seen: set[bytes] = set()
+        self.inits_repeated = 0
 
     async def open(self) -> None:
         for port in (500, 4500):
@@ -83,6 +89,8 @@ class Driver:
         for data, addr, port in self.ep.datagrams_to_send(self.loop.time()):
             if data[18] == 34:  # exchange type byte: IKE_SA_INIT
                 self.inits_sent += 1
+                self.inits_repeated += data in self.inits_seen
+                self.inits_seen.add(data)
             self.socks[port].sendto(NON_ESP_MARKER + data if port == 4500 else data, addr)
         while (ev := self.ep.next_event()) is not None:
             if isinstance(ev, ChildSAUp):
@@ -119,7 +127,8 @@ async def generate(count: int, timeout: float) -> None:
     times = sorted(v - t0 for k, v in done.items() if k not in ("failed", "stopping"))
     result = {"up": len(times), "all_up_s": times[-1] if len(times) == count else None,
             "median_s": statistics.median(times) if times else None,
-            "inits_sent": sum(d.inits_sent for d in drivers), "failed": done.get("failed", [])}
+            "inits_sent": sum(d.inits_sent for d in drivers),
+            "inits_retransmitted": sum(d.inits_repeated for d in drivers), "failed": done.get("failed", [])}
     print(json.dumps(result), flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)  # the parent has checked the hub: stop
     done["stopping"] = True
@@ -208,7 +217,10 @@ def run_once(count: int, tmp: Path) -> dict:
         result["hub_children"] = hub_children
         result["hub_ike_sas"] = len(st["ike_sas"])
         hub.send({"op": "status"})
-        result["hub_errors"] = hub.read()["status"]["errors"][:3]
+        st = hub.read()["status"]
+        result["hub_errors"] = st["errors"][:3]
+        result["hub_auth_failures"] = sum("authentication failed" in e for e in st["errors"])
+        result["hub_half_open"] = st["half_open"]
         return result
     finally:
         for proc in (gen, hub):
@@ -248,7 +260,7 @@ def main() -> int:
 
     t = Table(title=f"{args.count} initiators at once against one hub (goal: all child SAs up <= {GOAL_S:.0f} s)")
     for col in ("run", "children up", "all up (initiators) s", "all up (hub) s", "median s", "IKE_SA_INIT sent",
-                "goal"):
+                "of them retransmitted", "auth failures", "half-open left", "goal"):
         t.add_column(col)
     for i, r in enumerate(results, 1):
         worst = max(x for x in (r["all_up_s"], r["hub_all_children_s"]) if x is not None) \
@@ -256,7 +268,8 @@ def main() -> int:
         t.add_row(str(i), f"{r['up']}/{args.count}", f"{r['all_up_s']:.2f}" if r["all_up_s"] else "-",
                   f"{r['hub_all_children_s']:.2f}" if r["hub_all_children_s"] else "-",
                   f"{r['median_s']:.2f}" if r["median_s"] else "-", str(r["inits_sent"]),
-                  "ok" if worst is not None and worst <= GOAL_S else "MISSED")
+                  str(r["inits_retransmitted"]), str(r["hub_auth_failures"]), str(r["hub_half_open"]),
+                  "ok" if worst is not None and worst <= GOAL_S and not r["hub_auth_failures"] else "MISSED")
     console = Console(width=130)
     console.print(t)
     for r in results:

@@ -365,6 +365,14 @@ class IkeEndpoint(LogLines):
 
     def _session_up(self, session: IkeSession) -> None:
         self._drop_half_open(session)
+        if session.init_key is None:
+            return
+        # Older half-open SAs from the same address and port are this initiator's earlier attempts
+        # (it gave up on them and started again with a new SPI): they will never complete.
+        addr = session.init_key[1]
+        for key, s in list(self._half_open.items()):
+            if key[1] == addr and s.created <= session.created:
+                s.abandon(session.established_at or session.created, "superseded by an IKE SA from the same address")
 
     def _established(self, peer: str) -> IkeSession:
         self.peer(peer)

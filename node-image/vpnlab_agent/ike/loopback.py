@@ -2,12 +2,15 @@
 
 Each endpoint is reached by its local address; a datagram an endpoint sends from `local_port` to
 (ip, port) arrives at the endpoint whose local_addr is ip, as coming from (sender ip, local_port)
-to port. `drop` may discard datagrams to emulate loss. No sockets and no real time: `run()`
-jumps the clock from timer to timer.
+to port. `drop` may discard datagrams to emulate loss and `delay` may hold them in flight (a slow
+or distant peer, so that retransmissions cross answers). No sockets and no real time: `run()`
+jumps the clock from timer to timer and from arrival to arrival.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Callable
 
 from vpnlab_agent.ike.endpoint import IkeEndpoint
@@ -15,6 +18,8 @@ from vpnlab_agent.ike.events import Event
 
 # (data, src (ip, port), dst (ip, port)) -> True to lose the datagram
 DropRule = Callable[[bytes, tuple[str, int], tuple[str, int]], bool]
+# (data, src, dst) -> seconds in flight (0: delivered at once)
+DelayRule = Callable[[bytes, tuple[str, int], tuple[str, int]], float]
 
 
 class Loopback:
@@ -22,6 +27,9 @@ class Loopback:
         self.endpoints = {ep.local_addr: ep for ep in endpoints}
         self.now = now
         self.drop: DropRule | None = None
+        self.delay: DelayRule | None = None
+        self._in_flight: list[tuple[float, int, bytes, tuple[str, int], tuple[str, int]]] = []
+        self._seq = itertools.count()
         self.delivered = 0
         self.dropped = 0
         self.events: dict[str, list[Event]] = {ep.local_addr: [] for ep in endpoints}
@@ -39,15 +47,26 @@ class Loopback:
                     if self.drop is not None and self.drop(data, src, dst):
                         self.dropped += 1
                         continue
-                    dst_ep = self.endpoints.get(dst[0])
-                    if dst_ep is None:
-                        self.dropped += 1
+                    wait = self.delay(data, src, dst) if self.delay is not None else 0.0
+                    if wait > 0:
+                        heapq.heappush(self._in_flight, (self.now + wait, next(self._seq), data, src, dst))
                         continue
-                    self.delivered += 1
-                    dst_ep.receive_datagram(data, src, dst[1], self.now)
+                    self._arrive(data, src, dst)
+            while self._in_flight and self._in_flight[0][0] <= self.now:
+                _, _, data, src, dst = heapq.heappop(self._in_flight)
+                moved = True
+                self._arrive(data, src, dst)
             self._collect()
             if not moved:
                 return
+
+    def _arrive(self, data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
+        dst_ep = self.endpoints.get(dst[0])
+        if dst_ep is None:
+            self.dropped += 1
+            return
+        self.delivered += 1
+        dst_ep.receive_datagram(data, src, dst[1], self.now)
 
     def _collect(self) -> None:
         for addr, ep in self.endpoints.items():
@@ -56,6 +75,8 @@ class Loopback:
 
     def next_timer(self) -> float | None:
         times = [t for ep in self.endpoints.values() if (t := ep.get_timer()) is not None]
+        if self._in_flight:
+            times.append(self._in_flight[0][0])
         return min(times) if times else None
 
     def run(self, until: float) -> None:

@@ -205,6 +205,11 @@ class IkeSession:
         self.init_resp = b""
         self.init_retries = 0
         self.cookie: bytes | None = None
+        # Responder: other versions of the peer's IKE_SA_INIT request that we answered with the
+        # same response (the same SA, KE and Nonce, differing only in a COOKIE notify). The peer
+        # signs whichever it sent last, so AUTH is checked against each (RFC 7296 §2.1, §2.6).
+        self.init_req_variants: list[bytes] = []
+        self._init_offer: tuple[Any, Any, Any] | None = None
 
         self.nat_local = False  # we are behind a NAT
         self.nat_remote = False  # the peer is (or, with force_encap, pretends to be)
@@ -403,12 +408,12 @@ class IkeSession:
 
     # --- initiator: IKE_AUTH --------------------------------------------------------------
 
-    def _auth_data(self, signer_is_initiator: bool, id_payload: IDi | IDr) -> bytes:
+    def _auth_data(self, signer_is_initiator: bool, id_payload: IDi | IDr, init_req: bytes | None = None) -> bytes:
         """PSK AUTH (RFC 7296 §2.15): the IKE SA initiator signs its IKE_SA_INIT request, Nr and
         prf(SK_pi, IDi body); the responder signs its IKE_SA_INIT response, Ni and prf(SK_pr, IDr body)."""
         k, prf = self.keys, self.suite.prf
         if signer_is_initiator:
-            octets = crypto.signed_octets(self.init_req, self.nr, prf, k.sk_pi, payload_body(id_payload))
+            octets = crypto.signed_octets(init_req or self.init_req, self.nr, prf, k.sk_pi, payload_body(id_payload))
         else:
             octets = crypto.signed_octets(self.init_resp, self.ni, prf, k.sk_pr, payload_body(id_payload))
         return crypto.psk_auth(prf, self.ep.psk, octets)
@@ -493,6 +498,7 @@ class IkeSession:
         assert ke is not None and nonce is not None
         self.spi_i = msg.spi_i
         self.init_req = raw
+        self._init_offer = _offer(msg)
         self.ni = nonce.data
         self.nr = self.ep.rng(NONCE_LEN)
         self.dh = crypto.DhKeyPair.generate(ke.group, self.ep.rng)
@@ -524,7 +530,9 @@ class IkeSession:
         if peer is None:
             self._auth_failed(now, claimed, f"identity {claimed!r} matches no configured peer", addr)
             return [Notify(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]
-        if auth.method != AuthMethod.PSK or not hmac.compare_digest(auth.data, self._auth_data(not self.initiator, idi)):
+        if auth.method != AuthMethod.PSK or not any(
+                hmac.compare_digest(auth.data, self._auth_data(True, idi, m))
+                for m in (self.init_req, *self.init_req_variants)):
             self._auth_failed(now, peer.name, f"AUTH from {claimed!r} does not verify: PSK mismatch", addr)
             return [Notify(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]
         self.peer = peer
@@ -671,6 +679,11 @@ class IkeSession:
             self.ep._emit(IkeSADown(self.peer.name, reason or "closed"))
         self.ep._closed(self)
 
+    def abandon(self, now: float, reason: str) -> None:
+        """Forget a half-open responder SA without a word to the peer."""
+        if self.state == State.HALF_OPEN:
+            self._close(now, reason, quiet=True)
+
     # --- receiving ------------------------------------------------------------------------
 
     def receive(self, data: bytes, hdr: Header, addr: tuple[str, int], local_port: int, now: float) -> None:
@@ -759,9 +772,9 @@ class IkeSession:
 
     def _receive_init(self, data: bytes, hdr: Header, addr: tuple[str, int], local_port: int, now: float) -> None:
         if not hdr.response:
-            # A retransmitted IKE_SA_INIT request: same answer again (the endpoint routed it here).
-            if self.state == State.HALF_OPEN and data == self.init_req:
-                self._send_raw(self.init_resp, addr, local_port)
+            # Another IKE_SA_INIT request with this SPIi from this address (the endpoint routed it here).
+            if self.state == State.HALF_OPEN:
+                self._repeat_init_response(data, addr, local_port)
             return
         if self.state != State.INIT_SENT or self.pending is None or hdr.message_id != 0:
             return
@@ -769,7 +782,7 @@ class IkeSession:
             msg = decode(data)
         except (ParseError, IntegrityError):
             return
-        if msg.initiator:
+        if msg.initiator or self._stale_init_answer(msg):
             return
         handler = _TRANSITIONS.get((self.state, hdr.exchange, hdr.response))
         if handler is None:
@@ -777,6 +790,32 @@ class IkeSession:
         self.last_recv = now
         self._last_raw = data
         handler(self, msg, addr, now)
+
+    def _repeat_init_response(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
+        """A retransmitted request gets the same answer (RFC 7296 §2.1). So does a later version
+        of it that offers the same SA, KE and Nonce and differs only in a COOKIE: under load a
+        retransmission of the cookie-less request can reach us after we stopped asking for
+        cookies, and we answered it; the peer then signs its cookie version in AUTH."""
+        if data != self.init_req and data not in self.init_req_variants:
+            try:
+                msg = decode(data)
+            except (ParseError, IntegrityError):
+                return
+            if (not msg.initiator or _offer(msg) != self._init_offer
+                    or len(self.init_req_variants) >= MAX_INIT_RETRIES):
+                return
+            self.init_req_variants.append(data)
+        self._send_raw(self.init_resp, addr, local_port)
+
+    def _stale_init_answer(self, msg: Message) -> bool:
+        """A late answer to an earlier version of our IKE_SA_INIT request: a COOKIE we already
+        carry, or INVALID_KE_PAYLOAD naming the group we already switched to. Acting on it would
+        restart (or, past the retry bound, close) a negotiation that is going fine."""
+        cookie = msg.notifies(NotifyType.COOKIE)
+        if cookie and self.cookie is not None and cookie[0].data == self.cookie:
+            return True
+        bad_ke = msg.notifies(NotifyType.INVALID_KE_PAYLOAD)
+        return bool(bad_ke) and self.init_retries > 0 and bad_ke[0].data == self.dh.group.to_bytes(2, "big")
 
     # --- responder: CREATE_CHILD_SA -------------------------------------------------------
 
@@ -1156,6 +1195,11 @@ class IkeSession:
             "nat": {"local": self.nat_local, "remote": self.nat_remote, "encap": self.encap},
             "vpnlab_peer": self.peer_vendor,
         }
+
+
+def _offer(msg: Message) -> tuple[Any, Any, Any]:
+    """What an IKE_SA_INIT request offers: its SA, KE and Nonce payloads."""
+    return msg.find(SA), msg.find(KE), msg.find(Nonce)
 
 
 def _notify_name(t: int) -> str:
