@@ -1,11 +1,14 @@
 """What the IKE layer hands to a data-plane engine: one negotiated ESP child SA.
 
 Pure data: the IKE state machine produces it, `dataplane.base.Engine.install()` consumes it.
+Extensions (mesh, HSVPN, ...) negotiate the metadata fields; their defaults make a plain SA.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from vpnlab_agent.esp.trailer import RFC4303, Trailer
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,14 @@ class ChildSA:
     remote_ts: tuple[str, ...]  # CIDRs on the peer's side
     soft_lifetime_bytes: int = 0  # 0: unlimited; engines report when crossed so IKE rekeys
     hard_lifetime_bytes: int = 0
+    # Among installed SAs whose remote selectors cover a destination, the longest prefix wins, then
+    # the higher preference: a mesh shortcut may carry a LAN's real prefix and still win over the
+    # hub tunnel whose selectors cover it too; when the shortcut goes, traffic falls back to the hub.
+    preference: int = 0
+    context: str = ""  # routing context (HSVPN: one routing table / TUN device each); "" = the main one
+    mark: int = 0  # XFRM mark (value, full mask) on this SA's states and policies; 0 = none
+    if_id: int = 0  # XFRM interface id on this SA's states and policies; 0 = none
+    trailer: Trailer = RFC4303  # builds and reads the ESP trailer (esp/trailer.py); plain RFC 4303 by default
 
     @property
     def encap(self) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from vpnlab_agent.dataplane.userspace import sa_to_dict
-from vpnlab_agent.esp import EspOutbound
+from vpnlab_agent.esp.codec import EspOutbound
 from vpnlab_agent.sa import ChildSA, EspAlgorithm
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]

@@ -44,17 +44,17 @@ from pyroute2 import IPRoute
 
 from vpnlab_agent.dataplane import tun
 from vpnlab_agent.dataplane.base import NATT_PORT, NON_ESP_MARKER, Engine, EngineError, IkeHandler
-from vpnlab_agent.esp import (
-    BACKEND,
+from vpnlab_agent.esp.ciphers import BACKEND, PacketBuffer
+from vpnlab_agent.esp.codec import (
     AuthenticationFailed,
     EspError,
     EspInbound,
     EspOutbound,
-    PacketBuffer,
     ReplayedPacket,
     SequenceOverflow,
     max_inner_len,
 )
+from vpnlab_agent.esp.trailer import trailer_from_dict
 from vpnlab_agent.sa import ChildSA, EspAlgorithm, SACounters
 
 log = logging.getLogger(__name__)
@@ -787,6 +787,7 @@ def sa_to_dict(sa: ChildSA) -> dict[str, Any]:
     d = dataclasses.asdict(sa)
     for k in ("enc_key_in", "enc_key_out", "integ_key_in", "integ_key_out"):
         d[k] = d[k].hex()
+    d["trailer"] = sa.trailer.describe()
     return d
 
 
@@ -796,6 +797,8 @@ def sa_from_dict(d: dict[str, Any]) -> ChildSA:
     for k in ("enc_key_in", "enc_key_out", "integ_key_in", "integ_key_out"):
         d[k] = bytes.fromhex(d[k])
     d["local_ts"], d["remote_ts"] = tuple(d["local_ts"]), tuple(d["remote_ts"])
+    if "trailer" in d:
+        d["trailer"] = trailer_from_dict(d["trailer"])
     return ChildSA(**d)
 
 

@@ -1,19 +1,7 @@
-"""ESP (RFC 4303) packet codec and anti-replay window; UDP encapsulation (RFC 3948) lives in the engines."""
+"""ESP (RFC 4303): `codec` (packets, one object per SA direction), `trailer` (per-SA trailer
+formats), `replay` (anti-replay window), `ciphers` (AES-GCM / AES-CBC+HMAC back ends).
+UDP encapsulation (RFC 3948) lives in the engines.
 
-from vpnlab_agent.esp.ciphers import BACKEND, PacketBuffer
-from vpnlab_agent.esp.codec import (
-    AuthenticationFailed,
-    EspError,
-    EspInbound,
-    EspOutbound,
-    MalformedPacket,
-    ReplayedPacket,
-    SequenceOverflow,
-    max_inner_len,
-)
-from vpnlab_agent.esp.replay import ReplayWindow
-
-__all__ = [
-    "BACKEND", "PacketBuffer", "AuthenticationFailed", "EspError", "EspInbound", "EspOutbound",
-    "MalformedPacket", "ReplayedPacket", "SequenceOverflow", "max_inner_len", "ReplayWindow",
-]
+Nothing is re-exported here on purpose: `vpnlab_agent.sa` imports `esp.trailer`, and `esp.codec`
+imports `sa`, so this package must not import the codec when it is loaded.
+"""

@@ -12,7 +12,8 @@ import pytest
 
 from tests.unit.dataplane.test_tun_offload import segments, tcp_packet
 from vpnlab_agent.dataplane.userspace import TX_BUF_SIZE, TX_BUFFERS, UserspaceEngine
-from vpnlab_agent.esp import EspInbound, EspOutbound, PacketBuffer
+from vpnlab_agent.esp.ciphers import PacketBuffer
+from vpnlab_agent.esp.codec import EspInbound, EspOutbound
 from vpnlab_agent.sa import EspAlgorithm
 
 GCM = EspAlgorithm("aes-gcm-16", 128)

@@ -20,7 +20,8 @@ SCRIPT = r"""
 import hmac, os, struct
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from vpnlab_agent.esp import BACKEND, AuthenticationFailed, EspInbound, EspOutbound
+from vpnlab_agent.esp.ciphers import BACKEND
+from vpnlab_agent.esp.codec import AuthenticationFailed, EspInbound, EspOutbound
 from vpnlab_agent.sa import EspAlgorithm
 
 assert BACKEND == "openssl-ctx", BACKEND

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vpnlab_agent.esp import (
+from vpnlab_agent.esp.codec import (
     AuthenticationFailed,
     EspInbound,
     EspOutbound,
@@ -245,7 +245,7 @@ def test_max_inner_len_fits_the_underlay() -> None:
 
 @pytest.mark.parametrize("alg", [GCM128, CBC128], ids=["gcm", "cbc"])
 def test_packets_laid_back_to_back_for_udp_gso(alg: EspAlgorithm) -> None:
-    from vpnlab_agent.esp import PacketBuffer
+    from vpnlab_agent.esp.ciphers import PacketBuffer
 
     out, inb = pair(alg)
     src, dst = PacketBuffer(4096), PacketBuffer(16384)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpnlab_agent.esp import ReplayWindow
+from vpnlab_agent.esp.replay import ReplayWindow
 
 
 def test_minimum_size() -> None:
