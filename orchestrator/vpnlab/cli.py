@@ -4,6 +4,7 @@ become one red line on stderr and exit code 1, never a traceback."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import sys
 from collections.abc import Iterator
@@ -71,6 +72,14 @@ class _Console(Console):
 
 
 out = _Console(highlight=False, soft_wrap=True)
+
+
+class Runtime(str, enum.Enum):
+    docker = "docker"
+    containerlab = "containerlab"
+
+
+RUNTIME_HELP = "docker: vpnlab starts and wires the containers; containerlab: hand the exported lab to a containerlab binary."
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -130,11 +139,21 @@ def deploy(
     timeout: Annotated[
         float, typer.Option("--timeout", min=1, help="Seconds to wait for every agent to report ready.")
     ] = 90.0,
+    runtime: Annotated[Runtime, typer.Option("--runtime", help=RUNTIME_HELP)] = Runtime.docker,
 ) -> None:
     """Build the node image if needed, then start and wire the lab."""
     from vpnlab import lab as labs
 
     with _reported():
+        if runtime is Runtime.containerlab:
+            from vpnlab.runtime import containerlab as clab
+
+            with _progress() as progress:
+                done = clab.deploy(topology, name=name, reconfigure=reconfigure, progress=progress)
+            out.print(f"lab [bold]{done.lab}[/] is up under containerlab: {done.containers} nodes in {done.seconds:.1f} s")
+            out.print(f"  topology file {done.topology_file}; vpnlab inspect/exec {done.lab} work on it", markup=False)
+            out.print(f"  vpnlab destroy {done.lab} --runtime containerlab", markup=False)
+            return
         with _progress() as progress:
             result = labs.deploy(topology, name=name, reconfigure=reconfigure, progress=progress, ready_timeout=timeout)
         out.print(f"lab [bold]{result.lab}[/] is up: {result.containers} containers in {result.seconds:.1f} s")
@@ -154,11 +173,21 @@ def destroy(
     name: Annotated[
         Optional[str], typer.Option("--name", help="With a topology file: the name it was deployed under.")
     ] = None,
+    runtime: Annotated[Runtime, typer.Option("--runtime", help=RUNTIME_HELP)] = Runtime.docker,
 ) -> None:
     """Remove everything a lab created (found by label and name); a no-op when nothing is left."""
     from vpnlab import lab as labs
 
     with _reported():
+        if runtime is Runtime.containerlab:
+            from vpnlab.runtime import containerlab as clab
+
+            if all_labs or target is None:
+                raise VpnlabError("destroy --runtime containerlab: give the lab name or its topology file (--all is Docker only)")
+            lab_name = labs.check_lab_name(name) if name else labs.resolve_lab_name(target)
+            where = clab.destroy(lab_name)
+            out.print(f"destroyed {lab_name} under containerlab; removed {where}", markup=False)
+            return
         if all_labs == (target is not None):
             raise VpnlabError("destroy: give a lab name or topology file, or --all (not both)")
         if name is not None and target is None:
@@ -434,6 +463,61 @@ def graph(
         except OSError as exc:
             raise VpnlabError(f"cannot write {output}: {exc.strerror or exc}") from None
         out.print(f"wrote {output}", markup=False)
+
+
+@app.command("export")
+def export(
+    topology: Annotated[Path, typer.Argument(help="Topology file (YAML).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the files (new, empty, or an earlier export).")],
+    fmt: Annotated[str, typer.Option("--format", help="Output format; containerlab is the only one.")] = "containerlab",
+    hosts: Annotated[
+        Optional[list[str]],
+        typer.Option("--host", help="NAME=ADDRESS of one machine (repeat): one file per host, nodes split automatically."),
+    ] = None,
+    placement: Annotated[
+        Optional[Path], typer.Option("--placement", help="YAML file: hosts, their addresses, and which node runs where.")
+    ] = None,
+    image_tag: Annotated[
+        Optional[str], typer.Option("--image", help="Node image to name (default: this tree's vpnlab-node tag).")
+    ] = None,
+    vni_base: Annotated[
+        Optional[int], typer.Option("--vni-base", min=1, help="First VXLAN VNI (default: picked from the lab name).")
+    ] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Export under this lab name instead of the file's `name`.")] = None,
+) -> None:
+    """Write a containerlab topology that runs the same lab, on one host or split over several."""
+    from vpnlab import lab as labs
+    from vpnlab.export import containerlab as clab
+    from vpnlab.export.placement import load_placement, parse_hosts, place
+
+    with _reported():
+        if fmt != "containerlab":
+            raise VpnlabError(f"export: unknown --format {fmt!r} (formats: containerlab)")
+        if hosts and placement is not None:
+            raise VpnlabError("export: give --host NAME=ADDRESS ... or --placement FILE, not both")
+        lab = labs.load_lab(topology, name)
+        plan = None
+        if placement is not None:
+            plan = load_placement(placement, lab)
+        elif hosts:
+            plan = place(lab, parse_hosts(hosts))
+        if image_tag is None:
+            from vpnlab.image import node_tag
+
+            image_tag = node_tag()
+        result = clab.export_lab(lab, image_tag, plan, vni_base=vni_base)
+        written = clab.write_export(result, output)
+        for f, path in zip(result.files, written):
+            nodes = sum(1 for n in f.topology["topology"]["nodes"].values() if n.get("labels", {}).get("vpnlab.node"))
+            where = f" for host {f.host.name} ({f.host.address})" if f.host else ""
+            out.print(f"wrote {path}{where}: {nodes} nodes, {len(f.topology['topology'].get('links', []))} links", markup=False)
+        for host in result.empty_hosts:
+            out.print(f"host {host}: no nodes placed there, no file", style="yellow", markup=False)
+        if result.vxlan:
+            low = min(result.segment_mtu[v.segment] for v in result.vxlan)
+            out.print(f"{len(result.vxlan)} VXLAN links join the hosts; MTU {low} on the segments they carry (see the files' comments)", markup=False)
+        out.print(f"run it (containerlab >= {clab.CLAB_MIN_VERSION}, as root, with image {image_tag} on each host):", style="dim", markup=False)
+        out.print(f"  containerlab deploy -t {written[0]}", markup=False)
 
 
 @app.command()

@@ -4,7 +4,8 @@
     ├── TopologyError      bad topology file: names the file, the node or field, and the problem
     ├── EnvironmentProblem no Docker engine, not root, missing kernel feature: says what to do
     ├── ImageError         building the node image failed
-    └── LabError           deploy/destroy/exec failed at run time
+    ├── LabError           deploy/destroy/exec failed at run time
+    └── ExportError        `vpnlab export` cannot build or write the files (output directory, VNIs)
 """
 
 from __future__ import annotations
@@ -29,4 +30,8 @@ class ImageError(VpnlabError):
 
 
 class LabError(VpnlabError):
+    pass
+
+
+class ExportError(VpnlabError):
     pass

@@ -25,14 +25,10 @@ from vpnlab.net.namespace import list_netns, netns_exists
 from vpnlab.net.wiring import FabricPlan, plan_fabric
 from vpnlab.progress import ProgressSink
 from vpnlab.runtime.base import (
-    LABEL_KIND,
-    LABEL_LAB,
-    LABEL_NODE,
-    LABEL_ROLE,
-    LABEL_TOPOLOGY,
     ContainerInfo,
     Runtime,
     container_name,
+    node_labels,
 )
 from vpnlab.topology.model import Lab, Node
 from vpnlab.topology.schema import LAB_NAME_RE, NODE_NAME_RE
@@ -219,16 +215,6 @@ def _container_specs(lab: Lab) -> dict[str, ContainerSpec]:
     return {node.name: kind_for(node).container_spec(lab, node) for node in lab.nodes}
 
 
-def _labels(lab: Lab, node: Node) -> dict[str, str]:
-    return {
-        LABEL_LAB: lab.name,
-        LABEL_NODE: node.name,
-        LABEL_ROLE: node.role,
-        LABEL_KIND: node.implementation,  # "host" for end hosts: inspect asks only the others for status
-        LABEL_TOPOLOGY: str(Path(lab.source).resolve()) if str(lab.source) else "",
-    }
-
-
 def _start_and_wire(
     lab: Lab,
     image: str,
@@ -246,7 +232,7 @@ def _start_and_wire(
         if cancelled.is_set():
             raise LabError("cancelled")
         spec = specs[node.name]
-        return rt.start(container_name(lab.name, node.name), image, spec, _labels(lab, node))
+        return rt.start(container_name(lab.name, node.name), image, spec, node_labels(lab, node))
 
     report.start("containers", len(lab.nodes))
     pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vpnlab-start")

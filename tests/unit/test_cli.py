@@ -26,7 +26,7 @@ def _fails_with_one_line(args: list[str], *expected: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command", [[], ["deploy"], ["destroy"], ["inspect"], ["exec"], ["graph"], ["image"]])
+@pytest.mark.parametrize("command", [[], ["deploy"], ["destroy"], ["inspect"], ["exec"], ["graph"], ["image"], ["export"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -131,3 +131,33 @@ def test_usage_mistakes_are_one_line_pointing_at_help(args: list[str], expected:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert "--help" in lines[0]
+
+
+def test_export_writes_one_file_and_says_how_to_run_it(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["export", "topologies/minimal.yml", "-o", str(tmp_path / "out"), "--image", "vpnlab-node:x"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {tmp_path / 'out' / 'minimal.clab.yml'}: 6 nodes, 9 links" in result.stdout
+    assert f"containerlab deploy -t {tmp_path / 'out' / 'minimal.clab.yml'}" in result.stdout
+
+
+def test_export_to_several_hosts_writes_one_file_each(tmp_path: Path) -> None:
+    args = ["export", "topologies/bench-20.yml", "-o", str(tmp_path), "--host", "a=192.0.2.1", "--host", "b=192.0.2.2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "for host a (192.0.2.1)" in result.stdout and "for host b (192.0.2.2)" in result.stdout
+    assert "1 VXLAN links join the hosts; MTU 1450" in result.stdout
+    assert (tmp_path / "a" / "bench20.clab.yml").is_file() and (tmp_path / "b" / "bench20.clab.yml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--format", "gns3"], "unknown --format 'gns3' (formats: containerlab)"),
+        (["--host", "a"], "--host: a: expected NAME=ADDRESS"),
+        (["--host", "a=192.0.2.1", "--placement", "p.yml"], "not both"),
+        (["--placement", "/nonexistent/p.yml"], "/nonexistent/p.yml: file not found"),
+    ],
+)
+def test_export_mistakes_are_one_line(tmp_path: Path, extra: list[str], expected: str) -> None:
+    _fails_with_one_line(["export", "topologies/minimal.yml", "-o", str(tmp_path / "o"), *extra], expected)
+    assert not (tmp_path / "o").exists()  # nothing half-written

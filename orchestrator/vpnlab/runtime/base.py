@@ -7,9 +7,13 @@ has to be remembered on disk and a crashed deploy can still be cleaned up.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from vpnlab.kinds.base import ContainerSpec
+
+if TYPE_CHECKING:
+    from vpnlab.topology.model import Lab, Node
 
 LABEL_LAB = "vpnlab.lab"
 LABEL_NODE = "vpnlab.node"
@@ -20,6 +24,17 @@ LABEL_TOPOLOGY = "vpnlab.topology"
 
 def container_name(lab: str, node: str) -> str:
     return f"vpnlab-{lab}-{node}"
+
+
+def node_labels(lab: Lab, node: Node) -> dict[str, str]:
+    """The labels of one node's container, whichever runtime starts it (Docker, containerlab)."""
+    return {
+        LABEL_LAB: lab.name,
+        LABEL_NODE: node.name,
+        LABEL_ROLE: node.role,
+        LABEL_KIND: node.implementation,  # "host" for end hosts: inspect asks only the others for status
+        LABEL_TOPOLOGY: str(Path(lab.source).resolve()) if str(lab.source) else "",
+    }
 
 
 @dataclass(frozen=True)
