@@ -26,5 +26,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip("needs root (network namespaces, veths, Docker)")
     if "uml" in marks and shutil.which("linux") is None:
         pytest.skip("user-mode Linux (/usr/bin/linux) is not installed: apt-get install user-mode-linux")
+    if "uml" in marks:
+        from tests.root.uml import boot_problem
+
+        if (problem := boot_problem()) is not None:
+            pytest.skip(problem)
     if "e2e" in marks and (problem := _docker_problem()):
         pytest.skip(problem)

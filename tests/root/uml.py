@@ -12,6 +12,7 @@ Usage (tests): `result = run_python(code, timeout_s=120)`; result.returncode, re
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -53,6 +54,32 @@ def unavailable_reason() -> str | None:
     if shutil.which("modprobe") is None:
         return "modprobe is missing: apt-get install kmod"
     return None
+
+
+_BOOT_MARKER = "vpnlab-uml-booted"
+
+
+@functools.cache
+def boot_problem() -> str | None:
+    """Why UML installed here still cannot run a payload, in one line, or None if it can.
+
+    Probed once per test session with an empty payload: on some host CPUs the 6.1 UML kernel
+    panics at boot (seen on a Xeon with AMX: "ptrace set fp regs failed, errno = 14", its
+    XSAVE area being larger than UML 6.1 handles), and every UML test would fail the same way."""
+    if (reason := unavailable_reason()) is not None:
+        return reason
+    try:
+        result = run_python(f"print({_BOOT_MARKER!r})", timeout_s=60, modules=())
+    except UmlError as e:
+        return f"user-mode Linux does not boot here: {str(e).splitlines()[0]}"
+    if _BOOT_MARKER in result.output:
+        return None
+    lines = [ln.strip() for ln in result.console.splitlines() if ln.strip()]
+    # The first line that says why init died, else the panic itself (boot chatter such as
+    # "mmapper_init - find_iomem failed" is harmless and comes earlier).
+    why = next((ln for key in ("ptrace", "Kernel panic", "not syncing") for ln in lines if key in ln),
+               lines[-1] if lines else "no console output")
+    return f"user-mode Linux cannot boot on this host (kernel console: {why!r})"
 
 
 def _python() -> str:
