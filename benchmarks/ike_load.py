@@ -35,7 +35,8 @@ GOAL_S = 10.0
 
 
 def branch_addr(i: int) -> str:
-    return f"198.51.100.{10 + i}"
+    # Up to 240 in the hub's own /24, the rest in a second documentation range reached on-link.
+    return f"198.51.100.{10 + i}" if i < 240 else f"203.0.113.{i - 239}"
 
 
 def branch_lan(i: int) -> str:
@@ -189,6 +190,9 @@ def run_once(count: int, tmp: Path) -> dict:
         sh("ip", "netns", "exec", nh, "ip", "addr", "add", f"{HUB}/24", "dev", f"l{tag}h")
         sh("ip", "netns", "exec", nh, "ip", "addr", "add", "10.0.0.1/24", "dev", "lo")
         sh("ip", "netns", "exec", nh, "ip", "link", "set", f"l{tag}h", "up")
+        sh("ip", "netns", "exec", nh, "ip", "route", "add", "203.0.113.0/24", "dev", f"l{tag}h")
+        if count > 240 + 254:
+            raise SystemExit(f"--count {count}: at most {240 + 254} initiators fit the address plan")
         batch = "".join(f"addr add {branch_addr(i)}/24 dev l{tag}g\n" for i in range(count))
         (tmp / "addrs").write_text(batch)
         sh("ip", "-n", ng, "-batch", str(tmp / "addrs"))
