@@ -517,7 +517,9 @@ def export(
             low = min(result.segment_mtu[v.segment] for v in result.vxlan)
             out.print(f"{len(result.vxlan)} VXLAN links join the hosts; MTU {low} on the segments they carry (see the files' comments)", markup=False)
         out.print(f"run it (containerlab >= {clab.CLAB_MIN_VERSION}, as root, with image {image_tag} on each host):", style="dim", markup=False)
-        out.print(f"  containerlab deploy -t {written[0]}", markup=False)
+        for f, path in zip(result.files, written):
+            on = f"on {f.host.name}: " if f.host else ""
+            out.print(f"  {on}containerlab deploy -t {path.relative_to(output) if f.host else path}", markup=False)
 
 
 @app.command()
