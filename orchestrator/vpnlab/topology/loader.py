@@ -275,9 +275,11 @@ def check_supported(lab: Lab) -> None:
     Mesh and branches behind NAT are implemented (docs/mesh.md). Called by the CLI before deploy.
     """
     file = str(lab.source)
-    for node in lab.nodes:
-        if node.contexts:
-            raise TopologyError(file, f"nodes.{node.name}.contexts", "HSVPN routing contexts are not implemented yet")
+    from vpnlab.topology.contexts import unsupported
+
+    problem = unsupported(lab)
+    if problem is not None:
+        raise TopologyError(file, *problem)
     if lab.clusters:
         raise TopologyError(
             file, f"clusters.{lab.clusters[0].name}", "gateway clusters (IKEv2 load balancer) are not implemented yet"

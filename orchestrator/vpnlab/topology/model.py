@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 Role = Literal["hub", "branch", "gateway", "host"]
 Implementation = Literal["agent", "strongswan", "host"]
-SegmentKind = Literal["underlay", "lan"]
+SegmentKind = Literal["underlay", "lan"]  # a context LAN is a "lan" segment too
 
 UNDERLAY = "inet"  # name of the emulated internet segment
 
@@ -43,9 +43,17 @@ class MeshSettings:  # Advanced Mesh VPN (docs/mesh.md)
 
 
 @dataclass(frozen=True)
-class Context:  # reserved: HSVPN routing context (a separate routing table per customer LAN)
+class Context:
+    """One routing context of one router (docs/hsvpn.md): its own routing table and LAN segments.
+
+    Contexts are matched by name between routers; `number` and `table` are the same on every
+    router for one name (lab-wide, in order of first appearance in the file)."""
+
     name: str
-    lan: IPv4Network
+    lans: tuple[IPv4Network, ...]
+    number: int  # 1, 2, ...: proposed HSVPN tag, VXLAN VNI offset, XFRM mark/if_id
+    table: int  # routing table id (and VRF table where the kernel has VRF devices)
+    interfaces: tuple[str, ...] = ()  # the router's interfaces on this context's LANs
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,8 @@ class Node:
     dataplane: Literal["auto", "userspace", "xfrm"] = "auto"
     behind_nat: bool = False  # branch without a public address: reaches the hub, accepts no shortcut
     mesh: MeshSettings = field(default_factory=MeshSettings)
-    contexts: tuple[Any, ...] = ()  # reserved: HSVPN routing contexts
+    contexts: tuple[Context, ...] = ()  # routers: routing contexts (docs/hsvpn.md)
+    context: str | None = None  # hosts: the routing context of their LAN (None: the plain LANs)
     cluster: str | None = None  # reserved: load-balancer cluster membership
 
     @property
@@ -86,6 +95,8 @@ class Lab:
     segments: tuple[Segment, ...]
     nodes: tuple[Node, ...]
     clusters: tuple[Cluster, ...] = ()
+    context_method: str = "hsvpn"  # hsvpn | tunnel-in-tunnel | per-network (docs/hsvpn.md)
+    inner_block: IPv4Network | None = None  # tunnel-in-tunnel endpoint/transit addresses (contexts.py)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

@@ -15,10 +15,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 from vpnlab.errors import TopologyError
+from vpnlab.topology import contexts as ctx
 from vpnlab.topology.model import (
     UNDERLAY,
     Cluster,
-    Context,
     Interface,
     Lab,
     MeshSettings,
@@ -135,6 +135,9 @@ class _Planner:
             for cidr in r.spec.lan or ():
                 net = parse_cidr(cidr)
                 where = f"nodes.{r.name}.lan"
+                problem = ctx.not_a_lan(net)
+                if problem:
+                    raise self.fail(where, problem)
                 if net.prefixlen > 30:
                     raise self.fail(where, f"LAN {net} is too small (use a /30 or larger)")
                 if net.overlaps(self.underlay):
@@ -147,12 +150,16 @@ class _Planner:
                         )
                 taken.append((net, r.name))
                 r.lans.append(net)
+        # planned LANs also keep clear of explicit context LANs (overlap would be allowed, but confuses)
+        avoid = [parse_cidr(cidr) for s in self.spec.nodes.values() for c in s.contexts or () for cidr in c.lan or ()]
         for r in self.routers.values():
-            if r.lans:
-                continue
+            if r.lans or r.spec.contexts:
+                continue  # a router with contexts has plain LANs only when it lists them
             for n in range(256):
                 net = IPv4Network(f"10.{n}.0.0/24")
-                if not net.overlaps(self.underlay) and not any(net.overlaps(t) for t, _ in taken):
+                if not net.overlaps(self.underlay) and not any(net.overlaps(t) for t, _ in taken) and not any(
+                    net.overlaps(a) for a in avoid
+                ):
                     break
             else:
                 raise self.fail(f"nodes.{r.name}.lan", "no free 10.N.0.0/24 left to plan; give 'lan'")
@@ -269,8 +276,12 @@ class _Planner:
             used[h.explicit] = h.name
             h.address, h.lan_index = IPv4Interface(f"{h.explicit}/{lan.prefixlen}"), i
         for r in self.routers.values():
-            lan = r.lans[0]
             mine = [h for h in hosts if h.router == r.name and h.explicit is None]
+            if not r.lans:
+                if mine:  # a router with only contexts: its hosts belong in a context
+                    raise self.fail(f"nodes.{r.name}.hosts", f"{r.name} has no plain LAN for hosts; give 'lan' or put the hosts in a context")
+                continue
+            lan = r.lans[0]
             candidate = int(lan.network_address) + FIRST_PLANNED_OFFSET
             for h in mine:
                 while candidate < int(lan.broadcast_address) and IPv4Address(candidate) in used:
@@ -313,12 +324,18 @@ class _Planner:
         hosts = self.collect_hosts()
         self.plan_hosts(hosts)
         defaults = self.spec.defaults
+        taken_names = set(self.spec.nodes) | {h.name for h in hosts}
+        cplan = ctx.plan_contexts(
+            self.spec, self.file, self.underlay, {n: r.hubs for n, r in self.routers.items()},
+            [lan for r in self.routers.values() for lan in r.lans], taken_names,
+        )
 
         nodes: list[Node] = []
         segments = [Segment(UNDERLAY, "underlay", self.underlay)]
         for r in self.routers.values():
             for i, lan in enumerate(r.lans):
                 segments.append(Segment(lan_segment_name(r.name, i), "lan", lan))
+        segments.extend(cplan.segments)
         for name, s in self.spec.nodes.items():
             if s.role == "host":
                 nodes.append(self._host_node(next(h for h in hosts if h.name == name)))
@@ -329,6 +346,7 @@ class _Planner:
             for i, lan in enumerate(r.lans):
                 address = IPv4Interface(f"{router_address(lan)}/{lan.prefixlen}")
                 ifaces.append(Interface(f"lan{i}", lan_segment_name(name, i), address))
+            ifaces.extend(cplan.interfaces.get(name, ()))
             nodes.append(
                 Node(
                     name=name,
@@ -342,12 +360,13 @@ class _Planner:
                     dataplane=s.dataplane or defaults.dataplane,
                     behind_nat=s.nat,
                     mesh=_mesh(defaults.mesh, s.mesh),
-                    contexts=tuple(Context(c.name, parse_cidr(c.lan)) for c in s.contexts or ()),
+                    contexts=cplan.by_router.get(name, ()),
                     cluster=member_of.get(name),
                 )
             )
             # hosts declared with `hosts:` follow their router
             nodes.extend(self._host_node(h) for h in hosts if h.router == name and h.generated)
+            nodes.extend(cplan.host_node(h) for h in cplan.hosts if h.router == name)
         clusters = tuple(
             Cluster(cname, tuple(c.members), cluster_addr[cname]) for cname, c in self.spec.clusters.items()
         )
@@ -358,6 +377,8 @@ class _Planner:
             segments=tuple(segments),
             nodes=tuple(nodes),
             clusters=clusters,
+            context_method=self.spec.context_method,
+            inner_block=cplan.inner_block,
         )
 
     def _host_node(self, h: _Host) -> Node:

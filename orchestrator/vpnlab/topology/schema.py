@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
+CONTEXT_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 
 DEFAULT_INTERNET = "198.51.100.0/24"
 
@@ -22,6 +23,9 @@ RouterRole = Literal["hub", "branch", "gateway"]
 NodeRole = Literal["hub", "branch", "gateway", "host"]
 ImplementationName = Literal["agent", "strongswan"]
 DataplaneName = Literal["auto", "userspace", "xfrm"]
+# How routing contexts cross the tunnels (docs/hsvpn.md): one tunnel with a tag in the ESP trailer,
+# one tunnel with a VXLAN per context inside it, or one tunnel per context.
+ContextMethod = Literal["hsvpn", "tunnel-in-tunnel", "per-network"]
 
 # Which keys each role may use; anything else set on a node of that role is refused.
 HOST_KEYS = frozenset({"role", "router", "address"})
@@ -108,20 +112,61 @@ class DefaultsSpec(_Strict):
     mesh: MeshSpec | None = None
 
 
-class ContextSpec(_Strict):  # reserved: HSVPN routing context
+class ContextSpec(_Strict):  # HSVPN routing context (docs/hsvpn.md); planned in topology/contexts.py
     name: str
-    lan: str
+    lan: list[str] | None = None  # one CIDR or a list; planned when omitted
+    hosts: int | list[str] | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return check_node_name(v, "context name")
-
-    @field_validator("lan")
-    @classmethod
-    def _lan(cls, v: str) -> str:
-        parse_cidr(v)
+        if not CONTEXT_NAME_RE.match(v):
+            raise ValueError(
+                f"bad context name {v!r}: use 1-10 lowercase letters or digits, starting with a letter "
+                "(it becomes part of interface names)"
+            )
         return v
+
+    @field_validator("lan", mode="before")
+    @classmethod
+    def _lan(cls, v: Any) -> Any:
+        return _cidr_list(v)
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _hosts(cls, v: Any) -> Any:
+        return _host_list(v)
+
+
+def _cidr_list(v: Any) -> Any:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list):
+        raise ValueError(f"expected a CIDR or a list of CIDRs, got {v!r}")
+    if not v:
+        raise ValueError("empty list: omit 'lan' to have it planned")
+    for item in v:
+        parse_cidr(item)
+    return v
+
+
+def _host_list(v: Any) -> Any:
+    # bool is an int in Python; 'hosts: yes' is a mistake, not 1 host
+    if isinstance(v, bool) or not isinstance(v, (int, list)):
+        raise ValueError(f"expected a number of hosts or a list of host names, got {v!r}")
+    if isinstance(v, int):
+        if v < 0 or v > 200:
+            raise ValueError(f"host count must be between 0 and 200, got {v}")
+        return v
+    seen: set[str] = set()
+    for name in v:
+        if not isinstance(name, str):
+            raise ValueError(f"host names must be strings, got {name!r}")
+        check_node_name(name, "host name")
+        if name in seen:
+            raise ValueError(f"host {name!r} is listed twice")
+        seen.add(name)
+    return v
 
 
 class NodeSpec(_Strict):
@@ -144,35 +189,12 @@ class NodeSpec(_Strict):
     @field_validator("lan", mode="before")
     @classmethod
     def _lan_list(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list):
-            raise ValueError(f"expected a CIDR or a list of CIDRs, got {v!r}")
-        if not v:
-            raise ValueError("empty list: omit 'lan' to have it planned")
-        for item in v:
-            parse_cidr(item)
-        return v
+        return _cidr_list(v)
 
     @field_validator("hosts", mode="before")
     @classmethod
     def _hosts(cls, v: Any) -> Any:
-        # bool is an int in Python; 'hosts: yes' is a mistake, not 1 host
-        if isinstance(v, bool) or not isinstance(v, (int, list)):
-            raise ValueError(f"expected a number of hosts or a list of host names, got {v!r}")
-        if isinstance(v, int):
-            if v < 0 or v > 200:
-                raise ValueError(f"host count must be between 0 and 200, got {v}")
-            return v
-        seen: set[str] = set()
-        for name in v:
-            if not isinstance(name, str):
-                raise ValueError(f"host names must be strings, got {name!r}")
-            check_node_name(name, "host name")
-            if name in seen:
-                raise ValueError(f"host {name!r} is listed twice")
-            seen.add(name)
-        return v
+        return _host_list(v)
 
     @field_validator("public", "address", mode="before")
     @classmethod
@@ -214,6 +236,9 @@ class NodeSpec(_Strict):
         if self.implementation == "strongswan" and self.mesh is not None and self.mesh.enabled:
             # strongSwan does not speak the mesh protocol: the key would silently do nothing
             raise ValueError("mesh shortcuts need implementation: agent (a strongswan node stays on the star)")
+        if self.implementation == "strongswan" and self.contexts:
+            # charon here has no per-context routing tables or tags (docs/hsvpn.md, "strongSwan")
+            raise ValueError("routing contexts need implementation: agent (a strongswan node carries only plain LANs)")
         if self.nat and self.public is not None:
             raise ValueError("a branch with nat: true has no public address; drop 'public'")
         return self
@@ -238,6 +263,7 @@ class TopologySpec(_Strict):
     defaults: DefaultsSpec = DefaultsSpec()
     nodes: dict[str, NodeSpec] = Field(min_length=1)
     clusters: dict[str, ClusterSpec] = Field(default_factory=dict)
+    context_method: ContextMethod = "hsvpn"  # only matters when some router has contexts
 
     @field_validator("name")
     @classmethod
