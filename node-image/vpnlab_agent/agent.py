@@ -70,6 +70,19 @@ def _optional_import(module: str, attr: str) -> Any | None:
 
 def build_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service], Any]:
     """The services for this node's implementation, and the data-plane engine (if any) to close."""
+    from vpnlab_agent.contexts.config import contexts_of
+
+    services, engine = _vpn_services(config, errors)
+    contexts = contexts_of(config.extensions)
+    if contexts is not None:
+        # Routing contexts first, so their tables exist before any tunnel (docs/hsvpn.md).
+        from vpnlab_agent.contexts.service import ContextService
+
+        services = [ContextService(config, contexts), *services]
+    return services, engine
+
+
+def _vpn_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service], Any]:
     if config.implementation == "strongswan":
         from vpnlab_agent.strongswan.service import StrongswanService
 

@@ -45,6 +45,7 @@ class PeerConfig:
     initiate: bool  # True: this node starts IKE_SA_INIT towards the peer
     local_ts: tuple[str, ...]  # CIDRs protected on our side
     remote_ts: tuple[str, ...]  # CIDRs reached through this peer
+    local_id: str | None = None  # our identity towards this peer; None: IkeConfig.local_id
 
 
 @dataclass(frozen=True)

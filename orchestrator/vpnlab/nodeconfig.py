@@ -22,10 +22,15 @@ HUB_ROLES = ("hub", "gateway")
 def build_node_config(lab: Lab, node: Node) -> NodeConfig:
     if not node.is_router:
         raise LabError(f"node {node.name} is a host: only routers get a node config")
+    from vpnlab.nodeconfig_contexts import context_extension, context_peers
+
     if node.role in HUB_ROLES:
-        peers = tuple(_hub_peer(lab, node, b) for b in branches_of(lab, node.name))
+        others = list(branches_of(lab, node.name))
+        plain = [_hub_peer(lab, node, b) for b in others]
     else:
-        peers = tuple(_branch_peer(lab, node, lab.node(h)) for h in node.hubs)
+        others = [lab.node(h) for h in node.hubs]
+        plain = [_branch_peer(lab, node, h) for h in others]
+    peers = tuple(p for other, star in zip(others, plain) for p in context_peers(lab, node, other, star))
     return NodeConfig(
         lab=lab.name,
         name=node.name,
@@ -43,8 +48,13 @@ def build_node_config(lab: Lab, node: Node) -> NodeConfig:
         lan_subnets=_cidrs(node.lan_subnets),
         dataplane=node.dataplane,
         ike=IkeConfig(local_id=node.name, psk=node.psk or "", peers=peers),
-        extensions={"mesh": mesh_extension(lab, node)},
+        extensions=_extensions(mesh=mesh_extension(lab, node), contexts=context_extension(lab, node, others)),
     )
+
+
+def _extensions(**parts: dict[str, object]) -> dict[str, object]:
+    """Only "mesh" always; the others when the node uses them, so plain configs stay as they were."""
+    return {k: v for k, v in parts.items() if v or k == "mesh"}
 
 
 def mesh_extension(lab: Lab, node: Node) -> dict[str, object]:

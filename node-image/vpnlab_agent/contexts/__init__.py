@@ -1,0 +1,1 @@
+"""Routing contexts (HSVPN, docs/hsvpn.md): config, per-context routing, the three methods."""

@@ -1,0 +1,89 @@
+"""The contexts service: makes this router's routing contexts at start, removes them at stop.
+
+Runs before the IKE service, so every context's table (with its final unreachable route) exists
+before any tunnel comes up: no packet of a context is ever routed in main meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.contexts import routing
+from vpnlab_agent.contexts.config import ContextsConfig
+
+log = logging.getLogger(__name__)
+
+UNDERLAY_MTU = 1500
+
+
+def tunnel_mtu() -> int:
+    """Inner MTU of one IPsec tunnel (ESP-in-UDP, AES-GCM): what a VXLAN inside it may use."""
+    from vpnlab_agent.dataplane.userspace import OUTER_HEADERS, _GCM
+    from vpnlab_agent.esp.codec import max_inner_len
+
+    return max_inner_len(UNDERLAY_MTU - OUTER_HEADERS, _GCM)
+
+
+class ContextService:
+    name = "contexts"
+
+    def __init__(self, config: NodeConfig, contexts: ContextsConfig, *, ipr: Any = None) -> None:
+        self.config, self.contexts = config, contexts
+        self._ipr = ipr
+        self._own_ipr = ipr is None
+        self._applied = routing.Applied()
+        self.mode = ""  # "vrf" | "rules", decided at start by probing
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._start)
+
+    def _start(self) -> None:
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        # TUN devices come and go with the engine, and a VRF would flush their routes when they
+        # join it: the TUN-based methods use rules, VRF devices carry tunnel-in-tunnel (docs/hsvpn.md).
+        vrf = self.contexts.method == "tunnel-in-tunnel" and routing.vrf_available(self._ipr)
+        self.mode = "vrf" if vrf else "rules"
+        steps = routing.plan(self.contexts, vrf=vrf, tunnel_mtu=tunnel_mtu())
+        log.info("contexts: %d (%s), method %s", len(self.contexts.contexts), self.mode, self.contexts.method)
+        routing.apply(self._ipr, steps, self._applied)
+
+    async def stop(self) -> None:
+        if self._ipr is None:
+            return
+        routing.undo(self._ipr, self._applied)
+        if self._own_ipr:
+            self._ipr.close()
+            self._ipr = None
+
+    def status(self) -> dict[str, Any]:
+        stats = self._device_stats()
+        out = []
+        for c in self.contexts.contexts:
+            carrier = routing.vxlan_device(c.name) if self.contexts.method == "tunnel-in-tunnel" else routing.tun_device(c.name)
+            out.append({
+                "name": c.name, "table": c.table, "number": c.number, "lans": list(c.lans),
+                "interfaces": list(c.interfaces), "device": carrier, **stats.get(carrier, {}),
+                "peers": sorted({r.peer for r in self.contexts.reach if r.context == c.name}),
+            })
+        return {"method": self.contexts.method, "mode": self.mode, "contexts": out}
+
+    def _device_stats(self) -> dict[str, dict[str, int]]:
+        if self._ipr is None:
+            return {}
+        out: dict[str, dict[str, int]] = {}
+        try:
+            for link in self._ipr.get_links():
+                st = link.get_attr("IFLA_STATS64") or {}
+                out[link.get_attr("IFLA_IFNAME")] = {
+                    "packets_in": st.get("rx_packets", 0), "bytes_in": st.get("rx_bytes", 0),
+                    "packets_out": st.get("tx_packets", 0), "bytes_out": st.get("tx_bytes", 0),
+                }
+        except Exception:  # noqa: BLE001 - status must answer even if netlink hiccups
+            return {}
+        return out
