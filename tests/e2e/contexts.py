@@ -37,7 +37,7 @@ def deploy_method(tmp: Path, method: str, runtime: DockerRuntime, prefix: str) -
     data["context_method"] = method
     path = tmp / "hsvpn.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    name = f"{prefix}{uuid.uuid4().hex[:12 - len(prefix)]}"  # lab names stop at 12
     old = os.environ.get(EXPERIMENTAL_ENV)
     os.environ[EXPERIMENTAL_ENV] = "contexts"
     try:

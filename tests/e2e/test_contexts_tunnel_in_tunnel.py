@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 @pytest.fixture(scope="module")
 def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCtl]:
-    c = deploy_method(tmp_path_factory.mktemp("tit"), "tunnel-in-tunnel", runtime, "hsvpn-t")
+    c = deploy_method(tmp_path_factory.mktemp("tit"), "tunnel-in-tunnel", runtime, "hsvpnt")
     ctl = next(c)
     wait_all_contexts(ctl)
     yield ctl
