@@ -211,14 +211,14 @@ def _netns_with_wan0() -> str:
 def test_rendered_keepalived_conf_passes_keepalived_config_test(tmp_path: Path) -> None:
     import shutil
 
-    from vpnlab_agent.strongswan.render import VrrpInstance, render_keepalived
+    from vpnlab_agent.cluster.keepalived import VrrpInstance, render
 
     if shutil.which("keepalived") is None:
         pytest.skip("keepalived is not installed on this host (apt-get install keepalived)")
-    good = render_keepalived("gw1", [VrrpInstance(
+    good = render("gw1", [VrrpInstance(
         "vpn_vip", "wan0", 51, 150, ("198.51.100.100/24",), unicast_src="198.51.100.21",
-        unicast_peers=("198.51.100.22",), nopreempt=True,
-    )])
+        unicast_peers=("198.51.100.22",), nopreempt=True, advert_int=0.1,
+    )], notify_fifo=str(tmp_path / "vrrp.fifo"))
     ns = _netns_with_wan0()  # keepalived checks that the interface exists and is not loopback
     try:
         for text, expect_ok in ((good, True), (good.replace("advert_int", "advert_intx"), False)):

@@ -1,4 +1,4 @@
-"""Render strongSwan's and keepalived's configs from the node config (jinja2 templates in templates/).
+"""Render strongSwan's configs from the node config (jinja2 templates in templates/).
 
 Pure functions: node config in, file text out. Everything the templates show is checked here first
 (names, addresses, selectors, proposals), so a bad config fails with one line, not a charon that
@@ -11,7 +11,6 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import jinja2
 
@@ -35,7 +34,7 @@ _FQDN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 
 
 class RenderError(ValueError):
-    """The node config cannot be expressed as a strongSwan/keepalived config; one line."""
+    """The node config cannot be expressed as a strongSwan config; one line."""
 
 
 def _env() -> jinja2.Environment:
@@ -189,68 +188,3 @@ def render_strongswan_conf(
         node=config.name, vici_socket=vici_socket,
         routing_table=routing_table, libipsec=libipsec, plugins=plugins,
     )
-
-
-@dataclass(frozen=True)
-class VrrpInstance:
-    """One VRRP instance (the load balancer's gateway cluster will fill these in)."""
-
-    name: str
-    interface: str
-    virtual_router_id: int  # 1..255, equal on every member of the cluster
-    priority: int  # 1..254, highest holds the virtual address
-    virtual_addresses: tuple[str, ...]  # CIDR, e.g. "198.51.100.100/24"
-    unicast_src: str | None = None  # our address; with unicast_peers, VRRP goes unicast
-    unicast_peers: tuple[str, ...] = ()
-    advert_int: int = 1
-    state: str = "BACKUP"  # start as backup; the election decides
-    nopreempt: bool = False
-
-
-def _check_vrrp(v: VrrpInstance) -> None:
-    if not _NAME.match(v.name):
-        raise RenderError(f"vrrp instance {v.name!r}: bad name")
-    if not 1 <= v.virtual_router_id <= 255:
-        raise RenderError(f"vrrp {v.name}: virtual_router_id must be 1..255")
-    if not 1 <= v.priority <= 254:
-        raise RenderError(f"vrrp {v.name}: priority must be 1..254")
-    if v.state not in ("MASTER", "BACKUP"):
-        raise RenderError(f"vrrp {v.name}: state must be MASTER or BACKUP")
-    if not v.virtual_addresses:
-        raise RenderError(f"vrrp {v.name}: needs a virtual address")
-    for vip in v.virtual_addresses:
-        try:
-            ipaddress.ip_interface(vip)
-        except ValueError:
-            raise RenderError(f"vrrp {v.name}: virtual address {vip!r} is not an address") from None
-    if v.unicast_peers:
-        if not v.unicast_src:
-            raise RenderError(f"vrrp {v.name}: unicast peers need unicast_src")
-        for addr in (v.unicast_src, *v.unicast_peers):
-            _address(addr, f"vrrp {v.name}")
-    if not 1 <= v.advert_int <= 255:
-        raise RenderError(f"vrrp {v.name}: advert_int must be 1..255 s")
-
-
-def render_keepalived(node: str, instances: list[VrrpInstance]) -> str:
-    for v in instances:
-        _check_vrrp(v)
-    return _env().get_template("keepalived.conf.j2").render(
-        node=node, router_id=node, instances=instances
-    )
-
-
-def vrrp_from_extensions(config: NodeConfig) -> list[VrrpInstance]:
-    """VRRP instances from config.extensions["vrrp"] (a list of dicts with VrrpInstance's fields)."""
-    raw: Any = config.extensions.get("vrrp", [])
-    out = []
-    for item in raw:
-        data = dict(item)
-        for key in ("virtual_addresses", "unicast_peers"):
-            if key in data:
-                data[key] = tuple(data[key])
-        try:
-            out.append(VrrpInstance(**data))
-        except TypeError as exc:
-            raise RenderError(f"node {config.name}: extensions.vrrp: {exc}") from None
-    return out

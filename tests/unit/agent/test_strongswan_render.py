@@ -1,4 +1,4 @@
-"""swanctl.conf / strongswan.conf / keepalived.conf rendered from node configs, for both roles."""
+"""swanctl.conf / strongswan.conf rendered from node configs, for both roles."""
 
 from __future__ import annotations
 
@@ -11,12 +11,9 @@ from vpnlab_agent.config import NodeConfig, PeerConfig
 from vpnlab_agent.strongswan.proposals import ProposalError, esp_proposals, ike_proposals
 from vpnlab_agent.strongswan.render import (
     RenderError,
-    VrrpInstance,
     identity,
-    render_keepalived,
     render_strongswan_conf,
     render_swanctl,
-    vrrp_from_extensions,
 )
 
 
@@ -189,66 +186,3 @@ def test_local_address_falls_back_to_wan0_then_any(branch: NodeConfig) -> None:
     assert settings(section(render_swanctl(no_public), "hub"))["local_addrs"] == "198.51.100.11"
     no_wan = dataclasses.replace(no_public, interfaces=branch.interfaces[1:])
     assert settings(section(render_swanctl(no_wan), "hub"))["local_addrs"] == "%any"
-
-
-def test_keepalived_unicast_instance() -> None:
-    text = render_keepalived("gw1", [VrrpInstance(
-        name="vpn_vip", interface="wan0", virtual_router_id=51, priority=150,
-        virtual_addresses=("198.51.100.100/24",), unicast_src="198.51.100.21",
-        unicast_peers=("198.51.100.22", "198.51.100.23"),
-    )])
-    assert "router_id gw1" in section(text, "global_defs")
-    inst = section(text, "vrrp_instance vpn_vip")
-    lines = [line.strip() for line in inst.splitlines() if line.strip()]
-    for expected in ("state BACKUP", "interface wan0", "virtual_router_id 51", "priority 150",
-                     "advert_int 1", "unicast_src_ip 198.51.100.21"):
-        assert expected in lines, (expected, lines)
-    assert "nopreempt" not in lines
-    assert [p.strip() for p in section(inst, "unicast_peer").split()] == ["198.51.100.22", "198.51.100.23"]
-    assert section(inst, "virtual_ipaddress").strip() == "198.51.100.100/24 dev wan0"
-
-
-def test_keepalived_multicast_master_nopreempt() -> None:
-    text = render_keepalived("gw2", [VrrpInstance("v1", "lan0", 7, 200, ("10.0.0.254/24",), state="MASTER",
-                                                  nopreempt=True, advert_int=2)])
-    inst = section(text, "vrrp_instance v1")
-    assert "unicast_peer" not in inst and "unicast_src_ip" not in inst
-    assert "state MASTER" in inst and "nopreempt" in inst and "advert_int 2" in inst
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"virtual_router_id": 0}, "virtual_router_id must be 1..255"),
-        ({"priority": 255}, "priority must be 1..254"),
-        ({"state": "PRIMARY"}, "MASTER or BACKUP"),
-        ({"virtual_addresses": ()}, "needs a virtual address"),
-        ({"virtual_addresses": ("198.51.100.300/24",)}, "is not an address"),
-        ({"unicast_peers": ("198.51.100.22",)}, "need unicast_src"),
-        ({"name": "bad name"}, "bad name"),
-    ],
-)
-def test_keepalived_bad_instances(changes: dict, message: str) -> None:
-    base = VrrpInstance("v1", "wan0", 51, 100, ("198.51.100.100/24",))
-    with pytest.raises(RenderError, match=message):
-        render_keepalived("gw1", [dataclasses.replace(base, **changes)])
-
-
-def test_vrrp_from_extensions(branch: NodeConfig) -> None:
-    cfg = dataclasses.replace(branch, extensions={"vrrp": [{
-        "name": "v1", "interface": "wan0", "virtual_router_id": 9, "priority": 90,
-        "virtual_addresses": ["198.51.100.100/24"], "unicast_src": "198.51.100.11",
-        "unicast_peers": ["198.51.100.12"],
-    }]})
-    (inst,) = vrrp_from_extensions(cfg)
-    assert inst.virtual_addresses == ("198.51.100.100/24",) and inst.unicast_peers == ("198.51.100.12",)
-    assert "unicast_peer {" in render_keepalived("br1", [inst])
-    with pytest.raises(RenderError, match="extensions.vrrp"):
-        vrrp_from_extensions(dataclasses.replace(branch, extensions={"vrrp": [{"name": "v1"}]}))
-
-
-def test_strongswan_conf_for_a_kernel_with_esp(branch: NodeConfig) -> None:
-    text = render_strongswan_conf(branch, libipsec=False)
-    plugins = settings(section(text, "charon"))["load"].split()
-    assert "kernel-libipsec" not in plugins and "kernel-netlink" in plugins
-    assert "kernel has ESP" in text and "ipsec0" not in text
