@@ -116,6 +116,13 @@ def _vpn_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service],
 
     if mesh_wanted(config):
         services.append(MeshService(config, ike))  # Advanced Mesh VPN: after IKE, on top of it
+    if config.extensions.get("cluster"):
+        from vpnlab_agent.cluster.wiring import cluster_services
+
+        try:
+            services.extend(cluster_services(config, ike))  # load balancer: after IKE, on top of it
+        except Exception as exc:  # a bad extension is reported; the node still serves IKE
+            errors.append(f"cluster: {exc}")
     return services, engine
 
 

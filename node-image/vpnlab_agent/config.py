@@ -16,7 +16,7 @@ CONFIG_PATH = "/etc/vpnlab/node.json"
 STATE_DIR = "/run/vpnlab"
 CONTROL_SOCKET = "/run/vpnlab/agent.sock"
 
-Role = Literal["hub", "branch", "gateway"]
+Role = Literal["hub", "branch", "gateway", "upstream"]  # upstream: a cluster's router, no IKE
 Implementation = Literal["agent", "strongswan"]
 Dataplane = Literal["auto", "userspace", "xfrm"]
 

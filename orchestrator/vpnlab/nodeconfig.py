@@ -13,6 +13,7 @@ from ipaddress import IPv4Network
 
 from vpnlab_agent.config import IkeConfig, InterfaceConfig, NodeConfig, PeerConfig
 
+from vpnlab import cluster_config
 from vpnlab.errors import LabError
 from vpnlab.topology.model import Lab, Node
 
@@ -24,14 +25,19 @@ def build_node_config(lab: Lab, node: Node) -> NodeConfig:
         raise LabError(f"node {node.name} is a host: only routers get a node config")
     from vpnlab.nodeconfig_contexts import context_extension, context_peers
 
+    if node.role == "upstream":
+        return cluster_config.upstream_config(lab, node)
     if node.role in HUB_ROLES:
         others = list(branches_of(lab, node.name))
         plain = [_hub_peer(lab, node, b) for b in others]
     else:
-        others = [lab.node(h) for h in node.hubs]
+        others = [lab.node(h) for h in node.hubs if cluster_config.cluster_named(lab, h) is None]
         plain = [_branch_peer(lab, node, h) for h in others]
     peers = tuple(p for other, star in zip(others, plain) for p in context_peers(lab, node, other, star))
-    return NodeConfig(
+    # a branch attached to a cluster knows only its virtual address (docs/loadbalancer.md)
+    peers += tuple(cluster_config.cluster_peer(lab, node, c) for h in node.hubs
+                   if (c := cluster_config.cluster_named(lab, h)) is not None)
+    config = NodeConfig(
         lab=lab.name,
         name=node.name,
         role=node.role,  # type: ignore[arg-type]  # routers only, checked above
@@ -45,11 +51,16 @@ def build_node_config(lab: Lab, node: Node) -> NodeConfig:
             )
             for i in node.interfaces
         ),
+        routes=cluster_config.underlay_routes(lab, node),
         lan_subnets=_cidrs(node.lan_subnets),
         dataplane=node.dataplane,
         ike=IkeConfig(local_id=node.name, psk=node.psk or "", peers=peers),
-        extensions=_extensions(mesh=mesh_extension(lab, node), contexts=context_extension(lab, node, others)),
+        extensions=_extensions(mesh=mesh_extension(lab, node), contexts=context_extension(lab, node, others),
+                               redirect=cluster_config.redirect_extension(lab, node)),
     )
+    if node.cluster is not None:
+        return cluster_config.member_config(lab, node, config)
+    return config
 
 
 def _extensions(**parts: dict[str, object]) -> dict[str, object]:
@@ -69,7 +80,8 @@ def mesh_extension(lab: Lab, node: Node) -> dict[str, object]:
     if node.role in HUB_ROLES:
         ext["relay"] = any(b.mesh.enabled and b.implementation == "agent" for b in branches_of(lab, node.name))
     else:
-        ext["hub_lans"] = {h: list(_cidrs(lab.node(h).lan_subnets)) for h in node.hubs}
+        ext["hub_lans"] = {h: list(_cidrs(lab.node(h).lan_subnets)) for h in node.hubs
+                           if cluster_config.cluster_named(lab, h) is None}
     return ext
 
 

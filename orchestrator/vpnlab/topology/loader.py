@@ -275,12 +275,13 @@ def check_supported(lab: Lab) -> None:
     Mesh and branches behind NAT are implemented (docs/mesh.md). Called by the CLI before deploy.
     """
     file = str(lab.source)
-    from vpnlab.topology.contexts import unsupported
+    from vpnlab.topology.contexts import experimental, unsupported
 
     problem = unsupported(lab)
     if problem is not None:
         raise TopologyError(file, *problem)
-    if lab.clusters:
+    if lab.clusters and not experimental("clusters"):  # still being built: VPNLAB_EXPERIMENTAL=clusters
         raise TopologyError(
             file, f"clusters.{lab.clusters[0].name}", "gateway clusters (IKEv2 load balancer) are not implemented yet"
         )
+

@@ -11,9 +11,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Literal
 
-Role = Literal["hub", "branch", "gateway", "host"]
+Role = Literal["hub", "branch", "gateway", "host", "upstream"]  # upstream: a cluster's router, planned
 Implementation = Literal["agent", "strongswan", "host"]
-SegmentKind = Literal["underlay", "lan"]  # a context LAN is a "lan" segment too
+SegmentKind = Literal["underlay", "lan", "cluster"]  # a context LAN is a "lan" segment too
 
 UNDERLAY = "inet"  # name of the emulated internet segment
 
@@ -73,7 +73,7 @@ class Node:
     mesh: MeshSettings = field(default_factory=MeshSettings)
     contexts: tuple[Context, ...] = ()  # routers: routing contexts (docs/hsvpn.md)
     context: str | None = None  # hosts: the routing context of their LAN (None: the plain LANs)
-    cluster: str | None = None  # reserved: load-balancer cluster membership
+    cluster: str | None = None  # the load-balancer cluster this gateway (or upstream router) belongs to
 
     @property
     def is_router(self) -> bool:
@@ -81,10 +81,26 @@ class Node:
 
 
 @dataclass(frozen=True)
-class Cluster:  # reserved: IKEv2 load balancer (gateways sharing a VRRP virtual address)
-    name: str
+class Cluster:  # IKEv2 load balancer: gateways sharing a VRRP virtual address (docs/loadbalancer.md)
+    name: str  # also the IKE identity every member shows the cluster's clients
     members: tuple[str, ...]
-    virtual_address: IPv4Address
+    virtual_address: IPv4Address  # the VIP clients know, on `segment`
+    segment: IPv4Network | None = None  # shared L2 for VRRP and status; routed via the upstream router
+    segment_name: str = ""  # Segment.name of it
+    upstream: str = ""  # the upstream router's node name
+    upstream_address: IPv4Address | None = None  # its address on the segment: the members' gateway
+    member_addresses: dict[str, IPv4Address] = field(default_factory=dict)  # where clients get redirected
+    redirect: Literal["init", "auth"] = "init"
+    metric: Literal["tunnels", "capacity"] = "tunnels"
+    capacity: dict[str, int] = field(default_factory=dict)  # 0: no limit
+    weights: dict[str, int] = field(default_factory=dict)
+    priorities: dict[str, int] = field(default_factory=dict)
+    vrrp_version: int = 3
+    advert_int_s: float = 1.0
+    preempt: bool = True
+    virtual_router_id: int = 51
+    status_interval_s: float = 1.0
+    key: str = ""  # status-message key (secret)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 from vpnlab.errors import TopologyError
+from vpnlab.topology import clusters as cl
 from vpnlab.topology import contexts as ctx
 from vpnlab.topology.model import (
     UNDERLAY,
-    Cluster,
     Interface,
     Lab,
     MeshSettings,
@@ -66,6 +66,7 @@ class _Planner:
     def __init__(self, spec: TopologySpec, source: Path, file: str) -> None:
         self.spec, self.source, self.file = spec, source, file
         self.underlay = parse_cidr(spec.internet)
+        self.lans_taken: list[tuple[IPv4Network, str]] = []
         self.routers: dict[str, _Router] = {
             n: _Router(n, s) for n, s in spec.nodes.items() if s.role != "host"
         }
@@ -106,7 +107,7 @@ class _Planner:
     # --- hubs -------------------------------------------------------------------------------------
 
     def attach_branches(self) -> None:
-        hubs = [n for n, r in self.routers.items() if r.spec.role in HUB_ROLES]
+        hubs = cl.hub_candidates(self.spec)  # clusters count as hubs; their members do not
         listed = ", ".join(hubs) or "none"
         for r in self.routers.values():
             if r.spec.role != "branch":
@@ -120,11 +121,16 @@ class _Planner:
                     raise self.fail(f"nodes.{r.name}", "a branch needs a hub, and this lab has none")
                 raise self.fail(where, f"required when a lab has several hubs (hubs in this lab: {listed})")
             for h in r.spec.hubs:
+                if h in self.spec.clusters:
+                    continue
                 if h not in self.spec.nodes:
                     raise self.fail(where, f"unknown hub {h!r} (hubs in this lab: {listed})")
                 role = self.spec.nodes[h].role
                 if role not in HUB_ROLES:
                     raise self.fail(where, f"{h!r} is a {role}, not a hub (hubs in this lab: {listed})")
+                cluster = cl.member_of(self.spec, h)
+                if cluster is not None:
+                    raise self.fail(where, f"{h!r} is a member of cluster {cluster!r}: name the cluster instead")
             r.hubs = tuple(r.spec.hubs)
 
     # --- LANs -------------------------------------------------------------------------------------
@@ -152,6 +158,9 @@ class _Planner:
                 r.lans.append(net)
         # planned LANs also keep clear of explicit context LANs (overlap would be allowed, but confuses)
         avoid = [parse_cidr(cidr) for s in self.spec.nodes.values() for c in s.contexts or () for cidr in c.lan or ()]
+        for cname, c in self.spec.clusters.items():  # explicit segments stay clear of planned LANs
+            if c.segment is not None:
+                taken.append((parse_cidr(c.segment), f"cluster {cname}'s segment"))
         for r in self.routers.values():
             if r.lans or r.spec.contexts:
                 continue  # a router with contexts has plain LANs only when it lists them
@@ -165,6 +174,7 @@ class _Planner:
                 raise self.fail(f"nodes.{r.name}.lan", "no free 10.N.0.0/24 left to plan; give 'lan'")
             taken.append((net, r.name))
             r.lans.append(net)
+        self.lans_taken = [(n, o) for n, o in taken if not o.startswith("cluster ")]
 
     # --- public addresses -------------------------------------------------------------------------
 
@@ -184,13 +194,12 @@ class _Planner:
                 self._check_public(f"nodes.{r.name}.public", addr, used)
                 used[addr] = r.name
                 r.wan = addr
-        cluster_addr: dict[str, IPv4Address] = {}
-        for cname, c in self.spec.clusters.items():
-            if c.address is not None:
-                addr = IPv4Address(c.address)
-                self._check_public(f"clusters.{cname}.address", addr, used)
-                used[addr] = f"cluster {cname}"
-                cluster_addr[cname] = addr
+        upstream_addr: dict[str, IPv4Address] = {}
+        for where, up, explicit in cl.upstream_publics(self.spec):
+            if explicit is not None:
+                self._check_public(where, explicit, used)
+                used[explicit] = up
+                upstream_addr[up] = explicit
         candidate = int(self.underlay.network_address) + FIRST_PLANNED_OFFSET
         last = int(self.underlay.broadcast_address) - 1
 
@@ -202,7 +211,7 @@ class _Planner:
                 count = len(self.routers) + len(self.spec.clusters)
                 raise self.fail(
                     "internet",
-                    f"underlay {self.underlay} is too small for {count} routers and clusters "
+                    f"underlay {self.underlay} is too small for {count} routers and upstream routers "
                     f"(planned addresses start at .{FIRST_PLANNED_OFFSET})",
                 )
             addr = IPv4Address(candidate)
@@ -210,12 +219,12 @@ class _Planner:
             return addr
 
         for r in self.routers.values():
-            if r.wan is None:
+            if r.wan is None and not cl.member_of(self.spec, r.name):  # members sit behind the upstream
                 r.wan = next_free(r.name)
-        for cname in self.spec.clusters:
-            if cname not in cluster_addr:
-                cluster_addr[cname] = next_free(f"cluster {cname}")
-        return cluster_addr
+        for _, up, _ in cl.upstream_publics(self.spec):
+            if up not in upstream_addr:
+                upstream_addr[up] = next_free(up)
+        return upstream_addr
 
     # --- hosts ------------------------------------------------------------------------------------
 
@@ -317,10 +326,15 @@ class _Planner:
 
     def build(self) -> Lab:
         psk = self.psk()
-        self.attach_branches()
+        cl.check_names(self.spec, self.fail)
         member_of = self.cluster_of()
+        self.attach_branches()
         self.plan_lans()
-        cluster_addr = self.plan_public()
+        segments_of = cl.plan_segments(self.spec, self.underlay, self.lans_taken, self.fail)
+        upstream_addr = self.plan_public()
+        clusters = tuple(cl.plan_cluster(cname, c, segments_of[cname], psk, self.fail)
+                         for cname, c in self.spec.clusters.items())
+        by_name = {c.name: c for c in clusters}
         hosts = self.collect_hosts()
         self.plan_hosts(hosts)
         defaults = self.spec.defaults
@@ -341,12 +355,18 @@ class _Planner:
                 nodes.append(self._host_node(next(h for h in hosts if h.name == name)))
                 continue
             r = self.routers[name]
-            assert r.wan is not None
-            ifaces = [Interface("wan0", UNDERLAY, IPv4Interface(f"{r.wan}/{self.underlay.prefixlen}"))]
+            cluster = by_name.get(member_of.get(name, ""))
+            ifaces = []
+            if cluster is None:
+                assert r.wan is not None
+                ifaces.append(Interface("wan0", UNDERLAY, IPv4Interface(f"{r.wan}/{self.underlay.prefixlen}")))
             for i, lan in enumerate(r.lans):
                 address = IPv4Interface(f"{router_address(lan)}/{lan.prefixlen}")
                 ifaces.append(Interface(f"lan{i}", lan_segment_name(name, i), address))
             ifaces.extend(cplan.interfaces.get(name, ()))
+            if cluster is not None:  # after the LANs: lan0 stays the first LAN (route source, hosts)
+                ifaces.append(cl.member_interface(cluster, name))
+                r.wan = cluster.member_addresses[name]
             nodes.append(
                 Node(
                     name=name,
@@ -367,9 +387,10 @@ class _Planner:
             # hosts declared with `hosts:` follow their router
             nodes.extend(self._host_node(h) for h in hosts if h.router == name and h.generated)
             nodes.extend(cplan.host_node(h) for h in cplan.hosts if h.router == name)
-        clusters = tuple(
-            Cluster(cname, tuple(c.members), cluster_addr[cname]) for cname, c in self.spec.clusters.items()
-        )
+        for c in clusters:
+            assert c.segment is not None
+            segments.append(Segment(c.segment_name, "cluster", c.segment))
+            nodes.append(cl.upstream_node(c, upstream_addr[c.upstream], self.underlay, UNDERLAY))
         return Lab(
             name=self.spec.name,
             source=self.source,

@@ -244,15 +244,94 @@ class NodeSpec(_Strict):
         return self
 
 
-class ClusterSpec(_Strict):  # reserved: IKEv2 load balancer
+class VrrpSpec(_Strict):  # a cluster's VRRP (keepalived) settings
+    version: Literal[2, 3] = 3
+    advert_int: float = Field(default=1.0, ge=0.01, le=40.95)  # seconds; VRRPv3 takes hundredths
+    preempt: bool = True
+    virtual_router_id: int = Field(default=51, ge=1, le=255)
+    priorities: dict[str, int] | None = None  # member -> 1..254; default 200, 190, ... in member order
+
+    @field_validator("priorities")
+    @classmethod
+    def _priorities(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        for name, prio in (v or {}).items():
+            if not 1 <= prio <= 254:
+                raise ValueError(f"priority of {name!r} must be 1..254, got {prio}")
+        return v
+
+    @model_validator(mode="after")
+    def _whole_seconds_for_v2(self) -> VrrpSpec:
+        if self.version == 2 and self.advert_int != int(self.advert_int):
+            raise ValueError("VRRPv2 adverts are whole seconds: use version: 3 for sub-second advert_int")
+        return self
+
+
+class UpstreamSpec(_Strict):  # the router between a cluster's segment and the internet
+    name: str | None = None
+    public: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return None if v is None else check_node_name(v, "upstream router name")
+
+    @field_validator("public", mode="before")
+    @classmethod
+    def _ipv4(cls, v: Any) -> Any:
+        if v is not None:
+            parse_ipv4(v)
+        return v
+
+
+class ClusterSpec(_Strict):  # IKEv2 load balancer (docs/loadbalancer.md); planned in clusters.py
     members: list[str] = Field(min_length=1)
-    address: str | None = None
+    address: str | None = None  # the virtual address (VIP), in `segment`
+    segment: str | None = None  # the members' shared L2 segment, routed from the internet via upstream
+    upstream: UpstreamSpec = UpstreamSpec()
+    redirect: Literal["init", "auth"] = "init"
+    metric: Literal["tunnels", "capacity"] = "tunnels"
+    capacity: int | dict[str, int] | None = None  # tunnels a member takes; 0 or none: no limit
+    weights: dict[str, int] | None = None  # capacity metric: relative share per member
+    status_interval: float = Field(default=1.0, ge=0.05, le=10.0)  # seconds between status messages
+    key: str | None = None  # the status messages' key; derived from the lab secret when omitted
+    vrrp: VrrpSpec = VrrpSpec()
 
     @field_validator("address", mode="before")
     @classmethod
     def _ipv4(cls, v: Any) -> Any:
         if v is not None:
             parse_ipv4(v)
+        return v
+
+    @field_validator("segment", mode="before")
+    @classmethod
+    def _cidr(cls, v: Any) -> Any:
+        if v is not None:
+            parse_cidr(v)
+        return v
+
+    @field_validator("members")
+    @classmethod
+    def _members(cls, v: list[str]) -> list[str]:
+        dup = sorted({m for m in v if v.count(m) > 1})
+        if dup:
+            raise ValueError(f"member {dup[0]!r} is listed twice")
+        return v
+
+    @field_validator("capacity", "weights")
+    @classmethod
+    def _counts(cls, v: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        values = v.values() if isinstance(v, dict) else [] if v is None else [v]
+        for n in values:
+            if n < 0 or n > 1_000_000:
+                raise ValueError(f"must be 0..1000000, got {n}")
+        return v
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None and len(v.strip()) < 8:
+            raise ValueError("key is shorter than 8 characters")
         return v
 
 

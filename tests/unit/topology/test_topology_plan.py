@@ -166,8 +166,8 @@ def test_reserved_features_plan_but_are_refused(tmp_path: Path) -> None:
         nodes:
           gw1: {role: gateway, contexts: [{name: red}]}
           gw2: {role: gateway, contexts: [{name: red}]}
-          br1: {role: branch, hubs: [gw1], nat: true}
-          br2: {role: branch, hubs: [gw1, gw2], contexts: [{name: red, lan: 10.50.0.0/24}]}
+          br1: {role: branch, hubs: [lb], nat: true}
+          br2: {role: branch, hubs: [lb], contexts: [{name: red, lan: 10.50.0.0/24}]}
         clusters:
           lb: {members: [gw1, gw2]}
         """,
@@ -175,7 +175,7 @@ def test_reserved_features_plan_but_are_refused(tmp_path: Path) -> None:
     br1, br2 = lab.node("br1"), lab.node("br2")
     assert br1.behind_nat and br1.public_address is None
     assert br2.contexts == (Context("red", (IPv4Network("10.50.0.0/24"),), 1, 101, ("c-red0",)),)
-    assert lab.clusters[0].virtual_address == IPv4Address("198.51.100.14")
+    assert lab.clusters[0].virtual_address == IPv4Address("203.0.113.2")
     assert lab.node("gw1").cluster == "lb"
     with pytest.raises(TopologyError, match=r"t\.yml: nodes\.gw1\.contexts: HSVPN routing contexts are not finished yet \(set VPNLAB_EXPERIMENTAL=contexts to try them\)$"):
         check_supported(lab)  # nat passes now (mesh helper); contexts are still refused
@@ -184,7 +184,7 @@ def test_reserved_features_plan_but_are_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("  gw: {role: gateway}\nclusters:\n  lb: {members: [gw], address: 198.51.100.99}\n", "clusters.lb: gateway clusters (IKEv2 load balancer) are not implemented yet"),
+        ("  gw: {role: gateway}\nclusters:\n  lb: {members: [gw], address: 203.0.113.99}\n", "clusters.lb: gateway clusters (IKEv2 load balancer) are not implemented yet"),
     ],
 )
 def test_check_supported_messages(tmp_path: Path, extra: str, message: str) -> None:
