@@ -63,6 +63,9 @@ def check_names(spec: TopologySpec, fail: Any) -> None:
         if cname in taken:
             raise fail(f"clusters.{cname}", f"name {cname!r} is already used by {taken[cname]}")
         taken[cname] = f"cluster {cname}"
+    for name, node in spec.nodes.items():
+        if node.contexts and any(h in spec.clusters for h in node.hubs or ()):
+            raise fail(f"nodes.{name}.contexts", "routing contexts across a gateway cluster are not supported")
     for cname, c in spec.clusters.items():
         up = upstream_name(cname, c)
         where = f"clusters.{cname}.upstream.name" if c.upstream.name else f"clusters.{cname}"

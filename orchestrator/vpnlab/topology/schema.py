@@ -262,7 +262,7 @@ class VrrpSpec(_Strict):  # a cluster's VRRP (keepalived) settings
     @model_validator(mode="after")
     def _whole_seconds_for_v2(self) -> VrrpSpec:
         if self.version == 2 and self.advert_int != int(self.advert_int):
-            raise ValueError("VRRPv2 adverts are whole seconds: use version: 3 for sub-second advert_int")
+            raise ValueError("advert_int of VRRPv2 is whole seconds: use version: 3 for sub-second adverts")
         return self
 
 

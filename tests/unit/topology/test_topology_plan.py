@@ -167,7 +167,8 @@ def test_reserved_features_plan_but_are_refused(tmp_path: Path) -> None:
           gw1: {role: gateway, contexts: [{name: red}]}
           gw2: {role: gateway, contexts: [{name: red}]}
           br1: {role: branch, hubs: [lb], nat: true}
-          br2: {role: branch, hubs: [lb], contexts: [{name: red, lan: 10.50.0.0/24}]}
+          hub: {role: hub, contexts: [{name: red}]}
+          br2: {role: branch, hubs: [hub], contexts: [{name: red, lan: 10.50.0.0/24}]}
         clusters:
           lb: {members: [gw1, gw2]}
         """,
