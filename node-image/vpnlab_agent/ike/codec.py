@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, TypeVar, Union
+from typing import ClassVar, Protocol, TypeVar, Union
 
 from vpnlab_agent.ike.constants import (
     ATTR_FORMAT_TV,
@@ -26,29 +26,17 @@ from vpnlab_agent.ike.constants import (
     TsType,
 )
 
-if TYPE_CHECKING:
-    from vpnlab_agent.ike.crypto import SkCipher
+from vpnlab_agent.ike.errors import CodecError, IntegrityError, ParseError  # noqa: F401 - re-exported
 
 
-class CodecError(Exception):
-    """Base of everything decode() may raise."""
+class SkCipher(Protocol):
+    """What the codec needs of the SK payload's cipher (ike.crypto.SkCipher implements it)."""
 
+    def sealed_len(self, inner_len: int) -> int: ...
 
-class ParseError(CodecError):
-    """Malformed input. notify_type is the error Notify to answer with (RFC 7296 §3.10.1);
-    data is that Notify's data (e.g. the unsupported critical payload's type byte). `authentic`
-    is True only when the fault lies inside an SK payload whose ICV verified: only then may the
-    error be answered within the IKE SA (an answer moves the message-ID window)."""
+    def seal(self, aad: bytes, inner: bytes) -> bytes: ...
 
-    def __init__(self, notify_type: int, msg: str, data: bytes = b"") -> None:
-        super().__init__(msg)
-        self.notify_type = notify_type
-        self.data = data
-        self.authentic = False
-
-
-class IntegrityError(CodecError):
-    """The SK payload's ICV (or AEAD tag) did not verify: drop the message, answer nothing."""
+    def open(self, aad: bytes, body: bytes) -> bytes: ...
 
 
 # --- payloads -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from vpnlab_agent.ike.codec import IntegrityError, ParseError
+from vpnlab_agent.ike.errors import IntegrityError, ParseError
 from vpnlab_agent.ike.constants import DhGroup, EncrId, IntegId, NotifyType, PrfId
 from vpnlab_agent.sa import EspAlgorithm
 
