@@ -8,20 +8,21 @@ import enum
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
-from rich.console import Console, ConsoleDimensions
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer 0.29 vendors click
 from typer.core import TyperGroup
 from typer.exceptions import Abort
 
+from vpnlab.console import err, out, reported
 from vpnlab.errors import VpnlabError
+
+TUNNEL_TABLE_WIDTH = 160  # narrower than this, `inspect` lists tunnels as lines
 
 
 class _OneLineErrors(TyperGroup):
@@ -56,23 +57,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Piped or redirected output (`inspect | less`, a CI log) has no terminal width to fit: rich would
-# squeeze tables into 80 columns and cut SPIs, selectors and states to "…". Give it room instead.
-PIPE_WIDTH = 200
-TUNNEL_TABLE_WIDTH = 160  # narrower than this, `inspect` lists tunnels as lines
-
-
-class _Console(Console):
-    @property
-    def size(self) -> ConsoleDimensions:
-        size = super().size
-        if self.is_terminal or self._environ.get("COLUMNS"):
-            return size
-        return ConsoleDimensions(max(size.width, PIPE_WIDTH), size.height)
-
-
-out = _Console(highlight=False, soft_wrap=True)
-
 
 class Runtime(str, enum.Enum):
     docker = "docker"
@@ -80,19 +64,6 @@ class Runtime(str, enum.Enum):
 
 
 RUNTIME_HELP = "docker: vpnlab starts and wires the containers; containerlab: hand the exported lab to a containerlab binary."
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    try:
-        yield
-    except VpnlabError as exc:
-        err.print(f"error: {exc}", style="red", markup=False)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err.print("interrupted", style="red", markup=False)
-        raise typer.Exit(130) from None
 
 
 class _progress:
@@ -144,7 +115,7 @@ def deploy(
     """Build the node image if needed, then start and wire the lab."""
     from vpnlab import lab as labs
 
-    with _reported():
+    with reported():
         if runtime is Runtime.containerlab:
             from vpnlab.runtime import containerlab as clab
 
@@ -178,7 +149,7 @@ def destroy(
     """Remove everything a lab created (found by label and name); a no-op when nothing is left."""
     from vpnlab import lab as labs
 
-    with _reported():
+    with reported():
         if runtime is Runtime.containerlab:
             from vpnlab.runtime import containerlab as clab
 
@@ -218,7 +189,7 @@ def inspect(
     """Show the running labs, or one lab's nodes: state, addresses, agent readiness and SAs."""
     from vpnlab import lab as labs
 
-    with _reported():
+    with reported():
         if lab is None:
             summaries = labs.list_labs()
             if as_json:
@@ -430,7 +401,7 @@ def exec_(
     """Run a command in a node and stream its output; exits with the command's exit code."""
     from vpnlab import lab as labs
 
-    with _reported():
+    with reported():
         argv = list(command)
         if argv[:1] == ["--"]:  # click hands the separator through when options are not parsed
             argv = argv[1:]
@@ -452,7 +423,7 @@ def graph(
     from vpnlab import graph as graphs
     from vpnlab.topology import load_topology
 
-    with _reported():
+    with reported():
         lab = load_topology(topology)
         if output is None:
             sys.stdout.write(graphs.render(lab, "dot").decode())
@@ -490,7 +461,7 @@ def export(
     from vpnlab.export import containerlab as clab
     from vpnlab.export.placement import load_placement, parse_hosts, place
 
-    with _reported():
+    with reported():
         if fmt != "containerlab":
             raise VpnlabError(f"export: unknown --format {fmt!r} (formats: containerlab)")
         if hosts and placement is not None:
@@ -530,7 +501,7 @@ def image(
     from vpnlab.environment import check_docker, check_privileges
     from vpnlab.image import ensure_image
 
-    with _reported():
+    with reported():
         check_privileges()
         check_docker()
         with _progress() as progress:
@@ -538,7 +509,7 @@ def image(
         out.print(tag, markup=False)
 
 
-from vpnlab.measure.cli import measure_app  # noqa: E402 - the group imports helpers from this module lazily
+from vpnlab.measure.cli import measure_app  # noqa: E402 - registered after the commands above
 
 app.add_typer(measure_app, name="measure")
 

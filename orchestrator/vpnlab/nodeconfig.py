@@ -15,9 +15,7 @@ from vpnlab_agent.config import IkeConfig, InterfaceConfig, NodeConfig, PeerConf
 
 from vpnlab import cluster_config
 from vpnlab.errors import LabError
-from vpnlab.topology.model import Lab, Node
-
-HUB_ROLES = ("hub", "gateway")
+from vpnlab.topology.model import HUB_ROLES, Lab, Node
 
 
 def build_node_config(lab: Lab, node: Node) -> NodeConfig:

@@ -1,26 +1,23 @@
-"""`vpnlab measure ...`: the Typer group cli.py registers. Printing happens here and in cli.py only."""
+"""`vpnlab measure ...`: the Typer group cli.py registers. Printing happens here and in cli.py only,
+on the consoles of vpnlab.console."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich import box
 from rich.table import Table
+
+from vpnlab.console import err, out, reported
 
 measure_app = typer.Typer(
     name="measure",
     help="Measure a lab: hub traffic with and without Advanced Mesh VPN, shortcut state.",
     no_args_is_help=True,
 )
-
-
-def _console() -> Any:
-    from vpnlab.cli import _reported, err, out
-
-    return _reported, out, err
 
 
 def _mb(n: int | None) -> str:
@@ -39,7 +36,6 @@ def hub_traffic_cmd(
     png: Annotated[Path, typer.Option("--png", help="Plot of hub throughput over time, both runs.")] = Path("hub-traffic.png"),
 ) -> None:
     """Run the same iperf3 flows on the star (mesh off) and with mesh on; what crossed the hub."""
-    reported, out, err = _console()
     from vpnlab.errors import VpnlabError
     from vpnlab.measure import hub_traffic as ht
     from vpnlab.measure.report import STEPS
@@ -86,7 +82,6 @@ def shortcuts_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Mesh state of every router: shortcuts, why some were not built, hub pair counters."""
-    reported, out, err = _console()
     from vpnlab import lab as labs
     from vpnlab.measure.report import mesh_of
 

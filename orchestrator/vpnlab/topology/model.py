@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 Role = Literal["hub", "branch", "gateway", "host", "upstream"]  # upstream: a cluster's router, planned
+HUB_ROLES: tuple[Role, ...] = ("hub", "gateway")  # gateways act like hubs for branches (for now)
 Implementation = Literal["agent", "strongswan", "host"]
 SegmentKind = Literal["underlay", "lan", "cluster"]  # a context LAN is a "lan" segment too
 

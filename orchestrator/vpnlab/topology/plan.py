@@ -18,6 +18,7 @@ from vpnlab.errors import TopologyError
 from vpnlab.topology import clusters as cl
 from vpnlab.topology import contexts as ctx
 from vpnlab.topology.model import (
+    HUB_ROLES,
     UNDERLAY,
     Interface,
     Lab,
@@ -34,7 +35,6 @@ from vpnlab.topology.schema import (
 )
 
 FIRST_PLANNED_OFFSET = 10  # planned public and host addresses start at .10
-HUB_ROLES = ("hub", "gateway")  # gateways act like hubs for branches (for now)
 MAX_PSK_FILE_BYTES = 4096
 
 
