@@ -15,6 +15,7 @@ import abc
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from vpnlab_agent.ike.constants import NATT_PORT
 from vpnlab_agent.sa import ChildSA, SACounters
 
 # Called with (ike_message_without_marker, (peer_ip, peer_port)). Engines may call it from any
@@ -22,7 +23,6 @@ from vpnlab_agent.sa import ChildSA, SACounters
 IkeHandler = Callable[[bytes, tuple[str, int]], None]
 
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
-NATT_PORT = 4500
 
 
 class EngineError(Exception):

@@ -25,6 +25,9 @@ CRITICAL = 0x80
 # with peers that announce it. The "/1" is the extension protocol version.
 VENDOR_ID = b"vpnlab-agent/1"
 
+IKE_PORT = 500
+NATT_PORT = 4500  # IKE after NAT detection, and ESP in UDP (RFC 3948)
+
 # Transform attribute (RFC 7296 §3.3.5): Key Length, always TV format (AF bit set).
 ATTR_KEY_LENGTH = 14
 ATTR_FORMAT_TV = 0x8000

@@ -1,56 +1,45 @@
-"""Many IKE SAs behind one address: dispatch, responder admission (cookies), the local API.
+"""Many IKE SAs behind one address: dispatch, responder admission, the API for owners and extensions.
 
 Sans-I/O, in the aioquic style. Inputs: API calls (`connect`, `rekey_child`, `rekey_ike`,
-`terminate`, `send_notify`), `receive_datagram(data, addr, local_port, now)` and
-`handle_timer(now)`. Outputs: `datagrams_to_send(now)`, `get_timer()`, `next_event()`.
-Datagrams carry no non-ESP marker: the I/O layer strips and adds it on port 4500.
+`terminate`, `send_notify`, ...), `receive_datagram(data, addr, local_port, now)` and
+`handle_timer(now)`. Outputs: `datagrams_to_send(now)`, `get_timer()`, `next_event()`, and
+`wakeup()` (if set) whenever an API call outside input handling produced output, so the owner can
+flush without being told by each caller. Datagrams carry no non-ESP marker: the I/O layer strips and
+adds it on port 4500.
 
-A new IKE_SA_INIT request is checked here, before any state is kept: proposal, KE group and, when
-more than `cookie_threshold` SAs are half-open, a stateless COOKIE (RFC 7296 §2.6). Everything else
-is routed by our SPI to its `IkeSession`.
+A new IKE_SA_INIT request is checked here, before any state is kept: the admission policies
+(admission.py: cookies, then extensions), proposal and KE group. Everything else is routed by our
+SPI to its `IkeSession`. Sessions reach the endpoint only through the `SessionHost` methods below.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hmac
+import itertools
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from vpnlab_agent.config import IkeConfig, PeerConfig
-from vpnlab_agent.ike import crypto, proposals
-from vpnlab_agent.ike.codec import (
-    KE,
-    SA,
-    Header,
-    IntegrityError,
-    Message,
-    Nonce,
-    Notify,
-    ParseError,
-    Proposal,
-    decode,
-    decode_header,
-    encode,
-)
-from vpnlab_agent.ike.constants import VENDOR_ID, ExchangeType, NotifyType, ProtocolId
-from vpnlab_agent.ike.events import Event
+from vpnlab_agent.ike import admission, proposals
+from vpnlab_agent.ike.codec import KE, SA, Header, IntegrityError, Nonce, ParseError, Payload, Proposal, decode, decode_header
+from vpnlab_agent.ike.constants import IKE_PORT, VENDOR_ID, ExchangeType, NotifyType, ProtocolId
+from vpnlab_agent.ike.events import Event, InformationalDone, Redirected
+from vpnlab_agent.ike.extension import AskCookie, Extension, Extensions, ReplyWith, SaView
+from vpnlab_agent.ike.ikesa import ZERO_SPI, IkeSa
 from vpnlab_agent.ike.policy import identity
 from vpnlab_agent.ike.proposals import dh_group
 from vpnlab_agent.ike.session import IkeSession, State
 from vpnlab_agent.log import LogLines
 
-IKE_PORT = 500
-NATT_PORT = 4500
-_ZERO_SPI = bytes(8)
 # Bounds on what a flood of peers can make us hold.
 DEFAULT_COOKIE_THRESHOLD = 50
 DEFAULT_MAX_HALF_OPEN = 2000
 MAX_EVENTS = 100_000
 MAX_OUTBOX = 10_000
 MAX_LOG_LINES = 1000
+_GONE = (State.CLOSED, State.REKEYED, State.DELETING)
 
 
 class IkeError(Exception):
@@ -68,52 +57,57 @@ class IkeEndpoint(LogLines):
         rng: Callable[[int], bytes] = os.urandom,
         cookie_threshold: int = DEFAULT_COOKIE_THRESHOLD,
         max_half_open: int = DEFAULT_MAX_HALF_OPEN,
+        extensions: Iterable[Extension] = (),
     ) -> None:
         self.config = config
         self.local_addr = local_addr
         self.force_encap = force_encap
-        self.vendor_id = vendor_id
+        self.vendor_id = vendor_id  # ours, always announced; extensions add their own
         self.rng = rng
         self.psk = config.psk.encode()
-        self.cookie_threshold = cookie_threshold
         self.max_half_open = max_half_open
         self.ike_proposals: list[Proposal] = proposals.ike_proposals_from_config(list(config.ike_proposals))
         self.esp_proposals: list[Proposal] = proposals.esp_proposals_from_config(list(config.esp_proposals))
         self._peers_by_id = {identity(p.remote_id): p for p in config.peers}
         self._dynamic: set[str] = set()  # peers added at run time (add_peer), removable
         self._sessions: dict[bytes, IkeSession] = {}  # by our SPI
-        self._half_open: dict[tuple[bytes, tuple[str, int]], IkeSession] = {}  # by (SPIi, peer addr)
+        self._half_open: dict[tuple[bytes, tuple[str, int]], IkeSa] = {}  # by (SPIi, peer addr)
         # Every SA we answered IKE_SA_INIT for, so a late retransmission of that request is
         # recognised (and ignored) rather than taken for a new SA costing another DH.
-        self._by_init: dict[tuple[bytes, tuple[str, int]], IkeSession] = {}
+        self._by_init: dict[tuple[bytes, tuple[str, int]], IkeSa] = {}
         self._out: deque[tuple[bytes, tuple[str, int], int]] = deque(maxlen=MAX_OUTBOX)
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._reqids: dict[tuple[str, tuple[str, ...], tuple[str, ...]], int] = {}
         self._child_spis: set[bytes] = set()
-        self._cookie_secret = rng(32)
+        self._cookies = admission.CookiePolicy(rng(32), cookie_threshold)
+        self._refs = itertools.count(1)
         self.log_lines: deque[str] = deque(maxlen=MAX_LOG_LINES)
         self.internal_errors = 0  # bugs caught at the boundary; tests assert it stays 0
+        self.extensions = Extensions(on_error=self.internal_error)
+        self.wakeup: Callable[[], None] | None = None
+        self._woken = False
+        for ext in extensions:
+            self.add_extension(ext)
 
-    # --- API ------------------------------------------------------------------------------
+    @property
+    def cookie_threshold(self) -> int:
+        return self._cookies.threshold
+
+    @cookie_threshold.setter
+    def cookie_threshold(self, value: int) -> None:
+        self._cookies.threshold = value
+
+    def add_extension(self, ext: Extension) -> None:
+        self.extensions.items.append(ext)
+        ext.attach(self)
+
+    # --- API: peers -------------------------------------------------------------------------
 
     def peer(self, name: str) -> PeerConfig:
         for p in self.config.peers:
             if p.name == name:
                 return p
         raise IkeError(f"unknown IKE peer {name!r} (peers: {', '.join(p.name for p in self.config.peers) or 'none'})")
-
-    def connect(self, peer_name: str, now: float) -> None:
-        """Start IKE_SA_INIT towards a configured peer, unless an IKE SA to it exists or is underway."""
-        peer = self.peer(peer_name)
-        if peer.address is None:
-            raise IkeError(f"peer {peer_name!r} has no address; it can only initiate to us")
-        if any(s.peer is not None and s.peer.name == peer.name and s.state not in (State.CLOSED, State.REKEYED, State.DELETING)
-               for s in self._sessions.values()):
-            return
-        s = IkeSession(self, initiator=True, local_spi=self.new_ike_spi(), remote=(peer.address, IKE_PORT),
-                       local_port=IKE_PORT, now=now, peer=peer)
-        self._sessions[s.local_spi] = s
-        s.start(now)
 
     def add_peer(self, peer: PeerConfig) -> None:
         """Add (or replace) a dynamic peer at run time: the Advanced Mesh shortcut peers."""
@@ -135,12 +129,58 @@ class IkeEndpoint(LogLines):
         """Delete the IKE SAs with a dynamic peer (INFORMATIONAL DELETE), then forget the peer."""
         if name not in self._dynamic:
             raise IkeError(f"peer {name!r} is not a dynamic peer")
-        for s in list(self._sessions.values()):
-            if s.peer is not None and s.peer.name == name and s.state not in (State.CLOSED, State.DELETING):
-                s.delete(now, "shortcut removed")
+        for s in self._of(name, (State.CLOSED, State.DELETING)):
+            s.delete(now, "shortcut removed")
         self._dynamic.discard(name)
         self.config = dataclasses.replace(self.config, peers=tuple(p for p in self.config.peers if p.name != name))
         self._peers_by_id = {identity(p.remote_id): p for p in self.config.peers}
+        self._wake()
+
+    def is_up(self, peer: str) -> bool:
+        return any(s.established and s.peer is not None and s.peer.name == peer for s in self._sessions.values())
+
+    def sas(self) -> list[SaView]:
+        """Every IKE SA we hold, as extensions see them."""
+        return [s.view() for s in self._sessions.values()]
+
+    # --- API: IKE SAs -----------------------------------------------------------------------
+
+    def connect(self, peer_name: str, now: float, *, address: str | None = None,
+                init_payloads: Sequence[Payload] = ()) -> None:
+        """Start IKE_SA_INIT towards a peer (at its configured address, or `address`), with
+        `init_payloads` added to IKE_SA_INIT; nothing if an IKE SA to it exists or is underway."""
+        peer = self.peer(peer_name)
+        to = address or peer.address
+        if to is None:
+            raise IkeError(f"peer {peer_name!r} has no address; it can only initiate to us")
+        if self._of(peer.name, _GONE):
+            return
+        s = IkeSession(self, initiator=True, local_spi=self.new_ike_spi(), remote=(to, IKE_PORT),
+                       local_port=IKE_PORT, now=now, peer=peer)
+        s.init_extra = list(init_payloads)
+        self._sessions[s.local_spi] = s
+        s.start(now)
+        self._wake()
+
+    def reconnect(self, peer: str, address: str, now: float, *, init_payloads: Sequence[Payload] = (),
+                  reason: str = "redirected") -> None:
+        """Give up our IKE SAs with the peer (an established one gets a DELETE) and connect to it
+        at another address (RFC 5685: the gateway it redirected us to, with REDIRECTED_FROM)."""
+        self.peer(peer)
+        for s in self._of(peer, (State.CLOSED, State.DELETING)):
+            if s.established:
+                s.delete(now, reason)
+            else:
+                s.close(now, reason, quiet=True)  # a new attempt replaces it: not "down"
+        self.emit(Redirected(peer, address))
+        self.connect(peer, now, address=address, init_payloads=init_payloads)
+
+    def close(self, sa: SaView, now: float, reason: str) -> None:
+        """Delete one IKE SA (INFORMATIONAL DELETE when established)."""
+        s = self._sessions.get(sa.local_spi)
+        if s is not None:
+            s.delete(now, reason)
+            self._wake()
 
     def rekey_child(self, peer: str, now: float) -> int:
         """Rekey every child SA of the peer (make-before-break); returns how many were started."""
@@ -169,26 +209,33 @@ class IkeEndpoint(LogLines):
 
     def terminate(self, peer: str, now: float) -> None:
         self.peer(peer)
-        for s in list(self._sessions.values()):
-            if s.peer is not None and s.peer.name == peer:
-                s.delete(now, "terminated")
+        for s in self._of(peer, ()):
+            s.delete(now, "terminated")
 
     def terminate_all(self, now: float) -> None:
         for s in list(self._sessions.values()):
             s.delete(now, "terminated")
 
-    def send_notify(self, peer: str, notify_type: int, data: bytes, now: float) -> None:
-        """A private notify in an INFORMATIONAL exchange; only to peers that sent our Vendor ID."""
+    # --- API: INFORMATIONAL -----------------------------------------------------------------
+
+    def send_notify(self, peer: str, notify_type: int, data: bytes, now: float) -> int:
+        """A private notify in an INFORMATIONAL exchange; only to peers that sent our Vendor ID.
+        Returns the reference its InformationalDone event will carry."""
         if not NotifyType.VPNLAB_PRIVATE_BASE <= notify_type <= 0xFFFF:
             raise IkeError(f"notify type {notify_type} is not in the private range")
-        s = self._established(peer)
-        if not s.peer_vendor:
+        if not self._established(peer).peer_vendor:
             raise IkeError(f"peer {peer!r} did not announce the vpnlab Vendor ID")
-        if not s.send_notify(notify_type, data, now):
-            raise IkeError(f"too many requests queued for peer {peer!r}")
+        return self.send_informational(peer, [admission.notify(notify_type, data)], now)
 
-    def is_up(self, peer: str) -> bool:
-        return any(s.established and s.peer is not None and s.peer.name == peer for s in self._sessions.values())
+    def send_informational(self, peer: str, payloads: Sequence[Payload], now: float) -> int:
+        """An INFORMATIONAL request with these payloads to the peer's established IKE SA. Returns the
+        reference of the InformationalDone event that says whether it was answered."""
+        s = self._established(peer)
+        ref = next(self._refs)
+        if not s.send_informational(payloads, now, lambda ok: self.emit(InformationalDone(peer, ref, ok))):
+            raise IkeError(f"too many requests queued for peer {peer!r}")
+        self._wake()
+        return ref
 
     # --- input ----------------------------------------------------------------------------
 
@@ -197,15 +244,14 @@ class IkeEndpoint(LogLines):
         try:
             self._receive(data, addr, local_port, now)
         except Exception as e:  # noqa: BLE001 - a bug here must not take the agent down
-            self.internal_errors += 1
-            self.log(f"internal error on datagram from {addr[0]}:{addr[1]}: {type(e).__name__}: {e}")
+            self.internal_error(f"internal error on datagram from {addr[0]}:{addr[1]}: {type(e).__name__}: {e}")
 
     def _receive(self, data: bytes, addr: tuple[str, int], local_port: int, now: float) -> None:
         try:
             hdr = decode_header(data)
         except ParseError:
             return
-        if hdr.exchange == ExchangeType.IKE_SA_INIT and not hdr.response and hdr.spi_r == _ZERO_SPI:
+        if hdr.exchange == ExchangeType.IKE_SA_INIT and not hdr.response and hdr.spi_r == ZERO_SPI:
             self._init_request(data, hdr, addr, local_port, now)
             return
         local_spi = hdr.spi_r if hdr.initiator else hdr.spi_i
@@ -220,12 +266,12 @@ class IkeEndpoint(LogLines):
                 try:
                     s.handle_timer(now)
                 except Exception as e:  # noqa: BLE001
-                    self.internal_errors += 1
-                    self.log(f"internal error in timer of {s.peer_name}: {type(e).__name__}: {e}")
+                    self.internal_error(f"internal error in timer of {s.peer_name}: {type(e).__name__}: {e}")
 
     # --- output ---------------------------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int], int]]:
+        self._woken = False
         out = list(self._out)
         self._out.clear()
         return out
@@ -255,6 +301,7 @@ class IkeEndpoint(LogLines):
                     "encap": sa.encap,
                     "age_s": round(now - c.created, 1),
                     "state": "rekeyed" if c.expire_at is not None else "installed",
+                    "preference": getattr(sa, "preference", 0),
                 })
         return {"ike_sas": ike, "child_sas": children, "half_open": len(self._half_open)}
 
@@ -263,7 +310,7 @@ class IkeEndpoint(LogLines):
     def _init_request(self, data: bytes, hdr: Header, addr: tuple[str, int], local_port: int, now: float) -> None:
         existing = self._by_init.get((hdr.spi_i, addr))
         if existing is not None:
-            existing.receive(data, hdr, addr, local_port, now)  # a retransmission: same answer
+            existing.receive(data, hdr, addr, local_port, now)  # type: ignore[attr-defined]
             return
         if not hdr.initiator or hdr.message_id != 0:
             return
@@ -277,15 +324,16 @@ class IkeEndpoint(LogLines):
             return
         if len(self._half_open) >= self.max_half_open:
             return  # hard bound: beyond it, even answering with cookies is not worth it
-        nonce = msg.find(Nonce)
-        if len(self._half_open) >= self.cookie_threshold:
-            want = crypto.cookie(self._cookie_secret, nonce.data if nonce else b"", addr[0], hdr.spi_i)
-            first = msg.payloads[0] if msg.payloads else None
-            if not (isinstance(first, Notify) and first.notify_type == NotifyType.COOKIE
-                    and hmac.compare_digest(first.data, want)):
-                self._refuse_init(hdr.spi_i, addr, local_port, NotifyType.COOKIE, want)
-                return
-        sa, ke = msg.find(SA), msg.find(KE)
+        established = sum(1 for s in self._sessions.values() if s.established)
+        req = admission.init_request(msg, addr, local_port, len(self._half_open), established)
+        verdict = admission.decide([self._cookies, self.extensions], req, now)
+        if isinstance(verdict, AskCookie):
+            self._refuse_init(hdr.spi_i, addr, local_port, NotifyType.COOKIE, verdict.cookie)
+            return
+        if isinstance(verdict, ReplyWith):
+            self.send(admission.stateless_answer(hdr.spi_i, list(verdict.notifies)), addr, local_port)
+            return
+        sa, ke, nonce = msg.find(SA), msg.find(KE), msg.find(Nonce)
         if sa is None or ke is None or nonce is None or not 16 <= len(nonce.data) <= 256:
             self._refuse_init(hdr.spi_i, addr, local_port, NotifyType.INVALID_SYNTAX)
             return
@@ -315,18 +363,21 @@ class IkeEndpoint(LogLines):
 
     def _refuse_init(self, spi_i: bytes, addr: tuple[str, int], local_port: int, notify: int,
                      data: bytes = b"") -> None:
-        """Stateless IKE_SA_INIT answer carrying one Notify (COOKIE or an error), SPIr zero."""
-        msg = Message(spi_i, _ZERO_SPI, ExchangeType.IKE_SA_INIT, 0, False, True,
-                      [Notify(ProtocolId.NONE, b"", notify, data)])
-        self._send(encode(msg), addr, local_port)
+        self.send(admission.stateless_answer(spi_i, [admission.notify(notify, data)]), addr, local_port)
 
-    # --- services for sessions -------------------------------------------------------------
+    # --- SessionHost: what sessions may use ------------------------------------------------
 
-    def _send(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
+    def send(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         self._out.append((data, addr, local_port))
+        self._wake()
 
-    def _emit(self, event: Event) -> None:
+    def emit(self, event: Event) -> None:
         self._events.append(event)
+        self._wake()
+
+    def internal_error(self, text: str) -> None:
+        self.internal_errors += 1
+        self.log(text)
 
     def peer_by_identity(self, id_type: int, data: bytes) -> PeerConfig | None:
         return self._peers_by_id.get((id_type, data))
@@ -340,7 +391,7 @@ class IkeEndpoint(LogLines):
     def new_ike_spi(self) -> bytes:
         while True:
             spi = self.rng(8)
-            if spi != _ZERO_SPI and spi not in self._sessions:
+            if spi != ZERO_SPI and spi not in self._sessions:
                 return spi
 
     def new_child_spi(self) -> bytes:
@@ -351,28 +402,52 @@ class IkeEndpoint(LogLines):
                 self._child_spis.add(spi)
                 return spi
 
-    def has_other_sa(self, session: IkeSession) -> bool:
-        name = session.peer.name if session.peer else None
-        return any(s is not session and s.established and s.peer is not None and s.peer.name == name
+    def release_child_spi(self, spi_in: int) -> None:
+        self._child_spis.discard(spi_in.to_bytes(4, "big"))
+
+    def has_other_sa(self, sa: IkeSa) -> bool:
+        name = sa.peer.name if sa.peer else None
+        return any(s is not sa and s.established and s.peer is not None and s.peer.name == name
                    for s in self._sessions.values())
 
-    def initial_contact(self, session: IkeSession, now: float) -> None:
+    def initial_contact(self, sa: IkeSa, now: float) -> None:
         """The peer says it has no other SA with us (it restarted): forget the old ones."""
         for s in list(self._sessions.values()):
-            if (s is not session and s.peer is not None and session.peer is not None
-                    and s.peer.name == session.peer.name and s.state in (State.ESTABLISHED, State.REKEYED)):
-                s._close(now, "replaced: peer sent INITIAL_CONTACT")
+            if (s is not sa and s.peer is not None and sa.peer is not None
+                    and s.peer.name == sa.peer.name and s.state in (State.ESTABLISHED, State.REKEYED)):
+                s.close(now, "replaced: peer sent INITIAL_CONTACT")
 
-    def _session_up(self, session: IkeSession) -> None:
-        self._drop_half_open(session)
-        if session.init_key is None:
+    def session_up(self, sa: IkeSa) -> None:
+        self._drop_half_open(sa)
+        if sa.init_key is None:
             return
         # Older half-open SAs from the same address and port are this initiator's earlier attempts
         # (it gave up on them and started again with a new SPI): they will never complete.
-        addr = session.init_key[1]
+        addr = sa.init_key[1]
         for key, s in list(self._half_open.items()):
-            if key[1] == addr and s.created <= session.created:
-                s.abandon(session.established_at or session.created, "superseded by an IKE SA from the same address")
+            if key[1] == addr and s.created <= sa.created:
+                s.abandon(sa.established_at or sa.created, "superseded by an IKE SA from the same address")
+
+    def adopt(self, sa: IkeSa) -> None:
+        assert isinstance(sa, IkeSession)
+        self._sessions[sa.local_spi] = sa
+
+    def closed(self, sa: IkeSa) -> None:
+        self._sessions.pop(sa.local_spi, None)
+        self._drop_half_open(sa)
+        if sa.init_key is not None and self._by_init.get(sa.init_key) is sa:
+            del self._by_init[sa.init_key]
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if not self._woken and self.wakeup is not None:
+            self._woken = True
+            self.wakeup()
+
+    def _of(self, peer: str, skip: tuple[State, ...]) -> list[IkeSession]:
+        return [s for s in list(self._sessions.values())
+                if s.peer is not None and s.peer.name == peer and s.state not in skip]
 
     def _established(self, peer: str) -> IkeSession:
         self.peer(peer)
@@ -381,18 +456,6 @@ class IkeEndpoint(LogLines):
                 return s
         raise IkeError(f"no established IKE SA with peer {peer!r}")
 
-    def _drop_half_open(self, session: IkeSession) -> None:
-        if session.init_key is not None and self._half_open.get(session.init_key) is session:
-            del self._half_open[session.init_key]
-
-    def _adopt(self, session: IkeSession) -> None:
-        self._sessions[session.local_spi] = session
-
-    def _closed(self, session: IkeSession) -> None:
-        self._sessions.pop(session.local_spi, None)
-        self._drop_half_open(session)
-        if session.init_key is not None and self._by_init.get(session.init_key) is session:
-            del self._by_init[session.init_key]
-
-    def release_child_spi(self, spi_in: int) -> None:
-        self._child_spis.discard(spi_in.to_bytes(4, "big"))
+    def _drop_half_open(self, sa: IkeSa) -> None:
+        if sa.init_key is not None and self._half_open.get(sa.init_key) is sa:
+            del self._half_open[sa.init_key]

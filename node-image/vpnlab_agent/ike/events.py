@@ -20,6 +20,10 @@ class IkeSAUp:
     suite_desc: str  # e.g. "aes128gcm16-prfsha256-ecp256"
     remote_addr: tuple[str, int]
     rekey: bool = False  # True when this IKE SA replaces an older one (children moved to it)
+    # What the peer announced, from authenticated messages: its Vendor IDs, and the status notify
+    # types it sent in IKE_SA_INIT and IKE_AUTH (e.g. REDIRECT_SUPPORTED).
+    vendor_ids: tuple[bytes, ...] = ()
+    notifies: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,22 @@ class NotifyReceived:
 
 
 @dataclass(frozen=True)
+class InformationalDone:
+    """An INFORMATIONAL request we sent (send_notify / send_informational, by `ref`) was answered
+    (ok) or will never be (the IKE SA went away first)."""
+
+    peer: str
+    ref: int
+    ok: bool
+
+
+@dataclass(frozen=True)
 class Redirected:
-    """Reserved for RFC 5685 REDIRECT (the load balancer feature); not emitted yet."""
+    """An IKE SA to `peer` was given up for one to `new_addr` (IkeEndpoint.reconnect, RFC 5685)."""
 
     peer: str
     new_addr: str
 
 
-Event = IkeSAUp | ChildSAUp | ChildSADeleted | IkeSADown | AuthFailed | NotifyReceived | Redirected
+Event = (IkeSAUp | ChildSAUp | ChildSADeleted | IkeSADown | AuthFailed | NotifyReceived
+         | InformationalDone | Redirected)

@@ -7,7 +7,8 @@ import dataclasses
 import ipaddress
 
 from vpnlab_agent.ike.codec import Proposal, TrafficSelector, ts_from_cidr, ts_to_cidrs
-from vpnlab_agent.ike.constants import DhGroup, EncrId, IdType, IntegId, PrfId, TransformType
+from vpnlab_agent.ike.constants import IdType
+from vpnlab_agent.ike.proposals import suite_from_proposal
 
 # --- identities -----------------------------------------------------------------------------
 
@@ -87,32 +88,12 @@ def within(got: list[TrafficSelector], offered: list[TrafficSelector]) -> bool:
     return bool(got) and all(narrow([g], cidrs(offered)) == [g] for g in got)
 
 
-# --- suites ---------------------------------------------------------------------------------
-
-_ENCR_NAMES = {EncrId.AES_GCM_16: "aes{}gcm16", EncrId.AES_CBC: "aes{}"}
-_PRF_NAMES = {PrfId.HMAC_SHA2_256: "prfsha256", PrfId.HMAC_SHA2_384: "prfsha384"}
-_DH_NAMES = {DhGroup.MODP_2048: "modp2048", DhGroup.ECP_256: "ecp256", DhGroup.CURVE25519: "curve25519"}
+# --- proposals ------------------------------------------------------------------------------
 
 
 def describe(prop: Proposal) -> str:
     """strongSwan-style name of a selected proposal, e.g. "aes128gcm16-prfsha256-ecp256"."""
-    parts = []
-    order = {TransformType.ENCR: 0, TransformType.INTEG: 1, TransformType.PRF: 2, TransformType.DH: 3}
-    for t in sorted(prop.transforms, key=lambda t: order.get(t.type, 9)):
-        if t.type == TransformType.ENCR:
-            parts.append(_ENCR_NAMES.get(t.id, f"encr{t.id}-{{}}").format(t.key_length or ""))
-        elif t.type == TransformType.INTEG and t.id != IntegId.NONE:
-            parts.append("sha256" if t.id == IntegId.HMAC_SHA2_256_128 else f"integ{t.id}")
-        elif t.type == TransformType.PRF:
-            parts.append(_PRF_NAMES.get(t.id, f"prf{t.id}"))
-        elif t.type == TransformType.DH and t.id != DhGroup.NONE:
-            parts.append(_DH_NAMES.get(t.id, f"dh{t.id}"))
-    return "-".join(parts)
-
-
-def without_dh(prop: Proposal) -> Proposal:
-    # In IKE_AUTH the child's keys come from the IKE SA's DH; a DH transform there is meaningless.
-    return dataclasses.replace(prop, transforms=[t for t in prop.transforms if t.type != TransformType.DH])
+    return suite_from_proposal(prop).describe()
 
 
 def with_spi(props: list[Proposal], spi: bytes) -> list[Proposal]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 from vpnlab_agent.config import IkeConfig, PeerConfig
+from vpnlab_agent.ike import handshake
 from vpnlab_agent.ike.codec import decode_header
 from vpnlab_agent.ike.constants import ExchangeType, NotifyType
 from vpnlab_agent.ike.endpoint import IkeEndpoint
@@ -84,7 +85,7 @@ def test_different_offer_with_the_same_spi_is_not_taken_for_a_retransmission() -
     assert len(sent(h, 0.0)) == 1
     (session,) = a._sessions.values()
     session.ni = bytes(32)  # the same SPI and address, another nonce: not the request we answered
-    session._send_init(0.1)
+    handshake.send_init(session, 0.1)
     (other,) = sent(a, 0.1)
     assert decode_header(other).spi_i == decode_header(init1).spi_i and other != init1
     feed(h, a, other, 0.1)

@@ -1,0 +1,349 @@
+"""IKE_SA_INIT and IKE_AUTH (RFC 7296 §1.2, §2.15, §2.23), initiator and responder.
+
+The endpoint has already admitted a responder's IKE_SA_INIT (cookies, extensions' policies,
+proposal and KE group). Extensions get their say here: extra payloads in each message, the RFC 5685
+notifies of IKE_SA_INIT, the authenticated payloads of IKE_AUTH, and `admit_auth` before the
+responder's IKE SA comes up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+from typing import Any
+
+from vpnlab_agent.ike import children, crypto, proposals
+from vpnlab_agent.ike.codec import (
+    KE,
+    SA,
+    TSi,
+    TSr,
+    Auth,
+    IDi,
+    IDr,
+    IntegrityError,
+    Message,
+    Nonce,
+    Notify,
+    ParseError,
+    Proposal,
+    decode,
+    encode,
+    payload_body,
+)
+from vpnlab_agent.ike.constants import AuthMethod, ExchangeType, NotifyType, ProtocolId
+from vpnlab_agent.ike.extension import ChildInfo, MessageInfo
+from vpnlab_agent.ike.ikesa import (
+    MAX_INIT_RETRIES,
+    NONCE_LEN,
+    REKEYED_GRACE,
+    ZERO_SPI,
+    ChildCtx,
+    IkeSa,
+    ProtocolFailure,
+    State,
+    error_notifies,
+    notify_name,
+)
+from vpnlab_agent.ike.policy import cidrs, identity, identity_text, selectors_for, with_spi
+from vpnlab_agent.ike.proposals import dh_group, without_dh
+from vpnlab_agent.ike.window import Request, RequestKind
+
+INIT = ExchangeType.IKE_SA_INIT
+AUTH = ExchangeType.IKE_AUTH
+
+
+def offer(msg: Message) -> tuple[Any, Any, Any]:
+    """What an IKE_SA_INIT request offers: its SA, KE and Nonce payloads."""
+    return msg.find(SA), msg.find(KE), msg.find(Nonce)
+
+
+# --- initiator: IKE_SA_INIT -----------------------------------------------------------------
+
+
+def start(sa: IkeSa, now: float) -> None:
+    ours = sa.host.ike_proposals
+    sa.ni = sa.host.rng(NONCE_LEN)
+    sa.dh = crypto.DhKeyPair.generate(dh_group(ours[0]), sa.host.rng)
+    send_init(sa, now)
+
+
+def send_init(sa: IkeSa, now: float) -> None:
+    payloads: list = []
+    if sa.cookie is not None:
+        payloads.append(Notify(ProtocolId.NONE, b"", NotifyType.COOKIE, sa.cookie))
+    payloads += [
+        SA(with_spi(sa.host.ike_proposals, b"")),
+        KE(sa.dh.group, sa.dh.public_bytes),
+        Nonce(sa.ni),
+        *nat_notifies(sa, sa.spi_i, ZERO_SPI),
+        *sa.init_extra,
+        *sa.host.extensions.payloads(sa.view(), MessageInfo(INIT, False)),
+        *sa.our_vendor_ids(),
+    ]
+    sa.init_req = encode(sa.msg(INIT, 0, False, payloads))
+    sa.window.my_mid = 1
+    sa.set_state(State.INIT_SENT)
+    sa.window.transmit(Request(INIT, payloads, lambda m, t: on_init_response(sa, m, t), RequestKind.INIT,
+                               mid=0, data=sa.init_req), now)
+
+
+def nat_notifies(sa: IkeSa, spi_i: bytes, spi_r: bytes) -> list[Notify]:
+    if sa.host.force_encap:
+        # Like strongSwan's encap=yes: a source hash that cannot match makes both ends believe
+        # we are behind a NAT, so IKE floats to 4500 and ESP is UDP-encapsulated.
+        src = sa.host.rng(20)
+    else:
+        src = crypto.nat_hash(spi_i, spi_r, sa.host.local_addr, sa.local_port)
+    dst = crypto.nat_hash(spi_i, spi_r, sa.remote[0], sa.remote[1])
+    return [
+        Notify(ProtocolId.NONE, b"", NotifyType.NAT_DETECTION_SOURCE_IP, src),
+        Notify(ProtocolId.NONE, b"", NotifyType.NAT_DETECTION_DESTINATION_IP, dst),
+    ]
+
+
+def check_nat(sa: IkeSa, msg: Message, addr: tuple[str, int], local_port: int) -> None:
+    srcs = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_SOURCE_IP)]
+    dsts = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_DESTINATION_IP)]
+    if srcs:
+        want = crypto.nat_hash(msg.spi_i, msg.spi_r, addr[0], addr[1])
+        sa.nat_remote = not any(hmac.compare_digest(want, s) for s in srcs)
+    if dsts:
+        want = crypto.nat_hash(msg.spi_i, msg.spi_r, sa.host.local_addr, local_port)
+        sa.nat_local = not any(hmac.compare_digest(want, d) for d in dsts)
+    sa.encap = sa.nat_local or sa.nat_remote or sa.host.force_encap
+
+
+def stale_init_answer(sa: IkeSa, msg: Message) -> bool:
+    """A late answer to an earlier version of our IKE_SA_INIT request: a COOKIE we already
+    carry, or INVALID_KE_PAYLOAD naming the group we already switched to. Acting on it would
+    restart (or, past the retry bound, close) a negotiation that is going fine."""
+    cookie = msg.notifies(NotifyType.COOKIE)
+    if cookie and sa.cookie is not None and cookie[0].data == sa.cookie:
+        return True
+    bad_ke = msg.notifies(NotifyType.INVALID_KE_PAYLOAD)
+    return bool(bad_ke) and sa.init_retries > 0 and bad_ke[0].data == sa.dh.group.to_bytes(2, "big")
+
+
+def on_init_response(sa: IkeSa, msg: Message, now: float) -> None:
+    # RFC 5685: an extension may follow a REDIRECT here (it closes this SA through the API).
+    sa.host.extensions.received(sa.view(), MessageInfo(INIT, True), msg.payloads, now)
+    if sa.state != State.INIT_SENT:
+        return
+    cookie = msg.notifies(NotifyType.COOKIE)
+    if cookie and sa.init_retries < MAX_INIT_RETRIES:
+        sa.init_retries += 1
+        sa.cookie = cookie[0].data
+        send_init(sa, now)
+        return
+    bad_ke = msg.notifies(NotifyType.INVALID_KE_PAYLOAD)
+    if bad_ke and sa.init_retries < MAX_INIT_RETRIES and len(bad_ke[0].data) == 2:
+        group = int.from_bytes(bad_ke[0].data, "big")
+        offered = {dh_group(p) for p in sa.host.ike_proposals}
+        if group in offered and group != sa.dh.group:
+            sa.init_retries += 1
+            sa.dh = crypto.DhKeyPair.generate(group, sa.host.rng)
+            send_init(sa, now)
+            return
+    errors = error_notifies(msg)
+    if errors:
+        sa.close(now, f"IKE_SA_INIT refused: {notify_name(errors[0].notify_type)}")
+        return
+    sa_p, ke, nonce = msg.find(SA), msg.find(KE), msg.find(Nonce)
+    if sa_p is None or ke is None or nonce is None or len(sa_p.proposals) != 1:
+        sa.close(now, "IKE_SA_INIT response lacks SA, KE or Nonce")
+        return
+    chosen = sa_p.proposals[0]
+    if proposals.select([chosen], sa.host.ike_proposals) is None:
+        sa.close(now, "IKE_SA_INIT response chose a proposal we did not offer")
+        return
+    if ke.group != sa.dh.group or dh_group(chosen) != sa.dh.group:
+        sa.close(now, "IKE_SA_INIT response KE group does not match")
+        return
+    if not 16 <= len(nonce.data) <= 256 or msg.spi_r == ZERO_SPI:
+        sa.close(now, "IKE_SA_INIT response has a bad nonce or SPI")
+        return
+    try:
+        shared = sa.dh.shared_secret(ke.data)
+    except ValueError as e:
+        sa.close(now, f"bad peer DH value: {e}")
+        return
+    sa.spi_r = msg.spi_r
+    sa.nr = nonce.data
+    sa.init_resp = sa.last_raw
+    sa.set_keys(chosen, shared)
+    sa.peer_notifies |= {n.notify_type for n in msg.find_all(Notify) if n.notify_type >= 16384}
+    check_nat(sa, msg, sa.remote, sa.local_port)
+    sa.float_to_natt()
+    send_auth(sa, now)
+
+
+# --- PSK authentication ---------------------------------------------------------------------
+
+
+def auth_data(sa: IkeSa, signer_is_initiator: bool, id_payload: IDi | IDr, init_req: bytes | None = None) -> bytes:
+    """PSK AUTH (RFC 7296 §2.15): the IKE SA initiator signs its IKE_SA_INIT request, Nr and
+    prf(SK_pi, IDi body); the responder signs its IKE_SA_INIT response, Ni and prf(SK_pr, IDr body)."""
+    k, prf = sa.keys, sa.suite.prf
+    if signer_is_initiator:
+        octets = crypto.signed_octets(init_req or sa.init_req, sa.nr, prf, k.sk_pi, payload_body(id_payload))
+    else:
+        octets = crypto.signed_octets(sa.init_resp, sa.ni, prf, k.sk_pr, payload_body(id_payload))
+    return crypto.psk_auth(prf, sa.host.psk, octets)
+
+
+# --- initiator: IKE_AUTH --------------------------------------------------------------------
+
+
+def send_auth(sa: IkeSa, now: float) -> None:
+    assert sa.peer is not None
+    id_type, id_data = identity(sa.host.config.local_id)
+    idi = IDi(id_type, id_data)
+    spi = sa.offer_spi()
+    ts_i, ts_r = selectors_for(sa.peer.local_ts), selectors_for(sa.peer.remote_ts)
+    sa.auth_ctx = ChildCtx(nonce=b"", spi=spi, dh=None, offered_ts=(ts_i, ts_r))
+    payloads: list = [idi]
+    if not sa.host.has_other_sa(sa):
+        payloads.append(Notify(ProtocolId.NONE, b"", NotifyType.INITIAL_CONTACT))
+    child = ChildInfo(tuple(sa.peer.local_ts), tuple(sa.peer.remote_ts))
+    payloads += [
+        Auth(AuthMethod.PSK, auth_data(sa, sa.initiator, idi)),
+        SA(with_spi(without_dh(sa.host.esp_proposals), spi)),
+        TSi(ts_i),
+        TSr(ts_r),
+        *sa.host.extensions.payloads(sa.view(), MessageInfo(AUTH, False, child)),
+        *sa.our_vendor_ids(),
+    ]
+    sa.set_state(State.AUTH_SENT)
+    sa.window.take_pending()
+    sa.queue(AUTH, payloads, lambda m, t: on_auth_response(sa, m, t), RequestKind.AUTH, now)
+
+
+def on_auth_response(sa: IkeSa, msg: Message, now: float) -> None:
+    assert sa.peer is not None
+    if msg.notifies(NotifyType.AUTHENTICATION_FAILED):
+        sa.auth_failed(now, sa.peer.name, "peer refused our authentication (AUTHENTICATION_FAILED): "
+                       "PSK or identity mismatch")
+        return
+    idr, auth = msg.find(IDr), msg.find(Auth)
+    if idr is None or auth is None:
+        errors = error_notifies(msg)
+        why = notify_name(errors[0].notify_type) if errors else "no IDr/AUTH"
+        sa.close(now, f"IKE_AUTH failed: {why}")
+        return
+    if (idr.id_type, idr.data) != identity(sa.peer.remote_id):
+        sa.auth_failed(now, sa.peer.name, f"peer identity {identity_text(idr.id_type, idr.data)!r} "
+                       f"is not the configured {sa.peer.remote_id!r}")
+        return
+    if auth.method != AuthMethod.PSK or not hmac.compare_digest(auth.data, auth_data(sa, not sa.initiator, idr)):
+        sa.auth_failed(now, sa.peer.name, "peer's AUTH payload does not verify: PSK mismatch")
+        return
+    sa.learn_peer(msg)
+    ctx = sa.auth_ctx
+    child = ChildInfo(tuple(sa.peer.local_ts), tuple(sa.peer.remote_ts))
+    # Authenticated now: extensions may read it (and, following an RFC 5685 REDIRECT, close the SA).
+    sa.host.extensions.received(sa.view(), MessageInfo(AUTH, True, child), msg.payloads, now)
+    if sa.state != State.AUTH_SENT:
+        sa.withdraw_spi(ctx.spi)
+        return
+    sa.establish(now)
+    try:
+        children.accept_response(sa, msg, ctx, None, now, sa.ni, sa.nr, None)
+    except ProtocolFailure as e:
+        sa.withdraw_spi(ctx.spi)
+        sa.host.log(f"{sa.peer_name}: IKE SA up without child SA: {e}")
+
+
+# --- responder ------------------------------------------------------------------------------
+
+
+def respond_init(sa: IkeSa, msg: Message, raw: bytes, addr: tuple[str, int], local_port: int,
+                 chosen: Proposal, now: float) -> None:
+    """Answer an admitted IKE_SA_INIT request; the endpoint already checked SA and KE group."""
+    ke, nonce = msg.find(KE), msg.find(Nonce)
+    assert ke is not None and nonce is not None
+    sa.spi_i = msg.spi_i
+    sa.init_req = raw
+    sa.init_offer = offer(msg)
+    sa.ni = nonce.data
+    sa.nr = sa.host.rng(NONCE_LEN)
+    sa.dh = crypto.DhKeyPair.generate(ke.group, sa.host.rng)
+    shared = sa.dh.shared_secret(ke.data)  # ValueError handled by the endpoint
+    sa.peer_notifies |= {n.notify_type for n in msg.find_all(Notify) if n.notify_type >= 16384}
+    check_nat(sa, msg, addr, local_port)
+    mine = dataclasses.replace(chosen, spi=b"")
+    sa.set_keys(mine, shared)
+    sa.host.extensions.received(sa.view(), MessageInfo(INIT, False), msg.payloads, now)
+    payloads = [
+        SA([mine]),
+        KE(sa.dh.group, sa.dh.public_bytes),
+        Nonce(sa.nr),
+        *nat_notifies(sa, sa.spi_i, sa.spi_r),
+        *sa.host.extensions.payloads(sa.view(), MessageInfo(INIT, True)),
+        *sa.our_vendor_ids(),
+    ]
+    sa.init_resp = encode(sa.msg(INIT, 0, True, payloads))
+    sa.peer_mid = 1
+    sa.last_resp = (0, sa.init_resp)
+    sa.send_raw(sa.init_resp, addr, local_port)
+
+
+def repeat_init_response(sa: IkeSa, data: bytes, addr: tuple[str, int], local_port: int) -> None:
+    """A retransmitted request gets the same answer (RFC 7296 §2.1). So does a later version
+    of it that offers the same SA, KE and Nonce and differs only in a COOKIE: under load a
+    retransmission of the cookie-less request can reach us after we stopped asking for
+    cookies, and we answered it; the peer then signs its cookie version in AUTH."""
+    if data != sa.init_req and data not in sa.init_req_variants:
+        try:
+            msg = decode(data)
+        except (ParseError, IntegrityError):
+            return
+        if (not msg.initiator or offer(msg) != sa.init_offer
+                or len(sa.init_req_variants) >= MAX_INIT_RETRIES):
+            return
+        sa.init_req_variants.append(data)
+    sa.send_raw(sa.init_resp, addr, local_port)
+
+
+def on_auth_request(sa: IkeSa, msg: Message, addr: tuple[str, int], now: float) -> list | None:
+    idi, auth = msg.find(IDi), msg.find(Auth)
+    if idi is None or auth is None:
+        raise ProtocolFailure(NotifyType.INVALID_SYNTAX, "IKE_AUTH without IDi or AUTH")
+    claimed = identity_text(idi.id_type, idi.data)
+    peer = sa.host.peer_by_identity(idi.id_type, idi.data)
+    if peer is None:
+        sa.auth_failed(now, claimed, f"identity {claimed!r} matches no configured peer", addr)
+        return [Notify(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]
+    if auth.method != AuthMethod.PSK or not any(
+            hmac.compare_digest(auth.data, auth_data(sa, True, idi, m))
+            for m in (sa.init_req, *sa.init_req_variants)):
+        sa.auth_failed(now, peer.name, f"AUTH from {claimed!r} does not verify: PSK mismatch", addr)
+        return [Notify(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]
+    sa.peer = peer
+    sa.learn_peer(msg)
+    id_type, id_data = identity(sa.host.config.local_id)
+    idr = IDr(id_type, id_data)
+    out: list = [idr, Auth(AuthMethod.PSK, auth_data(sa, sa.initiator, idr))]
+    exts = sa.host.extensions
+    offered = ChildInfo(tuple(peer.local_ts), tuple(peer.remote_ts))
+    exts.received(sa.view(), MessageInfo(AUTH, False, offered), msg.payloads, now)
+    refusal = exts.admit_auth(sa.view(), msg.payloads, now)
+    if refusal:
+        # RFC 5685 §6: authenticated both ways, but no IKE SA: IDr, AUTH and the extension's notifies.
+        sa.set_state(State.REFUSED)
+        sa.linger_until = now + REKEYED_GRACE
+        sa.host.log(f"{peer.name}: IKE_AUTH answered with {', '.join(notify_name(n.notify_type) for n in refusal)}")
+        return out + refusal
+    if msg.notifies(NotifyType.INITIAL_CONTACT):
+        sa.host.initial_contact(sa, now)
+    sa.establish(now)
+    child = offered
+    try:
+        sa_p, tsi, tsr = children.answer(sa, msg, None, now, sa.ni, sa.nr, None, in_auth=True)
+        out += [sa_p, tsi, tsr]
+        child = ChildInfo(cidrs(tsr.selectors), cidrs(tsi.selectors))
+    except ProtocolFailure as e:
+        sa.host.log(f"{peer.name}: IKE SA up without child SA: {e}")
+        out.append(Notify(ProtocolId.NONE, b"", e.notify, e.data))
+    out += exts.payloads(sa.view(), MessageInfo(AUTH, True, child))
+    return out + sa.our_vendor_ids()
