@@ -3,7 +3,10 @@
 UDP 500 is our own socket; UDP 4500 belongs to the engine (it carries ESP too), which hands IKE
 messages to us without the non-ESP marker, possibly from its own thread. Everything the endpoint
 produces is flushed after every input: datagrams go out, ChildSAUp is installed into the engine,
-ChildSADeleted removed, the rest logged. Peers we initiate to are retried with a capped backoff.
+ChildSADeleted removed, the rest logged and handed to `listeners` (the mesh). A listener may call
+the endpoint's API: the flush goes on until the endpoint is quiet, and an API call from anywhere
+else (an extension's own timer, a conntrack event) makes the endpoint `wakeup()` us to flush soon.
+Peers we initiate to are retried with a capped backoff.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any
 
 from vpnlab_agent.config import NodeConfig
 from vpnlab_agent.dataplane.base import NATT_PORT, Engine, EngineError
+from vpnlab_agent.ike.constants import IKE_PORT
 from vpnlab_agent.ike.endpoint import IkeEndpoint, IkeError
+from vpnlab_agent.ike.extension import Extension
 from vpnlab_agent.ike.events import (
     AuthFailed,
     ChildSADeleted,
@@ -29,13 +34,13 @@ from vpnlab_agent.ike.events import (
 
 log = logging.getLogger("vpnlab_agent.ike")
 
-IKE_PORT = 500
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
 TIMER_FLOOR_S = 0.05
 STOP_GRACE_S = 1.5  # how long stop() waits for the peers' answers to our DELETEs
 MAX_ERRORS = 50
 MAX_ENGINE_BACKLOG = 1024  # IKE messages from the engine's thread waiting for the event loop
+MAX_FLUSH_ROUNDS = 100  # listeners that keep producing output: finish on the next flush
 
 
 class _Udp500(asyncio.DatagramProtocol):
@@ -53,7 +58,8 @@ class IkeService:
     name = "ike"
 
     def __init__(self, config: NodeConfig, engine: Engine, *, local_addr: str | None = None,
-                 ike_port: int = IKE_PORT, natt_port: int = NATT_PORT, force_encap: bool = True) -> None:
+                 ike_port: int = IKE_PORT, natt_port: int = NATT_PORT, force_encap: bool = True,
+                 extensions: list[Extension] | None = None) -> None:
         if config.ike is None:
             raise IkeError(f"{config.name}: no IKE configuration")
         addr = local_addr or config.public_address
@@ -66,7 +72,10 @@ class IkeService:
         self.natt_port = natt_port
         # Our engines always carry ESP in UDP (RFC 3948), so we always float to 4500 as
         # strongSwan does with encap=yes.
-        self.endpoint = IkeEndpoint(config.ike, addr, force_encap=force_encap)
+        self.endpoint = IkeEndpoint(config.ike, addr, force_encap=force_encap, extensions=extensions or ())
+        self.endpoint.wakeup = self._wakeup
+        self._flushing = False
+        self._flush_soon = False
         self.dataplane = engine.name
         self.errors: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -238,11 +247,39 @@ class IkeService:
 
     # --- outputs ----------------------------------------------------------------------------
 
-    def _flush(self, fired_at: float | None = None) -> None:
-        if self._loop is None:
+    def _wakeup(self) -> None:
+        """The endpoint has output from an API call: flush soon (at once if we are flushing)."""
+        if self._flushing or self._flush_soon or self._loop is None:
             return
+        self._flush_soon = True
+        self._loop.call_soon(self._flush)
+
+    def _flush(self, fired_at: float | None = None) -> None:
+        self._flush_soon = False
+        if self._loop is None or self._flushing:
+            return
+        self._flushing = True
+        try:
+            for _ in range(MAX_FLUSH_ROUNDS):
+                if not self._flush_once():
+                    break
+            else:
+                self._wakeup_later()
+        finally:
+            self._flushing = False
+        self._set_timer(fired_at)
+
+    def _wakeup_later(self) -> None:
+        if self._loop is not None and not self._flush_soon:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush)
+
+    def _flush_once(self) -> bool:
+        """Datagrams out, events handled; True if anything moved (a listener may have made more)."""
+        moved = False
         now = self._now()
         for data, addr, local_port in self.endpoint.datagrams_to_send(now):
+            moved = True
             try:
                 if local_port == self.natt_port:
                     self.engine.send_ike(data, addr)
@@ -251,12 +288,18 @@ class IkeService:
             except (EngineError, OSError) as e:
                 log.warning("sending IKE to %s:%d: %s", addr[0], addr[1], e)
         while (ev := self.endpoint.next_event()) is not None:
+            moved = True
             self._handle_event(ev)
             for listener in self.listeners:
                 try:
                     listener(ev)
                 except Exception:  # noqa: BLE001 - a listener's bug must not stop IKE
                     log.exception("IKE event listener failed")
+        return moved
+
+    def _set_timer(self, fired_at: float | None) -> None:
+        if self._loop is None:
+            return
         for line in self.endpoint.pop_logs():
             log.info("%s", line)
         deadline = self.endpoint.get_timer()

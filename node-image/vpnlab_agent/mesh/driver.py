@@ -1,8 +1,10 @@
 """Glue between an IkeEndpoint and the mesh logic (MeshManager on a branch, HubRelay on a hub).
 
-Still sans-I/O: IKE events and `now` in, calls on the endpoint out. The asyncio service
-(service.py) feeds it events and conntrack sessions and flushes the endpoint afterwards; the unit
-tests drive it with real endpoints over the in-memory loopback.
+Still sans-I/O: IKE events and `now` in, calls on the endpoint's public API out. The driver is an
+IKE extension (ike/extension.py): it gives shortcut child SAs a higher preference, so a shortcut
+carrying a LAN's prefix wins over the hub tunnel. The asyncio service (service.py) feeds it events
+and conntrack sessions; the endpoint wakes its owner to send what the driver queued. The unit tests
+drive it with real endpoints over the in-memory loopback.
 
 Shortcut peers are dynamic IKE peers (`IkeEndpoint.add_peer`): PSK of the lab, FQDN identity = node
 name, traffic selectors from the mesh logic. They are added with initiate=False even on the side
@@ -17,19 +19,27 @@ from collections.abc import Callable
 from typing import Any
 
 from vpnlab_agent.config import PeerConfig
+from vpnlab_agent.ike.constants import VENDOR_ID
 from vpnlab_agent.ike.endpoint import IkeEndpoint, IkeError
-from vpnlab_agent.ike.events import ChildSADeleted, ChildSAUp, IkeSADown, IkeSAUp, NotifyReceived
+from vpnlab_agent.ike.events import ChildSADeleted, ChildSAUp, IkeSADown, IkeSAUp, InformationalDone, NotifyReceived
+from vpnlab_agent.ike.extension import ChildInfo, ChildMeta, Extension, SaView
 from vpnlab_agent.mesh.config import MeshConfig
 from vpnlab_agent.mesh.manager import AcceptShortcut, BuildShortcut, DeleteShortcut, MeshManager, SendNotify
 from vpnlab_agent.mesh.relay import HubRelay
 
 MAX_ERRORS = 50
+MAX_AWAITING = 1000  # notifies waiting for the answer to an earlier one (SendNotify.then)
+# Child SAs with a shortcut peer win over the hub tunnel's, whose selectors cover the same LAN.
+SHORTCUT_PREFERENCE = 100
 
 
-class MeshDriver:
+class MeshDriver(Extension):
+    name = "mesh"
+
     def __init__(self, cfg: MeshConfig, endpoint: IkeEndpoint, rng: Callable[[int], bytes] = os.urandom) -> None:
         self.cfg = cfg
         self.ep = endpoint
+        self._then: dict[int, SendNotify] = {}  # InformationalDone ref -> the notify that waits for it
         self.branch = cfg.role == "branch"
         self.manager: MeshManager | None = MeshManager(cfg, rng) if self.branch else None
         self.relay: HubRelay | None = None if self.branch else HubRelay(cfg)
@@ -37,6 +47,12 @@ class MeshDriver:
         self.children: dict[str, dict[int, int]] = {}  # shortcut peer -> {spi_in: reqid}
         self.errors: deque[str] = deque(maxlen=MAX_ERRORS)
         self.log_lines: deque[str] = deque(maxlen=1000)
+        endpoint.add_extension(self)
+
+    def child_meta(self, sa: SaView, child: ChildInfo) -> ChildMeta | None:
+        if self.manager is not None and sa.peer is not None and self.ep.is_dynamic(sa.peer):
+            return ChildMeta(preference=SHORTCUT_PREFERENCE)
+        return None
 
     @property
     def logic(self) -> MeshManager | HubRelay:
@@ -47,8 +63,12 @@ class MeshDriver:
     def on_event(self, ev: object, now: float) -> None:
         if isinstance(ev, NotifyReceived):
             self.logic.notify_received(ev.peer, ev.notify_type, ev.data, now)
+        elif isinstance(ev, InformationalDone):
+            follow = self._then.pop(ev.ref, None)
+            if follow is not None and ev.ok:
+                self._send(follow, now)
         elif isinstance(ev, IkeSAUp):
-            self.ike_up(ev.peer, now)
+            self.ike_up(ev.peer, now, VENDOR_ID in ev.vendor_ids)
         elif isinstance(ev, IkeSADown):
             self.ike_down(ev.peer, ev.reason, now)
         elif isinstance(ev, ChildSAUp) and self.manager is not None:
@@ -111,7 +131,7 @@ class MeshDriver:
 
     def _do(self, a: object, now: float) -> None:
         if isinstance(a, SendNotify):
-            self.ep.send_notify(a.peer, a.notify_type, a.body, now)
+            self._send(a, now)
         elif isinstance(a, BuildShortcut):
             self.ep.add_peer(PeerConfig(a.peer, a.remote_id, a.address, False, a.local_ts, a.remote_ts))
             self.ep.connect(a.peer, now)
@@ -124,18 +144,26 @@ class MeshDriver:
                 self.ep.remove_peer(a.peer, now)
                 self.log_lines.append(f"shortcut with {a.peer} removed: {a.reason}")
 
+    def _send(self, a: SendNotify, now: float) -> None:
+        ref = self.ep.send_notify(a.peer, a.notify_type, a.body, now)
+        if a.then is not None and len(self._then) < MAX_AWAITING:
+            self._then[ref] = a.then
+
     # --- helpers -------------------------------------------------------------------------
 
-    def _vendor(self, peer: str, now: float) -> bool:
-        return any(s.get("peer") == peer and s.get("state") == "established" and s.get("vpnlab_peer")
-                   for s in self.ep.status(now)["ike_sas"])
+    def start(self, now: float) -> None:
+        """Take in the IKE SAs that came up before the driver was listening to events."""
+        for sa in self.ep.sas():
+            if sa.state == "established" and sa.peer is not None:
+                self.ike_up(sa.peer, now, VENDOR_ID in sa.vendor_ids)
+        self.run_actions(now)
 
-    def ike_up(self, peer: str, now: float) -> None:
+    def ike_up(self, peer: str, now: float, vendor: bool) -> None:
         if self.relay is not None:
-            self.relay.branch_up(peer, self._vendor(peer, now), now)
+            self.relay.branch_up(peer, vendor, now)
         elif self.manager is not None:
             if peer in self.hubs:
-                self.manager.hub_up(peer, self._vendor(peer, now), now)
+                self.manager.hub_up(peer, vendor, now)
             else:
                 self.manager.shortcut_ike_up(peer, now)
 

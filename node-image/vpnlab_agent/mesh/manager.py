@@ -50,6 +50,9 @@ class SendNotify:
     peer: str
     notify_type: int
     body: bytes
+    # Sent only once the peer has answered this one (its INFORMATIONAL response came back): the
+    # hub's RELAY to A waits for B to have the ACK, or A's IKE_AUTH could reach B before B knows A.
+    then: SendNotify | None = None
 
 
 @dataclass(frozen=True)

@@ -44,14 +44,13 @@ class MeshService:
 
     def __init__(self, config: NodeConfig, ike: Any) -> None:
         self.config = config
-        self.ike = ike  # IkeService: endpoint, engine, listeners, _flush
+        self.ike = ike  # IkeService: its endpoint (the public API), engine (counters) and listeners
         self.cfg = MeshConfig.from_node(config)
         self.driver = MeshDriver(self.cfg, ike.endpoint)
         self.watcher: ConntrackWatcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._flush_pending = False
         self._first_seen: set[int] = set()
         self._installed_at: dict[int, float] = {}
         self._wake = asyncio.Event()
@@ -63,10 +62,7 @@ class MeshService:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.ike.listeners.append(self._on_ike_event)
-        now = self._now()
-        for sa in self.ike.endpoint.status(now)["ike_sas"]:  # SAs that came up before we started
-            if sa.get("state") == "established":
-                self.driver.ike_up(sa["peer"], now)
+        self.driver.start(self._now())  # IKE SAs that came up before we started
         if self.cfg.role == "branch":
             self.watcher = ConntrackWatcher(self._on_session)
             await self.watcher.start()
@@ -135,17 +131,10 @@ class MeshService:
     # --- outputs -------------------------------------------------------------------------
 
     def _after(self) -> None:
+        # What the driver asked of the endpoint goes out on its own: the endpoint wakes the IKE service.
         for line in self.driver.pop_logs():
             log.info("%s", line)
         self._reschedule()
-        if not self._flush_pending and self._loop is not None:
-            # The IKE service sends what the driver queued; not re-entrantly from its own flush.
-            self._flush_pending = True
-            self._loop.call_soon(self._flush_ike)
-
-    def _flush_ike(self) -> None:
-        self._flush_pending = False
-        self.ike._flush()
 
     def _reschedule(self) -> None:
         if self._loop is None:
