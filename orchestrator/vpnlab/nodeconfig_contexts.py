@@ -18,9 +18,8 @@ from vpnlab_agent.config import PeerConfig
 from vpnlab_agent.contexts.config import ContextConfig, ContextsConfig, Reach
 
 from vpnlab.topology.contexts import VNI_BASE, inner_endpoint, inner_transit
-from vpnlab.topology.model import Lab, Node
+from vpnlab.topology.model import HUB_ROLES, Lab, Node
 
-HUB_ROLES = ("hub", "gateway")
 
 
 def _lans(node: Node, context: str) -> list[IPv4Network]:
