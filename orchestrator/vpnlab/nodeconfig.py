@@ -15,7 +15,7 @@ from vpnlab_agent.config import IkeConfig, InterfaceConfig, NodeConfig, PeerConf
 
 from vpnlab import cluster_config
 from vpnlab.errors import LabError
-from vpnlab.topology.model import HUB_ROLES, Lab, Node
+from vpnlab.topology.model import HUB_ROLES, Lab, Node, branches_of
 
 
 def build_node_config(lab: Lab, node: Node) -> NodeConfig:
@@ -81,11 +81,6 @@ def mesh_extension(lab: Lab, node: Node) -> dict[str, object]:
         ext["hub_lans"] = {h: list(_cidrs(lab.node(h).lan_subnets)) for h in node.hubs
                            if cluster_config.cluster_named(lab, h) is None}
     return ext
-
-
-def branches_of(lab: Lab, hub: str) -> tuple[Node, ...]:
-    """Branches attached to `hub`, in lab order."""
-    return tuple(n for n in lab.nodes if n.role == "branch" and hub in n.hubs)
 
 
 def reached_via_hub(lab: Lab, hub: Node, except_branch: str) -> tuple[IPv4Network, ...]:

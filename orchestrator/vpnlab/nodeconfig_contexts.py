@@ -18,8 +18,7 @@ from vpnlab_agent.config import PeerConfig
 from vpnlab_agent.contexts.config import ContextConfig, ContextsConfig, Reach
 
 from vpnlab.topology.contexts import VNI_BASE, inner_endpoint, inner_transit
-from vpnlab.topology.model import HUB_ROLES, Lab, Node
-
+from vpnlab.topology.model import HUB_ROLES, Lab, Node, branches_of
 
 
 def _lans(node: Node, context: str) -> list[IPv4Network]:
@@ -35,8 +34,6 @@ def _index(lab: Lab, node: Node) -> int:
 
 def _reach(lab: Lab, me: Node, other: Node, context: str) -> tuple[list[IPv4Network], list[IPv4Network]]:
     """(our side, their side) of `context` on the tunnel between me and other (the star)."""
-    from vpnlab.nodeconfig import branches_of
-
     hub, branch = (me, other) if me.role in HUB_ROLES else (other, me)
     hub_side = _lans(hub, context)
     for b in branches_of(lab, hub.name):

@@ -128,3 +128,8 @@ class Lab:
     @property
     def hosts(self) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if not n.is_router)
+
+
+def branches_of(lab: Lab, hub: str) -> tuple[Node, ...]:
+    """Branches attached to `hub`, in lab order."""
+    return tuple(n for n in lab.nodes if n.role == "branch" and hub in n.hubs)
