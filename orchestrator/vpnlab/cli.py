@@ -220,6 +220,11 @@ def inspect(
                     out.print(line, markup=False)
         if any(_mesh_status(n).get("enabled") for n in view.nodes):
             out.print(_mesh_table(view))
+        from vpnlab.inspect_contexts import contexts_table
+
+        ctx_table = contexts_table(view)
+        if ctx_table is not None:
+            out.print(ctx_table)
         for note in _lab_notes(view):
             out.print(note, style="yellow", markup=False)
 

@@ -108,3 +108,61 @@ def shortcuts_cmd(
         refused = [f"{r['peer']}: {r['reason']}" for r in m.get("refused", [])[-5:]]
         table.add_row(name, "on" if m.get("enabled") else "off", str(m.get("limit")), "\n".join(scs), "\n".join(refused))
     out.print(table)
+
+
+@measure_app.command("contexts")
+def contexts_cmd(
+    topology: Annotated[Path, typer.Argument(help="Topology file with routing contexts, e.g. topologies/hsvpn.yml.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated: hsvpn, tunnel-in-tunnel, per-network.")] =
+        "hsvpn,tunnel-in-tunnel,per-network",
+    duration: Annotated[float, typer.Option(help="Seconds of the iperf3 flows (one per context, at once).")] = 5.0,
+    outage: Annotated[float, typer.Option(help="Seconds one branch's uplink stays down.")] = 15.0,
+    json_out: Annotated[Path, typer.Option("--json", help="Write the full result here.")] = Path("contexts.json"),
+    png: Annotated[Path, typer.Option("--png", help="One panel per figure, the methods side by side.")] =
+        Path("contexts.png"),
+) -> None:
+    """Deploy the lab with each context method in turn: SA counts, MTU, overhead, throughput, setup, rekey."""
+    reported, out, err = _console()
+    from vpnlab.errors import VpnlabError
+    from vpnlab.measure import contexts as mc
+
+    with reported():
+        chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+        bad = [m for m in chosen if m not in mc.METHODS]
+        if bad or not chosen:
+            raise VpnlabError(f"--methods: unknown {', '.join(bad) or 'nothing'} (choose from {', '.join(mc.METHODS)})")
+        result = mc.measure_contexts(topology, methods=chosen, duration=duration, outage_s=outage,
+                                     say=lambda s: err.print(s, markup=False))
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        mc.plot(result, png)
+    out.print(contexts_table(result))
+    out.print(f"wrote {json_out} and {png}")
+
+
+def contexts_table(result: dict[str, Any]) -> Table:
+    runs = result["runs"]
+    table = Table(box=box.SIMPLE_HEAD, title=f"{result['sites']} branch sites x {result['contexts']} contexts")
+    table.add_column("figure")
+    for m in runs:
+        table.add_column(m, justify="right")
+    f = result["formulas"]
+
+    def row(label: str, get: Any) -> None:
+        table.add_row(label, *(get(m, r) for m, r in runs.items()))
+
+    row("IKE SAs (formula)", lambda m, r: f"{r['counts']['ike_sas']} ({f[m]['ike_sas']})")
+    row("child SAs (formula)", lambda m, r: f"{r['counts']['child_sas']} ({f[m]['child_sas']})")
+    row("inner tunnels (formula)", lambda m, r: f"{r['counts']['inner_tunnels']} ({f[m]['inner_tunnels']})")
+    row("largest inner packet, DF", lambda m, r: f"{r['mtu_inner']} B")
+    row("overhead per packet", lambda m, r: "-" if r["overhead_bytes"] is None else f"{r['overhead_bytes']:g} B")
+    ctxs = sorted({c for r in runs.values() for c in r["throughput_mbps"]})
+    for c in ctxs:
+        row(f"TCP {c}", lambda m, r, c=c: f"{r['throughput_mbps'].get(c, 0):.0f} Mbit/s")
+    row("TCP all contexts", lambda m, r: f"{r['throughput_total_mbps']:.0f} Mbit/s")
+    row("all contexts up after deploy", lambda m, r: f"{r['all_up_s']:.1f} s")
+    row("recovery after uplink down/up", lambda m, r: f"{r['recovery_s']:.1f} s")
+    row("rekeys per hour", lambda m, r: f"{r['rekeys_per_hour']:g}")
+    row("rekey all: IKE messages", lambda m, r: str(r["rekey_all"]["messages"]))
+    row("rekey all: IKE bytes", lambda m, r: str(r["rekey_all"]["bytes"]))
+    row("rekey all: agent CPU", lambda m, r: f"{r['rekey_all']['agent_cpu_s']:.2f} s")
+    return table
