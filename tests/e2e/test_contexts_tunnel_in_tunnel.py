@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vpnlab.measure.labctl import LabCtl
+from vpnlab.measure.labctl import LabCtl, wait_for
 from vpnlab.runtime.docker import DockerRuntime
 
 from .contexts import BRANCHES, CONTEXTS, ONLY_IN_CORP, contexts_status, deploy_method, host_addr, ping, wait_all_contexts
@@ -38,6 +38,17 @@ def test_tunnel_in_tunnel_overlapping_contexts_stay_apart(ctl: LabCtl) -> None:
     assert ping(ctl, "br1-corp1", ONLY_IN_CORP) == 2
     assert ping(ctl, "br1-guest1", ONLY_IN_CORP) == 0  # the same address in guest: nobody there
     assert ping(ctl, "br1-voice1", host_addr("br2", "corp")) == 0  # voice has no route into corp
+
+
+def test_tunnel_in_tunnel_path_mtu_errors_come_back_in_the_context(ctl: LabCtl) -> None:
+    # too big for the VXLAN inside the tunnel: the router's "fragmentation needed" must reach the
+    # host, routed in the host's context (fwmark_reflect), or TCP would stall on a PMTU black hole
+    _, out = ctl.run("br1-guest1", ["ping", "-n", "-M", "do", "-c", "2", "-s", "1472", "-W", "1", host_addr("hub", "guest")])
+    assert "Frag needed" in out or "mtu" in out, out
+    ctl.run("hub-corp1", ["iperf3", "-s", "-1", "-D", "-p", "5299"])
+    code, out = wait_for("iperf3 server", lambda: (r := ctl.run(
+        "br1-corp1", ["iperf3", "-c", host_addr("hub", "corp"), "-n", "4M", "-p", "5299"]))[0] == 0 and r, 20)
+    assert "receiver" in out, out  # 4 MB of full-size TCP segments through the VXLAN in the tunnel
 
 
 def test_tunnel_in_tunnel_sa_counts_match_the_formulas(ctl: LabCtl) -> None:

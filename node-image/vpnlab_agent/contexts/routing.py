@@ -9,6 +9,12 @@ Two ways to make a context, chosen by probing the kernel (`vrf_available()`):
   so the kernel itself keeps their connected routes and lookups in that table (l3mdev);
 - "rules" (kernels without VRF, such as the lab machines'): an `ip rule iif <dev> lookup <table>`
   for each interface of the context, and the connected routes moved from main into the table.
+Packets the router itself sends about a context's packet (ICMP errors: "fragmentation needed"
+when a packet is larger than the tunnel, "unreachable") must be routed in that context too, or path
+MTU discovery breaks. So every packet entering a context is marked with the context's table
+number (nftables, prerouting), `ip rule fwmark <table> lookup <table>` routes by it, and the
+container runs with net.ipv4.fwmark_reflect=1, which gives the kernel's ICMP errors the mark of the
+packet they answer. (A VRF device does this by itself; the marks are harmless there.)
 Either way each table ends in an `unreachable default`: a packet of one context that matches no
 route of its own is dropped there, never looked up in main or in another context.
 
@@ -29,6 +35,9 @@ from vpnlab_agent.contexts.config import VXLAN_PORT, ContextsConfig
 log = logging.getLogger(__name__)
 
 RULE_PRIORITY = 900  # before main (32766); the kernel's l3mdev rule is 1000
+MARK_PRIORITY = 899  # fwmark rules: the router's own ICMP errors about a context's packets
+ENDPOINT_PRIORITY = 898  # tunnel-in-tunnel: VXLAN endpoints in main, whatever the mark
+NFT_TABLE = "vpnlab_contexts"
 GUARD_METRIC = 4095  # the context's final unreachable default
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 
@@ -65,11 +74,16 @@ def plan(cfg: ContextsConfig, *, vrf: bool, tunnel_mtu: int, extra_devices: bool
     """Steps that make every context of `cfg`. `tunnel_mtu`: the IPsec tunnel's inner MTU (the
     VXLAN devices sit inside it). `extra_devices`: also put each context's TUN device into it."""
     steps: list[Step] = []
+    marks: list[tuple[str, int]] = []  # (device, mark) for the nftables step
     tit = cfg.method == "tunnel-in-tunnel"
     if tit:
         if not cfg.endpoint:
             raise ValueError("contexts: tunnel-in-tunnel needs our VXLAN endpoint address")
         steps.append(_step("addr", dev="lo", address=cfg.endpoint, prefixlen=32))
+        # the VXLAN driver routes its outer packets with the inner packet's mark: the endpoints
+        # (and only they, x.x.0.0/24 of the inner block) stay in main, where the tunnel is
+        endpoints = ipaddress.ip_network(f"{cfg.endpoint}/24", strict=False)
+        steps.append(_step("rule", to=str(endpoints), table=254, priority=ENDPOINT_PRIORITY))
     for c in cfg.contexts:
         devices = list(c.interfaces)
         if tit:
@@ -84,6 +98,8 @@ def plan(cfg: ContextsConfig, *, vrf: bool, tunnel_mtu: int, extra_devices: bool
             devices.append(dev)
         elif extra_devices:
             devices.append(tun_device(c.name))
+        marks.extend((dev, c.table) for dev in devices)
+        steps.append(_step("rule", fwmark=c.table, table=c.table, priority=MARK_PRIORITY))
         if vrf:
             steps.append(_step("vrf", name=vrf_device(c.name), table=c.table))
             for dev in devices:
@@ -117,7 +133,17 @@ def plan(cfg: ContextsConfig, *, vrf: bool, tunnel_mtu: int, extra_devices: bool
                     steps.append(_step("route", table=c.table, dst=str(net.network_address), dst_len=net.prefixlen,
                                        via=r.via, dev=vxlan_device(c.name)))
         steps.append(_step("route", table=c.table, dst="0.0.0.0", dst_len=0, type="unreachable", metric=GUARD_METRIC))
+    if marks:
+        steps.append(_step("nft", marks=tuple(marks)))
     return steps
+
+
+def nft_script(marks: tuple[tuple[str, int], ...]) -> str:
+    """The nftables table that marks each packet entering a context with its table number."""
+    lines = [f"table ip {NFT_TABLE} {{", "  chain prerouting {", "    type filter hook prerouting priority mangle;"]
+    lines += [f'    iifname "{dev}" meta mark set {mark}' for dev, mark in marks]
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
 
 
 # ---- the kernel ---------------------------------------------------------------------------------
@@ -205,8 +231,11 @@ def _do(ipr: Any, s: Step, applied: Applied) -> None:
     elif op == "fdb":
         ipr.fdb("append", ifindex=_index(ipr, s.get("dev")), lladdr="00:00:00:00:00:00", dst=s.get("dst"))
     elif op == "rule":
-        ipr.rule("add", iifname=s.get("iif"), table=s.get("table"), priority=s.get("priority"))
-        applied.undo.append(_step("delrule", iif=s.get("iif"), table=s.get("table"), priority=s.get("priority")))
+        ipr.rule("add", table=s.get("table"), priority=s.get("priority"), **_rule_match(s))
+        applied.undo.append(_step("delrule", **dict(s.args)))
+    elif op == "nft":
+        _nft(nft_script(s.get("marks")))
+        applied.undo.append(_step("delnft"))
     elif op == "route":
         ipr.route("add", **_route_kw(ipr, s))
         applied.undo.append(_step("delroute", **dict(s.args)))
@@ -222,6 +251,23 @@ def _do(ipr: Any, s: Step, applied: Applied) -> None:
     log.info("contexts: %s %s", op, " ".join(f"{k}={v}" for k, v in s.args))
 
 
+def _rule_match(s: Step) -> dict[str, Any]:
+    if s.get("fwmark"):
+        return {"fwmark": s.get("fwmark")}
+    if s.get("to"):
+        net = ipaddress.ip_network(s.get("to"))
+        return {"dst": str(net.network_address), "dst_len": net.prefixlen}
+    return {"iifname": s.get("iif")}
+
+
+def _nft(script: str) -> None:
+    import subprocess
+
+    done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=10)
+    if done.returncode != 0:
+        raise RuntimeError(f"contexts: nft: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+
+
 def undo(ipr: Any, applied: Applied) -> None:
     """Remove what apply() added, newest first; things already gone are fine."""
     for s in reversed(applied.undo):
@@ -231,7 +277,9 @@ def undo(ipr: Any, applied: Applied) -> None:
             elif s.op == "deladdr":
                 ipr.addr("del", index=_index(ipr, s.get("dev")), address=s.get("address"), prefixlen=s.get("prefixlen"))
             elif s.op == "delrule":
-                ipr.rule("del", iifname=s.get("iif"), table=s.get("table"), priority=s.get("priority"))
+                ipr.rule("del", table=s.get("table"), priority=s.get("priority"), **_rule_match(s))
+            elif s.op == "delnft":
+                _nft(f"delete table ip {NFT_TABLE}\n")
             elif s.op == "delroute":
                 ipr.route("del", **_route_kw(ipr, s))
         except Exception as exc:  # noqa: BLE001 - gone already, or the device went with its VRF

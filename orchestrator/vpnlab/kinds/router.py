@@ -24,7 +24,9 @@ def router_spec(lab: Lab, node: Node) -> ContainerSpec:
         node=node.name,
         command=AGENT_COMMAND,
         files={CONFIG_PATH: config.to_json().encode()},
-        sysctls=dict(ROUTER_SYSCTLS),
+        # contexts: the kernel's ICMP errors carry the mark of the packet they answer, so they are
+        # routed in that packet's context (vpnlab_agent/contexts/routing.py)
+        sysctls={**ROUTER_SYSCTLS, **({"net.ipv4.fwmark_reflect": "1"} if node.contexts else {})},
         has_agent=True,
     )
 

@@ -101,7 +101,7 @@ class _Run:
                 if s.get("state") == "established":
                     ike.add(tuple(sorted((str(s.get("spi_i")), str(s.get("spi_r"))))))
             for c in st["child_sas"]:
-                child.add(tuple(sorted((int(c["spi_in"]), int(c["spi_out"])))))
+                child.add(tuple(sorted((str(c["spi_in"]), str(c["spi_out"])))))
             if r.name == self.hub.name:
                 ctx = st["services"].get("contexts", {})
                 if ctx.get("method") == "tunnel-in-tunnel":
@@ -157,6 +157,7 @@ class _Run:
             try:
                 results[ctx] = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
             except (ValueError, KeyError):
+                self.say(f"iperf3 in {ctx} failed: {out.strip()[-200:]}")
                 results[ctx] = 0.0
 
         threads = [threading.Thread(target=client, args=(i, *f)) for i, f in enumerate(flows)]

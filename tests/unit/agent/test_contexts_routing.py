@@ -44,10 +44,16 @@ def test_every_context_table_ends_unreachable(method: str) -> None:
 def test_rules_mode_binds_interfaces_and_tun_devices() -> None:
     cfg = contexts_of(config_for("hsvpn", "br1").extensions)
     assert cfg is not None
-    rules = ops(routing.plan(cfg, vrf=False, tunnel_mtu=1418), "rule")
+    steps = routing.plan(cfg, vrf=False, tunnel_mtu=1418)
+    rules = [r for r in ops(steps, "rule") if "iif" in r]
     assert {(r["iif"], r["table"]) for r in rules} == {
         ("c-corp0", 101), ("t-corp", 101), ("c-voice0", 102), ("t-voice", 102), ("c-guest0", 103), ("t-guest", 103),
     }
+    # every packet entering a context carries its table as mark, and the mark picks the table, so
+    # the router's own ICMP errors (fwmark_reflect) about it are routed in that context
+    assert {(r["fwmark"], r["table"]) for r in ops(steps, "rule") if "fwmark" in r} == {(101, 101), (102, 102), (103, 103)}
+    script = routing.nft_script(ops(steps, "nft")[0]["marks"])
+    assert 'iifname "t-guest" meta mark set 103' in script and 'iifname "c-corp0" meta mark set 101' in script
 
 
 def test_tunnel_in_tunnel_vxlan_per_context() -> None:
@@ -59,7 +65,9 @@ def test_tunnel_in_tunnel_vxlan_per_context() -> None:
     assert [f["dst"] for f in ops(steps, "fdb") if f["dev"] == "x-guest"] == ["100.127.0.2", "100.127.0.3", "100.127.0.4"]
     assert {"dev": "x-guest", "master": "v-guest"} in ops(steps, "master")
     assert {"dev": "c-guest0", "master": "v-guest"} in ops(steps, "master")
-    assert not ops(steps, "rule") and not ops(steps, "unroute")  # the VRF does both
+    assert not [r for r in ops(steps, "rule") if "iif" in r] and not ops(steps, "unroute")  # the VRF does both
+    # VXLAN routes its outer packets with the inner packet's mark: the endpoints stay in main
+    assert {"to": "100.127.0.0/24", "table": 254, "priority": routing.ENDPOINT_PRIORITY} in ops(steps, "rule")
     # br2's guest LAN via br2's guest transit address, in the guest table only
     assert {"table": 103, "dst": "10.1.2.0", "dst_len": 24, "via": "100.127.3.3", "dev": "x-guest"} in ops(steps, "route")
 
