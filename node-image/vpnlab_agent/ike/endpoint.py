@@ -46,6 +46,9 @@ class IkeError(Exception):
     """A local API call that cannot be done (unknown peer, no IKE SA); one-line message."""
 
 
+SUPERSEDE_AFTER_S = 2.0  # an initiator gives up on an attempt only after several retransmissions
+
+
 class IkeEndpoint(LogLines):
     def __init__(
         self,
@@ -422,10 +425,12 @@ class IkeEndpoint(LogLines):
         if sa.init_key is None:
             return
         # Older half-open SAs from the same address and port are this initiator's earlier attempts
-        # (it gave up on them and started again with a new SPI): they will never complete.
+        # (it gave up on them and started again with a new SPI): they will never complete. Only
+        # older by more than SUPERSEDE_AFTER_S: one initiator may open several IKE SAs to us at
+        # once (per-network routing contexts: one per context, told apart by identity).
         addr = sa.init_key[1]
         for key, s in list(self._half_open.items()):
-            if key[1] == addr and s.created <= sa.created:
+            if key[1] == addr and s.created <= sa.created - SUPERSEDE_AFTER_S:
                 s.abandon(sa.established_at or sa.created, "superseded by an IKE SA from the same address")
 
     def adopt(self, sa: IkeSa) -> None:

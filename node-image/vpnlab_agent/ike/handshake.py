@@ -197,7 +197,7 @@ def auth_data(sa: IkeSa, signer_is_initiator: bool, id_payload: IDi | IDr, init_
 
 def send_auth(sa: IkeSa, now: float) -> None:
     assert sa.peer is not None
-    id_type, id_data = identity(sa.host.config.local_id)
+    id_type, id_data = identity(sa.peer.local_id or sa.host.config.local_id)  # per-peer: per-network contexts
     idi = IDi(id_type, id_data)
     spi = sa.offer_spi()
     ts_i, ts_r = selectors_for(sa.peer.local_ts), selectors_for(sa.peer.remote_ts)
@@ -321,7 +321,7 @@ def on_auth_request(sa: IkeSa, msg: Message, addr: tuple[str, int], now: float) 
         return [Notify(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]
     sa.peer = peer
     sa.learn_peer(msg)
-    id_type, id_data = identity(sa.host.config.local_id)
+    id_type, id_data = identity(peer.local_id or sa.host.config.local_id)
     idr = IDr(id_type, id_data)
     out: list = [idr, Auth(AuthMethod.PSK, auth_data(sa, sa.initiator, idr))]
     exts = sa.host.extensions
