@@ -44,3 +44,14 @@ def test_table_has_every_figure() -> None:
     text = console.export_text()
     for want in ("9 (9)", "1368 B", "122 B", "TCP corp", "90 Mbit/s", "9.5 s", "3.2 s", "4000", "0.20 s"):
         assert want in text, want
+
+
+def test_cli_refuses_an_unknown_method_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from vpnlab.cli import app
+
+    r = CliRunner().invoke(app, ["measure", "contexts", "topologies/hsvpn.yml", "--methods", "gre"])
+    assert r.exit_code != 0
+    assert "--methods: unknown gre (choose from hsvpn, tunnel-in-tunnel, per-network)" in r.output
+    assert "Traceback" not in r.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
@@ -122,7 +122,6 @@ def contexts_cmd(
         Path("contexts.png"),
 ) -> None:
     """Deploy the lab with each context method in turn: SA counts, MTU, overhead, throughput, setup, rekey."""
-    reported, out, err = _console()
     from vpnlab.errors import VpnlabError
     from vpnlab.measure import contexts as mc
 
