@@ -97,12 +97,13 @@ def _check_aes(encr: int, key_bits: int) -> None:
         raise ValueError(f"unsupported AES key length {key_bits}")
 
 
-_ENCR_NAME = {EncrId.AES_GCM_16: "aes{}gcm16", EncrId.AES_CBC: "aes{}"}
-_INTEG_NAME = {IntegId.HMAC_SHA1_96: "sha1", IntegId.HMAC_SHA2_256_128: "sha256",
+ENCR_NAMES = {EncrId.AES_GCM_16: "aes{}gcm16", EncrId.AES_CBC: "aes{}"}
+INTEG_NAMES = {IntegId.HMAC_SHA1_96: "sha1", IntegId.HMAC_SHA2_256_128: "sha256",
                IntegId.HMAC_SHA2_384_192: "sha384", IntegId.HMAC_SHA2_512_256: "sha512"}
-_PRF_NAME = {PrfId.HMAC_SHA1: "prfsha1", PrfId.HMAC_SHA2_256: "prfsha256",
+PRF_NAMES = {PrfId.HMAC_SHA1: "prfsha1", PrfId.HMAC_SHA2_256: "prfsha256",
              PrfId.HMAC_SHA2_384: "prfsha384", PrfId.HMAC_SHA2_512: "prfsha512"}
-_DH_NAME = {DhGroup.MODP_2048: "modp2048", DhGroup.ECP_256: "ecp256", DhGroup.CURVE25519: "curve25519"}
+DH_NAMES = {DhGroup.MODP_2048: "modp2048", DhGroup.MODP_3072: "modp3072", DhGroup.ECP_256: "ecp256",
+            DhGroup.ECP_384: "ecp384", DhGroup.CURVE25519: "curve25519"}
 
 
 class _AesKeys:
@@ -143,7 +144,7 @@ class IkeSuite(_AesKeys):
             raise ValueError("AES-GCM takes no integrity algorithm; AES-CBC needs one")
         if not self.aead and self.integ not in _INTEG:
             raise ValueError(f"unsupported integrity algorithm {self.integ}")
-        if self.dh not in _DH_NAME:
+        if self.dh not in DH_NAMES:
             raise ValueError(f"unsupported DH group {self.dh}")
 
     @property
@@ -160,10 +161,10 @@ class IkeSuite(_AesKeys):
 
     def describe(self) -> str:
         """strongSwan-style name, e.g. "aes128gcm16-prfsha256-ecp256"."""
-        parts = [_ENCR_NAME[self.encr].format(self.key_bits)]
+        parts = [ENCR_NAMES[self.encr].format(self.key_bits)]
         if not self.aead:
-            parts.append(_INTEG_NAME[self.integ])
-        parts += [_PRF_NAME[self.prf], _DH_NAME[self.dh]]
+            parts.append(INTEG_NAMES[self.integ])
+        parts += [PRF_NAMES[self.prf], DH_NAMES[self.dh]]
         return "-".join(parts)
 
 
@@ -184,7 +185,7 @@ class EspSuite(_AesKeys):
         if not aead and self.integ != IntegId.HMAC_SHA2_256_128:
             # the ESP engines implement HMAC-SHA2-256-128 only
             raise ValueError(f"unsupported ESP integrity algorithm {self.integ}")
-        if self.dh not in (None, DhGroup.NONE) and self.dh not in _DH_NAME:
+        if self.dh not in (None, DhGroup.NONE) and self.dh not in DH_NAMES:
             raise ValueError(f"unsupported DH group {self.dh}")
 
     def algorithm(self) -> EspAlgorithm:
@@ -194,17 +195,18 @@ class EspSuite(_AesKeys):
         return EspAlgorithm("aes-cbc", self.key_bits, "hmac-sha256-128")
 
     def describe(self) -> str:
-        parts = [_ENCR_NAME[self.encr].format(self.key_bits)]
+        parts = [ENCR_NAMES[self.encr].format(self.key_bits)]
         if not self.aead:
-            parts.append(_INTEG_NAME[self.integ])
+            parts.append(INTEG_NAMES[self.integ])
         if self.dh:
-            parts.append(_DH_NAME[self.dh])
+            parts.append(DH_NAMES[self.dh])
         return "-".join(parts)
 
 
 # --- Diffie-Hellman ----------------------------------------------------------------------------
 
-# RFC 3526 §3: the 2048-bit MODP group (group 14), generator 2.
+# RFC 3526 §3 and §4: the 2048-bit (group 14) and 3072-bit (group 15) MODP groups, generator 2.
+# The 3072-bit prime extends the 2048-bit one's leading digits (both come from the digits of pi).
 MODP_2048_P = int(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
     "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
@@ -214,14 +216,32 @@ MODP_2048_P = int(
     "15728E5A8AACAA68FFFFFFFFFFFFFFFF",
     16,
 )
-MODP_2048_G = 2
-_MODP_LEN = 256
-# Private exponent size: RFC 3526 puts group 14 at 110-160 bits of strength; 2x160 bits suffices
-# and keeps pow() fast for the 100-handshake benchmark.
-_MODP_EXP_BYTES = 40
-_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+MODP_3072_P = int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
+    "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
+    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
+    "15728E5A8AAAC42DAD33170D04507A33A85521ABDF1CBA64ECFB850458DBEF0A8AEA71575D060C7DB3970F85A6E1E4C7"
+    "ABF5AE8CDB0933D71E8C94E04A25619DCEE3D2261AD2EE6BF12FFA06D98A0864D87602733EC86A64521F2B18177B200C"
+    "BBE117577A615D6C770988C0BAD946E208E24FA074E5AB3143DB5BFCE0FD108E4B82D120A93AD2CAFFFFFFFFFFFFFFFF",
+    16,
+)
+MODP_G = 2
+# group -> (prime, private exponent bytes). RFC 3526 puts group 14 at 110-160 and group 15 at
+# 130-210 bits of strength; an exponent of twice the upper figure suffices and keeps pow() fast.
+_MODP = {DhGroup.MODP_2048: (MODP_2048_P, 40), DhGroup.MODP_3072: (MODP_3072_P, 52)}
+# RFC 5903: the KE data of an ECP group is x | y, each as long as the field.
+_ECP = {DhGroup.ECP_256: (ec.SECP256R1(), 32), DhGroup.ECP_384: (ec.SECP384R1(), 48)}
+_ECP_ORDER = {
+    DhGroup.ECP_256: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    DhGroup.ECP_384: int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973", 16
+    ),
+}
 
-DH_PUBLIC_LEN = {DhGroup.MODP_2048: 256, DhGroup.ECP_256: 64, DhGroup.CURVE25519: 32}
+DH_PUBLIC_LEN = {DhGroup.MODP_2048: 256, DhGroup.MODP_3072: 384, DhGroup.ECP_256: 64, DhGroup.ECP_384: 96,
+                 DhGroup.CURVE25519: 32}
 
 
 class DhKeyPair:
@@ -236,15 +256,17 @@ class DhKeyPair:
 
     @classmethod
     def generate(cls, group: int, rng: Rng = os.urandom) -> DhKeyPair:
-        if group == DhGroup.MODP_2048:
-            x = int.from_bytes(rng(_MODP_EXP_BYTES), "big") | (1 << (8 * _MODP_EXP_BYTES - 1))
-            y = pow(MODP_2048_G, x, MODP_2048_P)
-            return cls(group, y.to_bytes(_MODP_LEN, "big"), x)
-        if group == DhGroup.ECP_256:
-            d = int.from_bytes(rng(40), "big") % (_P256_N - 1) + 1  # 8 extra bytes: negligible bias
-            key = ec.derive_private_key(d, ec.SECP256R1())
+        if group in _MODP:
+            p, exp_bytes = _MODP[group]
+            x = int.from_bytes(rng(exp_bytes), "big") | (1 << (8 * exp_bytes - 1))
+            return cls(group, pow(MODP_G, x, p).to_bytes(DH_PUBLIC_LEN[group], "big"), x)
+        if group in _ECP:
+            curve, size = _ECP[group]
+            n = _ECP_ORDER[group]
+            d = int.from_bytes(rng(size + 8), "big") % (n - 1) + 1  # 8 extra bytes: negligible bias
+            key = ec.derive_private_key(d, curve)
             nums = key.public_key().public_numbers()
-            return cls(group, nums.x.to_bytes(32, "big") + nums.y.to_bytes(32, "big"), key)
+            return cls(group, nums.x.to_bytes(size, "big") + nums.y.to_bytes(size, "big"), key)
         if group == DhGroup.CURVE25519:
             key = x25519.X25519PrivateKey.from_private_bytes(rng(32))
             return cls(group, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw), key)
@@ -255,14 +277,15 @@ class DhKeyPair:
         expected = DH_PUBLIC_LEN[self.group]
         if len(peer_public) != expected:
             raise ValueError(f"DH group {self.group}: peer value is {len(peer_public)} bytes, not {expected}")
-        if self.group == DhGroup.MODP_2048:
+        if self.group in _MODP:
+            p = _MODP[self.group][0]
             y = int.from_bytes(peer_public, "big")
-            if not 1 < y < MODP_2048_P - 1:
+            if not 1 < y < p - 1:
                 raise ValueError("MODP peer value out of range")
-            return pow(y, self._priv, MODP_2048_P).to_bytes(_MODP_LEN, "big")  # type: ignore[arg-type]
-        if self.group == DhGroup.ECP_256:
+            return pow(y, self._priv, p).to_bytes(expected, "big")  # type: ignore[arg-type]
+        if self.group in _ECP:
             # from_encoded_point checks the point is on the curve (RFC 5903 §7 / RFC 7296 §5)
-            peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + peer_public)
+            peer = ec.EllipticCurvePublicKey.from_encoded_point(_ECP[self.group][0], b"\x04" + peer_public)
             return self._priv.exchange(ec.ECDH(), peer)  # type: ignore[attr-defined]
         peer25519 = x25519.X25519PublicKey.from_public_bytes(peer_public)
         shared = self._priv.exchange(peer25519)  # type: ignore[attr-defined]

@@ -23,27 +23,59 @@ _TOKENS: dict[str, Transform] = {}
 for _bits in (128, 192, 256):
     _TOKENS[f"aes{_bits}"] = Transform(_ENCR, EncrId.AES_CBC, _bits)
     _TOKENS[f"aes{_bits}gcm16"] = Transform(_ENCR, EncrId.AES_GCM_16, _bits)
-    _TOKENS[f"aes{_bits}gcm128"] = Transform(_ENCR, EncrId.AES_GCM_16, _bits)  # strongSwan alias
-_TOKENS["aes"] = _TOKENS["aes128"]
-for _name, _id in (("sha256", IntegId.HMAC_SHA2_256_128), ("sha2_256", IntegId.HMAC_SHA2_256_128)):
+_INTEG_IDS = {"sha256": IntegId.HMAC_SHA2_256_128, "sha384": IntegId.HMAC_SHA2_384_192,
+              "sha512": IntegId.HMAC_SHA2_512_256}
+for _name, _id in _INTEG_IDS.items():
     _TOKENS[_name] = Transform(_INTEG, _id)
-for _name, _id in (("prfsha256", PrfId.HMAC_SHA2_256), ("prfsha384", PrfId.HMAC_SHA2_384)):
+for _name, _id in (("prfsha256", PrfId.HMAC_SHA2_256), ("prfsha384", PrfId.HMAC_SHA2_384),
+                   ("prfsha512", PrfId.HMAC_SHA2_512)):
     _TOKENS[_name] = Transform(_PRF, _id)
-for _name, _id in (("modp2048", DhGroup.MODP_2048), ("ecp256", DhGroup.ECP_256),
-                   ("curve25519", DhGroup.CURVE25519), ("x25519", DhGroup.CURVE25519)):
+for _name, _id in (("modp2048", DhGroup.MODP_2048), ("modp3072", DhGroup.MODP_3072), ("ecp256", DhGroup.ECP_256),
+                   ("ecp384", DhGroup.ECP_384), ("curve25519", DhGroup.CURVE25519)):
     _TOKENS[_name] = Transform(_DH, _id)
 _TOKENS["noesn"] = Transform(_ESN, EsnId.NO_ESN)
+CANONICAL = tuple(_TOKENS)  # the names listed when a proposal has an unknown one
+# strongSwan's aliases of the same algorithms
+_ALIASES = {"aes": "aes128", "sha2_256": "sha256", "sha2_384": "sha384", "sha2_512": "sha512", "x25519": "curve25519",
+            "dh14": "modp2048", "dh15": "modp3072", "dh19": "ecp256", "dh20": "ecp384", "dh31": "curve25519"}
+for _bits in (128, 192, 256):
+    _ALIASES[f"aes{_bits}gcm128"] = f"aes{_bits}gcm16"
+    _ALIASES[f"aes{_bits}gcm"] = f"aes{_bits}gcm16"
+for _alias, _name in _ALIASES.items():
+    _TOKENS[_alias] = _TOKENS[_name]
+# The ESP engines (userspace and XFRM setup) implement HMAC-SHA2-256-128 only.
+_ESP_INTEG = {IntegId.HMAC_SHA2_256_128}
 
 # With an integrity algorithm and no explicit PRF, strongSwan uses the matching HMAC as PRF.
-_PRF_FROM_INTEG = {IntegId.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256}
+_PRF_FROM_INTEG = {IntegId.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256, IntegId.HMAC_SHA2_384_192: PrfId.HMAC_SHA2_384,
+                   IntegId.HMAC_SHA2_512_256: PrfId.HMAC_SHA2_512}
+
+
+def supported(esp: bool) -> str:
+    """What a proposal may name, by kind, for error messages."""
+    kinds = {_ENCR: "encryption", _INTEG: "integrity", _PRF: "PRF", _DH: "DH"}
+    names: dict[int, list[str]] = {}
+    for name in CANONICAL:
+        t = _TOKENS[name]
+        if t.type in kinds and _allowed(t, esp):
+            names.setdefault(t.type, []).append(name)
+    return "; ".join(f"{kinds[k]}: {' '.join(v)}" for k, v in names.items())
+
+
+def _allowed(t: Transform, esp: bool) -> bool:
+    if not esp:
+        return t.type != _ESN
+    return t.type != _PRF and (t.type != _INTEG or t.id in _ESP_INTEG)
 
 
 def _parse(text: str, esp: bool) -> list[Transform]:
     by_type: dict[int, list[Transform]] = {}
     for token in text.strip().lower().split("-"):
         t = _TOKENS.get(token)
-        if t is None or (esp and t.type == _PRF):
-            raise ValueError(f"proposal {text!r}: unknown or unsupported algorithm {token!r}")
+        if t is None or not _allowed(t, esp):
+            kind = "ESP" if esp else "IKE"
+            raise ValueError(f"{kind} proposal {text!r}: unsupported algorithm {token!r} "
+                             f"(supported: {supported(esp)})")
         lst = by_type.setdefault(t.type, [])
         if t not in lst:
             lst.append(Transform(t.type, t.id, t.key_length))
@@ -71,6 +103,14 @@ def _parse(text: str, esp: bool) -> list[Transform]:
         by_type.setdefault(_ESN, [Transform(_ESN, EsnId.NO_ESN)])  # our ESP engines have no ESN
     order = (_ENCR, _PRF, _INTEG, _DH, _ESN)  # the order strongSwan sends
     return [t for typ in order for t in by_type.get(typ, [])]
+
+
+def canonical(text: str, esp: bool) -> str:
+    """A valid proposal string with every alias replaced by its canonical name (what swanctl.conf
+    gets); ValueError naming the problem otherwise."""
+    _parse(text, esp)
+    names = {id(_TOKENS[n]): n for n in CANONICAL}
+    return "-".join(names[id(_TOKENS[t])] for t in text.strip().lower().split("-"))
 
 
 def ike_proposals_from_config(configs: list[str] | tuple[str, ...], spi: bytes = b"") -> list[Proposal]:

@@ -1,68 +1,24 @@
-"""Our proposal strings ("aes128gcm16-prfsha256-ecp256") mapped to strongSwan's keywords.
+"""Proposal strings of the node config as swanctl.conf values.
 
-Our strings already use strongSwan-like tokens; this maps the few aliases we accept (dh14, x25519,
-aes128gcm, ...) and refuses anything unknown, so a typo fails at render time with a clear line
-instead of a proposal strongSwan silently ignores.
+A strongSwan node takes the same proposal vocabulary as our agent (vpnlab_agent.ike.proposals), so
+one topology means the same suites whichever implementation a router runs, and a typo fails at
+render time with the list of what is supported instead of a proposal charon silently ignores.
 """
 
 from __future__ import annotations
+
+from vpnlab_agent.ike.proposals import canonical
 
 
 class ProposalError(ValueError):
     """A proposal string has a token we cannot map; one-line message."""
 
 
-_ENCR = {
-    "aes128gcm16": "aes128gcm16", "aes128gcm": "aes128gcm16", "aes128gcm128": "aes128gcm16",
-    "aes256gcm16": "aes256gcm16", "aes256gcm": "aes256gcm16", "aes256gcm128": "aes256gcm16",
-    "aes": "aes128", "aes128": "aes128", "aes128cbc": "aes128",
-    "aes256": "aes256", "aes256cbc": "aes256",
-}
-_INTEG = {
-    "sha256": "sha256", "sha2_256": "sha256", "hmacsha256": "sha256", "sha256_128": "sha256",
-    "sha384": "sha384", "sha2_384": "sha384",
-}
-_PRF = {"prfsha256": "prfsha256", "prfsha384": "prfsha384"}
-_DH = {
-    "modp2048": "modp2048", "dh14": "modp2048",
-    "ecp256": "ecp256", "dh19": "ecp256",
-    "curve25519": "curve25519", "x25519": "curve25519", "dh31": "curve25519",
-}
-
-
 def _map(proposal: str, *, ike: bool) -> str:
-    tokens = [t for t in proposal.strip().lower().split("-") if t]
-    if not tokens:
-        raise ProposalError("empty proposal")
-    out: list[str] = []
-    encr = integ = prf = False
-    for token in tokens:
-        if token in _ENCR:
-            encr = True
-            out.append(_ENCR[token])
-        elif token in _INTEG:
-            integ = True
-            out.append(_INTEG[token])
-        elif ike and token in _PRF:
-            prf = True
-            out.append(_PRF[token])
-        elif token in _DH:
-            out.append(_DH[token])
-        elif token == "esn" or token == "noesn":
-            out.append(token)
-        else:
-            kind = "IKE" if ike else "ESP"
-            raise ProposalError(f"{kind} proposal {proposal!r}: unknown algorithm {token!r}")
-    if not encr:
-        raise ProposalError(f"proposal {proposal!r}: no encryption algorithm")
-    aead = any("gcm" in t for t in out)
-    if not aead and not integ:
-        raise ProposalError(f"proposal {proposal!r}: a non-AEAD cipher needs an integrity algorithm")
-    if ike and aead and not prf:
-        raise ProposalError(f"IKE proposal {proposal!r}: an AEAD cipher needs a PRF (e.g. prfsha256)")
-    if ike and not any(t in _DH.values() for t in out):
-        raise ProposalError(f"IKE proposal {proposal!r}: no DH group")
-    return "-".join(out)
+    try:
+        return canonical(proposal, esp=not ike)
+    except ValueError as exc:
+        raise ProposalError(str(exc)) from None
 
 
 def ike_proposals(proposals: tuple[str, ...] | list[str]) -> str:

@@ -67,9 +67,10 @@ def _write(path: str, text: str, mode: int = 0o600) -> None:
 # one vocabulary whichever implementation a node runs (unknown names pass through lower-cased).
 _IKE_ENCR = {"AES_GCM_16": "aes{bits}gcm16", "AES_CBC": "aes{bits}"}
 _IKE_NAMES = {
-    "HMAC_SHA2_256_128": "sha256", "HMAC_SHA2_384_192": "sha384",
-    "PRF_HMAC_SHA2_256": "prfsha256", "PRF_HMAC_SHA2_384": "prfsha384",
-    "MODP_2048": "modp2048", "ECP_256": "ecp256", "CURVE_25519": "curve25519",
+    "HMAC_SHA2_256_128": "sha256", "HMAC_SHA2_384_192": "sha384", "HMAC_SHA2_512_256": "sha512",
+    "PRF_HMAC_SHA2_256": "prfsha256", "PRF_HMAC_SHA2_384": "prfsha384", "PRF_HMAC_SHA2_512": "prfsha512",
+    "MODP_2048": "modp2048", "MODP_3072": "modp3072", "ECP_256": "ecp256", "ECP_384": "ecp384",
+    "CURVE_25519": "curve25519",
 }
 _ESP_ENCR = {"AES_GCM_16": "aes-gcm-16", "AES_CBC": "aes-cbc"}
 _ESP_INTEG = {"HMAC_SHA2_256_128": "hmac-sha256-128"}

@@ -173,8 +173,8 @@ def test_algorithm_names_for_cbc_and_other_groups() -> None:
     _, (c,) = parse_list_sas([{"p": {"child-sas": {"p-1": child}}}])
     assert c["algorithm"] == "aes-cbc-128-hmac-sha256-128"
     (odd,), _ = parse_list_sas([{"p": {"encr-alg": "CHACHA20_POLY1305", "encr-keysize": "256",
-                                       "dh-group": "MODP_3072"}}])
-    assert odd["algorithms"] == "chacha20_poly1305-modp_3072"
+                                       "dh-group": "MODP_1024"}}])
+    assert odd["algorithms"] == "chacha20_poly1305-modp_1024"
 
 
 def test_parse_list_sas_tolerates_half_built_sas() -> None:

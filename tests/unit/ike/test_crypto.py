@@ -12,6 +12,7 @@ from vpnlab_agent.ike.codec import Message, Nonce, encode
 from vpnlab_agent.ike.constants import DhGroup, EncrId, IntegId, PrfId
 from vpnlab_agent.ike.crypto import (
     MODP_2048_P,
+    MODP_3072_P,
     DhKeyPair,
     EspSuite,
     IkeSuite,
@@ -110,10 +111,37 @@ def test_modp2048_is_rfc3526_group_and_agrees() -> None:
     assert len(s) == 256 and s == b.shared_secret(a.public_bytes)
 
 
-@pytest.mark.parametrize("group", [DhGroup.MODP_2048, DhGroup.ECP_256, DhGroup.CURVE25519])
+def test_ecp384_rfc5903_vector() -> None:
+    i = int("099F3C7034D4A2C699884D73A375A67F7624EF7C6B3C0F160647B67414DCE655E35B538041E649EE3FAEF896783AB194", 16)
+    r = int("41CB0779B4BDB85D47846725FBEC3C9430FAB46CC8DC5060855CC9BDA0AA2942E0308312916B8ED2960E4BD55A7448FC", 16)
+    gi = ("667842D7D180AC2CDE6F74F37551F55755C7645C20EF73E31634FE72B4C55EE6DE3AC808ACB4BDB4C88732AEE95F41AA"
+          "9482ED1FC0EEB9CAFC4984625CCFC23F65032149E0E144ADA024181535A0F38EEB9FCFF3C2C947DAE69B4C634573A81C")
+    a = DhKeyPair.generate(DhGroup.ECP_384, fixed_rng((i - 1).to_bytes(56, "big")))
+    b = DhKeyPair.generate(DhGroup.ECP_384, fixed_rng((r - 1).to_bytes(56, "big")))
+    assert a.public_bytes.hex().upper() == gi and b.public_bytes[:48].hex().upper() == (
+        "E558DBEF53EECDE3D3FCCFC1AEA08A89A987475D12FD950D83CFA41732BC509D0D1AC43A0336DEF96FDA41D0774A3571")
+    shared = "11187331C279962D93D604243FD592CB9D0A926F422E47187521287E7156C5C4D603135569B9E9D09CF5D4A270F59746"
+    assert a.shared_secret(b.public_bytes).hex().upper() == shared
+    assert b.shared_secret(bytes.fromhex(gi)).hex().upper() == shared
+
+
+def test_modp3072_is_rfc3526_group() -> None:
+    # RFC 3526 §4: p = 2^3072 - 2^3008 - 1 + 2^64 * ( [2^2942 pi] + 1690314 ); its leading digits
+    # of pi are those of the 2048-bit prime
+    assert MODP_3072_P.bit_length() == 3072 and MODP_3072_P % 2**64 == 2**64 - 1
+    assert MODP_3072_P >> 3008 == 2**64 - 1
+    assert (MODP_3072_P >> 1088) >> 64 == (MODP_2048_P >> 64) >> 64
+    assert pow(3, MODP_3072_P - 1, MODP_3072_P) == 1  # a Fermat witness of primality
+    a = DhKeyPair.generate(DhGroup.MODP_3072, fixed_rng(b"\x02" * 52))
+    x = int.from_bytes(b"\x02" * 52, "big") | 1 << 415
+    assert a.public_bytes == pow(2, x, MODP_3072_P).to_bytes(384, "big")
+
+
+@pytest.mark.parametrize("group", [DhGroup.MODP_2048, DhGroup.MODP_3072, DhGroup.ECP_256, DhGroup.ECP_384,
+                                   DhGroup.CURVE25519])
 def test_dh_agreement_and_lengths(group: int) -> None:
     a, b = DhKeyPair.generate(group), DhKeyPair.generate(group)
-    assert len(a.public_bytes) == {14: 256, 19: 64, 31: 32}[group]
+    assert len(a.public_bytes) == {14: 256, 15: 384, 19: 64, 20: 96, 31: 32}[group]
     assert a.shared_secret(b.public_bytes) == b.shared_secret(a.public_bytes)
     with pytest.raises(ValueError):
         a.shared_secret(b.public_bytes[:-1])

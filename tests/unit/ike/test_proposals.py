@@ -8,6 +8,7 @@ from vpnlab_agent.ike.codec import Proposal, Transform
 from vpnlab_agent.ike.constants import DhGroup, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
 from vpnlab_agent.ike.crypto import EspSuite, IkeSuite
 from vpnlab_agent.ike.proposals import (
+    canonical,
     dh_group,
     esp_proposals_from_config,
     ike_proposals_from_config,
@@ -163,3 +164,28 @@ def test_suite_from_proposal_needs_one_per_type() -> None:
         suite_from_proposal(Proposal(1, ProtocolId.IKE, b"", [Transform(ENCR, EncrId.AES_GCM_16, 128)]))
     assert suite_from_proposal(ike_proposals_from_config(["aes128-sha256-modp2048"])[0]) == IkeSuite(
         EncrId.AES_CBC, 128, PrfId.HMAC_SHA2_256, IntegId.HMAC_SHA2_256_128, DhGroup.MODP_2048)
+
+
+@pytest.mark.parametrize(
+    ("text", "dh"),
+    [("aes256gcm16-prfsha384-ecp384", DhGroup.ECP_384), ("aes128-sha256-modp3072", DhGroup.MODP_3072),
+     ("aes256-sha384-dh20", DhGroup.ECP_384), ("aes128gcm16-prfsha512-x25519", DhGroup.CURVE25519)],
+)
+def test_groups_and_aliases_users_pick(text: str, dh: int) -> None:
+    (p,) = ike_proposals_from_config([text])
+    assert dh_group(p) == dh
+    assert suite_from_proposal(select([p], [p])).dh == dh  # type: ignore[arg-type,union-attr]
+
+
+def test_unknown_algorithm_lists_what_is_supported() -> None:
+    with pytest.raises(ValueError, match=r"IKE proposal 'aes128-sha1-modp2048': unsupported algorithm 'sha1' "
+                       r"\(supported: encryption: aes128 .*; integrity: sha256 sha384 sha512; .*DH: .*ecp384"):
+        ike_proposals_from_config(["aes128-sha1-modp2048"])
+    # the ESP engines do HMAC-SHA2-256-128 only
+    with pytest.raises(ValueError, match=r"unsupported algorithm 'sha384' \(supported: .*integrity: sha256;"):
+        esp_proposals_from_config(["aes128-sha384"])
+
+
+def test_canonical_names_replace_aliases() -> None:
+    assert canonical("AES128GCM-PRFSHA256-DH19", esp=False) == "aes128gcm16-prfsha256-ecp256"
+    assert canonical("aes256-sha2_256", esp=True) == "aes256-sha256"
