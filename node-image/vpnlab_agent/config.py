@@ -15,10 +15,12 @@ from typing import Any, Literal
 CONFIG_PATH = "/etc/vpnlab/node.json"
 STATE_DIR = "/run/vpnlab"
 CONTROL_SOCKET = "/run/vpnlab/agent.sock"
+PKI_DIR = "/etc/vpnlab/pki"  # the lab CA's certificate, this router's certificate and key (mode 0600)
 
 Role = Literal["hub", "branch", "gateway", "upstream"]  # upstream: a cluster's router, no IKE
 Implementation = Literal["agent", "strongswan"]
 Dataplane = Literal["auto", "userspace", "xfrm"]
+Auth = Literal["psk", "cert"]
 
 
 @dataclass(frozen=True)
@@ -46,18 +48,36 @@ class PeerConfig:
     local_ts: tuple[str, ...]  # CIDRs protected on our side
     remote_ts: tuple[str, ...]  # CIDRs reached through this peer
     local_id: str | None = None  # our identity towards this peer; None: IkeConfig.local_id
+    auth: Auth = "psk"  # how the peer proves its identity
+    psk: str | None = None  # this tunnel's key; None: IkeConfig.psk
+    # auth "cert": the certificate the lab issued to this peer (PEM file). Any other one, even from
+    # the lab CA with the right name, is refused: revoked by omission.
+    cert_file: str | None = None
+
+
+@dataclass(frozen=True)
+class PkiConfig:
+    """PEM files: the lab CA (the only trust anchor), our certificate (identity in its
+    subjectAltName) and its private key."""
+
+    ca_file: str = f"{PKI_DIR}/ca.pem"
+    cert_file: str = f"{PKI_DIR}/cert.pem"
+    key_file: str = f"{PKI_DIR}/key.pem"
 
 
 @dataclass(frozen=True)
 class IkeConfig:
     local_id: str  # FQDN identity
-    psk: str
+    psk: str  # for peers without their own (mesh shortcuts: the lab-wide key); "" for none
     ike_proposals: tuple[str, ...] = ("aes128gcm16-prfsha256-ecp256",)
     esp_proposals: tuple[str, ...] = ("aes128gcm16",)
     ike_lifetime_s: int = 14400
     child_lifetime_s: int = 3600
     dpd_interval_s: int = 10
     peers: tuple[PeerConfig, ...] = ()
+    auth: Auth = "psk"  # how we prove our identity
+    rekey_margin_s: int | None = None  # rekey this long before a lifetime ends; None: a tenth of it
+    pki: PkiConfig | None = None  # auth "cert", or peers that use it
 
 
 @dataclass(frozen=True)
@@ -93,6 +113,7 @@ _NESTED: dict[str, type] = {
     "routes": RouteConfig,
     "peers": PeerConfig,
     "ike": IkeConfig,
+    "pki": PkiConfig,
 }
 
 

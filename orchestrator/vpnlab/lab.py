@@ -9,6 +9,7 @@ included, destroys what was made and re-raises.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -210,9 +211,19 @@ def _refuse_existing(name: str, rt: Runtime) -> None:
 
 
 def _container_specs(lab: Lab) -> dict[str, ContainerSpec]:
+    """What each kind starts, plus the lab PKI's files for routers that use certificates: one CA per
+    deploy, so it is made here rather than per node."""
     from vpnlab.kinds.registry import kind_for
+    from vpnlab.pki import make_lab_pki, needs_pki
 
-    return {node.name: kind_for(node).container_spec(lab, node) for node in lab.nodes}
+    specs = {node.name: kind_for(node).container_spec(lab, node) for node in lab.nodes}
+    if needs_pki(lab):
+        pki = make_lab_pki(lab)
+        for node in lab.routers:
+            extra = pki.files_for(lab, node)
+            if extra:
+                specs[node.name] = dataclasses.replace(specs[node.name], files={**specs[node.name].files, **extra})
+    return specs
 
 
 def _start_and_wire(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from ipaddress import IPv4Network
 
-from vpnlab_agent.config import IkeConfig, InterfaceConfig, NodeConfig, PeerConfig
+from vpnlab_agent.config import PKI_DIR, IkeConfig, InterfaceConfig, NodeConfig, PeerConfig, PkiConfig
 
 from vpnlab import cluster_config
 from vpnlab.errors import LabError
@@ -52,7 +52,7 @@ def build_node_config(lab: Lab, node: Node) -> NodeConfig:
         routes=cluster_config.underlay_routes(lab, node),
         lan_subnets=_cidrs(node.lan_subnets),
         dataplane=node.dataplane,
-        ike=IkeConfig(local_id=node.name, psk=node.psk or "", peers=peers),
+        ike=ike_config(lab, node, peers),
         extensions=_extensions(mesh=mesh_extension(lab, node), contexts=context_extension(lab, node, others),
                                redirect=cluster_config.redirect_extension(lab, node)),
     )
@@ -64,6 +64,39 @@ def build_node_config(lab: Lab, node: Node) -> NodeConfig:
 def _extensions(**parts: dict[str, object]) -> dict[str, object]:
     """Only "mesh" always; the others when the node uses them, so plain configs stay as they were."""
     return {k: v for k, v in parts.items() if v or k == "mesh"}
+
+
+def ike_config(lab: Lab, node: Node, peers: tuple[PeerConfig, ...]) -> IkeConfig:
+    c = node.crypto
+    uses_cert = c.auth == "cert" or any(p.auth == "cert" for p in peers)
+    return IkeConfig(
+        local_id=node.name,
+        psk=lab.psk or "",
+        ike_proposals=c.ike_proposals,
+        esp_proposals=c.esp_proposals,
+        ike_lifetime_s=c.ike_lifetime_s,
+        child_lifetime_s=c.child_lifetime_s,
+        dpd_interval_s=c.dpd_interval_s,
+        peers=peers,
+        auth=c.auth,
+        rekey_margin_s=c.rekey_margin_s,
+        pki=PkiConfig() if uses_cert else None,
+    )
+
+
+def peer_cert_file(name: str) -> str:
+    """Where a router finds the certificate the lab issued to its peer `name` (vpnlab.pki)."""
+    return f"{PKI_DIR}/peers/{name}.pem"
+
+
+def _tunnel(lab: Lab, node: Node, peer: Node) -> dict[str, object]:
+    """The PeerConfig keys both ends of one tunnel must agree on: auth method, key, certificate."""
+    uses_psk = "psk" in (node.crypto.auth, peer.crypto.auth)
+    return {
+        "auth": peer.crypto.auth,
+        "psk": lab.psk_between(node.name, peer.name) if uses_psk else None,
+        "cert_file": peer_cert_file(peer.name) if peer.crypto.auth == "cert" else None,
+    }
 
 
 def mesh_extension(lab: Lab, node: Node) -> dict[str, object]:
@@ -100,6 +133,7 @@ def _hub_peer(lab: Lab, hub: Node, branch: Node) -> PeerConfig:
         initiate=False,
         local_ts=_cidrs(reached_via_hub(lab, hub, branch.name)),
         remote_ts=_cidrs(branch.lan_subnets),
+        **_tunnel(lab, hub, branch),  # type: ignore[arg-type]
     )
 
 
@@ -111,6 +145,7 @@ def _branch_peer(lab: Lab, branch: Node, hub: Node) -> PeerConfig:
         initiate=True,
         local_ts=_cidrs(branch.lan_subnets),
         remote_ts=_cidrs(reached_via_hub(lab, hub, branch.name)),
+        **_tunnel(lab, branch, hub),  # type: ignore[arg-type]
     )
 
 

@@ -33,12 +33,18 @@ def test_hub(lab) -> None:
     assert cfg.ike is not None
     assert (cfg.ike.local_id, cfg.ike.psk) == ("hub", "vpnlab-hub-spoke-psk")
     assert cfg.ike.peers == (
-        PeerConfig("br1", "br1", "198.51.100.11", False, ("10.0.0.0/24", "10.2.0.0/24", "10.3.0.0/24"), ("10.1.0.0/24",)),
-        PeerConfig("br2", "br2", "198.51.100.12", False, ("10.0.0.0/24", "10.1.0.0/24", "10.3.0.0/24"), ("10.2.0.0/24",)),
-        PeerConfig("br3", "br3", "198.51.100.13", False, ("10.0.0.0/24", "10.1.0.0/24", "10.2.0.0/24"), ("10.3.0.0/24",)),
+        PeerConfig("br1", "br1", "198.51.100.11", False, ("10.0.0.0/24", "10.2.0.0/24", "10.3.0.0/24"), ("10.1.0.0/24",),
+                   psk=PSK),
+        PeerConfig("br2", "br2", "198.51.100.12", False, ("10.0.0.0/24", "10.1.0.0/24", "10.3.0.0/24"), ("10.2.0.0/24",),
+                   psk=PSK),
+        PeerConfig("br3", "br3", "198.51.100.13", False, ("10.0.0.0/24", "10.1.0.0/24", "10.2.0.0/24"), ("10.3.0.0/24",),
+                   psk=PSK),
     )
     assert cfg.extensions == {"mesh": {"enabled": False, "idle_timeout_s": 300, "max_tunnels": None, "device": None,
                                        "behind_nat": False, "relay": False}}
+
+
+PSK = "vpnlab-hub-spoke-psk"
 
 
 def test_branch(lab) -> None:
@@ -46,7 +52,8 @@ def test_branch(lab) -> None:
     assert cfg.role == "branch" and cfg.public_address == "198.51.100.12"
     assert cfg.ike is not None
     assert cfg.ike.peers == (
-        PeerConfig("hub", "hub", "198.51.100.10", True, ("10.2.0.0/24",), ("10.0.0.0/24", "10.1.0.0/24", "10.3.0.0/24")),
+        PeerConfig("hub", "hub", "198.51.100.10", True, ("10.2.0.0/24",), ("10.0.0.0/24", "10.1.0.0/24", "10.3.0.0/24"),
+                   psk=PSK),
     )
 
 

@@ -70,10 +70,10 @@ def _allowed(t: Transform, esp: bool) -> bool:
 
 def _parse(text: str, esp: bool) -> list[Transform]:
     by_type: dict[int, list[Transform]] = {}
+    kind = "ESP" if esp else "IKE"
     for token in text.strip().lower().split("-"):
         t = _TOKENS.get(token)
         if t is None or not _allowed(t, esp):
-            kind = "ESP" if esp else "IKE"
             raise ValueError(f"{kind} proposal {text!r}: unsupported algorithm {token!r} "
                              f"(supported: {supported(esp)})")
         lst = by_type.setdefault(t.type, [])
@@ -81,24 +81,24 @@ def _parse(text: str, esp: bool) -> list[Transform]:
             lst.append(Transform(t.type, t.id, t.key_length))
     encrs = by_type.get(_ENCR)
     if not encrs:
-        raise ValueError(f"proposal {text!r}: no encryption algorithm")
+        raise ValueError(f"{kind} proposal {text!r}: no encryption algorithm")
     aead = {t.id == EncrId.AES_GCM_16 for t in encrs}
     if len(aead) != 1:
-        raise ValueError(f"proposal {text!r}: mixes AEAD and non-AEAD ciphers")
+        raise ValueError(f"{kind} proposal {text!r}: mixes AEAD and non-AEAD ciphers")
     if aead == {True} and _INTEG in by_type:
-        raise ValueError(f"proposal {text!r}: AES-GCM takes no integrity algorithm")
+        raise ValueError(f"{kind} proposal {text!r}: AES-GCM takes no integrity algorithm")
     if aead == {False} and _INTEG not in by_type:
-        raise ValueError(f"proposal {text!r}: AES-CBC needs an integrity algorithm")
+        raise ValueError(f"{kind} proposal {text!r}: AES-CBC needs an integrity algorithm")
     if not esp:
         if _PRF not in by_type:
             derived = [_PRF_FROM_INTEG[t.id] for t in by_type.get(_INTEG, []) if t.id in _PRF_FROM_INTEG]
             if not derived:
-                raise ValueError(f"proposal {text!r}: needs a PRF (e.g. prfsha256)")
+                raise ValueError(f"{kind} proposal {text!r}: needs a PRF (e.g. prfsha256)")
             by_type[_PRF] = [Transform(_PRF, i) for i in dict.fromkeys(derived)]
         if _DH not in by_type:
-            raise ValueError(f"proposal {text!r}: needs a DH group (e.g. ecp256)")
+            raise ValueError(f"{kind} proposal {text!r}: needs a DH group (e.g. ecp256)")
         if _ESN in by_type:
-            raise ValueError(f"proposal {text!r}: ESN is an ESP option")
+            raise ValueError(f"{kind} proposal {text!r}: ESN is an ESP option")
     else:
         by_type.setdefault(_ESN, [Transform(_ESN, EsnId.NO_ESN)])  # our ESP engines have no ESN
     order = (_ENCR, _PRF, _INTEG, _DH, _ESN)  # the order strongSwan sends

@@ -91,9 +91,17 @@ class Connection:
     remote_addrs: str
     proposals: str
     esp_proposals: str
-    ike_rekey_s: int
+    ike_rekey_s: int  # rekey_time = lifetime - margin; over_time = margin, so the SA ends at its lifetime
+    ike_over_s: int
     child_rekey_s: int
+    child_life_s: int
     dpd_delay_s: int
+    local_auth: str  # swanctl auth: psk | pubkey (signatures, RFC 7427 by default)
+    remote_auth: str
+    local_cert: str | None
+    remote_cert: str | None  # the peer's certificate, pinned
+    ca_cert: str | None
+    psk_hex: str | None  # this tunnel's key, hex so every byte survives
     local_id: str
     remote_id: str
     local_ts: str
@@ -107,17 +115,19 @@ def connections(config: NodeConfig) -> list[Connection]:
     if config.ike is None:
         raise RenderError(f"node {config.name}: strongswan implementation needs an ike section")
     ike = config.ike
-    if not ike.psk:
-        raise RenderError(f"node {config.name}: empty PSK")
     try:
         proposals = ike_proposals(ike.ike_proposals)
         esp = esp_proposals(ike.esp_proposals)
     except ProposalError as exc:
         raise RenderError(f"node {config.name}: {exc}") from None
     for value, what in ((ike.ike_lifetime_s, "ike_lifetime_s"), (ike.child_lifetime_s, "child_lifetime_s"),
-                        (ike.dpd_interval_s, "dpd_interval_s")):
+                        (ike.dpd_interval_s, "dpd_interval_s"), (ike.rekey_margin_s or 1, "rekey_margin_s")):
         if not isinstance(value, int) or value <= 0:
             raise RenderError(f"node {config.name}: {what} must be a positive number of seconds")
+    if ike.rekey_margin_s and ike.rekey_margin_s >= min(ike.ike_lifetime_s, ike.child_lifetime_s):
+        raise RenderError(f"node {config.name}: rekey_margin_s must be shorter than both lifetimes")
+    if (ike.auth == "cert" or any(p.auth == "cert" for p in ike.peers)) and ike.pki is None:
+        raise RenderError(f"node {config.name}: certificate authentication needs the pki files")
     local_id = identity(ike.local_id)
     local_addr = local_address(config)
     seen: set[str] = set()
@@ -143,15 +153,29 @@ def _connection(
         raise RenderError(f"peer {peer.name}: needs local and remote traffic selectors")
     ike = config.ike
     assert ike is not None
+    psk = peer.psk if peer.psk is not None else ike.psk
+    if "psk" in (ike.auth, peer.auth) and not psk:
+        raise RenderError(f"peer {peer.name}: empty PSK")
+    if peer.auth == "cert" and not peer.cert_file:
+        raise RenderError(f"peer {peer.name}: certificate authentication needs the peer's certificate")
+    pki = ike.pki
     return Connection(
         name=peer.name,
         local_addrs=local_addr,
         remote_addrs=_address(peer.address, f"peer {peer.name}") if peer.address else "%any",
         proposals=proposals,
         esp_proposals=esp,
-        ike_rekey_s=ike.ike_lifetime_s,
-        child_rekey_s=ike.child_lifetime_s,
+        ike_rekey_s=ike.ike_lifetime_s - margin(ike.ike_lifetime_s, ike.rekey_margin_s),
+        ike_over_s=margin(ike.ike_lifetime_s, ike.rekey_margin_s),
+        child_rekey_s=ike.child_lifetime_s - margin(ike.child_lifetime_s, ike.rekey_margin_s),
+        child_life_s=ike.child_lifetime_s,
         dpd_delay_s=ike.dpd_interval_s,
+        local_auth=_SWANCTL_AUTH[ike.auth],
+        remote_auth=_SWANCTL_AUTH[peer.auth],
+        local_cert=pki.cert_file if pki and ike.auth == "cert" else None,
+        remote_cert=peer.cert_file if peer.auth == "cert" else None,
+        ca_cert=pki.ca_file if pki and peer.auth == "cert" else None,
+        psk_hex="0x" + psk.encode().hex() if "psk" in (ike.auth, peer.auth) else None,
         local_id=local_id,
         remote_id=identity(peer.remote_id),
         local_ts=_cidrs(local_ts, f"peer {peer.name} local_ts"),
@@ -164,14 +188,17 @@ def _connection(
     )
 
 
+def margin(lifetime: int, rekey_margin: int | None) -> int:
+    """How long before the end of a lifetime the SA is rekeyed: the configured margin, else a
+    tenth (the agent's default too)."""
+    return rekey_margin if rekey_margin else max(1, lifetime // 10)
+
+
+_SWANCTL_AUTH = {"psk": "psk", "cert": "pubkey"}
+
+
 def render_swanctl(config: NodeConfig) -> str:
-    conns = connections(config)
-    assert config.ike is not None
-    # Hex keeps any PSK byte-exact, with no quoting rules to get wrong.
-    psk_hex = "0x" + config.ike.psk.encode().hex()
-    return _env().get_template("swanctl.conf.j2").render(
-        node=config.name, connections=conns, psk_hex=psk_hex
-    )
+    return _env().get_template("swanctl.conf.j2").render(node=config.name, connections=connections(config))
 
 
 def render_strongswan_conf(

@@ -201,14 +201,24 @@ class StrongswanService:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "STRONGSWAN_CONF": self.paths.strongswan_conf}
+        return {**os.environ, "STRONGSWAN_CONF": self.paths.strongswan_conf, "SWANCTL_DIR": self.swanctl_dir}
 
     @property
     def dataplane(self) -> str:
         return "strongswan-libipsec" if self.libipsec else "strongswan-kernel"
 
+    @property
+    def swanctl_dir(self) -> str:
+        return os.path.dirname(self.paths.swanctl_conf)
+
     def render(self) -> None:
         _write(self.paths.swanctl_conf, render_swanctl(self.config))
+        ike = self.config.ike
+        if ike is not None and ike.auth == "cert" and ike.pki is not None:
+            # swanctl takes private keys only from its own private/ folder, never from a path in
+            # swanctl.conf; certificates it takes from the absolute paths the config names.
+            with open(ike.pki.key_file, encoding="ascii") as f:
+                _write(os.path.join(self.swanctl_dir, "private", "vpnlab.pem"), f.read())
         _write(self.paths.strongswan_conf, render_strongswan_conf(
             self.config, vici_socket=self.paths.vici_socket, routing_table=self.paths.routing_table,
             libipsec=self.libipsec,

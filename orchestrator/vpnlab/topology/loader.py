@@ -219,7 +219,7 @@ def pydantic_to_topology_error(file: str, exc: ValidationError) -> TopologyError
     elif etype in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         msg = f"{msg[0].lower()}{msg[1:]}, got {err['input']!r}"
     else:
-        msg = msg[0].lower() + msg[1:] if msg else etype
+        msg = msg[0].lower() + msg[1:] if msg and not msg[:2].isupper() else msg or etype  # keep "IKE ..."
     return TopologyError(file, ".".join(loc), msg)
 
 

@@ -44,6 +44,18 @@ class MeshSettings:  # Advanced Mesh VPN (docs/mesh.md)
 
 
 @dataclass(frozen=True)
+class CryptoSettings:  # a router's IKE/ESP settings (docs/topology.md, `crypto` and `auth`)
+    auth: Literal["psk", "cert"] = "psk"  # how this router proves its identity
+    ike_proposals: tuple[str, ...] = ("aes128gcm16-prfsha256-ecp256",)
+    esp_proposals: tuple[str, ...] = ("aes128gcm16",)
+    ike_lifetime_s: int = 14400
+    child_lifetime_s: int = 3600
+    rekey_margin_s: int | None = None  # None: a tenth of each lifetime
+    dpd_interval_s: int = 10
+    cert_key: Literal["ecdsa-p256", "rsa-2048"] = "ecdsa-p256"
+
+
+@dataclass(frozen=True)
 class Context:
     """One routing context of one router (docs/hsvpn.md): its own routing table and LAN segments.
 
@@ -68,7 +80,8 @@ class Node:
     hubs: tuple[str, ...] = ()  # branches: hubs they attach to
     router: str | None = None  # hosts: the router whose LAN they sit in
     gateway: IPv4Address | None = None  # hosts: default gateway (router LAN address)
-    psk: str | None = None  # routers: pre-shared key
+    psk: str | None = None  # routers: their own PSK (`secret`), None: the pair's or the lab's
+    crypto: CryptoSettings = field(default_factory=CryptoSettings)
     dataplane: Literal["auto", "userspace", "xfrm"] = "auto"
     behind_nat: bool = False  # branch without a public address: reaches the hub, accepts no shortcut
     mesh: MeshSettings = field(default_factory=MeshSettings)
@@ -114,6 +127,18 @@ class Lab:
     clusters: tuple[Cluster, ...] = ()
     context_method: str = "hsvpn"  # hsvpn | tunnel-in-tunnel | per-network (docs/hsvpn.md)
     inner_block: IPv4Network | None = None  # tunnel-in-tunnel endpoint/transit addresses (contexts.py)
+    psk: str | None = None  # the lab-wide PSK
+    pair_psks: tuple[tuple[frozenset[str], str], ...] = ()  # ({router, router}, PSK)
+
+    def psk_between(self, a: str, b: str) -> str | None:
+        """The PSK of the tunnel between routers a and b: the pair's own, else the branch's, else
+        the hub's, else the lab-wide one (docs/topology.md, `secrets`)."""
+        pair = frozenset((a, b))
+        for names, psk in self.pair_psks:
+            if names == pair:
+                return psk
+        ends = sorted((self.node(a), self.node(b)), key=lambda n: n.role != "branch")
+        return next((n.psk for n in ends if n.psk), None) or self.psk
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

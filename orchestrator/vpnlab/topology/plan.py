@@ -17,6 +17,7 @@ from pathlib import Path
 from vpnlab.errors import TopologyError
 from vpnlab.topology import clusters as cl
 from vpnlab.topology import contexts as ctx
+from vpnlab.topology import crypto
 from vpnlab.topology.model import (
     HUB_ROLES,
     UNDERLAY,
@@ -30,12 +31,12 @@ from vpnlab.topology.schema import (
     NODE_NAME_RE,
     MeshSpec,
     NodeSpec,
+    PskSecret,
     TopologySpec,
     parse_cidr,
 )
 
 FIRST_PLANNED_OFFSET = 10  # planned public and host addresses start at .10
-MAX_PSK_FILE_BYTES = 4096
 
 
 def lan_segment_name(router: str, index: int) -> str:
@@ -74,35 +75,26 @@ class _Planner:
     def fail(self, where: str, problem: str) -> TopologyError:
         return TopologyError(self.file, where, problem)
 
-    # --- secret -----------------------------------------------------------------------------------
+    # --- secrets and crypto (topology/crypto.py) -----------------------------------------------
 
-    def psk(self) -> str:
-        secret = self.spec.secret
-        if secret.psk is not None:
-            return secret.psk
-        assert secret.psk_file is not None
-        path = Path(secret.psk_file)
-        if not path.is_absolute():
-            path = self.source.parent / path
-        if path.exists() and not path.is_file():
-            # /dev/zero or a FIFO would never end; a directory cannot hold a key
-            raise self.fail("secret.psk_file", f"{path} is not a regular file")
-        try:
-            with path.open("rb") as f:
-                raw = f.read(MAX_PSK_FILE_BYTES + 1)
-            text = raw.decode("utf-8")
-        except FileNotFoundError:
-            raise self.fail("secret.psk_file", f"file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise self.fail("secret.psk_file", f"cannot read {path}: {e}") from None
-        if len(raw) > MAX_PSK_FILE_BYTES:
-            raise self.fail("secret.psk_file", f"{path} is larger than {MAX_PSK_FILE_BYTES} bytes: not a key file")
-        psk = text.strip()
-        if not psk:
-            raise self.fail("secret.psk_file", f"{path} is empty")
-        if "\n" in psk:
-            raise self.fail("secret.psk_file", f"{path} must hold one line, the key")
-        return psk
+    def psk(self, secret: PskSecret | None, where: str) -> str | None:
+        return None if secret is None else crypto.read_psk(secret, where, self.source.parent, self.fail)
+
+    def check_tunnels(self, nodes: list[Node], lab_psk: str | None, pairs: tuple[tuple[frozenset[str], str], ...]) -> None:
+        by_name = {n.name: n for n in nodes}
+        probe = Lab(self.spec.name, self.source, self.underlay, (), tuple(nodes), psk=lab_psk, pair_psks=pairs)
+        tunnels = [(h, b.name) for b in nodes if b.role == "branch" for h in b.hubs if h in by_name]  # not clusters
+        for hub, branch in tunnels:
+            def where(key: str, branch: str = branch) -> str:
+                own = self.spec.nodes[branch].crypto
+                return f"nodes.{branch}.crypto.{key}" if own and key in own.model_fields_set else f"nodes.{branch}"
+            crypto.check_tunnel(hub, by_name[hub].crypto, branch, by_name[branch].crypto, where, self.fail)
+        crypto.check_psks(tunnels, probe.psk_between, lambda n: by_name[n].crypto.auth, self.fail)
+        if lab_psk is None:
+            for b in nodes:
+                if b.mesh.enabled and b.crypto.auth == "psk":
+                    raise self.fail("secret", f"missing: mesh shortcuts of {b.name} authenticate with the "
+                                              "lab-wide PSK (give secret: {psk: ...}, or auth: cert)")
 
     # --- hubs -------------------------------------------------------------------------------------
 
@@ -325,14 +317,18 @@ class _Planner:
     # --- assembly ---------------------------------------------------------------------------------
 
     def build(self) -> Lab:
-        psk = self.psk()
+        lab_psk = self.psk(self.spec.secret, "secret")
+        pairs = crypto.pair_psks(self.spec, self.source.parent, self.fail)
+        if self.spec.clusters and lab_psk is None:
+            raise self.fail("secret", "missing: clusters key their status messages from the lab-wide PSK "
+                                      "(give secret: {psk: ...})")
         cl.check_names(self.spec, self.fail)
         member_of = self.cluster_of()
         self.attach_branches()
         self.plan_lans()
         segments_of = cl.plan_segments(self.spec, self.underlay, self.lans_taken, self.fail)
         upstream_addr = self.plan_public()
-        clusters = tuple(cl.plan_cluster(cname, c, segments_of[cname], psk, self.fail)
+        clusters = tuple(cl.plan_cluster(cname, c, segments_of[cname], lab_psk or "", self.fail)
                          for cname, c in self.spec.clusters.items())
         by_name = {c.name: c for c in clusters}
         hosts = self.collect_hosts()
@@ -376,7 +372,8 @@ class _Planner:
                     public_address=None if s.nat else r.wan,
                     lan_subnets=tuple(r.lans),
                     hubs=r.hubs,
-                    psk=psk,
+                    psk=self.psk(s.secret, f"nodes.{name}.secret"),
+                    crypto=crypto.crypto_settings(name, self.spec, s, self.fail),
                     dataplane=s.dataplane or defaults.dataplane,
                     behind_nat=s.nat,
                     mesh=_mesh(defaults.mesh, s.mesh),
@@ -391,6 +388,7 @@ class _Planner:
             assert c.segment is not None
             segments.append(Segment(c.segment_name, "cluster", c.segment))
             nodes.append(cl.upstream_node(c, upstream_addr[c.upstream], self.underlay, UNDERLAY))
+        self.check_tunnels([n for n in nodes if n.is_router], lab_psk, pairs)
         return Lab(
             name=self.spec.name,
             source=self.source,
@@ -400,6 +398,8 @@ class _Planner:
             clusters=clusters,
             context_method=self.spec.context_method,
             inner_block=cplan.inner_block,
+            psk=lab_psk,
+            pair_psks=pairs,
         )
 
     def _host_node(self, h: _Host) -> Node:

@@ -11,7 +11,7 @@ import re
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
@@ -30,7 +30,7 @@ ContextMethod = Literal["hsvpn", "tunnel-in-tunnel", "per-network"]
 # Which keys each role may use; anything else set on a node of that role is refused.
 HOST_KEYS = frozenset({"role", "router", "address"})
 ROUTER_KEYS = frozenset(
-    {"role", "implementation", "lan", "hosts", "public", "dataplane", "mesh", "contexts"}
+    {"role", "implementation", "lan", "hosts", "public", "dataplane", "mesh", "contexts", "auth", "secret", "crypto"}
 )
 ROLE_KEYS: dict[str, frozenset[str]] = {
     "hub": ROUTER_KEYS,
@@ -91,6 +91,53 @@ class PskSecret(_Strict):
         return self
 
 
+class PairSecret(PskSecret):
+    """A PSK for the tunnel between two routers (overrides their own and the lab-wide one)."""
+
+    peers: list[str] = Field(min_length=2, max_length=2)
+
+    @field_validator("peers")
+    @classmethod
+    def _peers(cls, v: list[str]) -> list[str]:
+        for name in v:
+            check_node_name(name)
+        if v[0] == v[1]:
+            raise ValueError(f"a pair needs two different routers, got {v[0]!r} twice")
+        return v
+
+
+AuthName = Literal["psk", "cert"]
+CertKeyName = Literal["ecdsa-p256", "rsa-2048"]
+
+
+class CryptoSpec(_Strict):
+    """IKE and ESP settings in strongSwan's words (docs/topology.md, `crypto`). Every key is optional:
+    a router's keys override `defaults.crypto` key by key, and what neither sets keeps the default."""
+
+    proposals: list[str] | None = None  # IKE proposals, e.g. aes256gcm16-prfsha384-ecp384
+    esp_proposals: list[str] | None = None
+    ike_lifetime: int | None = Field(default=None, gt=0)  # seconds; the IKE SA is gone by then
+    child_lifetime: int | None = Field(default=None, gt=0)
+    rekey_margin: int | None = Field(default=None, gt=0)  # seconds before a lifetime ends to rekey
+    dpd_interval: int | None = Field(default=None, gt=0)  # seconds of silence before a liveness check
+    cert_key: CertKeyName | None = None  # key type of the router's certificate (auth: cert)
+
+    @field_validator("proposals", "esp_proposals", mode="before")
+    @classmethod
+    def _proposal_list(cls, v: Any, info: ValidationInfo) -> Any:
+        from vpnlab_agent.ike.proposals import canonical
+
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"expected a proposal or a non-empty list of proposals, got {v!r}")
+        for item in v:
+            if not isinstance(item, str):
+                raise ValueError(f"proposals are strings such as aes128gcm16-prfsha256-ecp256, got {item!r}")
+            canonical(item, esp=info.field_name == "esp_proposals")  # ValueError lists what is supported
+        return v
+
+
 class MeshSpec(_Strict):  # Advanced Mesh VPN (docs/mesh.md)
     enabled: bool = False
     idle_timeout: int = Field(default=300, gt=0)
@@ -110,6 +157,8 @@ class MeshSpec(_Strict):  # Advanced Mesh VPN (docs/mesh.md)
 class DefaultsSpec(_Strict):
     dataplane: DataplaneName = "auto"
     mesh: MeshSpec | None = None
+    auth: AuthName = "psk"
+    crypto: CryptoSpec | None = None
 
 
 class ContextSpec(_Strict):  # HSVPN routing context (docs/hsvpn.md); planned in topology/contexts.py
@@ -179,6 +228,9 @@ class NodeSpec(_Strict):
     dataplane: DataplaneName | None = None
     mesh: MeshSpec | None = None
     contexts: list[ContextSpec] | None = None
+    auth: AuthName | None = None  # how this router proves its identity: psk | cert
+    secret: PskSecret | None = None  # this router's own PSK, instead of the lab-wide one
+    crypto: CryptoSpec | None = None
     # branches
     hubs: list[str] | None = None
     nat: bool = False
@@ -338,7 +390,8 @@ class ClusterSpec(_Strict):  # IKEv2 load balancer (docs/loadbalancer.md); plann
 class TopologySpec(_Strict):
     name: str
     internet: str = DEFAULT_INTERNET
-    secret: PskSecret
+    secret: PskSecret | None = None  # lab-wide PSK; needed unless every PSK tunnel has its own
+    secrets: list[PairSecret] = Field(default_factory=list)  # per pair of routers
     defaults: DefaultsSpec = DefaultsSpec()
     nodes: dict[str, NodeSpec] = Field(min_length=1)
     clusters: dict[str, ClusterSpec] = Field(default_factory=dict)

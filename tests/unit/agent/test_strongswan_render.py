@@ -48,15 +48,15 @@ def test_branch_initiates_towards_the_hub(branch: NodeConfig) -> None:
     conn = section(text, "hub")
     assert settings(conn) == {
         "version": "2", "local_addrs": "198.51.100.11", "remote_addrs": "198.51.100.10", "encap": "yes",
-        "mobike": "no", "proposals": "aes128gcm16-prfsha256-ecp256", "rekey_time": "7200s",
-        "dpd_delay": "15s",
+        "mobike": "no", "proposals": "aes128gcm16-prfsha256-ecp256", "rekey_time": "6480s",
+        "over_time": "720s", "dpd_delay": "15s",
     }
     assert settings(section(conn, "local")) == {"auth": "psk", "id": "fqdn:br1"}
     assert settings(section(conn, "remote")) == {"auth": "psk", "id": "fqdn:hub"}
     child = section(section(conn, "children"), "hub")
     assert settings(child) == {
         "mode": "tunnel", "local_ts": "10.1.0.0/24", "remote_ts": "10.0.0.0/8",
-        "esp_proposals": "aes128gcm16", "rekey_time": "1800s", "dpd_action": "restart",
+        "esp_proposals": "aes128gcm16", "rekey_time": "1620s", "life_time": "1800s", "dpd_action": "restart",
         "start_action": "start", "close_action": "start",
     }
     secret = settings(section(section(text, "secrets"), "ike-hub"))
@@ -73,12 +73,12 @@ def test_hub_answers_every_branch(hub: NodeConfig) -> None:
         conn = section(conns, name)
         top = settings(conn)
         assert top["remote_addrs"] == "%any" and top["local_addrs"] == "198.51.100.10"
-        assert top["rekey_time"] == "14400s" and top["dpd_delay"] == "10s"
+        assert top["rekey_time"] == "12960s" and top["over_time"] == "1440s" and top["dpd_delay"] == "10s"
         assert settings(section(conn, "remote"))["id"] == f"fqdn:{name}"
         child = settings(section(section(conn, "children"), name))
         assert child["local_ts"] == "10.0.0.0/24" and child["remote_ts"] == remote_ts
         assert child["start_action"] == "none" and child["dpd_action"] == "clear"
-        assert child["rekey_time"] == "3600s"
+        assert child["rekey_time"] == "3240s"
     secrets = section(text, "secrets")
     assert "ike-br1 {" in secrets and "ike-br2 {" in secrets
 
@@ -186,3 +186,29 @@ def test_local_address_falls_back_to_wan0_then_any(branch: NodeConfig) -> None:
     assert settings(section(render_swanctl(no_public), "hub"))["local_addrs"] == "198.51.100.11"
     no_wan = dataclasses.replace(no_public, interfaces=branch.interfaces[1:])
     assert settings(section(render_swanctl(no_wan), "hub"))["local_addrs"] == "%any"
+
+
+def test_certificates_per_peer_keys_and_margin(hub: NodeConfig) -> None:
+    from vpnlab_agent.config import PkiConfig
+
+    assert hub.ike is not None
+    br1, br2 = hub.ike.peers
+    cfg = _ike(hub, auth="cert", pki=PkiConfig(), rekey_margin_s=600, peers=(
+        dataclasses.replace(br1, auth="cert", cert_file="/etc/vpnlab/pki/peers/br1.pem"),
+        dataclasses.replace(br2, psk="br2-own"),
+    ))
+    text = render_swanctl(cfg)
+    one = section(section(text, "connections"), "br1")
+    assert settings(one)["rekey_time"] == "13800s" and settings(one)["over_time"] == "600s"
+    assert settings(section(one, "local")) == {"auth": "pubkey", "id": "fqdn:hub", "certs": "/etc/vpnlab/pki/cert.pem"}
+    assert settings(section(one, "remote")) == {"auth": "pubkey", "id": "fqdn:br1", "certs": "/etc/vpnlab/pki/peers/br1.pem",
+                                                "cacerts": "/etc/vpnlab/pki/ca.pem"}
+    two = section(section(text, "connections"), "br2")
+    assert settings(section(two, "local"))["auth"] == "pubkey" and settings(section(two, "remote"))["auth"] == "psk"
+    secrets = section(text, "secrets")
+    assert "ike-br1" not in secrets  # certificates only: no PSK for that tunnel
+    assert bytes.fromhex(settings(section(secrets, "ike-br2"))["secret"][2:]) == b"br2-own"
+    with pytest.raises(RenderError, match="needs the peer's certificate"):
+        render_swanctl(_ike(cfg, peers=(dataclasses.replace(br1, auth="cert"),)))
+    with pytest.raises(RenderError, match="needs the pki files"):
+        render_swanctl(_ike(cfg, pki=None))

@@ -187,9 +187,9 @@ def test_public_not_an_address(tmp_path: Path) -> None:
 
 
 def test_missing_secret(tmp_path: Path) -> None:
-    err = error_of(tmp_path, "name: t\nnodes:\n  hub: {role: hub}\n")
-    assert err.where == ""
-    assert err.problem.startswith("missing required key 'secret'")
+    err = error_of(tmp_path, "name: t\nnodes:\n  hub: {role: hub}\n  br1: {role: branch}\n")
+    assert err.where == "secret"
+    assert err.problem.startswith("missing: the tunnel br1-hub authenticates with a PSK")
 
 
 @pytest.mark.parametrize("secret", ["{}", "{psk: a, psk_file: b}"])
@@ -219,7 +219,7 @@ def test_psk_file_relative_to_topology(tmp_path: Path) -> None:
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "lab.psk").write_text("from-a-file\n")
     lab = load_topology(write(tmp_path, GOOD.replace("{psk: s3cret}", "{psk_file: keys/lab.psk}")))
-    assert {n.psk for n in lab.routers} == {"from-a-file"}
+    assert lab.psk == "from-a-file"
 
 
 @pytest.mark.parametrize(
@@ -231,7 +231,7 @@ def test_psk_file_relative_to_topology(tmp_path: Path) -> None:
         (GOOD + "defaults: {mesh: {idle_timeot: 3}}\n", "defaults.mesh", "unknown key 'idle_timeot' (did you mean 'idle_timeout'?)"),
         (GOOD.replace("{psk: s3cret}", "{pks: s3cret}"), "secret", "unknown key 'pks' (did you mean 'psk'?)"),
         (GOOD + "  br2: {role: branch, contexts: [{name: a, lna: 10.5.0.0/24}]}\n", "nodes.br2.contexts.0", "unknown key 'lna' (did you mean 'lan'?)"),
-        (GOOD + "  br2: {role: branch, zzz: 1}\n", "nodes.br2", "unknown key 'zzz' (valid keys: role, implementation, lan, hosts, public, dataplane, mesh, contexts, hubs, nat, router, address)"),
+        (GOOD + "  br2: {role: branch, zzz: 1}\n", "nodes.br2", "unknown key 'zzz' (valid keys: role, implementation, lan, hosts, public, dataplane, mesh, contexts, auth, secret, crypto, hubs, nat, router, address)"),
     ],
 )
 def test_unknown_keys_suggest_closest(tmp_path: Path, text: str, where: str, problem: str) -> None:

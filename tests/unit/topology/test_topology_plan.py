@@ -148,7 +148,7 @@ def test_default_hub_and_defaults_inherited(tmp_path: Path) -> None:
     assert hub.mesh == MeshSettings(enabled=False, idle_timeout_s=300, max_tunnels=4)
     assert br1.mesh == MeshSettings(enabled=True, idle_timeout_s=30, max_tunnels=4)
     assert lab.underlay == IPv4Network("198.51.100.0/24")
-    assert {n.psk for n in lab.routers} == {"k"}
+    assert lab.psk == "k" and {n.psk for n in lab.routers} == {None}
 
 
 def test_gateway_can_be_a_hub(tmp_path: Path) -> None:
