@@ -313,14 +313,22 @@ def _check_ready(rt: Runtime, node: str, cname: str) -> tuple[bool, str]:
 
 
 def agent_status(info: ContainerInfo, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any]:
-    """The agent's `status` answer, asked on its control socket through the container's root
-    (/proc/<pid>/root): the same request `ctl status` sends, without a process per poll."""
+    """The agent's `status` answer, asked on its control socket: the same request `ctl status`
+    sends, without a process per poll. The socket is found inside the container's root with
+    openat2(RESOLVE_IN_ROOT) (runtime/inroot.py says why), so no symlink the container plants can
+    lead the host anywhere else."""
     from vpnlab_agent.config import CONTROL_SOCKET
-    from vpnlab_agent.control import request
+    from vpnlab_agent.control import ControlUnreachable, request
+
+    from vpnlab.runtime.inroot import socket_in_root
 
     if not info.pid:
         raise LabError(f"container {info.name} is not running")
-    result = request(f"/proc/{info.pid}/root{CONTROL_SOCKET}", "status", timeout=timeout)
+    try:
+        with socket_in_root(f"/proc/{info.pid}/root", CONTROL_SOCKET) as path:
+            result = request(path, "status", timeout=timeout)
+    except FileNotFoundError:
+        raise ControlUnreachable(f"agent not reachable: no socket {CONTROL_SOCKET} in {info.name}") from None
     if not isinstance(result, dict):
         raise LabError(f"agent in {info.name} answered status with {type(result).__name__}")
     return result

@@ -13,7 +13,7 @@ from pathlib import Path
 from vpnlab_agent.ike import proposals as ike_proposals
 
 from vpnlab.errors import TopologyError
-from vpnlab.topology.model import CryptoSettings
+from vpnlab.topology.model import CryptoSettings, Lab
 from vpnlab.topology.schema import NodeSpec, PskSecret, TopologySpec
 
 MAX_PSK_FILE_BYTES = 4096
@@ -121,3 +121,18 @@ def check_psks(routers: Iterable[tuple[str, str]], psk_of: Callable[[str, str], 
             raise fail("secret", f"missing: the tunnel {branch}-{hub} authenticates with a PSK and neither "
                                  f"the pair, {branch} nor {hub} has a secret (give secret: {{psk: ...}})")
 
+
+
+def agent_gaps(lab: Lab) -> tuple[str, str] | None:
+    """(field, problem) of the first setting our agent cannot honour yet, or None."""
+    for node in lab.routers:
+        if node.implementation != "agent":
+            continue
+        peers = [lab.node(h) for h in node.hubs] + [b for b in lab.routers if node.name in b.hubs]
+        if node.crypto.auth == "cert" or any(p.crypto.auth == "cert" for p in peers):
+            return f"nodes.{node.name}.auth", "certificates with implementation: agent are not implemented yet"
+        if node.crypto.rekey_margin_s is not None:
+            return f"nodes.{node.name}.crypto.rekey_margin", "rekey_margin with implementation: agent is not implemented yet"
+        if any(lab.psk_between(node.name, p.name) != lab.psk for p in peers):
+            return f"nodes.{node.name}.secret", "per-router and per-pair PSKs with implementation: agent are not implemented yet"
+    return None
