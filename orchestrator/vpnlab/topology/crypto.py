@@ -128,7 +128,8 @@ def agent_gaps(lab: Lab) -> tuple[str, str] | None:
     for node in lab.routers:
         if node.implementation != "agent":
             continue
-        peers = [lab.node(h) for h in node.hubs] + [b for b in lab.routers if node.name in b.hubs]
+        names = {n.name for n in lab.routers}  # a branch's hubs may be clusters, which are not nodes
+        peers = [lab.node(h) for h in node.hubs if h in names] + [b for b in lab.routers if node.name in b.hubs]
         if node.crypto.auth == "cert" or any(p.crypto.auth == "cert" for p in peers):
             return f"nodes.{node.name}.auth", "certificates with implementation: agent are not implemented yet"
         if node.crypto.rekey_margin_s is not None:
