@@ -59,3 +59,35 @@ def test_a_timed_out_wait_up_leaves_no_waiter_behind() -> None:
 
     asyncio.run(run())
     assert service._up_waiters == {}
+
+
+class _Wire:
+    """Stands in for the UDP 500 socket's transport: what the service sends, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((data, addr))
+
+
+def test_api_calls_from_outside_input_are_flushed_without_being_asked() -> None:
+    """An extension (the mesh) calls the endpoint from its own timer or a conntrack event: the
+    endpoint wakes the service, which sends at once; no private flush call is needed."""
+    branch = make_branch(implementation="agent")
+    service = IkeService(branch, UserspaceEngine())
+    wire = _Wire()
+
+    async def run() -> int:
+        service._loop = asyncio.get_running_loop()
+        service._udp = wire  # type: ignore[assignment]
+        service.endpoint.connect("hub", service._now())
+        before = len(wire.sent)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        service._loop = None
+        return before
+
+    before = asyncio.run(run())
+    assert before == 0 and len(wire.sent) == 1  # the IKE_SA_INIT, sent on the next loop turn
+    assert wire.sent[0][1][1] == 500
