@@ -3,6 +3,7 @@
 The agent's command line: the only place in the agent that prints or exits.
   run                         the agent process (the container's main process under docker-init)
   ctl status                  print the agent's status JSON
+  ctl summary                 readiness, bring-up phase and one state per configured tunnel
   ctl rekey PEER [--ike]      rekey the child SA (or the IKE SA) with PEER
   ctl initiate PEER | ctl terminate PEER
 `ctl` exits 0 after printing the JSON result, 1 with one line on stderr when the agent is
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("--socket", default=node_config.CONTROL_SOCKET, help="control socket path")
     ctl_sub = ctl.add_subparsers(dest="command", required=True)
     ctl_sub.add_parser("status", help="print the status JSON")
+    ctl_sub.add_parser("summary", help="print readiness and tunnel states (small, for polling)")
     rekey = ctl_sub.add_parser("rekey", help="rekey the SA with a peer")
     rekey.add_argument("peer")
     rekey.add_argument("--ike", action="store_true", help="rekey the IKE SA instead of the child SA")
@@ -62,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _ctl(args: argparse.Namespace) -> int:
     extra: dict[str, object] = {}
-    if args.command != "status":
+    if args.command not in control.NO_PEER:
         extra["peer"] = args.peer
     if args.command == "rekey":
         extra["what"] = "ike" if args.ike else "child"

@@ -6,7 +6,12 @@ SIGINT stops the services (peers get DELETEs), removes what we added and returns
 
 A service is any object with `name`, `async start()`, `async stop()` and `status() -> dict`;
 optionally `async refresh()` (called before status()), `async rekey(peer, what)`,
-`async initiate(peer)`, `async terminate(peer)`, and `dataplane` (engine name for the report).
+`async initiate(peer)`, `async terminate(peer)`, `dataplane` (engine name for the report), and
+`summary_refresh = False` when refresh() reads nothing a summary shows (the mesh's nft counters).
+
+`status` is the whole report (`inspect LAB NODE`); `summary` is what deploy polls and the lab-wide
+`inspect` shows: readiness, what the agent is doing now (`phase`), and one state per configured
+tunnel, without the routes, interfaces and selectors that make a hub's status large.
 """
 
 from __future__ import annotations
@@ -140,6 +145,7 @@ class Agent:
         self.wait_timeout = wait_timeout
         self.started_at = time.time()
         self.ready = False
+        self.phase = "starting"  # what bring-up is doing now: what a deploy that waits is waiting for
         self.errors: list[str] = []
         self.services: list[Service] = []
         self._preset_services = services
@@ -193,9 +199,16 @@ class Agent:
 
     async def _bring_up(self) -> None:
         netplan = netconfig.plan(self.config)
-        await netconfig.wait_for_links(self._ipr, netplan.required_links, self.wait_timeout)
-        # apply() records into self._applied as it goes: a failure half-way is still undone.
-        netconfig.apply(self._ipr, netplan, self._applied)
+        self.phase = f"waiting for interfaces {', '.join(netplan.required_links)}"
+        try:
+            await netconfig.wait_for_links(self._ipr, netplan.required_links, self.wait_timeout)
+            self.phase = "configuring addresses and routes"
+            # apply() records into self._applied as it goes: a failure half-way is still undone.
+            netconfig.apply(self._ipr, netplan, self._applied)
+        except BaseException:
+            self.phase = f"failed while {self.phase}"
+            raise
+        self.phase = "building services"
         self.services = (
             self._preset_services if self._preset_services is not None
             else self._build_services()
@@ -205,6 +218,7 @@ class Agent:
             # Listed before start() runs: a failure or a SIGTERM half-way through start() must
             # still get stop() called (charon may already be running).
             self._started.append(svc)
+            self.phase = f"starting {svc.name}"
             try:
                 await asyncio.wait_for(svc.start(), SERVICE_START_TIMEOUT_S)
             except Exception as exc:
@@ -218,6 +232,7 @@ class Agent:
             log.info("service %s started", svc.name)
         # Ready means: interfaces configured and every service we have is running.
         self.ready = not failed
+        self.phase = "running" if self.ready else "failed: a service did not start"
         log.info("ready" if self.ready else "not ready: a service failed to start")
 
     def _build_services(self) -> list[Service]:
@@ -250,6 +265,8 @@ class Agent:
     async def handle(self, command: str, args: dict[str, Any]) -> Any:
         if command == "status":
             return await self.status()
+        if command == "summary":
+            return await self.summary()
         peers = [p.name for p in self.config.ike.peers] if self.config.ike else []
         peer = args["peer"]
         if peer not in peers:
@@ -268,10 +285,12 @@ class Agent:
                 raise ControlError(str(exc) or type(exc).__name__) from None
         raise ControlError(f"{command}: no running service can do that on {self.config.name}")
 
-    async def status(self) -> dict[str, Any]:
+    async def _service_status(self, for_summary: bool = False) -> dict[str, dict[str, Any]]:
         service_status: dict[str, dict[str, Any]] = {}
         for svc in self.services:
             refresh = getattr(svc, "refresh", None)
+            if for_summary and not getattr(svc, "summary_refresh", True):
+                refresh = None
             if refresh is not None and svc in self._started:
                 with contextlib.suppress(Exception):
                     await refresh()
@@ -279,16 +298,34 @@ class Agent:
                 service_status[svc.name] = svc.status()
             except Exception as exc:
                 service_status[svc.name] = {"errors": [f"status failed: {exc}"]}
-        interfaces, routes = ([], []) if self._ipr is None else netconfig.snapshot(self._ipr)
+        return service_status
+
+    def _alive(self, service_status: dict[str, dict[str, Any]]) -> bool:
         # A service whose process died (charon) makes the node not ready, whatever happened at start.
-        alive = all(st.get("running", True) is not False for st in service_status.values())
+        return self.ready and all(st.get("running", True) is not False for st in service_status.values())
+
+    async def summary(self) -> dict[str, Any]:
+        service_status = await self._service_status(for_summary=True)
+        return status.summary(
+            self.config,
+            ready=self._alive(service_status),
+            phase=self.phase,
+            dataplane=self.dataplane,
+            services=service_status,
+            errors=self.errors,
+        )
+
+    async def status(self) -> dict[str, Any]:
+        service_status = await self._service_status()
+        interfaces, routes = ([], []) if self._ipr is None else netconfig.snapshot(self._ipr)
         return status.build(
             self.config,
-            ready=self.ready and alive,
+            ready=self._alive(service_status),
             started_at=self.started_at,
             dataplane=self.dataplane,
             interfaces=interfaces,
             routes=routes,
             services=service_status,
             errors=self.errors,
+            phase=self.phase,
         )

@@ -1,6 +1,6 @@
 """The agent's control socket: one JSON request per line in, one JSON response line out.
 
-Request:  {"command": "status"} | {"command": "rekey", "peer": "br1", "what": "child"|"ike"}
+Request:  {"command": "status"} | {"command": "summary"} | {"command": "rekey", "peer": "br1", "what": "child"|"ike"}
           | {"command": "initiate", "peer": "hub"} | {"command": "terminate", "peer": "hub"}
 Response: {"ok": true, "result": ...} | {"ok": false, "error": "one line"}
 
@@ -28,7 +28,8 @@ CLIENT_TIMEOUT_S = HANDLER_TIMEOUT_S + 5.0
 MAX_CLIENTS = 16
 MAX_REQUESTS_PER_CONNECTION = 64
 
-COMMANDS = ("status", "rekey", "initiate", "terminate")
+COMMANDS = ("status", "summary", "rekey", "initiate", "terminate")
+NO_PEER = ("status", "summary")
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
@@ -52,7 +53,7 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     command = request.pop("command", None)
     if command not in COMMANDS:
         raise ControlError(f"unknown command {command!r} (commands: {', '.join(COMMANDS)})")
-    if command != "status":
+    if command not in NO_PEER:
         peer = request.get("peer")
         if not isinstance(peer, str) or not peer:
             raise ControlError(f"{command}: needs a peer name")

@@ -9,7 +9,14 @@ Shape (every key always present):
                   "bytes_in", "bytes_out", "packets_in", "packets_out", "age_s"}],
    "errors": [str], "services": {name: service status}}
 Services contribute SAs by returning "ike_sas"/"child_sas" lists from their status(); everything
-else they return stays under "services".
+else they return stays under "services". "phase" says what bring-up is doing ("running" once done).
+
+The summary (`ctl summary`, what deploy polls and the lab-wide inspect shows) keeps to a few
+hundred bytes whatever the number of peers' selectors:
+  {"node", "role", "implementation", "ready", "phase", "dataplane", "errors",
+   "tunnels": {configured peer: "up" | the IKE SA's state | "down"},
+   "ike_sas": n, "child_sas": n, "half_open": n, "other_ike_sas": n (mesh shortcuts)}
+A tunnel is "up" when its IKE SA is established and it has at least one child SA.
 """
 
 from __future__ import annotations
@@ -25,9 +32,14 @@ CHILD_SA_KEYS = (
     "bytes_in", "bytes_out", "packets_in", "packets_out", "age_s",
 )
 TOP_KEYS = (
-    "node", "role", "implementation", "ready", "started_at", "dataplane", "interfaces", "routes",
+    "node", "role", "implementation", "ready", "phase", "started_at", "dataplane", "interfaces", "routes",
     "ike_sas", "child_sas", "errors", "services",
 )
+SUMMARY_KEYS = (
+    "node", "role", "implementation", "ready", "phase", "dataplane", "errors", "tunnels",
+    "ike_sas", "child_sas", "half_open", "other_ike_sas",
+)
+UP = "up"
 
 
 def iso_utc(epoch: float) -> str:
@@ -51,6 +63,7 @@ def build(
     routes: list[dict[str, Any]],
     services: dict[str, dict[str, Any]],
     errors: list[str],
+    phase: str = "running",
 ) -> dict[str, Any]:
     ike_sas: list[dict[str, Any]] = []
     child_sas: list[dict[str, Any]] = []
@@ -67,6 +80,7 @@ def build(
         "role": config.role,
         "implementation": config.implementation,
         "ready": ready,
+        "phase": phase,
         "started_at": iso_utc(started_at),
         "dataplane": dataplane,
         "interfaces": interfaces,
@@ -75,4 +89,53 @@ def build(
         "child_sas": child_sas,
         "errors": all_errors,
         "services": service_status,
+    }
+
+
+def tunnel_states(peers: list[str], ike_sas: list[dict[str, Any]], child_sas: list[dict[str, Any]]) -> dict[str, str]:
+    """{peer: "up" | state of its IKE SA | "down"} for each configured peer."""
+    with_child = {c.get("peer") for c in child_sas}
+    out: dict[str, str] = {}
+    for peer in peers:
+        states = [str(sa.get("state")) for sa in ike_sas if sa.get("peer") == peer]
+        if "established" in states and peer in with_child:
+            out[peer] = UP
+        else:
+            out[peer] = states[-1] if states else "down"
+    return out
+
+
+def summary(
+    config: NodeConfig,
+    *,
+    ready: bool,
+    phase: str,
+    dataplane: str | None,
+    services: dict[str, dict[str, Any]],
+    errors: list[str],
+) -> dict[str, Any]:
+    peers = [p.name for p in config.ike.peers] if config.ike else []
+    ike_sas: list[dict[str, Any]] = []
+    child_sas: list[dict[str, Any]] = []
+    all_errors = list(errors)
+    half_open = 0
+    peer_set = set(peers)
+    for name, st in services.items():
+        ike_sas.extend(st.get("ike_sas", []))
+        child_sas.extend(st.get("child_sas", []))
+        all_errors.extend(f"{name}: {err}" for err in st.get("errors", []))
+        half_open += int(st.get("half_open", 0) or 0)
+    return {
+        "node": config.name,
+        "role": config.role,
+        "implementation": config.implementation,
+        "ready": ready,
+        "phase": phase,
+        "dataplane": dataplane,
+        "errors": all_errors,
+        "tunnels": tunnel_states(peers, ike_sas, child_sas),
+        "ike_sas": len(ike_sas),
+        "child_sas": len(child_sas),
+        "half_open": half_open,
+        "other_ike_sas": sum(1 for sa in ike_sas if sa.get("peer") not in peer_set),
     }

@@ -108,8 +108,14 @@ def deploy(
         bool, typer.Option("--reconfigure", help="Destroy a running lab of the same name first.")
     ] = False,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=1, help="Seconds to wait for every agent to report ready.")
-    ] = 90.0,
+        float,
+        typer.Option(
+            "--timeout",
+            min=1,
+            help="Seconds each agent may take to report ready after its container starts; the tunnels "
+            "then get 30 s + 0.1 s per tunnel to come up.",
+        ),
+    ] = 60.0,
     runtime: Annotated[Runtime, typer.Option("--runtime", help=RUNTIME_HELP)] = Runtime.docker,
 ) -> None:
     """Build the node image if needed, then start and wire the lab."""
@@ -184,9 +190,11 @@ def destroy(
 @app.command()
 def inspect(
     lab: Annotated[Optional[str], typer.Argument(help="Lab name; without it, list the running labs.")] = None,
+    node: Annotated[Optional[str], typer.Argument(help="One node of the lab: its full status.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show the running labs, or one lab's nodes: state, addresses, agent readiness and SAs."""
+    """Show the running labs, or one lab's nodes: state, addresses, agent readiness, tunnels and SAs.
+    A large lab shows one summary row per node; `inspect LAB NODE` shows one router in full."""
     from vpnlab import lab as labs
 
     with reported():
@@ -203,14 +211,18 @@ def inspect(
                 table.add_row(s.name, str(s.nodes), str(s.running), "yes" if s.fabric_present else "no", s.topology)
             out.print(table)
             return
-        view = labs.inspect_lab(labs.resolve_lab_name(lab))
+        view = labs.inspect_lab(labs.resolve_lab_name(lab), node=node)
         if as_json:
             data = dataclasses.asdict(view)
-            for node, obj in zip(view.nodes, data["nodes"]):
-                obj["up"] = node.up
+            for nv, obj in zip(view.nodes, data["nodes"]):
+                obj["up"] = nv.up
             sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
             return
         out.print(_lab_table(view))
+        if not view.detail:
+            for line in _summary_lines(view):
+                out.print(line, markup=False)
+            return
         if any((n.agent or {}).get("ike_sas") for n in view.nodes):
             if out.width >= TUNNEL_TABLE_WIDTH:
                 out.print(_tunnel_table(view))
@@ -240,22 +252,44 @@ def _lab_table(view: Any) -> Table:
     table.add_column("kind", no_wrap=True)
     table.add_column("up")
     table.add_column("addresses", no_wrap=True)
-    for header in ("engine", "IKE", "child"):
+    for header in ("engine", "tunnels up", "IKE", "child"):
         table.add_column(header, overflow="fold")
     for n in view.nodes:
-        addrs = "\n".join(f"{ifname} {' '.join(a)}" for ifname, a in sorted(n.addresses.items()) if a)
-        agent = n.agent or {}
+        # A large lab: one line per node (its WAN or first address), so 200 rows stay 200 lines.
+        shown = sorted(n.addresses.items()) if view.detail else sorted(n.addresses.items())[:1]
+        addrs = "\n".join(f"{ifname} {' '.join(a)}" for ifname, a in shown if a)
+        summary = n.summary or {}
+        tunnels = summary.get("tunnels") or {}
+        up = sum(state == "up" for state in tunnels.values())
         table.add_row(
             n.name,
             n.role,
             n.kind,
-            "[green]yes[/]" if n.up else f"[red]no[/] ({n.state})",
+            "[green]yes[/]" if n.up else f"[red]no[/] ({n.state if n.state != 'running' else summary.get('phase', '?')})",
             addrs,
-            str(agent.get("dataplane") or "-") if n.agent else "",
-            str(len(agent.get("ike_sas") or [])) if n.agent else "",
-            str(len(agent.get("child_sas") or [])) if n.agent else "",
+            str(summary.get("dataplane") or "-") if n.summary else "",
+            (f"{up}/{len(tunnels)}" if up == len(tunnels) else f"[yellow]{up}/{len(tunnels)}[/]") if tunnels else "",
+            str(summary.get("ike_sas", "")) if n.summary else "",
+            str(summary.get("child_sas", "")) if n.summary else "",
         )
     return table
+
+
+def _summary_lines(view: Any) -> list[str]:
+    """Under a large lab's node table: totals, what is not up, and how to see one router in full."""
+    routers = [n for n in view.nodes if n.kind != "host"]
+    tunnels = {(n.name, peer): state for n in routers for peer, state in ((n.summary or {}).get("tunnels") or {}).items()}
+    down = sorted(f"{a}→{b} ({state})" for (a, b), state in tunnels.items() if state != "up")
+    half_open = sum(int((n.summary or {}).get("half_open") or 0) for n in routers)
+    lines = [
+        f"{sum(n.up for n in routers)} of {len(routers)} routers ready; {len(tunnels) - len(down)} of "
+        f"{len(tunnels)} tunnel ends up; {half_open} half-open IKE SAs",
+    ]
+    if down:
+        lines.append(f"not up: {', '.join(down[:8])}" + (f" and {len(down) - 8} more" if len(down) > 8 else ""))
+    lines += [f"{n.name}: {note}" for n in routers for note in _notes_of(n)][:10]
+    lines.append(f"one router in full (tunnels, selectors, SPIs, mesh): vpnlab inspect {view.name} NODE")
+    return lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,12 +420,27 @@ def _age(seconds: Any) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def _notes_of(n: Any) -> list[str]:
+    return ([n.problem] if n.problem else []) + [str(e) for e in (n.agent or n.summary or {}).get("errors") or []]
+
+
 def _lab_notes(view: Any) -> list[str]:
-    notes = []
-    for n in view.nodes:
-        for note in ([n.problem] if n.problem else []) + [str(e) for e in (n.agent or {}).get("errors") or []]:
-            notes.append(f"{n.name}: {note}")
-    return notes
+    return [f"{n.name}: {note}" for n in view.nodes for note in _notes_of(n)]
+
+
+@app.command()
+def logs(
+    lab: Annotated[str, typer.Argument(help="Lab name.")],
+    node: Annotated[str, typer.Argument(help="Node name, e.g. hub or br1.")],
+    tail: Annotated[Optional[int], typer.Option("--tail", min=1, help="Only the last N lines.")] = None,
+) -> None:
+    """A node's log: the agent's lines (or a host's output); after a failed deploy, the copy it kept."""
+    from vpnlab import lab as labs
+
+    with reported():
+        text, source = labs.node_logs(lab, node, tail)
+        err.print(f"# {source}", style="dim", markup=False)
+        sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))
 
 
 @app.command(

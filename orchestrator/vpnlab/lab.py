@@ -2,23 +2,25 @@
 (containers) and names (the fabric netns), so destroy works after a crash and twice in a row.
 
 Deploy order: the file → refuse a lab that exists (before any image build) → kinds make
-ContainerSpecs → fabric netns with one bridge per segment → containers started concurrently →
-each wired as soon as it runs → wait until every agent reports ready. Any failure, Ctrl-C
-included, destroys what was made and re-raises.
+ContainerSpecs → fabric netns with one bridge per segment → containers started concurrently, with a
+bounded number of agents booting at once, each wired as soon as it runs → wait until every agent
+reports ready and every configured tunnel is up (bringup.py). Any failure, Ctrl-C included,
+destroys what was made and re-raises; a node that failed keeps its log for `vpnlab logs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from vpnlab import nodelogs
+from vpnlab.bringup import READY_TIMEOUT_S, WORKERS, Bringup, NodeFailed
 from vpnlab.errors import LabError, VpnlabError
 from vpnlab.kinds.base import ContainerSpec
 from vpnlab.net.fabric import Fabric, configure_interface, fabric_netns_name, interface_addresses, remove_fabric
@@ -35,11 +37,9 @@ from vpnlab.topology.model import Lab, Node
 from vpnlab.topology.schema import LAB_NAME_RE, NODE_NAME_RE
 
 LAB_NAME = LAB_NAME_RE  # the topology file's `name` rule: it becomes part of netns and container names
-WORKERS = 8  # concurrent Docker calls; more only queues on 2 cores
-READY_TIMEOUT_S = 90.0
-READY_POLL_S = 0.5
 STATUS_TIMEOUT_S = 5.0
-LOG_LINES = 8  # container log lines quoted when a node fails
+DETAIL_ROUTERS = 12  # `inspect LAB` reads every router's full status up to this many routers, else summaries
+KEPT_LOGS = 10  # nodes whose logs a failed deploy keeps for `vpnlab logs`
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,9 @@ class NodeView:
     container: str
     state: str
     addresses: dict[str, list[str]] = field(default_factory=dict)
-    agent: dict[str, Any] | None = None  # the agent's status JSON (routers)
-    problem: str | None = None  # why `agent` is missing, for routers
+    agent: dict[str, Any] | None = None  # the agent's full status JSON (routers, when read in detail)
+    summary: dict[str, Any] | None = None  # the agent's summary (routers): ready, phase, tunnel states
+    problem: str | None = None  # why `agent`/`summary` is missing, for routers
 
     @property
     def up(self) -> bool:
@@ -87,7 +88,7 @@ class NodeView:
             return False
         if self.kind == "host":
             return True
-        return bool(self.agent and self.agent.get("ready"))
+        return bool((self.summary or self.agent or {}).get("ready"))
 
 
 @dataclass
@@ -97,6 +98,7 @@ class LabView:
     fabric_netns: str
     fabric_present: bool
     nodes: list[NodeView]
+    detail: bool = True  # routers' full status read (`agent`), not only their summary
 
 
 def _runtime(runtime: Runtime | None) -> Runtime:
@@ -180,6 +182,7 @@ def deploy_lab(
     started = time.monotonic()
     report = _Report(progress)
     report.start("fabric", len(plan.bridges))
+    nodelogs.clear(lab.name)
     try:
         fabric = Fabric.create(netns)
     except FileExistsError:  # a concurrent deploy of the same name won the race: not ours to undo
@@ -189,12 +192,12 @@ def deploy_lab(
             for bridge in plan.bridges:
                 fabric.add_bridge(bridge.name, bridge.segment)
                 report.advance()
-            _start_and_wire(lab, image, all_specs, plan, rt, fabric, report)
+            _bringup(lab, image, all_specs, plan, rt, fabric, progress, ready_timeout).run()
         finally:
             fabric.close()
-        agents = [n for n in lab.nodes if all_specs[n.name].has_agent]
-        _wait_ready(lab.name, agents, rt, report, ready_timeout)
     except BaseException as exc:
+        if isinstance(exc, NodeFailed):
+            nodelogs.keep(rt, lab.name, exc.nodes[:KEPT_LOGS])
         try:
             destroy(lab.name, runtime=rt)
         except Exception as cleanup:  # keep the original error; say cleanup also failed
@@ -226,99 +229,67 @@ def _container_specs(lab: Lab) -> dict[str, ContainerSpec]:
     return specs
 
 
-def _start_and_wire(
+def _bringup(
     lab: Lab,
     image: str,
     specs: dict[str, ContainerSpec],
     plan: FabricPlan,
     rt: Runtime,
     fabric: Fabric,
-    report: _Report,
-) -> None:
-    """Start containers concurrently; wire each in this thread as soon as it runs (the fabric's
-    netlink handle is not thread-safe, and wiring takes milliseconds)."""
-    cancelled = threading.Event()
+    progress: ProgressSink | None,
+    ready_timeout: float,
+) -> Bringup:
+    """Containers start in the Bringup's threads; each is wired in this thread as soon as it runs
+    (the fabric's netlink handle is not thread-safe, and wiring takes milliseconds)."""
 
     def start(node: Node) -> ContainerInfo:
-        if cancelled.is_set():
-            raise LabError("cancelled")
-        spec = specs[node.name]
-        return rt.start(container_name(lab.name, node.name), image, spec, node_labels(lab, node))
+        return rt.start(container_name(lab.name, node.name), image, specs[node.name], node_labels(lab, node))
 
-    report.start("containers", len(lab.nodes))
-    pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vpnlab-start")
-    try:
-        pending: dict[Future[ContainerInfo], Node] = {pool.submit(start, n): n for n in lab.nodes}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                node = pending.pop(fut)
-                info = fut.result()  # raises the start error
-                try:
-                    for port in plan.ports_of(node.name):
-                        fabric.attach(port.bridge, port.port, port.alias, info.netns_path, port.ifname)
-                    if not node.is_router:
-                        for iface in node.interfaces:
-                            configure_interface(info.netns_path, iface.name, iface.address, node.gateway)
-                except (NetlinkError, OSError, LookupError, ValueError) as exc:
-                    raise LabError(f"cannot wire node {node.name}: {_one_line(exc)}") from exc
-                report.advance()
-    except BaseException:
-        cancelled.set()
-        pool.shutdown(wait=True, cancel_futures=True)  # nothing may start after cleanup begins
-        raise
-    pool.shutdown(wait=True)
+    def wire(node: Node, info: ContainerInfo) -> None:
+        try:
+            for port in plan.ports_of(node.name):
+                fabric.attach(port.bridge, port.port, port.alias, info.netns_path, port.ifname)
+            if not node.is_router:
+                for iface in node.interfaces:
+                    configure_interface(info.netns_path, iface.name, iface.address, node.gateway)
+        except (NetlinkError, OSError, LookupError, ValueError) as exc:
+            raise LabError(f"cannot wire node {node.name}: {_one_line(exc)}") from exc
+
+    return Bringup(lab, rt, start=start, wire=wire, summary=agent_summary,
+                   has_agent=lambda n: specs[n.name].has_agent, ready_timeout=ready_timeout, report=progress)
 
 
-def _wait_ready(lab: str, agents: list[Node], rt: Runtime, report: _Report, timeout: float) -> None:
-    """Poll every agent's status until all say ready; a dead container or the deadline is an error."""
-    report.start("agents ready", len(agents))
-    deadline = time.monotonic() + timeout
-    waiting = {n.name: container_name(lab, n.name) for n in agents}
-    last: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vpnlab-ready") as pool:
-        while waiting:
-            checks = {node: pool.submit(_check_ready, rt, node, cname) for node, cname in waiting.items()}
-            for node, fut in checks.items():
-                ready, note = fut.result()
-                if ready:
-                    del waiting[node]
-                    report.advance()
-                else:
-                    last[node] = note
-            if not waiting:
-                break
-            if time.monotonic() > deadline:
-                node = sorted(waiting)[0]
-                raise LabError(
-                    f"node {node} not ready after {timeout:g} s ({last.get(node, 'no status')}); "
-                    f"last log lines: {_log_tail(rt, waiting[node])}"
-                )
-            time.sleep(READY_POLL_S)
+def wait_tunnels(lab: Lab, runtime: Runtime | None = None, progress: ProgressSink | None = None) -> None:
+    """Return once every configured tunnel of a running lab is up at both ends (measurements call
+    this before their first flow); LabError naming the ones that are not, after the tunnels' time-out."""
+    rt = _runtime(runtime)
+    infos = {c.node: c for c in rt.containers(lab.name) if c.kind != "host" and c.state == "running"}
+    missing = sorted(n.name for n in lab.routers if n.name not in infos)
+    if missing:
+        raise LabError(f"lab {lab.name}: routers {', '.join(missing)} are not running")
+    up = Bringup(lab, rt, start=lambda n: infos[n.name], wire=lambda n, i: None, summary=agent_summary,
+                 has_agent=lambda n: n.name in infos, report=progress)
+    up.attach({n.name: infos.get(n.name) for n in lab.nodes})  # hosts: nothing to wait for
+    up.run()
 
 
-def _check_ready(rt: Runtime, node: str, cname: str) -> tuple[bool, str]:
-    info = rt.get(cname)
-    if info is None or info.state != "running":
-        state = info.state if info else "gone"
-        raise LabError(f"node {node} failed: container {cname} is {state}; last log lines: {_log_tail(rt, cname)}")
-    try:
-        status = agent_status(info)
-    except Exception as exc:  # not listening yet, or a bad answer: keep polling until the deadline
-        return False, _one_line(exc)
-    if status.get("ready"):
-        return True, "ready"
-    errors = status.get("errors") or []
-    return False, f"not ready: {'; '.join(map(str, errors))}" if errors else "not ready yet"
+def agent_summary(info: ContainerInfo, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any]:
+    """The agent's `summary` answer: readiness, bring-up phase and one state per configured tunnel."""
+    return _ask(info, "summary", timeout)
 
 
 def agent_status(info: ContainerInfo, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any]:
     """The agent's `status` answer, asked on its control socket: the same request `ctl status`
-    sends, without a process per poll. The socket is found inside the container's root with
+    sends, without a process per poll."""
+    return _ask(info, "status", timeout)
+
+
+def _ask(info: ContainerInfo, command: str, timeout: float) -> dict[str, Any]:
+    """One control request. The socket is found inside the container's root with
     openat2(RESOLVE_IN_ROOT) (runtime/inroot.py says why), so no symlink the container plants can
     lead the host anywhere else."""
     from vpnlab_agent.config import CONTROL_SOCKET
-    from vpnlab_agent.control import ControlUnreachable, request
+    from vpnlab_agent.control import ControlError, request
 
     from vpnlab.runtime.inroot import socket_in_root
 
@@ -326,22 +297,14 @@ def agent_status(info: ContainerInfo, timeout: float = STATUS_TIMEOUT_S) -> dict
         raise LabError(f"container {info.name} is not running")
     try:
         with socket_in_root(f"/proc/{info.pid}/root", CONTROL_SOCKET) as path:
-            result = request(path, "status", timeout=timeout)
+            result = request(path, command, timeout=timeout)
     except FileNotFoundError:
-        raise ControlUnreachable(f"agent not reachable: no socket {CONTROL_SOCKET} in {info.name}") from None
+        raise LabError(f"agent not reachable: no socket {CONTROL_SOCKET} in {info.name}") from None
+    except ControlError as exc:
+        raise LabError(str(exc)) from None
     if not isinstance(result, dict):
-        raise LabError(f"agent in {info.name} answered status with {type(result).__name__}")
+        raise LabError(f"agent in {info.name} answered {command} with {type(result).__name__}")
     return result
-
-
-def _log_tail(rt: Runtime, cname: str) -> str:
-    text = rt.logs(cname, LOG_LINES)
-    return " | ".join(line.strip() for line in text.splitlines() if line.strip()) or "(no output)"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def destroy(name: str, runtime: Runtime | None = None) -> DestroyResult:
@@ -359,6 +322,13 @@ def destroy(name: str, runtime: Runtime | None = None) -> DestroyResult:
     except OSError as exc:
         raise LabError(f"cannot remove netns {fabric_netns_name(name)}: {exc.strerror or exc}") from exc
     return DestroyResult(lab=name, containers_removed=len(containers), netns_removed=removed_ns)
+
+
+def node_logs(lab: str, node: str, tail: int | None = None, runtime: Runtime | None = None) -> tuple[str, str]:
+    """(log text, where it came from) of a node: see nodelogs.read."""
+    from vpnlab import nodelogs
+
+    return nodelogs.read(check_lab_name(lab), node, tail, _runtime(runtime))
 
 
 def lab_names(runtime: Runtime | None = None) -> list[str]:
@@ -400,28 +370,41 @@ def labs_deployed_from(topology: str | Path, runtime: Runtime | None = None) -> 
     return sorted({c.lab for c in _runtime(runtime).containers() if c.topology == source and c.lab})
 
 
-def inspect_lab(name: str, runtime: Runtime | None = None) -> LabView:
+def inspect_lab(
+    name: str, runtime: Runtime | None = None, *, node: str | None = None, detail: bool | None = None
+) -> LabView:
+    """The lab's nodes with their addresses and their agents' summaries; with `detail` (by default
+    for labs of up to DETAIL_ROUTERS routers, and for one `node`) also each agent's full status."""
     check_lab_name(name)
     rt = _runtime(runtime)
     containers = rt.containers(name)
     netns = fabric_netns_name(name)
     if not containers and not netns_exists(netns):
         raise LabError(f"no lab {name} is running (labs: {', '.join(lab_names(rt)) or 'none'})")
+    if node is not None:
+        chosen = [c for c in containers if c.node == node]
+        if not chosen:
+            raise LabError(f"lab {name} has no node {node!r} (nodes: {', '.join(sorted(c.node for c in containers))})")
+        containers = chosen
+    if detail is None:
+        detail = node is not None or sum(c.kind != "host" for c in containers) <= DETAIL_ROUTERS
 
     def view(c: ContainerInfo) -> NodeView:
-        node = NodeView(name=c.node, role=c.role, kind=c.kind, container=c.name, state=c.state)
+        nv = NodeView(name=c.node, role=c.role, kind=c.kind, container=c.name, state=c.state)
         if c.state != "running" or not c.pid:
-            return node
+            return nv
         try:
-            node.addresses = interface_addresses(c.netns_path)
+            nv.addresses = interface_addresses(c.netns_path)
         except (OSError, NetlinkError) as exc:
-            node.problem = f"cannot read addresses: {_one_line(exc)}"
+            nv.problem = f"cannot read addresses: {_one_line(exc)}"
         if c.kind != "host":
             try:
-                node.agent = agent_status(c)
+                nv.summary = agent_summary(c)
+                if detail:
+                    nv.agent = agent_status(c)
             except Exception as exc:
-                node.problem = _one_line(exc)
-        return node
+                nv.problem = _one_line(exc)
+        return nv
 
     with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vpnlab-inspect") as pool:
         nodes = list(pool.map(view, containers))
@@ -431,6 +414,7 @@ def inspect_lab(name: str, runtime: Runtime | None = None) -> LabView:
         fabric_netns=netns,
         fabric_present=netns_exists(netns),
         nodes=sorted(nodes, key=lambda n: (n.kind == "host", n.name)),
+        detail=detail,
     )
 
 
@@ -464,7 +448,7 @@ def exec_node(
 
 
 class _Report:
-    """Steps as progress tasks; silent without a sink."""
+    """Steps as progress tasks; silent without a sink (bringup.py reports its own)."""
 
     def __init__(self, sink: ProgressSink | None) -> None:
         self._sink = sink

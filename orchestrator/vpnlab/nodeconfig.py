@@ -103,13 +103,17 @@ def mesh_extension(lab: Lab, node: Node) -> dict[str, object]:
     """What the agent's mesh service reads (vpnlab_agent/mesh/config.py; docs/mesh.md).
 
     A hub relays mesh signalling when any agent branch attached to it has mesh enabled, whatever
-    its own `enabled` says (hubs never build shortcuts themselves). A branch learns each hub's own
-    LANs, because sessions from those never trigger a shortcut.
+    its own `enabled` says (hubs never build shortcuts themselves), and then also counts what it
+    forwards between each pair of branches; with mesh off it counts only when asked (count_pairs,
+    set by `measure hub-traffic`), so a star lab's hub runs no mesh service at all. A branch learns
+    each hub's own LANs, because sessions from those never trigger a shortcut.
     """
     ext: dict[str, object] = dataclasses.asdict(node.mesh)
     ext["behind_nat"] = node.behind_nat
+    count_pairs = ext.pop("count_pairs")
     if node.role in HUB_ROLES:
         ext["relay"] = any(b.mesh.enabled and b.implementation == "agent" for b in branches_of(lab, node.name))
+        ext["count_pairs"] = bool(ext["relay"] or count_pairs)
     else:
         ext["hub_lans"] = {h: list(_cidrs(lab.node(h).lan_subnets)) for h in node.hubs
                            if cluster_config.cluster_named(lab, h) is None}

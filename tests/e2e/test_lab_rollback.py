@@ -104,10 +104,12 @@ def test_an_agent_that_never_becomes_ready_fails_the_deploy_by_name_and_leaves_n
     extra = InterfaceConfig(name="lan9", kind="lan", addresses=("10.99.0.1/24",))
     config = dataclasses.replace(config, interfaces=(*config.interfaces, extra))
     broken = dataclasses.replace(spec, files={**spec.files, CONFIG_PATH: config.to_json().encode()})
-    with pytest.raises(LabError, match=r"node br2 not ready after 8 s") as err:
+    with pytest.raises(LabError, match=r"node br2 not ready after 8 s \(waiting for interfaces .*lan9\)") as err:
         labs.deploy_lab(lab, node_image, runtime=runtime, ready_timeout=8, specs={"br2": broken})
-    assert "last log lines" in str(err.value)
+    assert "\n" not in str(err.value) and str(err.value).endswith(f"its log: `vpnlab logs {name} br2`")
     assert leftovers(name) == []
+    text, source = labs.node_logs(name, "br2")  # the rollback removed the container, not its log
+    assert "waiting for interfaces" in text and "failed deploy" in source
 
 
 def test_an_agent_that_exits_fails_the_deploy_at_once_with_its_log(
@@ -121,7 +123,8 @@ def test_an_agent_that_exits_fails_the_deploy_at_once_with_its_log(
     lab = labs.load_lab(topologies / "minimal.yml", name)
     broken = _router_spec(lab, "hub", command=("python3", "-m", "vpnlab_agent", "run", "--config", "/nonexistent.json"))
     started = time.monotonic()
-    with pytest.raises(LabError, match=rf"node hub failed: container vpnlab-{name}-hub is exited; last log lines: .+") as err:
+    with pytest.raises(LabError, match=rf"node hub failed: container vpnlab-{name}-hub (is exited|stopped right after "
+                                       rf"start) \(last line: .+\); its log: `vpnlab logs {name} hub`$") as err:
         labs.deploy_lab(lab, node_image, runtime=runtime, ready_timeout=60, specs={"hub": broken})
     assert time.monotonic() - started < 30, "a dead agent must not wait for the deadline"
     assert "nonexistent" in str(err.value)

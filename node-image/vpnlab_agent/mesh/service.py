@@ -35,12 +35,15 @@ def mesh_wanted(config: NodeConfig) -> bool:
     ext = config.extensions.get("mesh") or {}
     if config.implementation != "agent" or config.ike is None:
         return False
-    # A hub always runs it: its per-pair counters measure the star too (mesh off).
-    return bool(ext.get("enabled")) if config.role == "branch" else bool(config.ike.peers)
+    if config.role == "branch":
+        return bool(ext.get("enabled"))
+    # A hub runs it to relay, or to count the star's branch-to-branch traffic when asked (measure).
+    return bool(config.ike.peers) and bool(ext.get("relay") or ext.get("count_pairs"))
 
 
 class MeshService:
     name = "mesh"
+    summary_refresh = False  # refresh() lists the hub's nft counters: nothing a summary shows
 
     def __init__(self, config: NodeConfig, ike: Any) -> None:
         self.config = config

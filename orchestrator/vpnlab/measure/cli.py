@@ -86,7 +86,7 @@ def shortcuts_cmd(
     from vpnlab.measure.report import mesh_of
 
     with reported():
-        view = labs.inspect_lab(labs.resolve_lab_name(lab))
+        view = labs.inspect_lab(labs.resolve_lab_name(lab), detail=True)  # the mesh state is in the full status
     state = {n.name: mesh_of(n.agent or {}) for n in view.nodes if n.kind != "host"}
     if as_json:
         out.print_json(json.dumps(state))

@@ -24,7 +24,7 @@ from vpnlab.errors import LabError
 from vpnlab.measure import report
 from vpnlab.measure.labctl import LabCtl
 from vpnlab.runtime.base import Runtime
-from vpnlab.topology.model import Lab, Node
+from vpnlab.topology.model import HUB_ROLES, Lab, Node
 
 BASE_PORT = 5201
 SETTLE_S = 1.5  # after the flows, so the last counters and samples are in
@@ -71,8 +71,11 @@ def plan_flows(lab: Lab, pairs: str) -> list[Flow]:
 
 
 def with_mesh(lab: Lab, enabled: bool, name: str) -> Lab:
+    """The lab with mesh on or off on every branch; its hubs count branch-to-branch bytes either way."""
     nodes = tuple(
-        dataclasses.replace(n, mesh=dataclasses.replace(n.mesh, enabled=enabled)) if n.role == "branch" else n
+        dataclasses.replace(n, mesh=dataclasses.replace(n.mesh, enabled=enabled)) if n.role == "branch"
+        else dataclasses.replace(n, mesh=dataclasses.replace(n.mesh, count_pairs=True)) if n.role in HUB_ROLES
+        else n
         for n in lab.nodes
     )
     return dataclasses.replace(lab, name=name, nodes=nodes)
@@ -81,6 +84,7 @@ def with_mesh(lab: Lab, enabled: bool, name: str) -> Lab:
 def run_once(lab: Lab, rt: Runtime, flows: list[Flow], *, duration: float, udp: bool, bitrate: str,
              say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """One run on a deployed lab: flows at once, then counters and timelines."""
+    labs.wait_tunnels(lab, rt)  # a flow into a tunnel that is not up yet meets its guard route
     ctl = LabCtl(rt, lab.name)
     hub = next(n.name for n in lab.nodes if n.role in ("hub", "gateway"))
     branches = sorted({f.src for f in flows} | {f.dst for f in flows})

@@ -68,7 +68,9 @@ class DockerRuntime:
             raise LabError(f"container {name}: {_api_message(e)}") from e
         info = self.get(name)
         if info is None or info.pid == 0:
-            raise LabError(f"container {name} stopped right after start: {self.logs(name, 5)!r}")
+            last = self.logs(name, 1).strip()
+            said = f" (last line: {' '.join(last.split())[:160]})" if last else ""
+            raise LabError(f"container {name} stopped right after start{said}")
         return info
 
     def containers(self, lab: str | None = None) -> list[ContainerInfo]:
@@ -137,9 +139,9 @@ class DockerRuntime:
             raise LabError("an interactive exec needs the docker CLI (apt-get install docker.io); or pipe the command's input")
         return subprocess.run([docker_cli, "exec", "-it", name, *argv], check=False).returncode
 
-    def logs(self, name: str, tail: int = 20) -> str:
+    def logs(self, name: str, tail: int | None = 20) -> str:
         try:
-            raw = self._client.api.logs(name, stdout=True, stderr=True, tail=tail)
+            raw = self._client.api.logs(name, stdout=True, stderr=True, tail="all" if tail is None else tail)
         except (NotFound, APIError):
             return ""
         return raw.decode("utf-8", "replace").rstrip()

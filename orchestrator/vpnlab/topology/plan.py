@@ -153,10 +153,11 @@ class _Planner:
         for cname, c in self.spec.clusters.items():  # explicit segments stay clear of planned LANs
             if c.segment is not None:
                 taken.append((parse_cidr(c.segment), f"cluster {cname}'s segment"))
+        first_free = 0  # taken only grows: a 10.N/24 refused for one router stays refused (O(n) at 200 branches)
         for r in self.routers.values():
             if r.lans or r.spec.contexts:
                 continue  # a router with contexts has plain LANs only when it lists them
-            for n in range(256):
+            for n in range(first_free, 256):
                 net = IPv4Network(f"10.{n}.0.0/24")
                 if not net.overlaps(self.underlay) and not any(net.overlaps(t) for t, _ in taken) and not any(
                     net.overlaps(a) for a in avoid
@@ -164,6 +165,7 @@ class _Planner:
                     break
             else:
                 raise self.fail(f"nodes.{r.name}.lan", "no free 10.N.0.0/24 left to plan; give 'lan'")
+            first_free = n + 1
             taken.append((net, r.name))
             r.lans.append(net)
         self.lans_taken = [(n, o) for n, o in taken if not o.startswith("cluster ")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,10 @@ def test_hub_relays_only_when_a_branch_wants_mesh(tmp_path: Path) -> None:
     lab = load_topology(p)
     hub = build_node_config(lab, lab.node("hub"))
     assert hub.extensions["mesh"]["relay"] is False
-    assert mesh_wanted(hub)  # for its counters: the star is measured too
+    assert not mesh_wanted(hub)  # a star lab's hub runs no mesh service: nothing can hold readiness back
     assert not mesh_wanted(build_node_config(lab, lab.node("br1")))
+    counting = dataclasses.replace(lab.node("hub"), mesh=dataclasses.replace(lab.node("hub").mesh, count_pairs=True))
+    assert mesh_wanted(build_node_config(lab, counting))  # `measure hub-traffic` counts the star's pairs
     assert MeshConfig.from_node(build_node_config(lab, lab.node("br1"))).limit == 50  # CPE 19xx default
 
 
