@@ -117,9 +117,11 @@ def _vpn_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service],
         errors.append(f"ike: {exc}")
         return [], engine
     services: list[Service] = [ike]
-    from vpnlab_agent.mesh.service import MeshService, mesh_wanted
+    from vpnlab_agent.mesh.config import mesh_wanted
 
     if mesh_wanted(config):
+        from vpnlab_agent.mesh.service import MeshService
+
         services.append(MeshService(config, ike))  # Advanced Mesh VPN: after IKE, on top of it
     if config.extensions.get("cluster"):
         from vpnlab_agent.cluster.wiring import cluster_services

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -127,7 +128,10 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
     for key, value in data.items():
         nested = _NESTED.get(key)
         if isinstance(value, list):
-            value = tuple(_build(nested, v) if nested and isinstance(v, dict) else v for v in value)
+            # Interned: a hub's peers each list every other branch's LAN (n² selectors at n branches),
+            # and JSON gives each occurrence its own string object.
+            value = tuple(_build(nested, v) if nested and isinstance(v, dict)
+                          else sys.intern(v) if isinstance(v, str) else v for v in value)
         elif nested and isinstance(value, dict):
             value = _build(nested, value)
         kwargs[key] = value

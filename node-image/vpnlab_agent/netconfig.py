@@ -203,7 +203,27 @@ def lighten_pyroute2() -> bool:
 
     pkg.__getattr__ = lazy_attribute  # type: ignore[attr-defined]
     sys.modules["pyroute2"] = pkg
+    _stub_pyroute2_lab(pkg.__path__)
     return True
+
+
+def _stub_pyroute2_lab(path: list[str]) -> None:
+    """pyroute2.lab gives IPRoute a base class that wraps every method in unittest.mock when its
+    `use_mock` is set (pyroute2's own test lab); importing it pulls unittest, mock, difflib and
+    pprint in: ~1.3 MiB per agent. The stand-in is that base class with use_mock off, as it is here."""
+    import os
+
+    if not any(os.path.exists(os.path.join(p, "lab.py")) for p in path):
+        return
+    lab = types.ModuleType("pyroute2.lab")
+
+    class LAB_API:  # noqa: N801 - pyroute2's name
+        pass
+
+    lab.LAB_API = LAB_API  # type: ignore[attr-defined]
+    lab.registry = []  # type: ignore[attr-defined]
+    lab.use_mock = False  # type: ignore[attr-defined]
+    sys.modules["pyroute2.lab"] = lab
 
 
 def missing_links(ipr: Any, names: tuple[str, ...]) -> list[str]:

@@ -18,6 +18,18 @@ HOLDDOWN_S = 30.0  # after a refusal or failure, new sessions from that subnet w
 MAX_PENDING = 32  # requests and builds in flight at once
 
 
+def mesh_wanted(config: NodeConfig) -> bool:
+    """Whether this router runs the mesh service (decided here, so that a router that does not never
+    imports it: the service and its logic are ~0.5 MiB of an agent's memory)."""
+    ext = config.extensions.get("mesh") or {}
+    if config.implementation != "agent" or config.ike is None:
+        return False
+    if config.role == "branch":
+        return bool(ext.get("enabled"))
+    # A hub runs it to relay, or to count the star's branch-to-branch traffic when asked (measure).
+    return bool(config.ike.peers) and bool(ext.get("relay") or ext.get("count_pairs"))
+
+
 @dataclass(frozen=True)
 class HubView:
     """One hub as a branch sees it: the hub's own LANs, and everything reached through its tunnel."""

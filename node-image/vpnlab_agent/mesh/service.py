@@ -31,16 +31,6 @@ SAMPLE_S = 0.5  # hub pair counters
 MAX_SAMPLES = 1200  # 10 minutes of hub samples
 
 
-def mesh_wanted(config: NodeConfig) -> bool:
-    ext = config.extensions.get("mesh") or {}
-    if config.implementation != "agent" or config.ike is None:
-        return False
-    if config.role == "branch":
-        return bool(ext.get("enabled"))
-    # A hub runs it to relay, or to count the star's branch-to-branch traffic when asked (measure).
-    return bool(config.ike.peers) and bool(ext.get("relay") or ext.get("count_pairs"))
-
-
 class MeshService:
     name = "mesh"
     summary_refresh = False  # refresh() lists the hub's nft counters: nothing a summary shows

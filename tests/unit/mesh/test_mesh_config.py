@@ -10,8 +10,7 @@ import pytest
 from vpnlab.nodeconfig import build_node_config
 from vpnlab.topology.loader import TopologyError, load_topology
 from vpnlab_agent.config import NodeConfig
-from vpnlab_agent.mesh.config import HubView, MeshConfig
-from vpnlab_agent.mesh.service import mesh_wanted
+from vpnlab_agent.mesh.config import HubView, MeshConfig, mesh_wanted
 
 TOPOLOGIES = Path(__file__).resolve().parents[3] / "topologies"
 
