@@ -199,7 +199,7 @@ def main() -> int:
     if args.json:
         print(json.dumps({"rows": rows, "goals": GOALS, "failures": failures}, indent=2))
     else:
-        Console().print(render(rows))
+        Console(width=170).print(render(rows))
         print(f"{len(rows) - failures} of {len(rows)} deploys with every tunnel up; goals at 200 branches: "
               + ", ".join(f"{k} <= {v:g}" for k, v in GOALS.items()))
     return 1 if failures else 0
