@@ -4,8 +4,9 @@
 
 One row per deploy: deploy time (until `deploy` returned), time until every tunnel was up (the
 hub and every branch report an established IKE SA and a child SA with each peer), destroy time,
-the agents' RSS (hub; branches max and mean) and the hub agent's CPU time from its start until
-every tunnel was up. A failed deploy is a row with its one-line error; the run goes on.
+the agents' RSS (hub; branches max and mean) and USS (private memory, the image's shared pages
+left out: what one more agent costs), and the hub agent's CPU time from its start until every
+tunnel was up. A failed deploy is a row with its one-line error; the run goes on.
 
 Goals on a 2-core machine with 200 branches: deploy with every tunnel up <= 60 s, destroy <= 15 s,
 branch agent RSS <= 30 MB, hub agent RSS <= 60 MB, and no failure in 10 deploys in a row.
@@ -81,6 +82,15 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def uss_mb(pid: int) -> float:
+    """Private (unshared) memory: what one more agent costs, the image's shared pages left out."""
+    kb = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            kb += int(line.split()[1])
+    return kb / 1024
+
+
 def cpu_s(pid: int) -> float:
     """utime + stime of the process so far (the fields after the parenthesised name)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -142,6 +152,8 @@ def run_once(branches: int, name: str, workdir: Path) -> dict[str, Any]:
         branch_rss = [rss_mb(p) for p in pids.values() if p is not None]
         row["branch_rss_max_mb"] = round(max(branch_rss), 1)
         row["branch_rss_mean_mb"] = round(statistics.mean(branch_rss), 1)
+        row["hub_uss_mb"] = round(uss_mb(hub_pid), 1)
+        row["branch_uss_mean_mb"] = round(statistics.mean(uss_mb(p) for p in pids.values() if p is not None), 1)
     finally:
         t = time.monotonic()
         labs.destroy(name, runtime=rt)
@@ -158,6 +170,8 @@ COLUMNS = [
     ("hub_rss_mb", "hub RSS", "MB"),
     ("branch_rss_max_mb", "branch RSS max", "MB"),
     ("branch_rss_mean_mb", "branch RSS mean", "MB"),
+    ("hub_uss_mb", "hub USS", "MB"),
+    ("branch_uss_mean_mb", "branch USS mean", "MB"),
     ("hub_cpu_s", "hub CPU start-up", "s"),
 ]
 
