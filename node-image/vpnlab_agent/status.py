@@ -94,10 +94,14 @@ def build(
 
 def tunnel_states(peers: list[str], ike_sas: list[dict[str, Any]], child_sas: list[dict[str, Any]]) -> dict[str, str]:
     """{peer: "up" | state of its IKE SA | "down"} for each configured peer."""
-    with_child = {c.get("peer") for c in child_sas}
+    # A child SA carries traffic once installed (a "rekeyed" one is on its way out).
+    with_child = {c.get("peer") for c in child_sas if c.get("state") in (None, "installed")}
+    by_peer: dict[Any, list[str]] = {}
+    for sa in ike_sas:
+        by_peer.setdefault(sa.get("peer"), []).append(str(sa.get("state")))
     out: dict[str, str] = {}
     for peer in peers:
-        states = [str(sa.get("state")) for sa in ike_sas if sa.get("peer") == peer]
+        states = by_peer.get(peer, [])
         if "established" in states and peer in with_child:
             out[peer] = UP
         else:

@@ -24,6 +24,7 @@ from vpnlab_agent.control import ControlError, ControlServer, ControlUnreachable
     ("line", "expected"),
     [
         (b'{"command": "status"}', ("status", {})),
+        (b'{"command": "summary"}', ("summary", {})),
         (b'{"command": "rekey", "peer": "hub"}', ("rekey", {"peer": "hub", "what": "child"})),
         (b'{"command": "rekey", "peer": "hub", "what": "ike"}', ("rekey", {"peer": "hub", "what": "ike"})),
         (b'{"command": "terminate", "peer": "br1"}', ("terminate", {"peer": "br1"})),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from vpnlab_agent.config import NodeConfig
-from vpnlab_agent.status import CHILD_SA_KEYS, IKE_SA_KEYS, TOP_KEYS, build, iso_utc
+from vpnlab_agent.status import CHILD_SA_KEYS, IKE_SA_KEYS, SUMMARY_KEYS, TOP_KEYS, build, iso_utc, summary
 
 
 def test_shape_without_services(branch: NodeConfig) -> None:
@@ -44,3 +44,27 @@ def test_service_sas_are_lifted_and_normalised(hub: NodeConfig) -> None:
 
 def test_iso_utc_has_milliseconds_and_z() -> None:
     assert iso_utc(1.5) == "1970-01-01T00:00:01.500Z"
+
+
+def test_summary_says_per_configured_peer_whether_its_tunnel_is_up(hub: NodeConfig) -> None:
+    assert hub.ike is not None
+    peers = [p.name for p in hub.ike.peers]
+    assert len(peers) >= 2
+    first, second = peers[0], peers[1]
+    services = {
+        "ike": {
+            "ike_sas": [{"peer": first, "state": "established"}, {"peer": second, "state": "established"},
+                        {"peer": "shortcut-peer", "state": "established"}],
+            # the second peer's only child is the old one of a rekey: not up
+            "child_sas": [{"peer": first, "state": "installed"}, {"peer": second, "state": "rekeyed"}],
+            "half_open": 2,
+            "errors": ["x"],
+        },
+    }
+    st = summary(hub, ready=True, phase="running", dataplane="userspace", services=services, errors=[])
+    assert tuple(st) == SUMMARY_KEYS
+    assert st["tunnels"][first] == "up" and st["tunnels"][second] == "established"
+    assert all(st["tunnels"][p] == "down" for p in peers[2:])
+    assert (st["ike_sas"], st["child_sas"], st["half_open"], st["other_ike_sas"]) == (3, 2, 2, 1)
+    assert st["errors"] == ["ike: x"] and st["phase"] == "running"
+    json.dumps(st)
