@@ -105,6 +105,9 @@ def test_control_dispatch(branch: NodeConfig, tmp_path: Any) -> None:
         assert st["dataplane"] == "test-engine" and st["ready"] is False
         assert st["ike_sas"] == [{**dict.fromkeys(st["ike_sas"][0]), "peer": "hub", "state": "ESTABLISHED"}]
         assert st["interfaces"] == [] and st["routes"] == []  # netlink not opened outside run()
+        brief = await agent.handle("summary", {})
+        assert brief["ready"] is False and brief["phase"] == "starting" and brief["dataplane"] == "test-engine"
+        assert brief["tunnels"] == {"hub": "ESTABLISHED"}  # an IKE SA without a child SA is not up
 
     asyncio.run(scenario())
     assert rec.calls == [("rekey", "hub", "ike")]
