@@ -256,7 +256,9 @@ def _lab_table(view: Any) -> Table:
         table.add_column(header, overflow="fold")
     for n in view.nodes:
         # A large lab: one line per node (its WAN or first address), so 200 rows stay 200 lines.
-        shown = sorted(n.addresses.items()) if view.detail else sorted(n.addresses.items())[:1]
+        shown = sorted(n.addresses.items())
+        if not view.detail:
+            shown = [(k, v) for k, v in shown if k == "wan0"] or shown[:1]
         addrs = "\n".join(f"{ifname} {' '.join(a)}" for ifname, a in shown if a)
         summary = n.summary or {}
         tunnels = summary.get("tunnels") or {}

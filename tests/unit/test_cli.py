@@ -161,3 +161,29 @@ def test_export_to_several_hosts_writes_one_file_each(tmp_path: Path) -> None:
 def test_export_mistakes_are_one_line(tmp_path: Path, extra: list[str], expected: str) -> None:
     _fails_with_one_line(["export", "topologies/minimal.yml", "-o", str(tmp_path / "o"), *extra], expected)
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_a_large_lab_is_one_row_per_node_then_totals_and_what_is_not_up() -> None:
+    from rich.console import Console
+
+    from vpnlab.cli import _lab_table, _summary_lines
+    from vpnlab.lab import LabView, NodeView
+
+    def router(name: str, tunnels: dict[str, str], ready: bool = True) -> NodeView:
+        summary = {"ready": ready, "phase": "running" if ready else "starting ike", "dataplane": "userspace",
+                   "tunnels": tunnels, "ike_sas": len(tunnels), "child_sas": 1, "half_open": 0, "errors": []}
+        return NodeView(name, "branch", "agent", f"vpnlab-big-{name}", "running",
+                        {"wan0": ["198.51.100.11/24"], "lan0": ["10.1.0.1/24"]}, summary=summary)
+
+    nodes = [router("hub", {f"b{i}": "up" for i in range(1, 41)} | {"b7": "connecting"})]
+    nodes += [router(f"b{i}", {"hub": "up" if i != 7 else "down"}, ready=i != 7) for i in range(1, 41)]
+    view = LabView("big", "", "vpnlab-big", True, nodes, detail=False)
+    console = Console(width=200, record=True)
+    console.print(_lab_table(view))
+    text = console.export_text()
+    assert len(text.splitlines()) < 50  # one line per node: the LAN address lines are left out
+    assert "40/40" not in text and "39/40" in text and "0/1" in text
+    lines = _summary_lines(view)
+    assert lines[0] == "40 of 41 routers ready; 78 of 80 tunnel ends up; 0 half-open IKE SAs"
+    assert lines[1] == "not up: b7→hub (down), hub→b7 (connecting)"
+    assert lines[-1] == "one router in full (tunnels, selectors, SPIs, mesh): vpnlab inspect big NODE"
