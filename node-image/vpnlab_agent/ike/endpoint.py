@@ -112,8 +112,9 @@ class IkeEndpoint(LogLines):
                 return p
         raise IkeError(f"unknown IKE peer {name!r} (peers: {', '.join(p.name for p in self.config.peers) or 'none'})")
 
-    def add_peer(self, peer: PeerConfig) -> None:
-        """Add (or replace) a dynamic peer at run time: the Advanced Mesh shortcut peers."""
+    def add_peer(self, peer: PeerConfig, now: float | None = None) -> None:
+        """Add (or replace) a dynamic peer at run time: the Advanced Mesh shortcut peers. An IKE_AUTH
+        from it that an extension held (Extension.hold_auth) is answered now."""
         static = {p.name for p in self.config.peers} - self._dynamic
         if peer.name in static:
             raise IkeError(f"peer {peer.name!r} is configured statically")
@@ -124,6 +125,12 @@ class IkeEndpoint(LogLines):
         self.config = dataclasses.replace(self.config, peers=kept + (peer,))
         self._dynamic.add(peer.name)
         self._peers_by_id = {identity(p.remote_id): p for p in self.config.peers}
+        want = identity(peer.remote_id)
+        for s in list(self._sessions.values()):
+            if s.state == State.HALF_OPEN and s.held is not None and s.held[0] == want:
+                data, hdr, addr, local_port, then = s.held[1]
+                s.held = None
+                s.receive(data, hdr, addr, local_port, then if now is None else now)
 
     def is_dynamic(self, name: str) -> bool:
         return name in self._dynamic

@@ -145,7 +145,7 @@ class ExtensionApi(Protocol):
 
     def close(self, sa: SaView, now: float, reason: str) -> None: ...
 
-    def add_peer(self, peer: PeerConfig) -> None: ...
+    def add_peer(self, peer: PeerConfig, now: float | None = None) -> None: ...
 
     def remove_peer(self, name: str, now: float) -> None: ...
 
@@ -186,6 +186,12 @@ class Extension:
         """Responder, IKE_AUTH verified but the IKE SA not yet up: notifies to answer with instead
         of establishing it (RFC 5685 REDIRECT in IKE_AUTH); the SA is then closed without IkeSAUp."""
         return None
+
+    def hold_auth(self, sa: SaView, identity: str, now: float) -> bool:
+        """Responder, IKE_AUTH from an identity that matches no peer: True to hold the request
+        unanswered (at most ikesa.HOLD_AUTH_S) because this extension may add that peer any moment
+        (the mesh: a shortcut it asked the hub for). `add_peer` then answers the held request."""
+        return False
 
     def child_meta(self, sa: SaView, child: ChildInfo) -> ChildMeta | None:
         """Metadata for a child SA being created (both sides, IKE_AUTH and CREATE_CHILD_SA)."""
@@ -250,6 +256,9 @@ class Extensions:
             if got:
                 return list(got)
         return None
+
+    def hold_auth(self, sa: SaView, identity: str, now: float) -> bool:
+        return any(self._guard(e, "hold_auth", lambda e=e: e.hold_auth(sa, identity, now)) for e in self.items)
 
     def child_meta(self, sa: SaView, child: ChildInfo) -> ChildMeta | None:
         merged: dict[str, Any] = {}

@@ -34,6 +34,7 @@ from vpnlab_agent.ike.codec import (
 from vpnlab_agent.ike.constants import AuthMethod, ExchangeType, NotifyType, ProtocolId
 from vpnlab_agent.ike.extension import ChildInfo, MessageInfo
 from vpnlab_agent.ike.ikesa import (
+    HOLD_AUTH_S,
     MAX_INIT_RETRIES,
     NONCE_LEN,
     REKEYED_GRACE,
@@ -305,12 +306,27 @@ def repeat_init_response(sa: IkeSa, data: bytes, addr: tuple[str, int], local_po
     sa.send_raw(sa.init_resp, addr, local_port)
 
 
+def hold(sa: IkeSa, ident: tuple[int, bytes], claimed: str, now: float) -> bool:
+    """Keep an IKE_AUTH from an unknown identity for a while if an extension expects that peer."""
+    if sa.held_since is not None and now - sa.held_since >= HOLD_AUTH_S:
+        return False
+    if not sa.host.extensions.hold_auth(sa.view(), claimed, now) or sa.request is None:
+        return False
+    if sa.held_since is None:
+        sa.held_since = now
+        sa.host.log(f"{claimed}: IKE_AUTH held: no such peer yet, an extension expects one")
+    sa.held = (ident, sa.request)
+    return True
+
+
 def on_auth_request(sa: IkeSa, msg: Message, addr: tuple[str, int], now: float) -> list | None:
     idi, auth = msg.find(IDi), msg.find(Auth)
     if idi is None or auth is None:
         raise ProtocolFailure(NotifyType.INVALID_SYNTAX, "IKE_AUTH without IDi or AUTH")
     claimed = identity_text(idi.id_type, idi.data)
     peer = sa.host.peer_by_identity(idi.id_type, idi.data)
+    if peer is None and hold(sa, (idi.id_type, idi.data), claimed, now):
+        return None  # unanswered for now: add_peer() replays it, or the initiator retransmits
     if peer is None:
         sa.auth_failed(now, claimed, f"identity {claimed!r} matches no configured peer", addr)
         return [Notify(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]

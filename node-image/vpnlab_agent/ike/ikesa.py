@@ -40,6 +40,9 @@ RETRY_JITTER = 5.0
 # rarely start a rekey at the same moment (collision handling of RFC 7296 §2.8.1 is not done).
 REKEY_FRACTION_INITIATOR = 0.90
 REKEY_FRACTION_RESPONDER = 0.96
+# An IKE_AUTH from an identity no peer has yet may wait this long for an extension to add the peer
+# (Extension.hold_auth); a retransmission after that gets AUTHENTICATION_FAILED as usual.
+HOLD_AUTH_S = 1.0
 
 
 class State(enum.Enum):
@@ -210,6 +213,11 @@ class IkeSa:
         self.auth_ctx = ChildCtx(b"", b"", None)  # initiator: what IKE_AUTH offered for the first child
         self.last_raw = b""  # bytes of the response being handled (IKE_SA_INIT's are signed by AUTH)
         self.close_after_response: tuple[str, bool] | None = None  # (reason, quiet) once answered
+        # The request being handled, as received: (data, header, addr, local_port, now). An IKE_AUTH
+        # held for a peer that may appear keeps it in `held` (with the claimed identity) to replay.
+        self.request: tuple[bytes, Any, tuple[str, int], int, float] | None = None
+        self.held: tuple[tuple[int, bytes], tuple[bytes, Any, tuple[str, int], int, float]] | None = None
+        self.held_since: float | None = None
         self.successor: IkeSa | None = None  # the IKE SA that replaced this one
 
     # --- naming ---------------------------------------------------------------------------

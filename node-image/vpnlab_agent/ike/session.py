@@ -105,6 +105,7 @@ class IkeSession(IkeSa):
             self.last_raw = data
             handler(self, msg, addr, now)
             return
+        self.request = (data, hdr, addr, local_port, now)
         try:
             out = handler(self, msg, addr, now)
         except ProtocolFailure as e:

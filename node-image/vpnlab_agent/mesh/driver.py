@@ -21,14 +21,13 @@ from typing import Any
 from vpnlab_agent.config import PeerConfig
 from vpnlab_agent.ike.constants import VENDOR_ID
 from vpnlab_agent.ike.endpoint import IkeEndpoint, IkeError
-from vpnlab_agent.ike.events import ChildSADeleted, ChildSAUp, IkeSADown, IkeSAUp, InformationalDone, NotifyReceived
+from vpnlab_agent.ike.events import ChildSADeleted, ChildSAUp, IkeSADown, IkeSAUp, NotifyReceived
 from vpnlab_agent.ike.extension import ChildInfo, ChildMeta, Extension, SaView
 from vpnlab_agent.mesh.config import MeshConfig
 from vpnlab_agent.mesh.manager import AcceptShortcut, BuildShortcut, DeleteShortcut, MeshManager, SendNotify
 from vpnlab_agent.mesh.relay import HubRelay
 
 MAX_ERRORS = 50
-MAX_AWAITING = 1000  # notifies waiting for the answer to an earlier one (SendNotify.then)
 # Child SAs with a shortcut peer win over the hub tunnel's, whose selectors cover the same LAN.
 SHORTCUT_PREFERENCE = 100
 
@@ -39,7 +38,6 @@ class MeshDriver(Extension):
     def __init__(self, cfg: MeshConfig, endpoint: IkeEndpoint, rng: Callable[[int], bytes] = os.urandom) -> None:
         self.cfg = cfg
         self.ep = endpoint
-        self._then: dict[int, SendNotify] = {}  # InformationalDone ref -> the notify that waits for it
         self.branch = cfg.role == "branch"
         self.manager: MeshManager | None = MeshManager(cfg, rng) if self.branch else None
         self.relay: HubRelay | None = None if self.branch else HubRelay(cfg)
@@ -48,6 +46,12 @@ class MeshDriver(Extension):
         self.errors: deque[str] = deque(maxlen=MAX_ERRORS)
         self.log_lines: deque[str] = deque(maxlen=1000)
         endpoint.add_extension(self)
+
+    def hold_auth(self, sa: SaView, identity: str, now: float) -> bool:
+        # The hub's ACK naming the initiator may trail the initiator's IKE_AUTH (it can wait behind
+        # another request in the hub's window towards us): hold it rather than refuse it, so the
+        # shortcut does not wait for the initiator's retry (~270 ms, issue 8).
+        return self.manager is not None and self.manager.expects_a_peer()
 
     def child_meta(self, sa: SaView, child: ChildInfo) -> ChildMeta | None:
         if self.manager is not None and sa.peer is not None and self.ep.is_dynamic(sa.peer):
@@ -63,10 +67,6 @@ class MeshDriver(Extension):
     def on_event(self, ev: object, now: float) -> None:
         if isinstance(ev, NotifyReceived):
             self.logic.notify_received(ev.peer, ev.notify_type, ev.data, now)
-        elif isinstance(ev, InformationalDone):
-            follow = self._then.pop(ev.ref, None)
-            if follow is not None and ev.ok:
-                self._send(follow, now)
         elif isinstance(ev, IkeSAUp):
             self.ike_up(ev.peer, now, VENDOR_ID in ev.vendor_ids)
         elif isinstance(ev, IkeSADown):
@@ -131,23 +131,18 @@ class MeshDriver(Extension):
 
     def _do(self, a: object, now: float) -> None:
         if isinstance(a, SendNotify):
-            self._send(a, now)
+            self.ep.send_notify(a.peer, a.notify_type, a.body, now)
         elif isinstance(a, BuildShortcut):
             self.ep.add_peer(PeerConfig(a.peer, a.remote_id, a.address, False, a.local_ts, a.remote_ts))
             self.ep.connect(a.peer, now)
             self.log_lines.append(f"shortcut to {a.peer}: IKE_SA_INIT to {a.address}")
         elif isinstance(a, AcceptShortcut):
-            self.ep.add_peer(PeerConfig(a.peer, a.remote_id, None, False, a.local_ts, a.remote_ts))
+            self.ep.add_peer(PeerConfig(a.peer, a.remote_id, None, False, a.local_ts, a.remote_ts), now)
         elif isinstance(a, DeleteShortcut):
             self.children.pop(a.peer, None)
             if self.ep.is_dynamic(a.peer):
                 self.ep.remove_peer(a.peer, now)
                 self.log_lines.append(f"shortcut with {a.peer} removed: {a.reason}")
-
-    def _send(self, a: SendNotify, now: float) -> None:
-        ref = self.ep.send_notify(a.peer, a.notify_type, a.body, now)
-        if a.then is not None and len(self._then) < MAX_AWAITING:
-            self._then[ref] = a.then
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -50,9 +50,6 @@ class SendNotify:
     peer: str
     notify_type: int
     body: bytes
-    # Sent only once the peer has answered this one (its INFORMATIONAL response came back): the
-    # hub's RELAY to A waits for B to have the ACK, or A's IKE_AUTH could reach B before B knows A.
-    then: SendNotify | None = None
 
 
 @dataclass(frozen=True)
@@ -310,6 +307,10 @@ class MeshManager(LogLines):
                 times.append(sc.retry_at)
         times.extend(self._holddown.values())
         return min(times) if times else None
+
+    def expects_a_peer(self) -> bool:
+        """A request of ours is out and its ACK (naming the branch that will initiate) not yet in."""
+        return any(sc.state is State.REQUESTED for sc in self._shortcuts)
 
     def shortcut_peers(self) -> list[str]:
         return [sc.peer for sc in self._shortcuts if sc.peer is not None]

@@ -138,14 +138,14 @@ class HubRelay(LogLines):
         self.counts["relayed"] += 1
         self.relayed.append({"from": peer, "to": target, "id": f"{req.request_id:08x}", "at": now})
         self.log(f"mesh request {req.request_id:08x}: {peer} -> {target}")
-        # The ACK first, and the RELAY only once B has answered it: B must know whom to accept
-        # before A's IKE_AUTH arrives. Sent side by side, the ACK could wait behind another request
-        # in our window of one towards B while A, its own window free, went ahead (issue 8).
+        # ACK first, so the requester knows whom to accept before the initiator's IKE_SA_INIT arrives.
+        # Each goes in its own IKE SA's window, so the ACK may still come late (behind another
+        # request of ours to B): B then holds A's IKE_AUTH until it has the ACK (driver.hold_auth).
         ack = m.MeshAck(req.request_id, peer, target, t.subnets)
+        self._actions.append(SendNotify(peer, MeshNotify.ACK, m.encode(ack)))
         relay = m.MeshRequest(req.request_id, peer, req.requester_addr, req.requester_subnets,
                               req.wanted_subnets, target)
-        self._actions.append(SendNotify(peer, MeshNotify.ACK, m.encode(ack),
-                                        then=SendNotify(target, MeshNotify.RELAY, m.encode(relay))))
+        self._actions.append(SendNotify(target, MeshNotify.RELAY, m.encode(relay)))
 
     def _on_refusal(self, peer: str, ref: m.MeshRefusal, now: float) -> None:
         dest = self._branches.get(ref.requester)

@@ -320,3 +320,42 @@ def test_a_buggy_extension_is_contained() -> None:
     lb.run(1.0)
     assert ea.is_up("b") and of(lb.take_events(A), ChildSAUp)
     assert ea.internal_errors > 0 and any("extension buggy" in line for line in ea.pop_logs())
+
+
+class Expecting(Extension):
+    name = "expecting"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def hold_auth(self, sa: SaView, identity: str, now: float) -> bool:
+        self.asked.append(identity)
+        return True
+
+
+def _unknown_initiator() -> tuple[IkeEndpoint, IkeEndpoint, Expecting, Loopback]:
+    exp = Expecting()
+    ea, _ = endpoints()
+    eb = IkeEndpoint(IkeConfig("b.example", "s3cret"), B, force_encap=False, extensions=[exp])  # knows no peer
+    return ea, eb, exp, Loopback(ea, eb)
+
+
+def test_a_held_ike_auth_is_answered_when_the_peer_is_added() -> None:
+    ea, eb, exp, lb = _unknown_initiator()
+    ea.connect("b", 0.0)
+    lb.run(0.2)
+    assert exp.asked == ["a.example"] and not ea.is_up("b")
+    assert not [d for s, _, d in lb.trace if s[0] == B and decode_header(d).exchange == AUTH]  # unanswered
+    eb.add_peer(PeerConfig("a", "a.example", None, False, LAN_B, LAN_A), lb.now)
+    lb.run(0.3)
+    assert ea.is_up("b") and eb.is_up("a")
+    assert of(lb.take_events(A), ChildSAUp) and not of(lb.take_events(B), AuthFailed)
+
+
+def test_a_held_ike_auth_is_refused_after_hold_auth_s() -> None:
+    ea, eb, exp, lb = _unknown_initiator()
+    ea.connect("b", 0.0)
+    lb.run(10.0)
+    (failed,) = of(lb.take_events(B), AuthFailed)
+    assert "matches no configured peer" in failed.reason
+    assert of(lb.take_events(A), IkeSADown) and len(exp.asked) >= 2  # held, then the retransmission refused

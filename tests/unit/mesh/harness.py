@@ -56,9 +56,8 @@ class Mesh:
             while (a := self.hub.next_action()) is not None:
                 moved = True
                 assert isinstance(a, SendNotify)
-                while a is not None and self.vendor.get(a.peer, False):  # `then` once `a` is answered
+                if self.vendor.get(a.peer, False):
                     self.branches[a.peer].notify_received("hub", a.notify_type, a.body, now)
-                    a = a.then
             for name, mgr in self.branches.items():
                 while (a := mgr.next_action()) is not None:
                     moved = True

@@ -2,9 +2,10 @@
 
 br1 initiates a shortcut to br2 (br2 saw a session from br1's LAN) while br3 builds one towards br1
 (br1 saw a session from br3's LAN). The hub's requests to br1 share one window (RFC 7296 §2.3):
-the RELAY asking br1 to build, then the ACK telling br1 to accept br3. With the ACK and br3's RELAY
-sent side by side, br3's IKE_AUTH reached br1 before the ACK did: AUTHENTICATION_FAILED, and the
-shortcut came up only on br3's retry 250 ms later (the ~270 ms IKE_AUTH seen by `vpnlab measure`).
+the RELAY asking br1 to build, then the ACK telling br1 to accept br3, which so arrives later than
+br3's IKE_AUTH can. br1 refused that IKE_AUTH (unknown identity), and the shortcut came up only on
+br3's retry 250 ms later: the ~270 ms IKE_AUTH seen by `vpnlab measure`. br1 now holds the IKE_AUTH
+of an identity it expects (its request is out, the ACK not in) and answers once the ACK names it.
 """
 
 from __future__ import annotations

@@ -153,7 +153,8 @@ def test_dynamic_peers_cannot_replace_static_ones() -> None:
 
 
 def test_initiator_retries_when_the_ack_trails_the_relay() -> None:
-    """The hub's ACK to B is late (lost here until A's first attempt failed): A tries again."""
+    """The hub's ACK to B is late (lost here until A's first attempt failed): A tries again.
+    (B holds A's IKE_AUTH while it waits for an ACK, up to HOLD_AUTH_S: this ACK is later still.)"""
     lb, eps, drivers, children, settle = build()
     from vpnlab_agent.mesh.messages import MeshNotify
     held: list = []
@@ -168,6 +169,7 @@ def test_initiator_retries_when_the_ack_trails_the_relay() -> None:
     drivers["br2"].on_event = late_ack
     drivers["br2"].session_seen("10.1.0.10", "10.2.0.10", lb.now)
     settle()
+    settle(lb.now + 2.0)  # past HOLD_AUTH_S: A's retransmitted IKE_AUTH is refused
     assert not eps["br1"].is_up("br2")
     [sc] = drivers["br1"].status(lb.now)["shortcuts"]
     assert sc["state"] == "building"  # still within the request timeout, a retry is pending
