@@ -88,6 +88,10 @@ def build_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service]
 
 
 def _vpn_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service], Any]:
+    if config.role == "swarm":  # IKE clients for measuring a cluster (vpnlab_agent/cluster/swarm.py)
+        from vpnlab_agent.cluster.swarm import SwarmService
+
+        return [SwarmService(config)], None
     if config.implementation == "strongswan":
         from vpnlab_agent.strongswan.service import StrongswanService
 
@@ -119,15 +123,18 @@ def _vpn_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service],
     services: list[Service] = [ike]
     from vpnlab_agent.mesh.config import mesh_wanted
 
-    if mesh_wanted(config):
+    # Cluster members: no mesh (their clients come and go by redirect, and the hub's per-pair
+    # counters grow with the square of the clients: 300 swarm clients would be 90,000 nft rules).
+    if mesh_wanted(config) and not config.extensions.get("cluster"):
         from vpnlab_agent.mesh.service import MeshService
 
         services.append(MeshService(config, ike))  # Advanced Mesh VPN: after IKE, on top of it
-    if config.extensions.get("cluster"):
-        from vpnlab_agent.cluster.wiring import cluster_services
+    if config.extensions.get("cluster") or config.extensions.get("redirect"):
+        from vpnlab_agent.cluster.wiring import client_services, cluster_services
 
-        try:
-            services.extend(cluster_services(config, ike))  # load balancer: after IKE, on top of it
+        try:  # load balancer (docs/loadbalancer.md): after IKE, on top of it
+            services.extend(client_services(config, ike))
+            services.extend(cluster_services(config, ike, first_lan_address(config)))
         except Exception as exc:  # a bad extension is reported; the node still serves IKE
             errors.append(f"cluster: {exc}")
     return services, engine

@@ -18,7 +18,7 @@ STATE_DIR = "/run/vpnlab"
 CONTROL_SOCKET = "/run/vpnlab/agent.sock"
 PKI_DIR = "/etc/vpnlab/pki"  # the lab CA's certificate, this router's certificate and key (mode 0600)
 
-Role = Literal["hub", "branch", "gateway", "upstream"]  # upstream: a cluster's router, no IKE
+Role = Literal["hub", "branch", "gateway", "upstream", "swarm"]  # upstream: a cluster's router, no IKE
 Implementation = Literal["agent", "strongswan"]
 Dataplane = Literal["auto", "userspace", "xfrm"]
 Auth = Literal["psk", "cert"]

@@ -56,8 +56,8 @@ class ClusterService:
         self.balancer = Balancer(metric_named(cfg.metric))
         self.vrrp_state = "INIT"  # what keepalived last said: MASTER | BACKUP | FAULT | STOP
         self.vrrp_changes: list[tuple[float, str]] = []  # (wall time, state), last few
-        self.kept = 0  # clients the master served itself (it was the least loaded)
         self.listeners: list[Callable[[str], None]] = []  # called with the new VRRP state
+        self.gateway: Any = None  # the RFC 5685 gateway extension on the virtual address (its counters)
         self.errors: list[str] = []
         self._proc: asyncio.subprocess.Process | None = None
         self._fifo_fd = -1
@@ -247,7 +247,8 @@ class ClusterService:
         return {
             "cluster": self.cfg.name, "vrrp": self.vrrp_state, "master": self.master,
             "virtual_address": self.cfg.vip, "redirect": self.cfg.redirect, "metric": self.cfg.metric,
-            "members": members, "kept": self.kept, "status_messages": self.pool.counters.as_dict(),
+            "members": members, "gateway": None if self.gateway is None else self.gateway.status(),
+            "status_messages": self.pool.counters.as_dict(),
             "vrrp_changes": [{"at": t, "state": s} for t, s in self.vrrp_changes],
             "running": self._proc is not None and self._proc.returncode is None,
             "errors": list(self.errors),

@@ -37,6 +37,7 @@ class SaView:
     spi_r: bytes
     vendor_ids: tuple[bytes, ...] = ()  # the peer's Vendor IDs, from authenticated messages only
     notifies: tuple[int, ...] = ()  # status notify types the peer sent in IKE_SA_INIT and IKE_AUTH
+    nonce_i: bytes = b""  # the initiator's nonce Ni (an RFC 5685 REDIRECT in IKE_SA_INIT echoes it)
 
     @property
     def local_spi(self) -> bytes:

@@ -250,7 +250,7 @@ class IkeSa:
     def view(self) -> SaView:
         return SaView(self.peer.name if self.peer else None, self.initiator, self.state.value,
                       (self.host.local_addr, self.local_port), self.remote, self.spi_i, self.spi_r,
-                      tuple(self.peer_vendor_ids), tuple(sorted(self.peer_notifies)))
+                      tuple(self.peer_vendor_ids), tuple(sorted(self.peer_notifies)), self.ni)
 
     def set_state(self, new: State) -> None:
         if new not in STATE_CHANGES[self.state]:
