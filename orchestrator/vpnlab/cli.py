@@ -237,6 +237,11 @@ def inspect(
         ctx_table = contexts_table(view)
         if ctx_table is not None:
             out.print(ctx_table)
+        from vpnlab.inspect_clusters import clusters_table
+
+        cluster_table = clusters_table(view)
+        if cluster_table is not None:
+            out.print(cluster_table)
         for note in _lab_notes(view):
             out.print(note, style="yellow", markup=False)
 

@@ -12,8 +12,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from vpnlab_agent.config import IkeConfig, InterfaceConfig, NodeConfig, PeerConfig, RouteConfig
 
+from vpnlab.topology.clusters import swarm_clients
 from vpnlab.topology.model import Cluster, Lab, Node
 
 
@@ -72,13 +75,16 @@ def member_config(lab: Lab, node: Node, base: NodeConfig) -> NodeConfig:
         PeerConfig(name=b.name, remote_id=b.name, address=None if b.public_address is None else str(b.public_address),
                    initiate=False, local_ts=own, remote_ts=tuple(str(n) for n in b.lan_subnets))
         for b in branches_of_cluster(lab, cluster)
+    ) + tuple(
+        PeerConfig(name=name, remote_id=name, address=addr, initiate=False, local_ts=own, remote_ts=(inner,))
+        for name, addr, inner in (swarm_clients(cluster) if cluster.swarm else ())
     )
     routes = [RouteConfig(dst="0.0.0.0/0", via=str(cluster.upstream_address))]
     return NodeConfig(
         lab=base.lab, name=node.name, role="gateway", implementation=base.implementation,
         public_address=str(cluster.member_addresses[node.name]), interfaces=interfaces(node),
         routes=tuple(routes), lan_subnets=own, dataplane=node.dataplane,
-        ike=IkeConfig(local_id=cluster.name, psk=node.psk or "", peers=peers),
+        ike=dataclasses.replace(base.ike, local_id=cluster.name, peers=peers) if base.ike else None,
         extensions={**base.extensions, "cluster": cluster_extension(lab, cluster, node)},
     )
 
@@ -103,8 +109,31 @@ def cluster_extension(lab: Lab, cluster: Cluster, node: Node) -> dict[str, objec
 
 
 def upstream_config(lab: Lab, node: Node) -> NodeConfig:
+    cluster = cluster_named(lab, node.cluster or "")
+    routes = underlay_routes(lab, node)
+    if cluster is not None and cluster.swarm:  # the swarm's client addresses sit behind its wan0
+        routes += (RouteConfig(dst=str(cluster.swarm_prefix), via=str(lab.node(cluster.swarm).public_address)),)
     return NodeConfig(
         lab=lab.name, name=node.name, role="upstream", implementation="agent",
         public_address=None if node.public_address is None else str(node.public_address),
-        interfaces=interfaces(node), routes=underlay_routes(lab, node),
+        interfaces=interfaces(node), routes=routes,
+    )
+
+
+def swarm_config(lab: Lab, node: Node) -> NodeConfig:
+    """The swarm container: its clients' addresses on wan0, the cluster as its one peer."""
+    cluster = cluster_named(lab, node.cluster or "")
+    assert cluster is not None and cluster.swarm_prefix is not None
+    clients = swarm_clients(cluster)
+    wan = next(i for i in node.interfaces if i.name == "wan0")
+    plen = cluster.swarm_prefix.prefixlen
+    psk = lab.psk_between(cluster.members[0], node.name) or ""
+    return NodeConfig(
+        lab=lab.name, name=node.name, role="swarm", implementation="agent",
+        public_address=str(node.public_address),
+        interfaces=(InterfaceConfig("wan0", "wan", (str(wan.address), *(f"{a}/{plen}" for _, a, _ in clients))),),
+        routes=underlay_routes(lab, node),
+        ike=IkeConfig(local_id=node.name, psk=psk, peers=(
+            PeerConfig(cluster.name, cluster.name, str(cluster.virtual_address), True, (), member_lans(lab, cluster)),)),
+        extensions={"swarm": {"clients": [list(c) for c in clients], "legacy": cluster.swarm_legacy}},
     )

@@ -25,6 +25,8 @@ def build_node_config(lab: Lab, node: Node) -> NodeConfig:
 
     if node.role == "upstream":
         return cluster_config.upstream_config(lab, node)
+    if node.role == "swarm":
+        return cluster_config.swarm_config(lab, node)
     if node.role in HUB_ROLES:
         others = list(branches_of(lab, node.name))
         plain = [_hub_peer(lab, node, b) for b in others]

@@ -17,6 +17,9 @@ ROUTER_SYSCTLS = {
     "net.ipv4.conf.default.rp_filter": "0",
 }
 
+# A cluster member binds IKE on the virtual address before keepalived gives it the address.
+CLUSTER_MEMBER_SYSCTLS = {"net.ipv4.ip_nonlocal_bind": "1"}
+
 
 def router_spec(lab: Lab, node: Node) -> ContainerSpec:
     config = build_node_config(lab, node)
@@ -26,7 +29,8 @@ def router_spec(lab: Lab, node: Node) -> ContainerSpec:
         files={CONFIG_PATH: config.to_json().encode()},
         # contexts: the kernel's ICMP errors carry the mark of the packet they answer, so they are
         # routed in that packet's context (vpnlab_agent/contexts/routing.py)
-        sysctls={**ROUTER_SYSCTLS, **({"net.ipv4.fwmark_reflect": "1"} if node.contexts else {})},
+        sysctls={**ROUTER_SYSCTLS, **({"net.ipv4.fwmark_reflect": "1"} if node.contexts else {}),
+                 **(CLUSTER_MEMBER_SYSCTLS if node.cluster and node.role == "gateway" else {})},
         has_agent=True,
     )
 

@@ -15,7 +15,7 @@ from vpnlab.console import err, out, reported
 
 measure_app = typer.Typer(
     name="measure",
-    help="Measure a lab: hub traffic with and without Advanced Mesh VPN, shortcut state.",
+    help="Measure a lab: hub traffic with and without Advanced Mesh VPN, shortcut state, cluster balance.",
     no_args_is_help=True,
 )
 
@@ -165,3 +165,43 @@ def contexts_table(result: dict[str, Any]) -> Table:
     row("rekey all: IKE bytes", lambda m, r: str(r["rekey_all"]["bytes"]))
     row("rekey all: agent CPU", lambda m, r: f"{r['rekey_all']['agent_cpu_s']:.2f} s")
     return table
+@measure_app.command("balance")
+def balance_cmd(
+    topology: Annotated[Path, typer.Argument(help="Topology file with a cluster, e.g. topologies/loadbalancer.yml.")],
+    clients: Annotated[int, typer.Option(help="Swarm clients added to the first cluster (1-1000).")] = 300,
+    legacy: Annotated[int, typer.Option(help="How many of them announce no RFC 5685 support.")] = 0,
+    failover: Annotated[bool, typer.Option(help="Kill the master, then bring it back.")] = True,
+    json_out: Annotated[Path, typer.Option("--json", help="Write the full result here.")] = Path("balance.json"),
+    png: Annotated[Path, typer.Option("--png", help="Plot of tunnels per member over time.")] = Path("balance.png"),
+) -> None:
+    """Connect a swarm of clients to a cluster's virtual address: spread, time to all up; then the
+    master's failover (VIP move, clients back, spread after) and its rejoin."""
+    from vpnlab.errors import VpnlabError
+    from vpnlab.measure import balance as bal
+
+    with reported():
+        if not 1 <= clients <= 1000 or not 0 <= legacy <= clients:
+            raise VpnlabError("--clients: 1..1000, --legacy: 0..clients")
+        result = bal.balance(topology, clients=clients, legacy=legacy, failover=failover,
+                             say=lambda s: err.print(s, markup=False))
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        bal.plot(result, png)
+    table = Table(box=box.SIMPLE_HEAD, title=f"{clients} clients over {', '.join(result['members'])}")
+    for col in ("phase", "per member (tunnels)", "max-min", "stddev", "time"):
+        table.add_column(col, justify="left" if col in ("phase", "per member (tunnels)") else "right")
+    c = result["connect"]
+    table.add_row("connect", _per(c["spread"]), str(c["spread"]["max_minus_min"]), str(c["spread"]["stddev"]),
+                  f"all up {c['all_up_s']:.2f} s")
+    f = result.get("failover")
+    if f:
+        table.add_row(f"{f['killed']} killed", _per(f["spread_after"]), str(f["spread_after"]["max_minus_min"]),
+                      str(f["spread_after"]["stddev"]),
+                      f"VIP {f['vip_failover_s']:.2f} s, all back {f['all_back_s']:.2f} s")
+        r = f["spread_after_rejoin"]
+        table.add_row(f"{f['killed']} back", _per(r), str(r["max_minus_min"]), str(r["stddev"]), "")
+    out.print(table)
+    out.print(f"wrote {json_out} and {png}")
+
+
+def _per(s: dict) -> str:
+    return " ".join(f"{m}={n}" for m, n in s["per_member"].items())

@@ -74,6 +74,11 @@ def check_names(spec: TopologySpec, fail: Any) -> None:
         if up in taken:
             raise fail(where, f"upstream router name {up!r} is already used by {taken[up]}")
         taken[up] = f"the upstream router of {cname}"
+        if c.swarm is not None:
+            sw = swarm_name(cname)
+            if not NODE_NAME_RE.match(sw) or sw in taken:
+                raise fail(f"clusters.{cname}.swarm", f"swarm node name {sw!r} is too long or already used")
+            taken[sw] = f"the swarm of {cname}"
         for key in ("capacity", "weights"):
             value = getattr(c, key)
             if isinstance(value, dict):
@@ -101,15 +106,31 @@ def _per_member(value: int | dict[str, int] | None, members: Iterable[str], defa
 
 
 def upstream_publics(spec: TopologySpec) -> list[tuple[str, str, IPv4Address | None]]:
-    """(where, upstream name, explicit public address or None) per cluster, in file order."""
-    return [(f"clusters.{c}.upstream.public", upstream_name(c, s),
-             None if s.upstream.public is None else IPv4Address(s.upstream.public))
-            for c, s in spec.clusters.items()]
+    """(where, node name, explicit public address or None) of each cluster's upstream router and
+    swarm node, in file order."""
+    out: list[tuple[str, str, IPv4Address | None]] = []
+    for c, s in spec.clusters.items():
+        out.append((f"clusters.{c}.upstream.public", upstream_name(c, s),
+                    None if s.upstream.public is None else IPv4Address(s.upstream.public)))
+        if s.swarm is not None:
+            out.append((f"clusters.{c}.swarm", swarm_name(c), None))
+    return out
+
+
+def swarm_name(cname: str) -> str:
+    return f"{cname}-sw"
 
 
 def plan_segments(spec: TopologySpec, underlay: IPv4Network, lans: list[tuple[IPv4Network, str]],
                   fail: Any) -> dict[str, IPv4Network]:
     taken = [(underlay, "the underlay (internet)")] + [(n, f"{o}'s LAN") for n, o in lans]
+    for cname, c in spec.clusters.items():
+        if c.swarm is not None:
+            net = parse_cidr(c.swarm.prefix)
+            for other, owner in taken:
+                if net.overlaps(other):
+                    raise fail(f"clusters.{cname}.swarm.prefix", f"prefix {net} overlaps {owner} {other}")
+            taken.append((net, f"cluster {cname}'s swarm"))
     out: dict[str, IPv4Network] = {}
     for cname, c in spec.clusters.items():
         if c.segment is None:
@@ -168,6 +189,9 @@ def plan_cluster(cname: str, c: ClusterSpec, segment: IPv4Network, psk: str, fai
         priorities=priorities, vrrp_version=c.vrrp.version, advert_int_s=c.vrrp.advert_int,
         preempt=c.vrrp.preempt, virtual_router_id=c.vrrp.virtual_router_id,
         status_interval_s=c.status_interval, key=cluster_key(psk, cname, c),
+        swarm=swarm_name(cname) if c.swarm else "", swarm_clients=c.swarm.clients if c.swarm else 0,
+        swarm_legacy=c.swarm.legacy if c.swarm else 0,
+        swarm_prefix=parse_cidr(c.swarm.prefix) if c.swarm else None,
     )
 
 
@@ -175,6 +199,23 @@ def member_interface(cluster: Cluster, member: str) -> Interface:
     assert cluster.segment is not None
     addr = cluster.member_addresses[member]
     return Interface(CLUSTER_IFACE, cluster.segment_name, IPv4Interface(f"{addr}/{cluster.segment.prefixlen}"))
+
+
+def swarm_node(cluster: Cluster, public: IPv4Address, underlay: IPv4Network, underlay_segment: str) -> Node:
+    return Node(
+        name=cluster.swarm, role="swarm", implementation="agent",
+        interfaces=(Interface("wan0", underlay_segment, IPv4Interface(f"{public}/{underlay.prefixlen}")),),
+        public_address=public, cluster=cluster.name,
+    )
+
+
+def swarm_clients(cluster: Cluster) -> list[tuple[str, str, str]]:
+    """(identity, address, inner /32) of each swarm client: addresses from the prefix's .1 up, inner
+    selectors from 172.31.0.0/16 (never routed: no traffic flows, a child SA needs a selector)."""
+    assert cluster.swarm_prefix is not None
+    base = int(cluster.swarm_prefix.network_address)
+    return [(f"sw{i:04d}", str(IPv4Address(base + 1 + i)), f"{IPv4Address(int(IPv4Address('172.31.0.1')) + i)}/32")
+            for i in range(cluster.swarm_clients)]
 
 
 def upstream_node(cluster: Cluster, public: IPv4Address, underlay: IPv4Network, underlay_segment: str) -> Node:

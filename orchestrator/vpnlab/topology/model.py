@@ -11,7 +11,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Literal
 
-Role = Literal["hub", "branch", "gateway", "host", "upstream"]  # upstream: a cluster's router, planned
+Role = Literal["hub", "branch", "gateway", "host", "upstream", "swarm"]  # upstream, swarm: planned for a cluster
 HUB_ROLES: tuple[Role, ...] = ("hub", "gateway")  # gateways act like hubs for branches (for now)
 Implementation = Literal["agent", "strongswan", "host"]
 SegmentKind = Literal["underlay", "lan", "cluster"]  # a context LAN is a "lan" segment too
@@ -118,6 +118,10 @@ class Cluster:  # IKEv2 load balancer: gateways sharing a VRRP virtual address (
     virtual_router_id: int = 51
     status_interval_s: float = 1.0
     key: str = ""  # status-message key (secret)
+    swarm: str = ""  # the swarm node's name ("" without one), its clients, and their prefix
+    swarm_clients: int = 0
+    swarm_legacy: int = 0
+    swarm_prefix: IPv4Network | None = None
 
 
 @dataclass(frozen=True)

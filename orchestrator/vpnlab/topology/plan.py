@@ -390,6 +390,8 @@ class _Planner:
             assert c.segment is not None
             segments.append(Segment(c.segment_name, "cluster", c.segment))
             nodes.append(cl.upstream_node(c, upstream_addr[c.upstream], self.underlay, UNDERLAY))
+            if c.swarm:
+                nodes.append(cl.swarm_node(c, upstream_addr[c.swarm], self.underlay, UNDERLAY))
         self.check_tunnels([n for n in nodes if n.is_router], lab_psk, pairs)
         return Lab(
             name=self.spec.name,

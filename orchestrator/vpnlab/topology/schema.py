@@ -335,6 +335,26 @@ class UpstreamSpec(_Strict):  # the router between a cluster's segment and the i
         return v
 
 
+class SwarmSpec(_Strict):  # a container of IKE clients for measuring a cluster (vpnlab measure balance)
+    clients: int = Field(ge=1, le=1000)
+    legacy: int = Field(default=0, ge=0)  # how many of them announce no RFC 5685 support
+    prefix: str = "198.18.0.0/22"  # their own addresses (RFC 2544 benchmarking range), routed via the upstream
+
+    @field_validator("prefix", mode="before")
+    @classmethod
+    def _cidr(cls, v: Any) -> Any:
+        parse_cidr(v)
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> SwarmSpec:
+        if self.legacy > self.clients:
+            raise ValueError(f"legacy {self.legacy} is more than clients {self.clients}")
+        if parse_cidr(self.prefix).num_addresses - 2 < self.clients:
+            raise ValueError(f"prefix {self.prefix} holds fewer than {self.clients} client addresses")
+        return self
+
+
 class ClusterSpec(_Strict):  # IKEv2 load balancer (docs/loadbalancer.md); planned in clusters.py
     members: list[str] = Field(min_length=1)
     address: str | None = None  # the virtual address (VIP), in `segment`
@@ -347,6 +367,7 @@ class ClusterSpec(_Strict):  # IKEv2 load balancer (docs/loadbalancer.md); plann
     status_interval: float = Field(default=1.0, ge=0.05, le=10.0)  # seconds between status messages
     key: str | None = None  # the status messages' key; derived from the lab secret when omitted
     vrrp: VrrpSpec = VrrpSpec()
+    swarm: SwarmSpec | None = None
 
     @field_validator("address", mode="before")
     @classmethod

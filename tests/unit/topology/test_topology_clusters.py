@@ -125,3 +125,32 @@ def test_member_named_as_hub(tmp_path: Path) -> None:
 def test_cluster_name_taken(tmp_path: Path) -> None:
     assert error(tmp_path, BASE.replace("  lb:\n", "  br1:\n").replace("hubs: [lb]", "hubs: [br1]")) == (
         "clusters.br1", "name 'br1' is already used by a node")
+
+
+def test_swarm_is_planned_with_its_clients(tmp_path: Path) -> None:
+    lab = load(tmp_path, BASE + "    swarm: {clients: 5, legacy: 1}\n")
+    sw = lab.node("lb-sw")
+    assert sw.role == "swarm" and sw.public_address == IPv4Address("198.51.100.13")
+    cfg = build_node_config(lab, sw)
+    assert cfg.interfaces[0].addresses[1:3] == ("198.18.0.1/22", "198.18.0.2/22")
+    assert cfg.extensions["swarm"]["legacy"] == 1 and len(cfg.extensions["swarm"]["clients"]) == 5
+    assert cfg.ike is not None and cfg.ike.peers[0].address == "203.0.113.2"
+    gw1 = build_node_config(lab, lab.node("gw1"))
+    assert gw1.ike is not None and [p.name for p in gw1.ike.peers][-5:] == [f"sw{i:04d}" for i in range(5)]
+    up = build_node_config(lab, lab.node("lb-up"))
+    assert [(r.dst, r.via) for r in up.routes] == [("198.18.0.0/22", "198.51.100.13")]
+
+
+def test_measure_adds_a_swarm_to_the_shipped_topology() -> None:
+    from vpnlab.measure.balance import with_swarm
+
+    lab = with_swarm(TOPOLOGIES / "loadbalancer.yml", 300, 3, "lb-bal")
+    assert lab.name == "lb-bal" and lab.clusters[0].swarm_clients == 300
+    assert lab.node("lb-sw").role == "swarm"
+
+
+def test_swarm_errors(tmp_path: Path) -> None:
+    assert error(tmp_path, BASE + "    swarm: {clients: 5, legacy: 6}\n") == (
+        "clusters.lb.swarm", "legacy 6 is more than clients 5")
+    assert error(tmp_path, BASE + "    swarm: {clients: 5, prefix: 10.1.0.0/24}\n") == (
+        "clusters.lb.swarm.prefix", "prefix 10.1.0.0/24 overlaps br1's LAN 10.1.0.0/24")
