@@ -20,7 +20,7 @@ from typing import Protocol
 
 from vpnlab_agent.cluster.status import MemberStatus
 
-SETTLE_S = 1.0
+SETTLE_S = 2.0  # a client's first IKE_SA_INIT reaches its member well within this, even under load
 HOLD_S = 10.0
 MAX_PENDING = 10_000  # per member; a redirect flood cannot grow memory without bound
 

@@ -213,20 +213,18 @@ class ClusterService:
     # --- balancing --------------------------------------------------------------------------
 
     def choose(self) -> MemberStatus | None:
-        """The member for one new client (counted as handed out), or None when none is available."""
+        """The member for one new client (counted as handed out), or None when none is available.
+
+        Our own load is taken from the status we last sent, like everyone else's: a fresher figure
+        for ourselves only would count our just-arrived clients twice (in it and as pending) and
+        send a burst elsewhere."""
         now = time.time()
-        self.pool.set_own(self._fresh_own(now))
         alive = self.pool.alive(now)
         target = self.balancer.choose(alive, now)
         if target is None:
             return None
         self.balancer.handed_out(target, now)
         return alive[target]
-
-    def _fresh_own(self, now: float) -> MemberStatus:
-        st = self.own_status()
-        return MemberStatus(st.name, st.address, st.active, st.capacity, st.weight, st.available, st.master,
-                            st.interval_ms, int(now * 1000), 0)
 
     def status(self) -> dict[str, Any]:
         now = time.time()

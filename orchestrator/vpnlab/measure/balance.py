@@ -66,6 +66,14 @@ def cluster_of(status: dict[str, Any]) -> dict[str, Any]:
     return (status.get("services") or {}).get("cluster") or {}
 
 
+def cluster_now(ctl: LabCtl, node: str) -> dict[str, Any]:
+    """A member's cluster status, {} while its agent does not answer (booting, dead)."""
+    try:
+        return cluster_of(ctl.status(node))
+    except LabError:
+        return {}
+
+
 def sample(ctl: LabCtl, cluster: Cluster, alive: tuple[str, ...]) -> dict[str, Any]:
     row: dict[str, Any] = {"t": time.time(), "members": {}}
     for m in alive:
@@ -116,7 +124,8 @@ def balance(topology: str | Path, *, clients: int = 300, legacy: int = 0, failov
     out: dict[str, Any] = {"topology": str(topology), "clients": clients, "legacy": legacy,
                            "members": list(cluster.members), "advert_int_s": cluster.advert_int_s,
                            "vrrp_version": cluster.vrrp_version, "redirect": cluster.redirect,
-                           "metric": cluster.metric, "samples": [], "events": []}
+                           "metric": cluster.metric, "samples": [], "events": [],
+                           "branches": sum(1 for n in lab.nodes if n.role == "branch" and cluster.name in n.hubs)}
     ctl = LabCtl(rt, name)
     members = cluster.members
     say(f"deploying {name}: {len(members)} members, {clients} swarm clients")
@@ -153,6 +162,14 @@ def _until(ctl: LabCtl, cluster: Cluster, alive: tuple[str, ...], out: dict[str,
         row = sample(ctl, cluster, alive)
         out["samples"].append(row)
         if done(row):
+            # the members were asked before the swarm: ask them again until they show every client
+            want = sum(row["swarm"]["by_gateway"].values()) + out["branches"]
+            for _ in range(20):
+                if sum(m["tunnels"] for m in row["members"].values()) >= want:
+                    break
+                time.sleep(SAMPLE_S)
+                row = sample(ctl, cluster, alive)
+                out["samples"].append(row)
             return row
         if time.monotonic() > deadline:
             raise LabError(f"timed out after {UP_TIMEOUT_S:g} s waiting for {what} (last: {row['swarm']})")
@@ -174,7 +191,7 @@ def _failover(ctl: LabCtl, rt: Runtime, lab: Lab, cluster: Cluster, image: str, 
 
     def new_master() -> tuple[str, float] | None:
         for m in survivors:
-            c = cluster_of(ctl.status(m))
+            c = cluster_now(ctl, m)
             if c.get("vrrp") == "MASTER":
                 at = max(x["at"] for x in c["vrrp_changes"] if x["state"] == "MASTER")
                 return m, at
@@ -199,7 +216,7 @@ def _failover(ctl: LabCtl, rt: Runtime, lab: Lab, cluster: Cluster, image: str, 
     # the member comes back: a new container; new clients (the swarm reconnecting) reach it again
     restart_node(lab, rt, image, master)
     wait_for(f"{master} back in every pool", lambda: all(
-        cluster_of(ctl.status(m)).get("members", {}).get(master, {}).get("in_pool") for m in members), 60, 0.5)
+        cluster_now(ctl, m).get("members", {}).get(master, {}).get("in_pool") for m in members), 60, 0.5)
     out["events"].append({"t": time.time(), "what": f"{master} back"})
     ctl.rt.exec_capture(ctl.cname(cluster.swarm), ["python3", "-m", "vpnlab_agent", "ctl", "terminate", cluster.name])
     wait_for("the swarm's SAs gone", lambda: sample(ctl, cluster, members)["swarm"]["up"] == 0, 30, 0.5)

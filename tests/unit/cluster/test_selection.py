@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from vpnlab_agent.cluster.selection import HOLD_S, Balancer, FewestTunnels, FreeCapacity, metric_named
+from vpnlab_agent.cluster.selection import HOLD_S, SETTLE_S, Balancer, FewestTunnels, FreeCapacity, metric_named
 from vpnlab_agent.cluster.status import MemberStatus
 
 T0 = 1_800_000_000.0
@@ -71,8 +71,9 @@ def test_pending_counts_until_a_status_covers_it() -> None:
     assert b.pending("gw2", pool(0, 0)["gw2"], T0 + 0.5) == 1
     # a status from just after the redirect may not include the client yet
     assert b.pending("gw2", pool(0, 0, ts=T0 + 0.2)["gw2"], T0 + 0.5) == 1
+    assert b.pending("gw2", pool(0, 0, ts=T0 + SETTLE_S - 0.1)["gw2"], T0 + SETTLE_S) == 1
     # one from SETTLE_S later does: the client is now in `active`, not counted twice
-    assert b.pending("gw2", pool(0, 1, ts=T0 + 1.0)["gw2"], T0 + 1.1) == 0
+    assert b.pending("gw2", pool(0, 1, ts=T0 + SETTLE_S)["gw2"], T0 + SETTLE_S + 0.1) == 0
 
 
 def test_pending_expires_when_the_client_never_came() -> None:
