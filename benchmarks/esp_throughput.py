@@ -6,7 +6,7 @@ has no dummy devices) and iperf3 runs between those two addresses, so all three 
 endpoints in the same run:
 
   plain      routes 10.x via the veth, no encryption
-  userspace  `python3 -m vpnlab_agent.dataplane.userspace` in both containers, hand-made AES-GCM-128 SAs
+  userspace  `python3 -m vpnlab_agent.dataplane.standalone` in both containers, hand-made AES-GCM-128 SAs
   userspace-nooffload  the same without merging received TCP segments into GSO packets on the TUN
   libipsec   strongSwan 5.9 charon-systemd + swanctl, kernel-libipsec (ESP in UDP on TUN ipsec0), AES-GCM-128
 
@@ -40,7 +40,7 @@ AGENT_DST = "/usr/lib/python3/dist-packages/vpnlab_agent"
 sys.path.insert(0, str(ROOT / "node-image"))
 sys.path.insert(0, str(ROOT / "orchestrator"))
 
-from vpnlab_agent.dataplane.userspace import sa_to_dict  # noqa: E402
+from vpnlab_agent.dataplane.standalone import sa_to_dict  # noqa: E402
 from vpnlab_agent.sa import ChildSA, EspAlgorithm  # noqa: E402
 
 A_WAN, B_WAN = "192.0.2.1", "192.0.2.2"
@@ -123,7 +123,7 @@ class Node:
 
 class EngineProc:
     def __init__(self, node: Node) -> None:
-        self.p = subprocess.Popen(["docker", "exec", "-i", node.cid, "python3", "-m", "vpnlab_agent.dataplane.userspace"],
+        self.p = subprocess.Popen(["docker", "exec", "-i", node.cid, "python3", "-m", "vpnlab_agent.dataplane.standalone"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def call(self, **cmd: object) -> dict:

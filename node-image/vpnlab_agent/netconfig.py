@@ -26,11 +26,28 @@ log = logging.getLogger("vpnlab_agent.netconfig")
 
 WAIT_TIMEOUT_S = 60.0
 # Leak guards: an "unreachable" route for every remote traffic selector, at a metric above anything
-# a data plane installs. While a tunnel is up its route (metric 0, or strongSwan's table 220) wins;
-# while it is down, traffic for the remote LAN is refused here instead of leaving in plaintext
+# a data plane installs. While a tunnel is up its route (tunnel_metric(), or strongSwan's table 220)
+# wins; while it is down, traffic for the remote LAN is refused here instead of leaving in plaintext
 # through the underlay's default route.
 GUARD_METRIC = 4090
+# Routes of SAs that may cover the same prefix with different preferences (the XFRM engine: one
+# route per reqid) go at tunnel_metric(preference) = TUNNEL_METRIC - preference, so the preferred
+# SA's route wins and the other's is in place at once when it goes. Preferences beyond
+# PREFERENCE_RANGE rank like its ends. (The userspace engine routes each prefix once, at metric 0,
+# into its TUN device, and its SA table picks the SA.)
+TUNNEL_METRIC = 1024
+PREFERENCE_RANGE = (-1000, 1000)
 POLL_INTERVAL_S = 0.1
+
+
+def clamp_preference(preference: int) -> int:
+    low, high = PREFERENCE_RANGE
+    return min(max(preference, low), high)
+
+
+def tunnel_metric(preference: int) -> int:
+    """The route metric for a remote selector of an SA with this preference (see TUNNEL_METRIC)."""
+    return TUNNEL_METRIC - clamp_preference(preference)
 
 
 class NetConfigError(Exception):

@@ -2,7 +2,7 @@
 
     hA (10.1.0.10) -- rA [lan0 10.1.0.1 | wan0 192.0.2.1] == veth == [wan0 192.0.2.2 | lan0 10.2.0.1] rB -- hB (10.2.0.10)
 
-Each router runs `python -m vpnlab_agent.dataplane.userspace` (the engine without IKE) in its namespace
+Each router runs `python -m vpnlab_agent.dataplane.standalone` (the engine without IKE) in its namespace
 with a hand-made matching ChildSA pair. The host has no `ping`, so a small raw-socket ICMP pinger
 stands in for it.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from vpnlab_agent.dataplane.userspace import sa_to_dict
+from vpnlab_agent.dataplane.standalone import sa_to_dict
 from vpnlab_agent.esp.codec import EspOutbound
 from vpnlab_agent.sa import ChildSA, EspAlgorithm
 
@@ -112,7 +112,7 @@ class EngineProc:
 
     def __init__(self, ns: str) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.p = subprocess.Popen(["ip", "netns", "exec", ns, PY, "-m", "vpnlab_agent.dataplane.userspace"],
+        self.p = subprocess.Popen(["ip", "netns", "exec", ns, PY, "-m", "vpnlab_agent.dataplane.standalone"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def call(self, **cmd: object) -> dict:
@@ -450,6 +450,26 @@ def test_longest_prefix_wins_between_overlapping_selectors(lab: Lab) -> None:
     a.call(op="remove", spi_in=narrow_a.spi_in)
     assert lab.ping(count=3)["received"] == 3
     assert a.call(op="counters", spi_in=wide_a.spi_in)["counters"]["packets_out"] == 3
+
+
+def test_same_selectors_the_preferred_sa_carries_and_traffic_falls_back_when_it_goes(lab: Lab) -> None:
+    # what a mesh shortcut does with the LAN's real prefix next to the hub tunnel that covers it too
+    a, b = lab.start_engines()
+    hub_a, hub_b = sa_pair(GCM128, reqid=1, spi_base=0x1000)
+    short_a, short_b = sa_pair(GCM128, reqid=2, spi_base=0x2000)
+    short_a = replace(short_a, preference=10)
+    for sa in (short_a, hub_a):  # installed first or not, the preference decides
+        a.call(op="install", sa=sa_to_dict(sa))
+    for sa in (hub_b, short_b):
+        b.call(op="install", sa=sa_to_dict(sa))
+    assert lab.ping(count=5)["received"] == 5
+    assert a.call(op="counters", spi_in=short_a.spi_in)["counters"]["packets_out"] == 5
+    assert a.call(op="counters", spi_in=hub_a.spi_in)["counters"]["packets_out"] == 0
+    assert nsx(lab.rA, "ip", "route", "show", "10.2.0.0/24").stdout.count("dev ipsec0") == 1  # one shared route
+    a.call(op="remove", spi_in=short_a.spi_in)
+    assert lab.ping(count=3)["received"] == 3
+    assert a.call(op="counters", spi_in=hub_a.spi_in)["counters"]["packets_out"] == 3
+    assert "10.2.0.0/24" in nsx(lab.rA, "ip", "route").stdout  # the hub's SA still needs the route
 
 
 def test_everything_selector_keeps_esp_to_the_peer_off_the_tunnel(lab: Lab) -> None:

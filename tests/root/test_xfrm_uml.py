@@ -146,6 +146,30 @@ def test_xfrm_marks_select_which_traffic_uses_the_sa(facts: dict[str, Any]) -> N
     assert m["after_close"]["state"].strip() == "" and m["after_close"]["policy"].strip() == ""
 
 
+@pytest.mark.uml
+@pytest.mark.timeout(300)
+def test_xfrm_same_selectors_preferred_sa_holds_the_policies_and_falls_back(facts: dict[str, Any]) -> None:
+    p = facts["preference"]
+    # one policy per selector pair and direction, pointing at the preferred reqid 7
+    for direction in ("dir out", "dir in", "dir fwd"):
+        assert p["policies"].count(direction) == 1, p["policies"]
+    assert p["policies"].count("reqid 7") == 3 and "reqid 6" not in p["policies"], p["policies"]
+    # both routes exist, the preferred one at the lower metric
+    assert "metric 1014" in p["routes"] and "metric 1024" in p["routes"], p["routes"]
+    assert p["ping"]["received"] == 5
+    assert p["shortcut"]["packets_out"] == 5 and p["hub"]["packets_out"] == 0, (p["shortcut"], p["hub"])
+    # removed: the policies move back to reqid 6, its route stays, traffic falls back
+    assert p["policies_after"].count("reqid 6") == 3 and "reqid 7" not in p["policies_after"], p["policies_after"]
+    assert "metric 1014" not in p["routes_after"] and "metric 1024" in p["routes_after"], p["routes_after"]
+    assert p["ping_after"]["received"] == 3 and p["hub_after"]["packets_out"] == 3, p
+    # a per-SA mark (full mask) and if_id on its states and policies; GETSA finds the marked state
+    assert p["marked_states"].count("mark 0x20/0xffffffff") == 1 and "if_id 0x9" in p["marked_states"], p
+    assert p["marked_policies"].count("mark 0x20/0xffffffff") == 1 and "if_id 0x9" in p["marked_policies"], p
+    assert p["marked_counters"]["packets_out"] == 0
+    assert "0x0008000" not in p["marked_after_remove"]["state"] and "10.11.0.0" not in p["marked_after_remove"]["policy"]
+    assert p["after_close"]["state"].strip() == "" and p["after_close"]["policy"].strip() == ""
+
+
 # ---- our IKEv2 service driving the kernel engine ------------------------------------------------
 
 

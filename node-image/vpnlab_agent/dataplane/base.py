@@ -12,6 +12,7 @@ are handed to the IKE service through `on_ike`, without the marker.
 from __future__ import annotations
 
 import abc
+import socket
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -36,14 +37,23 @@ class Engine(abc.ABC):
         # Source address for routes to remote selectors: the router's first LAN address, so that
         # traffic the router itself originates falls inside the negotiated traffic selectors.
         self.route_src = route_src
+        self._sock: socket.socket | None = None  # the UDP encapsulation socket, once open
+        self._ike_out = 0
 
     @abc.abstractmethod
     def open(self, local_addr: str, on_ike: IkeHandler, port: int = NATT_PORT) -> None:
         """Bind the UDP encapsulation socket on local_addr:port and start moving packets."""
 
-    @abc.abstractmethod
     def send_ike(self, data: bytes, addr: tuple[str, int]) -> None:
         """Send one IKE message from the encapsulation socket, prefixed with the non-ESP marker."""
+        sock = self._sock
+        if sock is None:
+            raise EngineError(f"{self.name} engine is not open")
+        try:
+            sock.sendto(NON_ESP_MARKER + data, addr)
+        except OSError as e:
+            raise EngineError(f"{self.name} engine: sending IKE to {addr[0]}:{addr[1]}: {e.strerror or e}") from e
+        self._ike_out += 1
 
     @abc.abstractmethod
     def install(self, sa: ChildSA) -> None:

@@ -1,14 +1,13 @@
 """Userspace ESP-in-UDP engine over a TUN device, for kernels without ESP (as on the lab machines).
 
 Threads, each with blocking I/O and its own preallocated buffers:
-- outbound: read an inner packet from TUN `ipsec0`, find the SA by longest-prefix match of the inner
-  destination over the installed SAs' remote selectors (memoised per (src, dst) pair), check the
-  inner source is inside the SA's local selectors, encrypt, send on the UDP 4500 socket;
+- outbound: read an inner packet from TUN `ipsec0`, ask the SA table (sa_table.py: longest prefix,
+  then preference, both selectors) which SA carries it, encrypt, send on the UDP 4500 socket;
 - inbound: receive a datagram, hand IKE (non-ESP marker) to `on_ike`, ignore NAT-keepalives, look the
   SPI up, check replay window and ICV, decrypt, check the inner addresses against the SA's selectors
   (a peer may only send what it negotiated), write the packet to TUN;
-- tx (offload mode): sends the UDP GSO batches the outbound thread prepared, so that thread's next
-  read and encryption overlap the send syscall (the kernel work runs without the GIL).
+- tx (offload mode): sends the UDP GSO batches the outbound thread prepared (udp_tx.py), so that
+  thread's next read and encryption overlap the send syscall (the kernel work runs without the GIL).
 
 Per-packet kernel work, not Python, dominated at first (TUN read/write, UDP send/receive, the TCP
 stack for every 1.4 kB segment). Offload mode (the default) amortises it the way NIC drivers do:
@@ -21,40 +20,34 @@ stack for every 1.4 kB segment). Offload mode (the default) amortises it the way
 Measured on the 2-core lab machine under load (benchmarks/esp_throughput.py): one TCP stream
 ~200 Mbit/s without offloads, ~400-560 Mbit/s with them; strongSwan kernel-libipsec 140-250.
 
-Control-plane changes (install/remove) build new lookup tables and swap them in with one assignment,
-so the packet loops never take a lock.
+Routes (routes.py): each remote selector of an outbound SA via the TUN device (the SA table then
+picks the SA, preference included); a peer covered by its own SA's remote selectors gets a /32 pin
+via the underlay. The engine owns the clock and the randomness the codec gets (sans-I/O codec).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import ipaddress
 import logging
 import os
-import queue
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pyroute2 import IPRoute
 
 from vpnlab_agent.dataplane import tun
-from vpnlab_agent.dataplane.base import NATT_PORT, NON_ESP_MARKER, Engine, EngineError, IkeHandler
+from vpnlab_agent.dataplane.base import NATT_PORT, Engine, EngineError, IkeHandler
+from vpnlab_agent.dataplane.routes import Route, RouteSync
+from vpnlab_agent.dataplane.sa_table import NO_ROUTE, Entry, LifetimeHandler, SaTable, inside, make_entry
+from vpnlab_agent.dataplane.udp_tx import UdpTx
 from vpnlab_agent.esp.ciphers import BACKEND, PacketBuffer
-from vpnlab_agent.esp.codec import (
-    AuthenticationFailed,
-    EspError,
-    EspInbound,
-    EspOutbound,
-    ReplayedPacket,
-    SequenceOverflow,
-    max_inner_len,
-)
-from vpnlab_agent.esp.trailer import trailer_from_dict
+from vpnlab_agent.esp.codec import AuthenticationFailed, EspError, ReplayedPacket, SequenceOverflow, max_inner_len
 from vpnlab_agent.sa import ChildSA, EspAlgorithm, SACounters
 
 log = logging.getLogger(__name__)
@@ -64,62 +57,14 @@ UNDERLAY_MTU = 1500
 OUTER_HEADERS = 20 + 8  # outer IPv4 + UDP (RFC 3948)
 SOCKET_BUFFER = 1 << 20  # ~700 ESP packets of burst at the receiver
 TUN_QUEUE = 256  # packets (a TSO packet counts as one); bounded queues keep latency down
-CACHE_LIMIT = 4096  # memoised (src, dst) decisions per table; cleared when full
 BUF_SIZE = 65536 + 256
 _GCM = EspAlgorithm("aes-gcm-16", 128)
 
 _U32 = struct.Struct("!I")
-_U16N = struct.Struct("=H")  # UDP_SEGMENT value, host order
 _I32N = struct.Struct("=i")  # UDP_GRO cmsg value, host order
 _VNET = struct.Struct("<BBHHHH")
-UDP_SEGMENT = 103  # setsockopt/cmsg: send one buffer as several datagrams of this size (Linux 4.18)
 UDP_GRO = 104  # receive several same-size datagrams in one buffer, size in a cmsg (Linux 5.0)
-UDP_GSO_MAX_SEGS = 64
-TX_BUFFERS = 8  # encrypted TSO packets waiting for the TX thread
-TX_BUF_SIZE = 65536 * 2  # one TSO packet's ESP packets at a usual MSS: 64 kB plus per-segment overhead
-ESP_MAX_OVERHEAD = 64  # ESP header 8 + IV 16 + padding 15 + trailer 2 + ICV 16, rounded up
-UDP_GSO_MAX_BYTES = 65000  # one UDP payload (IPv4 total length is 16 bits)
 _U64 = struct.Struct("!Q")  # inner source || destination, one dict key
-
-_NO_ROUTE = object()  # memoised outbound verdicts besides an entry
-_POLICY = object()
-
-# on_lifetime(spi_in, hard): the SA crossed its soft (hard=False) or hard byte lifetime (bytes both ways),
-# or ran out of sequence numbers (hard). Called once each, from a packet thread: hand it over to the
-# IKE event loop thread-safely. After a hard expiry the SA passes nothing until it is removed.
-LifetimeHandler = Callable[[int, bool], None]
-
-
-def _nets(cidrs: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
-    out = []
-    for c in cidrs:
-        n = ipaddress.IPv4Network(c, strict=False)
-        out.append((int(n.network_address), int(n.netmask)))
-    return tuple(out)
-
-
-def _inside(addr: int, nets: tuple[tuple[int, int], ...]) -> bool:
-    for net, mask in nets:
-        if addr & mask == net:
-            return True
-    return False
-
-
-@dataclass(eq=False)
-class _Entry:
-    """One installed SA pair with everything the packet loops need precomputed."""
-
-    sa: ChildSA
-    out: EspOutbound
-    inb: EspInbound
-    counters: SACounters
-    addr: tuple[str, int]
-    local_nets: tuple[tuple[int, int], ...]
-    remote_nets: tuple[tuple[int, int], ...]
-    next_limit: float  # bytes (both ways) at which the next lifetime event fires
-    in_cache: dict[int, bool] = field(default_factory=dict)
-    soft_fired: bool = False
-    expired: bool = False
 
 
 @dataclass
@@ -128,7 +73,7 @@ class _Drops:
     policy_out: int = 0  # outbound: inner source outside the SA's local selectors
     not_ipv4: int = 0
     unknown_spi: int = 0
-    malformed: int = 0  # inbound: too short, bad padding/next header, invalid inner packet
+    malformed: int = 0  # inbound: too short, bad trailer, invalid inner packet
     policy_in: int = 0
     expired: int = 0  # sequence numbers or hard byte lifetime used up
     send_errors: int = 0
@@ -149,37 +94,27 @@ class UserspaceEngine(Engine):
         # ESP packets in batches, UDP GRO to receive them in batches, and received TCP segments merged
         # into GSO packets on the TUN (tun.GroWriter). Each falls back alone if the kernel says no.
         self.offload = offload
-        self.tx_thread = offload and tx_thread  # a third thread that only sends (offload mode)
+        self.tx = UdpTx(None, thread=offload and tx_thread, gso=offload)
         self._gro: tun.GroWriter | None = None
-        self._udp_gso = offload
         self._udp_gro = False
-        # outbound -> TX thread hand-off: bounded by the pool of TX buffers (back-pressure, not growth)
-        self._tx_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._tx_free: queue.SimpleQueue[PacketBuffer] = queue.SimpleQueue()
-        for _ in range(TX_BUFFERS):
-            self._tx_free.put(PacketBuffer(TX_BUF_SIZE))
         self.tso_reads = 0  # TSO packets the kernel handed us (each cut into many ESP packets)
-        self._enq = 0  # batches queued, written only by the outbound thread
-        self._done = 0  # batches sent, written only by the TX thread
         self.device = device
         self.underlay_mtu = underlay_mtu
-        self.on_lifetime = on_lifetime
         self.drops = _Drops()
+        self.table = SaTable(on_lifetime)
         self._lock = threading.Lock()  # serialises control-plane changes only
-        self._entries: dict[int, _Entry] = {}  # spi_in -> entry, in install order
-        self._inbound: dict[int, _Entry] = {}  # read by the inbound loop; replaced, never mutated
-        self._current: dict[int, _Entry] = {}  # reqid -> newest entry, which carries outbound traffic
-        self._table: list[tuple[int, dict[int, _Entry]]] = []  # (mask, {net: entry}), longest first
-        self._out_cache: dict[int, Any] = {}  # (src, dst) -> _Entry, _NO_ROUTE or _POLICY
-        self._routes: set[str] = set()
-        self._pins: set[str] = set()
-        self._sock: socket.socket | None = None
+        self._routes = RouteSync()
+        self._pins: dict[str, Route] = {}  # peer address -> its /32 via the underlay
         self._tun_fd = -1
         self._ifindex = 0
         self._mtu = 0
         self._threads: list[threading.Thread] = []
         self._closing = False
         self._on_ike: IkeHandler | None = None
+
+    @property
+    def tx_thread(self) -> bool:
+        return self.tx.thread
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -217,11 +152,11 @@ class UserspaceEngine(Engine):
                 os.close(self._tun_fd)
                 self._tun_fd = -1
             raise EngineError(f"cannot set up {self.device}: {e}") from e
-        self._sock = sock
+        self._sock = self.tx.sock = sock
         self._closing = False
         loops = [("out", self._outbound_loop), ("in", self._inbound_loop)]
-        if self.tx_thread:
-            loops.append(("tx", self._tx_loop))
+        if self.tx.thread:
+            loops.append(("tx", self.tx.loop))
         self._threads = [threading.Thread(target=self._guarded, args=(loop,), name=f"esp-{what}-{self.device}",
                                           daemon=True) for what, loop in loops]
         for t in self._threads:
@@ -242,9 +177,10 @@ class UserspaceEngine(Engine):
             return
         self._closing = True
         with self._lock:
-            for spi in list(self._entries):
-                self._remove_locked(spi)
-            self._unpin_all()
+            for spi in list(self.table.entries):
+                self.table.remove(spi)
+            self._routes.clear()
+            self._pins.clear()
         sock, self._sock = self._sock, None
         # Deleting the device wakes the TUN reader (EFAULT); shutdown wakes the socket reader.
         try:
@@ -255,7 +191,7 @@ class UserspaceEngine(Engine):
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # unconnected UDP says ENOTCONN, but the reader is woken all the same
-        self._tx_queue.put(None)
+        self.tx.stop()
         for t in self._threads:
             t.join(timeout=2.0)
         sock.close()
@@ -266,193 +202,110 @@ class UserspaceEngine(Engine):
 
     # ---- control plane ---------------------------------------------------------------------
 
-    def send_ike(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._sock is None:
-            raise EngineError("userspace engine is not open")
-        try:
-            self._sock.sendto(NON_ESP_MARKER + data, addr)
-        except OSError as e:
-            raise EngineError(f"sending IKE to {addr[0]}:{addr[1]}: {e.strerror}") from e
-
     def install(self, sa: ChildSA) -> None:
         if self._sock is None:
             raise EngineError("userspace engine is not open")
         if not sa.encap:
             raise EngineError(f"SA {sa.name}: the userspace engine only does ESP in UDP (remote_port is 0)")
-        counters = SACounters()
+        if sa.context:
+            raise EngineError(f"SA {sa.name}: routing context {sa.context!r}: this engine has only the main one")
         try:
-            out = EspOutbound(sa.spi_out, sa.algorithm, sa.enc_key_out, sa.integ_key_out, counters)
-            inb = EspInbound(sa.spi_in, sa.algorithm, sa.enc_key_in, sa.integ_key_in, counters)
-            local_nets, remote_nets = _nets(sa.local_ts), _nets(sa.remote_ts)
+            entry = make_entry(sa, time.monotonic, os.urandom)
         except ValueError as e:
             raise EngineError(f"SA {sa.name} (SPI {sa.spi_in:#010x}): {e}") from e
-        limits = [x for x in (sa.soft_lifetime_bytes, sa.hard_lifetime_bytes) if x]
-        entry = _Entry(sa, out, inb, counters, (sa.remote_addr, sa.remote_port), local_nets, remote_nets,
-                       float(min(limits)) if limits else float("inf"))
         with self._lock:
-            if sa.spi_in in self._entries:
-                raise EngineError(f"SA with inbound SPI {sa.spi_in:#010x} is already installed")
-            previous = self._current.get(sa.reqid)
-            self._entries[sa.spi_in] = entry
-            self._inbound = {**self._inbound, sa.spi_in: entry}
-            self._current[sa.reqid] = entry  # make-before-break: outbound moves now
+            try:
+                self.table.add(entry)
+            except ValueError as e:
+                raise EngineError(str(e)) from e
             try:
                 self._set_mtu()
                 self._sync_routes()
             except Exception as e:
                 # leave the engine as it was: the SA is either fully installed or not at all
-                del self._entries[sa.spi_in]
-                self._inbound = {k: v for k, v in self._inbound.items() if k != sa.spi_in}
-                if previous is None:
-                    del self._current[sa.reqid]
-                else:
-                    self._current[sa.reqid] = previous
+                self.table.remove(sa.spi_in)
                 self._set_mtu()
                 self._sync_routes()
                 if isinstance(e, EngineError):
                     raise
                 raise EngineError(f"installing SA {sa.name} (SPI {sa.spi_in:#010x}): {e}") from e
-            finally:
-                self._rebuild()
 
     def remove(self, spi_in: int) -> None:
         with self._lock:
-            if spi_in not in self._entries:
+            if spi_in not in self.table.entries:
                 raise EngineError(f"no SA with inbound SPI {spi_in:#010x}")
-            self._remove_locked(spi_in)
+            self.table.remove(spi_in)
             self._set_mtu()
             self._sync_routes()
-            self._rebuild()
-
-    def _remove_locked(self, spi_in: int) -> None:
-        entry = self._entries.pop(spi_in)
-        self._inbound = {k: v for k, v in self._inbound.items() if k != spi_in}
-        reqid = entry.sa.reqid
-        if self._current.get(reqid) is entry:
-            older = [e for e in self._entries.values() if e.sa.reqid == reqid]
-            if older:
-                self._current[reqid] = older[-1]
-            else:
-                del self._current[reqid]
-        if self._closing:
-            self._current.pop(reqid, None)
-
-    def _rebuild(self) -> None:
-        by_len: dict[int, dict[int, _Entry]] = {}
-        for entry in self._current.values():
-            for net, mask in entry.remote_nets:
-                by_len.setdefault(mask, {}).setdefault(net, entry)
-        self._table = sorted(by_len.items(), key=lambda kv: -kv[0])
-        self._out_cache = {}
-        for entry in self._entries.values():
-            entry.in_cache = {}
 
     def _set_mtu(self) -> None:
-        algs = {e.sa.algorithm for e in self._entries.values()} or {_GCM}
-        mtu = min(max_inner_len(self.underlay_mtu - OUTER_HEADERS, a) for a in algs)
+        sas = [e.sa for e in self.table.entries.values()]
+        budget = self.underlay_mtu - OUTER_HEADERS
+        mtu = min((max_inner_len(budget, sa.algorithm, sa.trailer) for sa in sas), default=max_inner_len(budget, _GCM))
         if mtu != self._mtu and not self._closing:
             with IPRoute() as ipr:
                 ipr.link("set", index=self._ifindex, mtu=mtu)
             self._mtu = mtu
 
     def _sync_routes(self) -> None:
-        wanted = {str(ipaddress.IPv4Network(c, strict=False)) for e in self._current.values() for c in e.sa.remote_ts}
+        """Each remote selector of an outbound SA once, via the TUN at metric 0 (as a configured route
+        would be: a full tunnel's 0.0.0.0/0 takes over the default route); the SA table picks the SA,
+        so two SAs for one prefix share the route and it stays while either does."""
         if self._closing:
-            wanted = set()
-        with IPRoute() as ipr:
-            for cidr in sorted(self._routes - wanted):
-                try:
-                    ipr.route("del", dst=cidr, oif=self._ifindex)
-                except Exception as e:  # noqa: BLE001 - the device may be gone already
-                    log.debug("route del %s: %s", cidr, e)
-            for entry in self._current.values():
-                self._pin_peer(ipr, entry)
-            for cidr in sorted(wanted - self._routes):
-                kw: dict[str, Any] = {"dst": cidr, "oif": self._ifindex}
-                if self.route_src:
-                    kw["prefsrc"] = self.route_src
-                try:
-                    ipr.route("replace", **kw)
-                except Exception as e:  # noqa: BLE001 - pyroute2 raises NetlinkError and others
-                    raise EngineError(f"route {cidr} dev {self.device}: {e}") from e
-        self._routes = wanted
-
-    def _pin_peer(self, ipr: IPRoute, entry: _Entry) -> None:
-        """If a remote selector covers the peer itself (e.g. 0.0.0.0/0), keep ESP to it off the tunnel."""
-        peer = entry.sa.remote_addr
-        if peer in self._pins or not _inside(int(ipaddress.IPv4Address(peer)), entry.remote_nets):
+            self._routes.clear()
             return
-        found = ipr.route("get", dst=peer)
-        if not found:
-            raise EngineError(f"no underlay route to peer {peer}")
-        r = found[0]
-        kw: dict[str, Any] = {"dst": f"{peer}/32", "oif": r.get_attr("RTA_OIF")}
-        if r.get_attr("RTA_GATEWAY"):
-            kw["gateway"] = r.get_attr("RTA_GATEWAY")
-        ipr.route("replace", **kw)
-        self._pins.add(peer)
+        wanted = [Route(cidr, self._ifindex, prefsrc=self.route_src) for cidr in self.table.remote_prefixes()]
+        self._routes.sync(self._peer_pins() + wanted)
 
-    def _unpin_all(self) -> None:
-        with IPRoute() as ipr:
-            for peer in self._pins:
-                try:
-                    ipr.route("del", dst=f"{peer}/32")
-                except Exception:  # noqa: BLE001
-                    pass
-        self._pins.clear()
+    def _peer_pins(self) -> list[Route]:
+        """If a remote selector covers the peer itself (e.g. 0.0.0.0/0), keep ESP to it off the tunnel."""
+        pins = []
+        for entry in self.table.outbound_entries():
+            peer = entry.sa.remote_addr
+            if not inside(int(ipaddress.IPv4Address(peer)), entry.remote_nets):
+                continue
+            if peer not in self._pins:
+                with IPRoute() as ipr:
+                    found = ipr.route("get", dst=peer)
+                if not found:
+                    raise EngineError(f"no underlay route to peer {peer}")
+                self._pins[peer] = Route(f"{peer}/32", found[0].get_attr("RTA_OIF"),
+                                         gateway=found[0].get_attr("RTA_GATEWAY") or None)
+            pins.append(self._pins[peer])
+        return pins
 
     def counters(self, spi_in: int) -> SACounters:
-        entry = self._entries.get(spi_in)
+        entry = self.table.entries.get(spi_in)
         if entry is None:
             raise EngineError(f"no SA with inbound SPI {spi_in:#010x}")
         return dataclasses.replace(entry.counters)
 
     def status(self) -> dict[str, Any]:
-        entries = list(self._entries.values())  # copies first: install/remove may run meanwhile
-        current = {id(e) for e in list(self._current.values())}
+        entries = list(self.table.entries.values())  # copies first: install/remove may run meanwhile
+        current = {id(e) for e in self.table.outbound_entries()}
+        drops = dataclasses.asdict(self.drops)
+        drops["send_errors"] += self.tx.errors
         return {
             "engine": self.name,
             "device": self.device,
             "mtu": self._mtu,
             "crypto": BACKEND,
-            "offload": {"tun": self.offload, "udp_gso": self._udp_gso, "udp_gro": self._udp_gro},
+            "offload": {"tun": self.offload, "udp_gso": self.tx.gso, "udp_gro": self._udp_gro},
             "tun_writes": self._gro.writes if self._gro else None,
             "tso_reads": self.tso_reads,
             "sa_count": len(entries),
-            "drops": dataclasses.asdict(self.drops),
+            "drops": drops,
             "sas": [
                 {
                     "name": e.sa.name, "reqid": e.sa.reqid, "spi_in": e.sa.spi_in, "spi_out": e.sa.spi_out,
                     "outbound": id(e) in current, "expired": e.expired,
                     "local_ts": list(e.sa.local_ts), "remote_ts": list(e.sa.remote_ts),
+                    "preference": e.sa.preference, "trailer": e.sa.trailer.kind,
                     **dataclasses.asdict(e.counters),
                 }
                 for e in entries
             ],
         }
-
-    # ---- lifetimes -------------------------------------------------------------------------
-
-    def _lifetime(self, entry: _Entry, exhausted: bool = False) -> None:
-        """Called from a packet loop when an SA's byte count crossed entry.next_limit, or (exhausted)
-        when its sequence numbers ran out."""
-        sa, used = entry.sa, entry.counters.bytes_in + entry.counters.bytes_out
-        hard = exhausted or (bool(sa.hard_lifetime_bytes) and used >= sa.hard_lifetime_bytes)
-        if entry.expired:
-            return
-        if hard:
-            entry.expired = True
-            entry.next_limit = float("inf")
-        elif not entry.soft_fired:
-            entry.soft_fired = True
-            entry.next_limit = float(sa.hard_lifetime_bytes) if sa.hard_lifetime_bytes else float("inf")
-        else:
-            return
-        if self.on_lifetime is not None:
-            try:
-                self.on_lifetime(sa.spi_in, hard)
-            except Exception:  # noqa: BLE001 - never let a callback kill a packet loop
-                log.exception("lifetime handler failed for SPI %#010x", sa.spi_in)
 
     # ---- packet loops ----------------------------------------------------------------------
 
@@ -465,26 +318,6 @@ class UserspaceEngine(Engine):
             except Exception:  # noqa: BLE001 - the data plane must outlive one bad packet
                 self.drops.internal_errors += 1
                 log.exception("%s failed; restarting it", threading.current_thread().name)
-
-    def _lookup_out(self, key: int) -> _Entry | object:
-        """Slow path: longest-prefix match on the inner destination, then the source check."""
-        src, dst = key >> 32, key & 0xFFFFFFFF
-        for mask, nets in self._table:
-            entry = nets.get(dst & mask)
-            if entry is not None:
-                return entry if _inside(src, entry.local_nets) else _POLICY
-        return _NO_ROUTE
-
-    def _route(self, key: int) -> Any:
-        """The entry for an inner (src, dst) pair, or _NO_ROUTE / _POLICY; memoised."""
-        cache = self._out_cache
-        entry = cache.get(key)
-        if entry is None:
-            entry = self._lookup_out(key)
-            if len(cache) >= CACHE_LIMIT:
-                cache.clear()
-            cache[key] = entry
-        return entry
 
     def _outbound_loop(self) -> None:
         fd, sock = self._tun_fd, self._sock
@@ -499,10 +332,8 @@ class UserspaceEngine(Engine):
         bufs = [vnet, sview[:65536]] if offload else [sview[:65536]]
         readv, sendto, key_of, drops = os.readv, sock.sendto, _U64.unpack_from, self.drops
         vnet_of, complete = _VNET.unpack_from, tun.complete_checksum
-        route = self._route
-        tx_put, free_get, free_put = self._tx_queue.put, self._tx_free.get, self._tx_free.put
-        if not self.tx_thread:
-            tx_put = self._tx_one
+        table, tx = self.table, self.tx
+        route, lifetime, seal_tso, queue_one = table.route, table.lifetime, tx.seal_tso, tx.queue_one
         while True:
             try:
                 n = readv(fd, bufs) - hlen
@@ -514,15 +345,15 @@ class UserspaceEngine(Engine):
                 drops.not_ipv4 += 1
                 continue
             entry = route(key_of(data, 12)[0])
-            if entry.__class__ is not _Entry:
-                if entry is _NO_ROUTE:
+            if entry.__class__ is not Entry:
+                if entry is NO_ROUTE:
                     drops.no_route += 1
                 else:
                     drops.policy_out += 1
                 continue
             c = entry.counters
             if c.bytes_out + c.bytes_in > entry.next_limit:
-                self._lifetime(entry)
+                lifetime(entry)
             if entry.expired:
                 drops.expired += 1
                 continue
@@ -532,132 +363,24 @@ class UserspaceEngine(Engine):
                     flags, gso, _, mss, cstart, coff = vnet_of(vnet)
                     if gso == tun.VNET_HDR_GSO_TCPV4 and mss > 0 and data[9] == 6:
                         self.tso_reads += 1
-                        self._seal_tso(out, src, n, mss, seg, addr, tx_put)
+                        seal_tso(out, src, n, mss, seg, addr)
                         continue
                     if gso:
                         drops.not_ipv4 += 1  # a GSO type we never offered
                         continue
                     if flags & tun.VNET_HDR_F_NEEDS_CSUM:
                         complete(data, sview, n, cstart, coff)
-                if self._enq != self._done:
-                    # the TX thread still has batches: queue behind them, never overtake
-                    buf = free_get()
-                    try:
-                        m = out.encapsulate_into(src, n, buf)
-                    except BaseException:
-                        free_put(buf)
-                        raise
-                    self._enq += 1
-                    tx_put((buf, [(0, m, m)], addr))
+                if tx.enq != tx.done:
+                    queue_one(out, src, n, addr)  # the TX thread still has batches: never overtake them
                     continue
                 m = out.encapsulate_into(src, n, dst)
                 sendto(dview[:m], addr)
             except SequenceOverflow:
                 drops.expired += 1
-                self._lifetime(entry, exhausted=True)
+                lifetime(entry, exhausted=True)
                 continue
             except OSError:
                 drops.send_errors += 1
-
-    def _seal_tso(self, out: EspOutbound, src: PacketBuffer, n: int, mss: int, seg: PacketBuffer,
-                  addr: tuple[str, int], tx_put: Callable[[Any], None]) -> None:
-        """TSO: cut src[0:n] into MSS segments, encrypt them back to back into TX buffers and queue
-        those as UDP GSO batches, so the TX thread sends while the outbound loop reads the next one.
-
-        A small MSS makes the ESP packets of one 64 kB read outgrow a buffer (the OpenSSL back end
-        writes through a raw pointer, unchecked): a buffer that could not take one more packet is
-        queued and the next one taken.
-        """
-        free_get, segment = self._tx_free.get, tun.segment_tcp
-        data, sview = src.data, src.view
-        buf: PacketBuffer | None = free_get()
-        batches: list[tuple[int, int, int]] = []
-        pos = start = i = cnt = size = 0
-        short = False
-        try:
-            while True:
-                k = segment(data, sview, n, mss, seg.data, seg.view, i)
-                if not k:
-                    break
-                i += 1
-                if pos + k + ESP_MAX_OVERHEAD > TX_BUF_SIZE:
-                    if pos > start:
-                        batches.append((start, pos - start, size))
-                    self._enq += 1
-                    tx_put((buf, batches, addr))
-                    buf, batches = None, []
-                    buf = free_get()
-                    pos = start = cnt = size = 0
-                    short = False
-                assert buf is not None
-                m = out.encapsulate_into(seg, k, buf, pos)
-                if cnt and (m > size or short):
-                    # UDP GSO needs equal sizes with only the last one shorter
-                    batches.append((start, pos - start, size))
-                    start, cnt, size = pos, 0, 0
-                size = size or m
-                short = m < size
-                pos += m
-                cnt += 1
-                if pos - start + size > UDP_GSO_MAX_BYTES or cnt == UDP_GSO_MAX_SEGS:
-                    batches.append((start, pos - start, size))
-                    start, cnt, size, short = pos, 0, 0, False
-            if pos > start:
-                batches.append((start, pos - start, size))
-        except BaseException:
-            if buf is not None:
-                self._tx_free.put(buf)
-            raise
-        self._enq += 1
-        tx_put((buf, batches, addr))
-
-    def _tx_loop(self) -> None:
-        """Sends what the outbound loop encrypted, so its next read and encryption overlap our syscalls."""
-        sock = self._sock
-        assert sock is not None
-        sendto, sendmsg, get, free_put, drops = sock.sendto, sock.sendmsg, self._tx_queue.get, self._tx_free.put, self.drops
-        while True:
-            item = get()
-            if item is None:
-                return
-            buf, batches, addr = item
-            try:
-                for off, total, size in batches:
-                    self._send_batch(sendto, sendmsg, buf.view[off:off + total], total, size, addr)
-            except OSError:
-                drops.send_errors += 1
-            finally:  # whatever happened, the buffer goes back, or the outbound loop would starve
-                free_put(buf)
-                self._done += 1
-
-    def _tx_one(self, item: tuple[PacketBuffer, list[tuple[int, int, int]], tuple[str, int]]) -> None:
-        """tx_thread=False: send a queued item at once, from the outbound thread."""
-        sock = self._sock
-        assert sock is not None
-        buf, batches, addr = item
-        try:
-            for off, total, size in batches:
-                self._send_batch(sock.sendto, sock.sendmsg, buf.view[off:off + total], total, size, addr)
-        except OSError:
-            self.drops.send_errors += 1
-        finally:
-            self._tx_free.put(buf)
-            self._done += 1
-
-    def _send_batch(self, sendto: Any, sendmsg: Any, view: memoryview, total: int, size: int,
-                    addr: tuple[str, int]) -> None:
-        """Send equal-size ESP packets laid back to back (the last may be shorter) in one UDP GSO call."""
-        if total > size and self._udp_gso:
-            try:
-                sendmsg((view[:total],), [(socket.SOL_UDP, UDP_SEGMENT, _U16N.pack(size))], 0, addr)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-                    raise
-                self._udp_gso = False  # kernel without UDP GSO: one datagram at a time from now on
-                log.info("no UDP GSO here (%s); sending ESP packets one by one", e.strerror)
-        for off in range(0, total, size):
-            sendto(view[off:min(off + size, total)], addr)
 
     def _inbound_loop(self) -> None:
         fd, sock = self._tun_fd, self._sock
@@ -667,7 +390,8 @@ class UserspaceEngine(Engine):
         data, sview, out, oview = src.data, src.view, dst.data, dst.view
         recv, recvmsg, write, u32 = sock.recvfrom_into, sock.recvmsg_into, os.write, _U32.unpack_from
         key_of, drops = _U64.unpack_from, self.drops
-        on_ike = self._on_ike
+        on_ike, table = self._on_ike, self.table
+        accepts, lifetime = table.accepts, table.lifetime
         gro = tun.GroWriter(fd) if self.offload else None
         self._gro = gro
         add = gro.add if gro else None
@@ -691,7 +415,7 @@ class UserspaceEngine(Engine):
             if spi == 0:
                 self._ike(on_ike, bytes(pkt.view[4:n]), addr)
                 return
-            entry = self._inbound.get(spi)
+            entry = table.inbound.get(spi)
             if entry is None:
                 drops.unknown_spi += 1
                 return
@@ -710,13 +434,9 @@ class UserspaceEngine(Engine):
                     drops.malformed += 1
                 return
             key = key_of(out, 12)[0]
-            cache = entry.in_cache
-            ok = cache.get(key)
+            ok = entry.in_cache.get(key)
             if ok is None:
-                ok = _inside(key >> 32, entry.remote_nets) and _inside(key & 0xFFFFFFFF, entry.local_nets)
-                if len(cache) >= CACHE_LIMIT:
-                    cache.clear()
-                cache[key] = ok
+                ok = accepts(entry, key)
             if not ok:
                 drops.policy_in += 1
                 entry.counters.policy_dropped += 1
@@ -730,7 +450,7 @@ class UserspaceEngine(Engine):
                 drops.tun_errors += 1
             c = entry.counters
             if c.bytes_out + c.bytes_in > entry.next_limit:
-                self._lifetime(entry)
+                lifetime(entry)
 
         while True:
             size = 0
@@ -779,89 +499,3 @@ class UserspaceEngine(Engine):
             on_ike(msg, addr)
         except Exception:  # noqa: BLE001 - a broken IKE handler must not stop the data plane
             log.exception("IKE handler failed for a message from %s:%d", *addr)
-
-
-# ---- a standalone engine process, driven by JSON lines (tests and benchmarks, no IKE) ------------
-
-def sa_to_dict(sa: ChildSA) -> dict[str, Any]:
-    d = dataclasses.asdict(sa)
-    for k in ("enc_key_in", "enc_key_out", "integ_key_in", "integ_key_out"):
-        d[k] = d[k].hex()
-    d["trailer"] = sa.trailer.describe()
-    return d
-
-
-def sa_from_dict(d: dict[str, Any]) -> ChildSA:
-    d = dict(d)
-    d["algorithm"] = EspAlgorithm(**d["algorithm"])
-    for k in ("enc_key_in", "enc_key_out", "integ_key_in", "integ_key_out"):
-        d[k] = bytes.fromhex(d[k])
-    d["local_ts"], d["remote_ts"] = tuple(d["local_ts"]), tuple(d["remote_ts"])
-    if "trailer" in d:
-        d["trailer"] = trailer_from_dict(d["trailer"])
-    return ChildSA(**d)
-
-
-def serve(stdin: Any, stdout: Any) -> None:
-    """One JSON command per line in, one JSON reply per line out.
-
-    {"op": "open", "local_addr": ..., "route_src": ..., "port": 4500} | {"op": "install", "sa": {...}}
-    | {"op": "remove", "spi_in": n} | {"op": "counters", "spi_in": n} | {"op": "status"} | {"op": "close"}
-    """
-    import json
-
-    engine: UserspaceEngine | None = None
-    ike_seen: list[int] = [0]
-    lifetime_events: list[list[int | bool]] = []
-
-    def on_ike(msg: bytes, addr: tuple[str, int]) -> None:
-        ike_seen[0] += 1
-
-    def on_lifetime(spi_in: int, hard: bool) -> None:
-        if len(lifetime_events) < 1000:
-            lifetime_events.append([spi_in, hard])
-
-    for line in stdin:
-        if not line.strip():
-            continue
-        cmd = json.loads(line)
-        op = cmd["op"]
-        reply: dict[str, Any] = {"ok": True}
-        try:
-            if op == "open":
-                engine = UserspaceEngine(route_src=cmd.get("route_src"), on_lifetime=on_lifetime,
-                                         offload=cmd.get("offload", True),
-                                         tx_thread=cmd.get("tx_thread", True))
-                engine.open(cmd["local_addr"], on_ike, cmd.get("port", NATT_PORT))
-            elif engine is None:
-                raise EngineError("engine not open")
-            elif op == "install":
-                engine.install(sa_from_dict(cmd["sa"]))
-            elif op == "remove":
-                engine.remove(cmd["spi_in"])
-            elif op == "counters":
-                reply["counters"] = dataclasses.asdict(engine.counters(cmd["spi_in"]))
-            elif op == "status":
-                reply["status"] = engine.status()
-                reply["ike_seen"] = ike_seen[0]
-                reply["lifetime_events"] = list(lifetime_events)
-            elif op == "close":
-                engine.close()
-                stdout.write(json.dumps(reply) + "\n")
-                stdout.flush()
-                return
-            else:
-                raise EngineError(f"unknown op {op!r}")
-        except EngineError as e:
-            reply = {"ok": False, "error": str(e)}
-        stdout.write(json.dumps(reply) + "\n")
-        stdout.flush()
-    if engine is not None:
-        engine.close()
-
-
-if __name__ == "__main__":
-    import sys
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    serve(sys.stdin, sys.stdout)

@@ -9,11 +9,19 @@ still arrives on it and goes to on_ike.
 Make-before-break by reqid: the policies name the reqid, not an SPI. Installing a new SA of a known
 reqid adds its states, then deletes the previous outbound state, so outbound moves at once; the old
 inbound state keeps accepting until remove(old spi_in).
+
+Preference (`ChildSA.preference`): policy priorities rank the more specific selectors first, then
+the higher preference. The kernel keeps one policy per (selectors, direction, mark, if_id): when
+two SAs have the same selectors, the preferred SA's reqid holds them (inbound too: until it goes,
+the other SA's peer cannot send for those selectors), and when it goes they move back to the
+other. Routes: each remote selector at `netconfig.tunnel_metric(preference)`.
+
+Per-SA `mark` / `if_id` go on that SA's states and policies (the engine-wide mark is the default);
+per-SA trailers other than plain RFC 4303 need the userspace engine: the kernel builds its own.
 """
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
 import os
@@ -27,6 +35,9 @@ from typing import Any, ClassVar
 
 from vpnlab_agent.dataplane import xfrm_netlink as nl
 from vpnlab_agent.dataplane.base import NATT_PORT, NON_ESP_MARKER, Engine, EngineError, IkeHandler
+from vpnlab_agent.dataplane.routes import Route, RouteSync
+from vpnlab_agent.esp.trailer import RFC4303
+from vpnlab_agent.netconfig import PREFERENCE_RANGE, clamp_preference, tunnel_metric
 from vpnlab_agent.sa import ChildSA, SACounters
 
 log = logging.getLogger(__name__)
@@ -37,6 +48,9 @@ IP_XFRM_POLICY = 17
 RECV_SIZE = 65536
 GCM_ICV_BITS = 128
 HMAC_SHA256_TRUNC_BITS = 128
+# Policy priority (lower wins): POLICY_PRIORITY - selector prefix lengths * step - preference rank
+POLICY_PRIORITY = 300_000
+_PREF_STEP = PREFERENCE_RANGE[1] - PREFERENCE_RANGE[0] + 1
 
 # on_lifetime(spi_in, hard): the kernel says the SA crossed its soft or hard byte lifetime.
 LifetimeHandler = Callable[[int, bool], None]
@@ -58,10 +72,15 @@ def algorithm_attrs(sa: ChildSA, inbound: bool) -> dict[str, Any]:
     raise EngineError(f"SA {sa.name}: unsupported ESP algorithm {alg.cipher}/{alg.integ}")
 
 
+def sa_mark(sa: ChildSA, default: nl.Mark | None = None) -> nl.Mark | None:
+    """The SA's own mark (full mask) if it has one, else the engine's."""
+    return (sa.mark, 0xFFFFFFFF) if sa.mark else default
+
+
 def state_specs(sa: ChildSA, mark: nl.Mark | None = None) -> tuple[nl.StateSpec, nl.StateSpec]:
-    """(inbound, outbound) states of a child SA."""
+    """(inbound, outbound) states of a child SA; mark is the engine's default."""
     common = {"reqid": sa.reqid, "soft_bytes": sa.soft_lifetime_bytes, "hard_bytes": sa.hard_lifetime_bytes,
-              "mark": mark}
+              "mark": sa_mark(sa, mark), "if_id": sa.if_id}
     inbound = nl.StateSpec(
         src=sa.remote_addr, dst=sa.local_addr, spi=sa.spi_in,
         encap=(sa.remote_port, sa.local_port) if sa.encap else None,
@@ -75,15 +94,24 @@ def state_specs(sa: ChildSA, mark: nl.Mark | None = None) -> tuple[nl.StateSpec,
     return inbound, outbound
 
 
+def policy_priority(local_ts: str, remote_ts: str, preference: int = 0) -> int:
+    """More specific selectors first, then the higher preference (a lower value wins)."""
+    rank = clamp_preference(preference) - PREFERENCE_RANGE[0]
+    return POLICY_PRIORITY - (_plen(local_ts) + _plen(remote_ts)) * _PREF_STEP - rank
+
+
 def policy_specs(sa: ChildSA, mark: nl.Mark | None = None) -> list[nl.PolicySpec]:
     specs = []
+    mark, if_id = sa_mark(sa, mark), sa.if_id
     for lts in sa.local_ts:
         for rts in sa.remote_ts:
-            # more specific selectors win: lower priority value
-            prio = 2000 - _plen(lts) - _plen(rts)
-            specs.append(nl.PolicySpec(lts, rts, nl.XFRM_POLICY_OUT, sa.local_addr, sa.remote_addr, sa.reqid, prio, mark))
-            specs.append(nl.PolicySpec(rts, lts, nl.XFRM_POLICY_IN, sa.remote_addr, sa.local_addr, sa.reqid, prio, mark))
-            specs.append(nl.PolicySpec(rts, lts, nl.XFRM_POLICY_FWD, sa.remote_addr, sa.local_addr, sa.reqid, prio, mark))
+            prio = policy_priority(lts, rts, sa.preference)
+            for src, dst, direction, t_src, t_dst in (
+                (lts, rts, nl.XFRM_POLICY_OUT, sa.local_addr, sa.remote_addr),
+                (rts, lts, nl.XFRM_POLICY_IN, sa.remote_addr, sa.local_addr),
+                (rts, lts, nl.XFRM_POLICY_FWD, sa.remote_addr, sa.local_addr),
+            ):
+                specs.append(nl.PolicySpec(src, dst, direction, t_src, t_dst, sa.reqid, prio, mark, if_id))
     return specs
 
 
@@ -110,8 +138,9 @@ class _Installed:
 
 @dataclass
 class _Reqid:
+    preference: int
     policies: list[nl.PolicySpec] = field(default_factory=list)
-    routes: list[dict[str, Any]] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
     spis_in: list[int] = field(default_factory=list)  # oldest first
 
 
@@ -127,16 +156,16 @@ class XfrmEngine(Engine):
         # UDP 4500), or the kernel finds no state for it.
         self.mark = mark
         self._nl: nl.XfrmSocket | None = None
-        self._sock: socket.socket | None = None
         self._on_ike: IkeHandler | None = None
         self._lock = threading.Lock()
         self._sas: dict[int, _Installed] = {}  # by spi_in
-        self._reqids: dict[int, _Reqid] = {}
+        self._reqids: dict[int, _Reqid] = {}  # in install order
+        self._policies: dict[tuple[Any, ...], nl.PolicySpec] = {}  # in the kernel, by PolicySpec.key
+        self._routes = RouteSync()
         self._stop_r, self._stop_w = -1, -1
         self._threads: list[threading.Thread] = []
         self._expire: nl.XfrmSocket | None = None
         self._ike_in = 0
-        self._ike_out = 0
 
     # ---- socket --------------------------------------------------------------------------
 
@@ -219,15 +248,6 @@ class XfrmEngine(Engine):
                     return spi_in
         return None
 
-    def send_ike(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._sock is None:
-            raise EngineError("xfrm engine is not open")
-        try:
-            self._sock.sendto(NON_ESP_MARKER + data, addr)
-        except OSError as exc:
-            raise EngineError(f"xfrm engine: sending IKE to {addr[0]}:{addr[1]}: {exc.strerror or exc}") from exc
-        self._ike_out += 1
-
     # ---- SAs -----------------------------------------------------------------------------
 
     def _netlink(self) -> nl.XfrmSocket:
@@ -239,39 +259,44 @@ class XfrmEngine(Engine):
         return self._nl
 
     def install(self, sa: ChildSA) -> None:
+        if sa.trailer != RFC4303:
+            raise EngineError(f"SA {sa.name}: ESP trailer {sa.trailer.kind!r} needs the userspace engine "
+                              "(the kernel builds plain RFC 4303 trailers only)")
+        if sa.context:
+            raise EngineError(f"SA {sa.name}: routing context {sa.context!r}: this engine has only the main one")
         sock = self._netlink()
         inbound, outbound = state_specs(sa, self.mark)
         with self._lock:
             if sa.spi_in in self._sas:
                 raise EngineError(f"SA {sa.name}: inbound SPI {sa.spi_in:#010x} is already installed")
             known = self._reqids.get(sa.reqid)
-            group = known or _Reqid(policies=policy_specs(sa, self.mark))
             added: list[nl.StateSpec] = []
             try:
                 for spec in (inbound, outbound):
                     sock.request(nl.XFRM_MSG_NEWSA, nl.newsa_payload(spec), nl.NLM_F_CREATE | nl.NLM_F_EXCL)
                     added.append(spec)
-                for pol in group.policies:  # UPDPOLICY: insert or replace, so repeat installs are harmless
-                    sock.request(nl.XFRM_MSG_UPDPOLICY, nl.policy_payload(pol), nl.NLM_F_CREATE)
                 if known is None:
-                    self._add_routes(sa, group.routes)
+                    self._reqids[sa.reqid] = _Reqid(sa.preference, policy_specs(sa, self.mark), self._routes_for(sa))
+                    self._sync_policies()
+                    self._routes.sync(r for g in self._reqids.values() for r in g.routes)
             except Exception as exc:
                 for spec in added:
-                    self._delete_state(spec.dst, spec.spi)
+                    self._delete_state(spec.dst, spec.spi, spec.mark)
                 if known is None:
-                    self._drop_group(group)
+                    self._reqids.pop(sa.reqid, None)
+                    self._sync_back()
                 if isinstance(exc, EngineError):
                     raise
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise EngineError(f"SA {sa.name}: kernel refused it: {why}") from exc
+            group = self._reqids[sa.reqid]
             # Make-before-break: the new outbound state exists; retire the older ones.
             for spi_old in group.spis_in:
                 old = self._sas[spi_old]
                 if old.out_present:
-                    self._delete_state(old.sa.remote_addr, old.sa.spi_out)
+                    self._delete_state(old.sa.remote_addr, old.sa.spi_out, outbound.mark)
                     old.out_present = False
             group.spis_in.append(sa.spi_in)
-            self._reqids[sa.reqid] = group
             self._sas[sa.spi_in] = _Installed(sa)
         log.info("xfrm: installed %s reqid %d in %#010x out %#010x", sa.name, sa.reqid, sa.spi_in, sa.spi_out)
 
@@ -281,9 +306,10 @@ class XfrmEngine(Engine):
             if entry is None:
                 return
             sa = entry.sa
-            self._delete_state(sa.local_addr, sa.spi_in)
+            mark = sa_mark(sa, self.mark)
+            self._delete_state(sa.local_addr, sa.spi_in, mark)
             if entry.out_present:
-                self._delete_state(sa.remote_addr, sa.spi_out)
+                self._delete_state(sa.remote_addr, sa.spi_out, mark)
             group = self._reqids[sa.reqid]
             group.spis_in.remove(spi_in)
             if group.spis_in:
@@ -293,30 +319,50 @@ class XfrmEngine(Engine):
                     log.warning("xfrm: reqid %d has no outbound state left", sa.reqid)
                 return
             del self._reqids[sa.reqid]
-            self._drop_group(group)
+            self._sync_back()
 
-    def _drop_group(self, group: _Reqid) -> None:
+    def _sync_policies(self) -> None:
+        """Policies in the kernel = for each key, the one of the most preferred reqid holding it
+        (equal preference: the earliest installed). UPDPOLICY replaces in place: no gap."""
+        wanted: dict[tuple[Any, ...], nl.PolicySpec] = {}
+        for group in sorted(self._reqids.values(), key=lambda g: -g.preference):
+            for pol in group.policies:
+                wanted.setdefault(pol.key, pol)
         sock = self._netlink()
-        for pol in group.policies:
+        for key, pol in wanted.items():
+            if self._policies.get(key) != pol:
+                sock.request(nl.XFRM_MSG_UPDPOLICY, nl.policy_payload(pol), nl.NLM_F_CREATE)
+                self._policies[key] = pol
+        for key in [k for k in self._policies if k not in wanted]:
+            pol = self._policies.pop(key)
             try:
-                sock.request(
-                    nl.XFRM_MSG_DELPOLICY, nl.policy_id_payload(pol.src_cidr, pol.dst_cidr, pol.direction, pol.mark)
-                )
+                sock.request(nl.XFRM_MSG_DELPOLICY,
+                             nl.policy_id_payload(pol.src_cidr, pol.dst_cidr, pol.direction, pol.mark, pol.if_id))
             except nl.XfrmError as exc:
                 if not nl.ignore_missing(exc):
                     log.warning("xfrm: deleting policy %s -> %s: %s", pol.src_cidr, pol.dst_cidr, exc)
-        self._del_routes(group.routes)
 
-    def _delete_state(self, dst: str, spi: int) -> None:
+    def _sync_back(self) -> None:
+        """After a reqid went: its policies move to whoever else holds them, its routes go."""
         try:
-            self._netlink().request(nl.XFRM_MSG_DELSA, nl.sa_id_payload(dst, spi, self.mark))
+            self._sync_policies()
+        except nl.XfrmError as exc:
+            log.warning("xfrm: re-pointing policies: %s", exc)
+        try:
+            self._routes.sync(r for g in self._reqids.values() for r in g.routes)
+        except EngineError as exc:
+            log.warning("xfrm: %s", exc)
+
+    def _delete_state(self, dst: str, spi: int, mark: nl.Mark | None) -> None:
+        try:
+            self._netlink().request(nl.XFRM_MSG_DELSA, nl.sa_id_payload(dst, spi, mark))
         except nl.XfrmError as exc:
             if not nl.ignore_missing(exc):
                 log.warning("xfrm: deleting state %s spi %#010x: %s", dst, spi, exc)
 
-    def _state_counters(self, dst: str, spi: int) -> nl.StateCounters | None:
+    def _state_counters(self, dst: str, spi: int, mark: nl.Mark | None) -> nl.StateCounters | None:
         try:
-            replies = self._netlink().request(nl.XFRM_MSG_GETSA, nl.sa_id_payload(dst, spi, self.mark))
+            replies = self._netlink().request(nl.XFRM_MSG_GETSA, nl.sa_id_payload(dst, spi, mark))
         except nl.XfrmError as exc:
             if nl.ignore_missing(exc):
                 return None
@@ -332,8 +378,9 @@ class XfrmEngine(Engine):
         if entry is None:
             raise EngineError(f"no SA with inbound SPI {spi_in:#010x}")
         sa = entry.sa
-        cin = self._state_counters(sa.local_addr, sa.spi_in)
-        cout = self._state_counters(sa.remote_addr, sa.spi_out) if entry.out_present else None
+        mark = sa_mark(sa, self.mark)
+        cin = self._state_counters(sa.local_addr, sa.spi_in, mark)
+        cout = self._state_counters(sa.remote_addr, sa.spi_out, mark) if entry.out_present else None
         result = SACounters()
         last_wall = 0
         if cin is not None:
@@ -349,7 +396,7 @@ class XfrmEngine(Engine):
 
     # ---- routes --------------------------------------------------------------------------
 
-    def _add_routes(self, sa: ChildSA, made: list[dict[str, Any]]) -> None:
+    def _routes_for(self, sa: ChildSA) -> list[Route]:
         """Route each remote selector the way the peer's outer address goes, so that the packet
         reaches the output path, where the XFRM policy takes it."""
         from pyroute2 import IPRoute
@@ -361,17 +408,10 @@ class XfrmEngine(Engine):
                 raise EngineError(f"SA {sa.name}: no route to peer {sa.remote_addr}: {exc}") from exc
             gateway, oif = hop.get_attr("RTA_GATEWAY"), hop.get_attr("RTA_OIF")
             src = self._source_for(ipr, sa.local_ts)
-            for rts in sa.remote_ts:
-                net = ipaddress.IPv4Network(rts, strict=False)
-                if net.prefixlen == 0:
-                    continue  # never replace the default route; the policy still matches
-                spec: dict[str, Any] = {"dst": str(net), "oif": oif}
-                if gateway:
-                    spec["gateway"] = gateway
-                if src:
-                    spec["prefsrc"] = src
-                ipr.route("replace", **spec)
-                made.append(spec)  # recorded as made at once: a later failure still removes it
+        return [Route(str(ipaddress.IPv4Network(rts, strict=False)), oif, tunnel_metric(sa.preference),
+                      gateway=gateway or None, prefsrc=src)
+                for rts in sa.remote_ts
+                if ipaddress.IPv4Network(rts, strict=False).prefixlen]  # never the default route; the policy still matches
 
     def _source_for(self, ipr: Any, local_ts: tuple[str, ...]) -> str | None:
         """route_src if it lies inside the local selectors, else the first local address that does:
@@ -384,20 +424,6 @@ class XfrmEngine(Engine):
                 return addr
         log.warning("xfrm: no local address inside %s; routes get no source address", ",".join(local_ts))
         return None
-
-    def _del_routes(self, routes: list[dict[str, Any]]) -> None:
-        if not routes:
-            return
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        with IPRoute() as ipr:
-            for spec in routes:
-                try:
-                    ipr.route("del", dst=spec["dst"], oif=spec["oif"])
-                except NetlinkError as exc:
-                    if exc.code not in (errno.ESRCH, errno.ENOENT):
-                        log.warning("xfrm: deleting route %s: %s", spec["dst"], exc)
 
     # ---- status / close ------------------------------------------------------------------
 
@@ -450,3 +476,4 @@ class XfrmEngine(Engine):
             if s is not None:
                 s.close()
         self._sock = self._nl = self._expire = None
+        self._policies.clear()

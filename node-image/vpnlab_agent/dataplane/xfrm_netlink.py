@@ -28,6 +28,7 @@ XFRMNLGRP_EXPIRE = 2
 # attributes
 XFRMA_ALG_CRYPT, XFRMA_ENCAP, XFRMA_TMPL = 2, 4, 5
 XFRMA_LASTUSED, XFRMA_ALG_AEAD, XFRMA_ALG_AUTH_TRUNC, XFRMA_MARK = 15, 18, 20, 21
+XFRMA_IF_ID = 31  # u32: the xfrm interface (if_id) a state or policy belongs to (Linux 4.19)
 
 XFRM_POLICY_IN, XFRM_POLICY_OUT, XFRM_POLICY_FWD = 0, 1, 2
 XFRM_POLICY_ALLOW = 0
@@ -87,6 +88,10 @@ def _mark_attr(mark: Mark | None) -> bytes:
     return _attr(XFRMA_MARK, _MARK.pack(*mark)) if mark else b""
 
 
+def _if_id_attr(if_id: int) -> bytes:
+    return _attr(XFRMA_IF_ID, struct.pack("=I", if_id)) if if_id else b""
+
+
 def selector(src_cidr: str = "0.0.0.0/0", dst_cidr: str = "0.0.0.0/0") -> bytes:
     src = ipaddress.IPv4Network(src_cidr, strict=False)
     dst = ipaddress.IPv4Network(dst_cidr, strict=False)
@@ -119,6 +124,7 @@ class StateSpec:
     soft_bytes: int = 0
     hard_bytes: int = 0
     mark: Mark | None = None
+    if_id: int = 0
 
 
 def newsa_payload(s: StateSpec) -> bytes:
@@ -142,7 +148,7 @@ def newsa_payload(s: StateSpec) -> bytes:
         attrs += _attr(
             XFRMA_ENCAP, _ENCAP.pack(UDP_ENCAP_ESPINUDP, socket.htons(sport), socket.htons(dport), bytes(16))
         )
-    return info + attrs + _mark_attr(s.mark)
+    return info + attrs + _mark_attr(s.mark) + _if_id_attr(s.if_id)
 
 
 def sa_id_payload(dst: str, spi: int, mark: Mark | None = None) -> bytes:
@@ -160,6 +166,13 @@ class PolicySpec:
     reqid: int
     priority: int = 2000
     mark: Mark | None = None
+    if_id: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, int, Mark | None, int]:
+        """What the kernel tells policies apart by: a second policy with the same key replaces the first."""
+        return (str(ipaddress.IPv4Network(self.src_cidr, strict=False)),
+                str(ipaddress.IPv4Network(self.dst_cidr, strict=False)), self.direction, self.mark, self.if_id)
 
 
 def policy_payload(p: PolicySpec) -> bytes:
@@ -171,11 +184,12 @@ def policy_payload(p: PolicySpec) -> bytes:
         _ID.pack(_addr(p.tmpl_dst), 0, IPPROTO_ESP), AF_INET, _addr(p.tmpl_src), p.reqid,
         XFRM_MODE_TUNNEL, 0, 0, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF,
     )  # fmt: skip
-    return info + _attr(XFRMA_TMPL, tmpl) + _mark_attr(p.mark)
+    return info + _attr(XFRMA_TMPL, tmpl) + _mark_attr(p.mark) + _if_id_attr(p.if_id)
 
 
-def policy_id_payload(src_cidr: str, dst_cidr: str, direction: int, mark: Mark | None = None) -> bytes:
-    return _USERPOLICY_ID.pack(selector(src_cidr, dst_cidr), 0, direction) + _mark_attr(mark)
+def policy_id_payload(src_cidr: str, dst_cidr: str, direction: int, mark: Mark | None = None, if_id: int = 0) -> bytes:
+    # the kernel finds a policy by selector, direction, mark and if_id
+    return _USERPOLICY_ID.pack(selector(src_cidr, dst_cidr), 0, direction) + _mark_attr(mark) + _if_id_attr(if_id)
 
 
 def socket_bypass_policy(direction: int) -> bytes:

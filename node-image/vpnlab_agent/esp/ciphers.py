@@ -15,7 +15,6 @@ Two back ends, picked once at import:
 from __future__ import annotations
 
 import hmac
-import os
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -159,11 +158,6 @@ class CbcHmacCipher:
             name = b"aes-128-cbc" if len(key) == 16 else b"aes-256-cbc"
             self._ctx = _new_ctx(name, key, 1 if encrypt else 0, None)
             self._outl = _ffi.new("int *")
-
-    @staticmethod
-    def new_iv() -> bytes:
-        # RFC 3602: the IV must be unpredictable; the kernel CSPRNG costs ~0.7 us a packet here.
-        return os.urandom(CBC_IV_LEN)
 
     def seal(self, iv: bytes, hdr: bytes, src: PacketBuffer, n: int, dst: PacketBuffer, off: int) -> int:
         """Encrypt src[0:n] (a multiple of 16) into dst[off:], then the ICV over dst[off-len(hdr)-16 : ].

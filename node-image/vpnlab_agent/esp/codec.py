@@ -1,8 +1,15 @@
-"""RFC 4303 tunnel-mode ESP for IPv4 inner packets, one object per SA direction.
+"""RFC 4303 tunnel-mode ESP, one object per SA direction.
 
-Packet layout: SPI(4) | Seq(4) | IV(8 GCM, 16 CBC) | ciphertext(inner | pad 1,2,3.. | pad len | next
-header) | ICV(16). 32-bit sequence numbers only (no ESN): when they run out the SA refuses to send and
-must be rekeyed. The objects count their own work and drops in the SA's shared `SACounters`.
+Packet layout: SPI(4) | Seq(4) | IV(8 GCM, 16 CBC) | ciphertext(inner | trailer) | ICV(16). The
+trailer (padding, pad length, next header, and any extra bytes a feature adds) is the SA's
+`Trailer` object's business (esp/trailer.py); the plain RFC 4303 one is the default. Next header
+is 4 for an IPv4 inner packet and 41 for IPv6, checked against the inner packet on receipt.
+32-bit sequence numbers only (no ESN): when they run out the SA refuses to send and must be
+rekeyed. The objects count their own work and drops in the SA's shared `SACounters`.
+
+Sans-I/O: no clock and no randomness of its own. `clock()` (monotonic seconds, for
+`SACounters.last_used`) and `rng(n)` (n unpredictable bytes, for the AES-CBC IVs) come in from the
+engine, which passes time.monotonic and os.urandom.
 
 Hot path: `encapsulate_into` / `decapsulate_into` between preallocated `PacketBuffer`s;
 `encapsulate` / `decapsulate` are bytes-in/bytes-out conveniences for tests and slow paths.
@@ -11,25 +18,37 @@ Hot path: `encapsulate_into` / `decapsulate_into` between preallocated `PacketBu
 from __future__ import annotations
 
 import struct
-import time
+from collections.abc import Callable
 
-from vpnlab_agent.esp.ciphers import CbcHmacCipher, GcmCipher, PacketBuffer
+from vpnlab_agent.esp.ciphers import CBC_IV_LEN, CbcHmacCipher, GcmCipher, PacketBuffer
 from vpnlab_agent.esp.replay import DEFAULT_SIZE, ReplayWindow
+from vpnlab_agent.esp.trailer import (
+    NEXT_HEADER_IPV4,
+    NEXT_HEADER_IPV6,
+    NEXT_HEADER_NONE,
+    RFC4303,
+    Trailer,
+    TrailerError,
+)
 from vpnlab_agent.sa import EspAlgorithm, SACounters
 
-NEXT_HEADER_IPV4 = 4
-NEXT_HEADER_NONE = 59  # RFC 4303 dummy packet: authenticate, then discard
 ESP_HEADER_LEN = 8
 SEQ_MAX = 0xFFFFFFFF
 
 _HDR = struct.Struct(">II")
 _HDR_GCM = struct.Struct(">IIQ")
 _SEQ = struct.Struct(">I")
-_monotonic = time.monotonic
+# next header by the inner packet's IP version (first nibble); IPv4 unless it says 6
+_NEXT_HEADER = tuple(NEXT_HEADER_IPV6 if v == 6 else NEXT_HEADER_IPV4 for v in range(16))
+# inner IP version each accepted next header must carry
+_VERSION = {NEXT_HEADER_IPV4: 4, NEXT_HEADER_IPV6: 6}
 
-# Padding bytes 1, 2, 3, ... (RFC 4303 2.4); trailer = padding || pad length || next header.
-PADS = tuple(bytes(range(1, p + 1)) for p in range(256))
-_TRAILERS = tuple(PADS[p] + bytes((p, NEXT_HEADER_IPV4)) for p in range(16))
+Clock = Callable[[], float]
+Rng = Callable[[int], bytes]
+
+
+def _no_clock() -> float:
+    return 0.0  # without a clock, last_used stays 0: "never"
 
 
 class EspError(Exception):
@@ -70,78 +89,93 @@ def overhead(algorithm: EspAlgorithm) -> tuple[int, int]:
     return ESP_HEADER_LEN + iv + 16, 4 if algorithm.aead else 16
 
 
-def max_inner_len(outer_budget: int, algorithm: EspAlgorithm) -> int:
+def max_inner_len(outer_budget: int, algorithm: EspAlgorithm, trailer: Trailer = RFC4303) -> int:
     """Largest inner packet whose ESP packet fits outer_budget bytes (e.g. 1500 - IP 20 - UDP 8)."""
     fixed, align = overhead(algorithm)
-    room = outer_budget - fixed  # for inner + padding + 2-byte trailer
-    return room - room % align - 2
+    room = outer_budget - fixed  # for inner + extra trailer bytes + padding + 2-byte trailer
+    return room - room % align - 2 - trailer.extra
 
 
 class EspOutbound:
-    """Sending side of one SA: assigns sequence numbers, pads, encrypts, authenticates."""
+    """Sending side of one SA: assigns sequence numbers, adds the trailer, encrypts, authenticates."""
 
-    __slots__ = ("spi", "seq", "cipher", "counters", "_gcm", "_block")
+    __slots__ = ("spi", "seq", "cipher", "counters", "extra", "_gcm", "_block", "_write", "_clock", "_rng")
 
     def __init__(self, spi: int, algorithm: EspAlgorithm, enc_key: bytes, integ_key: bytes,
-                 counters: SACounters | None = None) -> None:
+                 counters: SACounters | None = None, *, trailer: Trailer = RFC4303, clock: Clock | None = None,
+                 rng: Rng | None = None) -> None:
         if not 256 <= spi <= SEQ_MAX:
             raise ValueError(f"SPI {spi:#x} is reserved or out of range")
+        self.cipher = make_cipher(algorithm, enc_key, integ_key, True)
+        if not algorithm.aead and rng is None:
+            raise ValueError(f"{algorithm.cipher} needs an rng for its IVs (RFC 3602: unpredictable)")
         self.spi = spi
         self.seq = 0  # last sequence number sent
-        self.cipher = make_cipher(algorithm, enc_key, integ_key, True)
         self.counters = counters if counters is not None else SACounters()
         self._gcm = algorithm.aead
         self._block = self.cipher.block
+        self.extra = trailer.extra  # trailer bytes beyond RFC 4303's (buffer room, MTU)
+        self._write = trailer.write  # bound once: the hot path calls it per packet
+        self._clock = clock or _no_clock
+        self._rng = rng
 
-    def encapsulate_into(self, src: PacketBuffer, n: int, dst: PacketBuffer, off: int = 0) -> int:
+    def encapsulate_into(self, src: PacketBuffer, n: int, dst: PacketBuffer, off: int = 0, tag: int = 0) -> int:
         """Turn the inner packet src[0:n] into an ESP packet at dst[off:]; returns its length.
 
-        src needs 17 spare bytes after n for the trailer.
+        src needs 17 spare bytes after n for the trailer, plus the trailer's `extra`. tag goes to
+        the SA's trailer (0 on a plain SA).
         """
         seq = self.seq + 1
         if seq > SEQ_MAX:
             raise SequenceOverflow(f"SPI {self.spi:#010x}: sequence numbers exhausted, rekey needed")
         self.seq = seq
-        p = -(n + 2) % self._block
-        src.data[n:n + p + 2] = _TRAILERS[p]
+        data = src.data
+        end = self._write(data, n, self._block, _NEXT_HEADER[data[0] >> 4] if n else NEXT_HEADER_IPV4, tag)
         if self._gcm:
             # RFC 4106: the IV only has to be unique per key, so the sequence number serves.
             hdr = _HDR_GCM.pack(self.spi, seq, seq)
             dst.data[off:off + 16] = hdr
-            total = 16 + self.cipher.seal(hdr[8:], hdr[:8], src, n + p + 2, dst, off + 16)
+            total = 16 + self.cipher.seal(hdr[8:], hdr[:8], src, end, dst, off + 16)
         else:
             hdr = _HDR.pack(self.spi, seq)
-            iv = self.cipher.new_iv()
+            iv = self._rng(CBC_IV_LEN)  # type: ignore[misc]
             dst.data[off:off + 8] = hdr
             dst.data[off + 8:off + 24] = iv
-            total = 24 + self.cipher.seal(iv, hdr, src, n + p + 2, dst, off + 24)
+            total = 24 + self.cipher.seal(iv, hdr, src, end, dst, off + 24)
         c = self.counters
         c.packets_out += 1
         c.bytes_out += n
-        c.last_used = _monotonic()
+        c.last_used = self._clock()
         return total
 
-    def encapsulate(self, inner: bytes) -> bytes:
-        src, dst = PacketBuffer(len(inner) + 32), PacketBuffer(len(inner) + 80)
+    def encapsulate(self, inner: bytes, tag: int = 0) -> bytes:
+        src, dst = PacketBuffer(len(inner) + 300), PacketBuffer(len(inner) + 400)
         src.data[:len(inner)] = inner
-        return bytes(dst.view[:self.encapsulate_into(src, len(inner), dst)])
+        return bytes(dst.view[:self.encapsulate_into(src, len(inner), dst, 0, tag)])
 
 
 class EspInbound:
-    """Receiving side of one SA: replay window, ICV check, decryption, trailer checks."""
+    """Receiving side of one SA: replay window, ICV check, decryption, trailer checks.
 
-    __slots__ = ("spi", "cipher", "counters", "window", "_gcm", "_ivlen", "_min")
+    After each accepted packet, `tag` holds what the SA's trailer read from it (0 on a plain SA).
+    """
+
+    __slots__ = ("spi", "cipher", "counters", "window", "tag", "_gcm", "_ivlen", "_min", "_read", "_clock")
 
     def __init__(self, spi: int, algorithm: EspAlgorithm, enc_key: bytes, integ_key: bytes,
-                 counters: SACounters | None = None, window: int = DEFAULT_SIZE) -> None:
+                 counters: SACounters | None = None, window: int = DEFAULT_SIZE, *, trailer: Trailer = RFC4303,
+                 clock: Clock | None = None) -> None:
         self.spi = spi
         self.cipher = make_cipher(algorithm, enc_key, integ_key, False)
         self.counters = counters if counters is not None else SACounters()
         self.window = ReplayWindow(window)
+        self.tag = 0
         self._gcm = algorithm.aead
         self._ivlen = self.cipher.iv_len
         # header + IV + smallest padded payload (4 bytes GCM, one 16-byte block CBC) + ICV
         self._min = ESP_HEADER_LEN + self._ivlen + self.cipher.block + 16
+        self._read = trailer.read
+        self._clock = clock or _no_clock
 
     def decapsulate_into(self, src: PacketBuffer, n: int, dst: PacketBuffer) -> int:
         """Check and decrypt the ESP packet src[0:n]; the inner packet lands in dst[0:return value].
@@ -166,21 +200,20 @@ class EspInbound:
             self.counters.auth_failed += 1
             raise AuthenticationFailed(f"SPI {self.spi:#010x}: ICV check failed for sequence {seq}")
         window.update(seq)  # only now: the packet is authentic
-        clen = n - ivend - 16
-        out = dst.data
-        padlen = out[clen - 2]
-        if padlen + 2 > clen or dst.view[clen - 2 - padlen:clen - 2] != PADS[padlen]:
-            raise MalformedPacket(f"SPI {self.spi:#010x}: bad ESP padding (pad length {padlen})")
-        nh = out[clen - 1]
-        inner = clen - 2 - padlen
+        try:
+            inner, nh, self.tag = self._read(dst.view, n - ivend - 16)
+        except TrailerError as e:
+            raise MalformedPacket(f"SPI {self.spi:#010x}: {e}") from None
         if nh == NEXT_HEADER_NONE:
             return 0
-        if nh != NEXT_HEADER_IPV4:
-            raise MalformedPacket(f"SPI {self.spi:#010x}: next header {nh} is not IPv4")
+        version = _VERSION.get(nh)
+        if version is None or not inner or dst.data[0] >> 4 != version:
+            raise MalformedPacket(f"SPI {self.spi:#010x}: next header {nh} does not fit the inner packet "
+                                  "(4: IPv4, 41: IPv6)")
         c = self.counters
         c.packets_in += 1
         c.bytes_in += inner
-        c.last_used = _monotonic()
+        c.last_used = self._clock()
         return inner
 
     def decapsulate(self, packet: bytes) -> bytes:

@@ -10,7 +10,7 @@ import pytest
 from vpnlab_agent.dataplane import probe
 from vpnlab_agent.dataplane import xfrm_netlink as nl
 from vpnlab_agent.dataplane.base import EngineError
-from vpnlab_agent.dataplane.xfrm import policy_specs, state_specs
+from vpnlab_agent.dataplane.xfrm import policy_priority, policy_specs, state_specs
 from vpnlab_agent.sa import ChildSA, EspAlgorithm
 
 
@@ -126,3 +126,60 @@ def test_marks_go_on_states_policies_and_lookups() -> None:
     assert _attrs(nl.sa_id_payload("192.0.2.1", 1, (0x10, 0xFF))[24:])[nl.XFRMA_MARK] == struct.pack("=II", 16, 255)
     assert len(nl.sa_id_payload("192.0.2.1", 1)) == 24  # no mark: no attribute
     assert nl.XFRMA_MARK in _attrs(nl.policy_id_payload("10.1.0.0/24", "10.2.0.0/24", 1, (1, 1))[64:])
+
+
+def test_policy_priority_ranks_prefix_length_then_preference() -> None:
+    # lower wins: a longer prefix beats any preference; among equal selectors the preference decides
+    assert policy_priority("10.1.0.0/24", "10.2.0.0/25") < policy_priority("10.1.0.0/24", "10.2.0.0/24", 10**6)
+    assert policy_priority("10.1.0.0/24", "10.2.0.0/24", 10) < policy_priority("10.1.0.0/24", "10.2.0.0/24", 0)
+    assert policy_priority("10.1.0.0/24", "10.2.0.0/24", -5) > policy_priority("10.1.0.0/24", "10.2.0.0/24", 0)
+    assert 0 < policy_priority("0.0.0.0/0", "0.0.0.0/0", -(10**6)) < 2**32
+    assert 0 < policy_priority("10.0.0.1/32", "10.0.0.2/32", 10**6)
+
+
+def test_sa_mark_and_if_id_go_on_its_states_and_policies() -> None:
+    import dataclasses
+
+    sa = dataclasses.replace(_sa(EspAlgorithm("aes-gcm-16", 128), 20), mark=0x42, if_id=9, preference=3)
+    engine_default = (0x100, 0xF00)
+    for spec in state_specs(sa, engine_default):
+        attrs = _attrs(nl.newsa_payload(spec)[224:])
+        assert struct.unpack("=II", attrs[nl.XFRMA_MARK]) == (0x42, 0xFFFFFFFF)
+        assert struct.unpack("=I", attrs[nl.XFRMA_IF_ID]) == (9,)
+    pols = policy_specs(sa, engine_default)
+    for pol in pols:
+        assert (pol.mark, pol.if_id) == ((0x42, 0xFFFFFFFF), 9)
+        attrs = _attrs(nl.policy_payload(pol)[168:])
+        assert nl.XFRMA_IF_ID in attrs and nl.XFRMA_MARK in attrs
+    # the id a policy is deleted by carries mark and if_id too (the kernel looks them up with both)
+    pid = _attrs(nl.policy_id_payload("10.1.0.0/24", "10.2.0.0/24", nl.XFRM_POLICY_OUT, (0x42, 0xFFFFFFFF), 9)[64:])
+    assert struct.unpack("=I", pid[nl.XFRMA_IF_ID]) == (9,)
+    # a plain SA takes the engine's mark and has no if_id
+    plain = _sa(EspAlgorithm("aes-gcm-16", 128), 20)
+    attrs = _attrs(nl.newsa_payload(state_specs(plain, engine_default)[0])[224:])
+    assert struct.unpack("=II", attrs[nl.XFRMA_MARK]) == engine_default and nl.XFRMA_IF_ID not in attrs
+    assert {p.key for p in policy_specs(plain)} & {p.key for p in pols} == set()  # other mark/if_id: other policies
+
+
+def test_policies_of_equal_selectors_share_a_key_whatever_the_preference() -> None:
+    import dataclasses
+
+    a = _sa(EspAlgorithm("aes-gcm-16", 128), 20)
+    b = dataclasses.replace(a, reqid=8, preference=10, remote_addr="192.0.2.3")
+    assert [p.key for p in policy_specs(a)] == [p.key for p in policy_specs(b)]
+
+
+def test_xfrm_engine_refuses_what_only_the_userspace_engine_can_do() -> None:
+    import dataclasses
+
+    from vpnlab_agent.dataplane.xfrm import XfrmEngine
+    from vpnlab_agent.esp.trailer import Rfc4303Trailer
+
+    class Tagged(Rfc4303Trailer):
+        kind = "test-tagged"
+
+    sa = _sa(EspAlgorithm("aes-gcm-16", 128), 20)
+    with pytest.raises(EngineError, match="trailer 'test-tagged' needs the userspace engine"):
+        XfrmEngine().install(dataclasses.replace(sa, trailer=Tagged()))
+    with pytest.raises(EngineError, match="routing context 'voice'"):
+        XfrmEngine().install(dataclasses.replace(sa, context="voice"))

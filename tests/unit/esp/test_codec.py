@@ -19,6 +19,7 @@ from vpnlab_agent.esp.codec import (
     SequenceOverflow,
     max_inner_len,
 )
+from vpnlab_agent.esp.trailer import RFC4303, Rfc4303Trailer, Trailer, TrailerError
 from vpnlab_agent.sa import EspAlgorithm
 
 GCM128 = EspAlgorithm("aes-gcm-16", 128)
@@ -36,7 +37,7 @@ def keys(alg: EspAlgorithm) -> tuple[bytes, bytes]:
 
 def pair(alg: EspAlgorithm) -> tuple[EspOutbound, EspInbound]:
     ek, ik = keys(alg)
-    return EspOutbound(SPI, alg, ek, ik), EspInbound(SPI, alg, ek, ik, window=64)
+    return EspOutbound(SPI, alg, ek, ik, rng=os.urandom), EspInbound(SPI, alg, ek, ik, window=64)
 
 
 def ipv4(payload: bytes, src: bytes = bytes([10, 1, 0, 10]), dst: bytes = bytes([10, 2, 0, 10])) -> bytes:
@@ -92,7 +93,7 @@ def test_gcm_known_answer(alg: EspAlgorithm) -> None:
 def test_cbc_hmac_known_answer(alg: EspAlgorithm) -> None:
     ek, ik = bytes(range(alg.key_bits // 8)), bytes(range(100, 132))
     inner = ipv4(b"known answer " * 5)
-    out = EspOutbound(SPI, alg, ek, ik)
+    out = EspOutbound(SPI, alg, ek, ik, rng=os.urandom)
     pkt = out.encapsulate(inner)
     iv = pkt[8:24]  # random: take it from the packet, recompute everything else
     pad = -(len(inner) + 2) % 16
@@ -200,15 +201,94 @@ def test_padding_is_checked(alg: EspAlgorithm) -> None:
 
 
 @pytest.mark.parametrize("alg", [GCM128, CBC128], ids=["gcm", "cbc"])
-def test_next_header_must_be_ipv4_and_dummy_is_discarded(alg: EspAlgorithm) -> None:
+def test_next_header_must_fit_the_inner_packet_and_dummy_is_discarded(alg: EspAlgorithm) -> None:
     ek, ik = keys(alg)
     block = 4 if alg.aead else 16
     inb = EspInbound(SPI, alg, ek, ik)
     body = bytes(block * 2 - 2)
+    v4, v6 = b"\x45" + body[1:], b"\x60" + body[1:]
     with pytest.raises(MalformedPacket, match="next header 41"):
-        inb.decapsulate(_forge(alg, ek, ik, body + bytes([0, 41]), seq=1))
-    assert inb.decapsulate(_forge(alg, ek, ik, body + bytes([0, 59]), seq=2)) == b""
+        inb.decapsulate(_forge(alg, ek, ik, v4 + bytes([0, 41]), seq=1))  # IPv4 inside, says IPv6
+    with pytest.raises(MalformedPacket, match="next header 4 "):
+        inb.decapsulate(_forge(alg, ek, ik, v6 + bytes([0, 4]), seq=2))
+    with pytest.raises(MalformedPacket, match="next header 17"):
+        inb.decapsulate(_forge(alg, ek, ik, v4 + bytes([0, 17]), seq=3))
+    assert inb.decapsulate(_forge(alg, ek, ik, body + bytes([0, 59]), seq=4)) == b""
     assert inb.counters.packets_in == 0
+    assert inb.decapsulate(_forge(alg, ek, ik, v6 + bytes([0, 41]), seq=5)) == v6  # the engine checks the rest
+
+
+@pytest.mark.parametrize("alg", ALL, ids=IDS)
+def test_next_header_follows_the_inner_ip_version(alg: EspAlgorithm) -> None:
+    ek, ik = keys(alg)
+    out = EspOutbound(SPI, alg, ek, ik, rng=os.urandom)
+    inb = EspInbound(SPI, alg, ek, ik, trailer=_Peek())
+    for first, nh in ((0x45, 4), (0x60, 41)):
+        inner = bytes([first]) + os.urandom(50)
+        assert inb.decapsulate(out.encapsulate(inner)) == inner
+        assert inb.tag == nh  # _Peek reports the next header it read as the tag
+
+
+class _Peek(Rfc4303Trailer):
+    """Plain RFC 4303, but reports the next header it read as the packet's tag."""
+
+    def read(self, data: bytearray | memoryview, end: int) -> tuple[int, int, int]:
+        inner, nh, _ = super().read(data, end)
+        return inner, nh, nh
+
+
+class _Tagged(Trailer):
+    """A test trailer with one extra encrypted byte before the padding: the packet's tag."""
+
+    kind = "test-one-byte-tag"
+    extra = 1
+
+    def write(self, data: bytearray, n: int, block: int, next_header: int, tag: int = 0) -> int:
+        data[n] = tag
+        end = RFC4303.write(data, n + 1, block, next_header)
+        return end
+
+    def read(self, data: bytearray | memoryview, end: int) -> tuple[int, int, int]:
+        inner, nh, _ = RFC4303.read(data, end)
+        if inner < 1 or data[inner - 1] not in (7, 9):
+            raise TrailerError(f"tag {data[inner - 1] if inner else None} not negotiated")
+        return inner - 1, nh, data[inner - 1]
+
+
+@pytest.mark.parametrize("alg", ALL, ids=IDS)
+def test_sa_trailer_carries_extra_encrypted_bytes_and_a_tag(alg: EspAlgorithm) -> None:
+    ek, ik = keys(alg)
+    clock = iter(range(100, 200)).__next__
+    out = EspOutbound(SPI, alg, ek, ik, trailer=_Tagged(), rng=os.urandom, clock=lambda: 5.0)
+    inb = EspInbound(SPI, alg, ek, ik, trailer=_Tagged(), clock=lambda: float(clock()))
+    plain_in = EspInbound(SPI, alg, ek, ik)
+    inner = ipv4(b"tagged")
+    for tag in (7, 9):
+        pkt = out.encapsulate(inner, tag)
+        assert inb.decapsulate(pkt) == inner and inb.tag == tag
+        # a plain SA reads the tag as part of the inner packet: the encrypted payload really carries it
+        assert plain_in.decapsulate(pkt) == inner + bytes([tag])
+    with pytest.raises(MalformedPacket, match="tag 8 not negotiated"):
+        inb.decapsulate(out.encapsulate(inner, 8))
+    assert inb.counters.packets_in == 2 and inb.counters.last_used == 101.0
+    assert out.counters.last_used == 5.0
+    budget = 1500 - 28
+    n = max_inner_len(budget, alg, _Tagged())
+    assert n <= max_inner_len(budget, alg) and len(out.encapsulate(bytes([0x45]) + bytes(n - 1), 7)) <= budget
+
+
+def test_cbc_ivs_come_from_the_injected_rng_and_no_clock_means_never_used() -> None:
+    ek, ik = keys(CBC128)
+    drawn: list[bytes] = []
+
+    def rng(k: int) -> bytes:
+        drawn.append(bytes([len(drawn)]) * k)
+        return drawn[-1]
+
+    out = EspOutbound(SPI, CBC128, ek, ik, rng=rng)
+    pkts = [out.encapsulate(ipv4(b"x")) for _ in range(3)]
+    assert [p[8:24] for p in pkts] == drawn == [bytes([i]) * 16 for i in range(3)]
+    assert out.counters.last_used == 0.0
 
 
 def test_sequence_overflow_refuses_to_send() -> None:
@@ -225,7 +305,9 @@ def test_wrong_key_lengths_and_transforms_are_refused() -> None:
     with pytest.raises(ValueError, match="20 bytes"):
         EspOutbound(SPI, GCM128, bytes(16), b"")
     with pytest.raises(ValueError, match="HMAC"):
-        EspOutbound(SPI, CBC128, bytes(16), bytes(20))
+        EspOutbound(SPI, CBC128, bytes(16), bytes(20), rng=os.urandom)
+    with pytest.raises(ValueError, match="needs an rng"):
+        EspOutbound(SPI, CBC128, bytes(16), bytes(32))
     with pytest.raises(ValueError, match="unsupported"):
         EspOutbound(SPI, EspAlgorithm("chacha20", 256), bytes(36), b"")
     with pytest.raises(ValueError, match="reserved"):

@@ -1,6 +1,6 @@
 """The userspace engine's TSO path: a 64 kB TCP read cut into MSS segments, encrypted into TX buffers.
 
-No device or socket is needed: `_seal_tso` fills the engine's own TX buffers, and every queued UDP GSO
+No device or socket is needed: `UdpTx.seal_tso` fills its own TX buffers, and every queued UDP GSO
 batch is decrypted again with the receiving side of the SA.
 """
 
@@ -11,7 +11,7 @@ import os
 import pytest
 
 from tests.unit.dataplane.test_tun_offload import segments, tcp_packet
-from vpnlab_agent.dataplane.userspace import TX_BUF_SIZE, TX_BUFFERS, UserspaceEngine
+from vpnlab_agent.dataplane.udp_tx import TX_BUF_SIZE, TX_BUFFERS, UdpTx
 from vpnlab_agent.esp.ciphers import PacketBuffer
 from vpnlab_agent.esp.codec import EspInbound, EspOutbound
 from vpnlab_agent.sa import EspAlgorithm
@@ -27,13 +27,14 @@ def test_tso_read_is_cut_sealed_and_batched_within_the_tx_buffers(alg: EspAlgori
     # MSS 48 is Linux's floor (tcp_min_snd_mss): its ESP packets need ~1.4 TX buffers.
     enc = os.urandom(20 if alg.aead else 16)
     integ = b"" if alg.aead else os.urandom(32)
-    out, inb = EspOutbound(0x1001, alg, enc, integ), EspInbound(0x1001, alg, enc, integ)
+    out, inb = EspOutbound(0x1001, alg, enc, integ, rng=os.urandom), EspInbound(0x1001, alg, enc, integ)
     tso = tcp_packet(os.urandom(65483 - 40 - 12), partial=True)
     src = PacketBuffer(65536 + 256)
     src.data[:len(tso)] = tso
-    engine = UserspaceEngine()
+    tx = UdpTx(None)
     queued: list = []
-    engine._seal_tso(out, src, len(tso), mss, PacketBuffer(4096), ADDR, queued.append)
+    tx.put = queued.append
+    tx.seal_tso(out, src, len(tso), mss, PacketBuffer(4096), ADDR)
 
     got = []
     for buf, batches, addr in queued:
@@ -43,5 +44,5 @@ def test_tso_read_is_cut_sealed_and_batched_within_the_tx_buffers(alg: EspAlgori
             for o in range(off, off + total, size):
                 got.append(inb.decapsulate(bytes(buf.view[o:min(o + size, off + total)])))
     assert got == segments(tso, mss)
-    assert engine._enq == len(queued) == (1 if mss >= 536 else 2)
-    assert len(queued) + engine._tx_free.qsize() == TX_BUFFERS
+    assert tx.enq == len(queued) == (1 if mss >= 536 else 2)
+    assert len(queued) + tx._free.qsize() == TX_BUFFERS
