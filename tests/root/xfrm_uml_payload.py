@@ -361,43 +361,7 @@ def main() -> dict[str, Any]:
         side.proc.join(5)
     facts["after_close"] = {ns: xfrm_dump(ns) for ns in OUTER}
     facts["marks"] = marked_scenario(ctx, gcm_lans, gcm_keys)
-    facts["preference"] = preference_scenario(ctx, gcm_lans, gcm_keys)
     return facts
-
-
-def preference_scenario(ctx: Any, lans: tuple[str, str], keys: dict[str, bytes]) -> dict[str, Any]:
-    """Two SAs with the SAME selectors on both sides, the second (reqid 7) preferred: it holds the
-    policies and carries the traffic; once it is removed, the policies move back to reqid 6 and the
-    traffic falls back to it. Then a per-SA mark and if_id on one more SA's states and policies."""
-    out: dict[str, Any] = {}
-    a, b = Side(ctx, "xa"), Side(ctx, "xb")
-    other = {"enc_ab": bytes(range(80, 100)), "enc_ba": bytes(range(100, 120))}
-    for side in (a, b):
-        side("install", child_sa(side.name, GCM, 6, 0x6000A, 0x6000B, lans, keys))
-        side("install", dataclasses.replace(child_sa(side.name, GCM, 7, 0x7000A, 0x7000B, lans, other), preference=10))
-    out["policies"] = sh("ip", "xfrm", "policy", ns="xa").stdout
-    out["routes"] = sh("ip", "route", "show", "10.2.0.0/24", ns="xa").stdout
-    out["ping"] = ping("xa", "10.2.0.1")
-    out["hub"], out["shortcut"] = a("counters", 0x6000B), a("counters", 0x7000B)
-    for side in (a, b):
-        side("remove", 0x7000B if side.name == "xa" else 0x7000A)
-    out["policies_after"] = sh("ip", "xfrm", "policy", ns="xa").stdout
-    out["routes_after"] = sh("ip", "route", "show", "10.2.0.0/24", ns="xa").stdout
-    out["ping_after"] = ping("xa", "10.2.0.1", count=3)
-    out["hub_after"] = a("counters", 0x6000B)
-    marked = dataclasses.replace(child_sa("xa", GCM, 8, 0x8000A, 0x8000B, ("10.11.0.0/24", "10.12.0.0/24"), other),
-                                 mark=0x20, if_id=9)
-    a("install", marked)
-    out["marked_states"] = sh("ip", "xfrm", "state", "list", "spi", "0x0008000a", ns="xa").stdout
-    out["marked_policies"] = sh("ip", "xfrm", "policy", "list", "src", "10.11.0.0/24", ns="xa").stdout
-    out["marked_counters"] = a("counters", 0x8000B)  # GETSA must carry the SA's own mark
-    a("remove", 0x8000B)
-    out["marked_after_remove"] = xfrm_dump("xa")
-    for side in (a, b):
-        side("close")
-        side.proc.join(5)
-    out["after_close"] = xfrm_dump("xa")
-    return out
 
 
 def marked_scenario(ctx: Any, lans: tuple[str, str], keys: dict[str, bytes]) -> dict[str, Any]:
