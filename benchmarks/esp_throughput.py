@@ -40,6 +40,7 @@ AGENT_DST = "/usr/lib/python3/dist-packages/vpnlab_agent"
 sys.path.insert(0, str(ROOT / "node-image"))
 sys.path.insert(0, str(ROOT / "orchestrator"))
 
+from vpnlab.measure.labctl import tcp_listening  # noqa: E402
 from vpnlab_agent.dataplane.standalone import sa_to_dict  # noqa: E402
 from vpnlab_agent.sa import ChildSA, EspAlgorithm  # noqa: E402
 
@@ -202,7 +203,11 @@ def iperf(bench: Bench, seconds: int) -> tuple[float, float, int]:
     """(Mbit/s received, CPU cores used by all containers, TCP retransmits)."""
     a, b = bench.src, bench.dst
     b.sh(f"iperf3 -s -1 -D -B {b.lan}")
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while not tcp_listening(b.sh("cat /proc/net/tcp"), 5201):  # the server listens: no guessed sleep
+        if time.monotonic() > deadline:
+            raise RuntimeError("iperf3 in the destination container does not listen on 5201")
+        time.sleep(0.05)
     c0 = sum(n.cpu_seconds() for n in bench.nodes)
     t0 = time.monotonic()
     out = a.sh(f"iperf3 -c {b.lan} -B {a.lan} -t {seconds} -J", timeout=seconds + 30)

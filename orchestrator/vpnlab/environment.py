@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +49,3 @@ def check_privileges() -> None:
             "(`mkdir -p /dev/net && mknod /dev/net/tun c 10 200`)"
         )
 
-
-def kernel_has_esp() -> bool:
-    """Whether this host's kernel accepts an ESP state (probed, not guessed from versions).
-
-    Uses `ip xfrm` in a throwaway network namespace so nothing touches the host's own XFRM tables.
-    """
-    if shutil.which("ip") is None or shutil.which("unshare") is None:
-        return False
-    script = (
-        "ip xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x00000101 mode tunnel "
-        "aead 'rfc4106(gcm(aes))' 0x0102030405060708090a0b0c0d0e0f1011121314 128"
-    )
-    try:
-        done = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0

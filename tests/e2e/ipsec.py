@@ -1,10 +1,14 @@
-"""Helpers for the IPsec end-to-end tests: agent status, waiting for SAs, underlay captures."""
+"""Helpers for the IPsec end-to-end tests: agent status, waiting for SAs, underlay captures, the
+engine this kernel gets, addresses from the loaded lab."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -12,6 +16,23 @@ from typing import Any
 
 from vpnlab.measure.labctl import LabCtl, wait_for
 from vpnlab.runtime.docker import DockerRuntime
+from vpnlab.topology.model import Lab
+
+
+@functools.cache
+def expected_engine() -> str:
+    """The data plane an agent on `dataplane: auto` picks on this kernel: the agent's own ESP probe,
+    run in a throwaway network namespace (containers share the host's kernel)."""
+    done = subprocess.run(["unshare", "--net", sys.executable, "-m", "vpnlab_agent.dataplane.probe"],
+                          capture_output=True, text=True, timeout=30, check=True)
+    return "xfrm" if json.loads(done.stdout)["error"] is None else "userspace"
+
+
+def host_addresses(lab: Lab) -> dict[str, str]:
+    """{router: address of its first host ROUTER-h1} for every router that has one, from the loaded lab."""
+    names = {n.name for n in lab.hosts}
+    return {r.name: str(lab.node(f"{r.name}-h1").interfaces[0].address.ip)
+            for r in lab.routers if f"{r.name}-h1" in names}
 
 
 def run(runtime: DockerRuntime, lab: str, node: str, argv: list[str]) -> tuple[int, str]:

@@ -19,12 +19,12 @@ from vpnlab.measure.labctl import LabCtl, wait_for
 from vpnlab.measure.report import hub_pair
 from vpnlab.runtime.docker import DockerRuntime
 
-from .ipsec import UnderlayCapture
+from .ipsec import UnderlayCapture, host_addresses
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 TOPO = Path(__file__).resolve().parents[2] / "topologies" / "mesh.yml"
-H = {f"br{i}": f"10.{i}.0.10" for i in range(1, 5)} | {"hub": "10.0.0.10"}
+H: dict[str, str] = {}  # router -> address of its first host, from the loaded lab (the fixture fills it)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,7 @@ def ctl(node_image: str, runtime: DockerRuntime) -> Iterator[LabCtl]:
     name = f"m{uuid.uuid4().hex[:6]}"
     try:
         labs.deploy(TOPO, name=name, runtime=runtime)
+        H.update(host_addresses(labs.load_lab(TOPO, name)))
         c = LabCtl(runtime, name)
         wait_for("every branch's IKE SA with the hub",
                  lambda: all("hub" in c.ike_peers(b) for b in ("br1", "br2", "br3", "br4")), 30)
@@ -128,8 +129,7 @@ def test_5_shortcut_routes_are_more_specific_and_bypass_the_hub(ctl: LabCtl) -> 
 
 def test_6_shortcut_switchover_keeps_a_running_tcp_transfer(ctl: LabCtl) -> None:
     assert "br3" not in ctl.shortcuts("br1")
-    ctl.run("br3-h1", ["iperf3", "-s", "-1", "-D", "-p", "5301"])
-    time.sleep(0.5)
+    ctl.start_iperf3_server("br3-h1", 5301)
     hub0 = hub_pair(ctl.status("hub"), "br1", "br3")
     code, out = ctl.run("br1-h1", ["iperf3", "-c", H["br3"], "-p", "5301", "-t", "4", "-b", "20M"])
     assert code == 0 and "error" not in out.lower(), out

@@ -19,9 +19,11 @@ from vpnlab.measure.labctl import LabCtl, wait_for
 from vpnlab.measure.report import hub_pair
 from vpnlab.runtime.docker import DockerRuntime
 
+from .ipsec import host_addresses
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
-H = {f"br{i}": f"10.{i}.0.10" for i in range(1, 6)} | {"hub": "10.0.0.10"}
+H: dict[str, str] = {}  # router -> address of its first host, from the loaded labs (_deploy fills it)
 
 FAULTS = """\
 name: faults
@@ -50,6 +52,7 @@ def _deploy(tmp: Path, text: str, runtime: DockerRuntime) -> tuple[str, LabCtl]:
     p.write_text(text)
     name = f"f{uuid.uuid4().hex[:6]}"
     labs.deploy(p, name=name, runtime=runtime)
+    H.update(host_addresses(labs.load_lab(p, name)))
     return name, LabCtl(runtime, name)
 
 

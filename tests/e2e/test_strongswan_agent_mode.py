@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from vpnlab.measure.labctl import tcp_listening
 from vpnlab_agent.config import IkeConfig, InterfaceConfig, NodeConfig, PeerConfig, RouteConfig
 
 pytestmark = pytest.mark.e2e
@@ -290,7 +291,8 @@ def test_strongswan_tunnel_ping_status_rekey_and_sigterm(lab: Lab) -> None:
     # a TCP transfer (iperf3, 6 s) survives a forced child rekey in its middle
     spi_before = installed_child(lab.status("br1"))["spi_in"]
     lab.containers["hub-h"].exec_run(["iperf3", "-s", "-1", "-B", "10.0.0.10"], detach=True)
-    time.sleep(1)
+    wait_for(lambda: tcp_listening(lab.containers["hub-h"].exec_run(["cat", "/proc/net/tcp"]).output.decode(), 5201),
+             10, "iperf3 in hub-h to listen", lab)
     client = subprocess.Popen(
         ["docker", "exec", lab.containers["br1-h"].id, "iperf3", "-c", "10.0.0.10", "-t", "6", "-J"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from vpnlab import lab as labs
+from vpnlab.measure.labctl import LabCtl
 from vpnlab.runtime.docker import DockerRuntime
 from vpnlab.topology.model import Lab
 
@@ -64,9 +65,7 @@ def _check_tunnel(runtime: DockerRuntime, name: str, lab: Lab) -> None:
 
 def _rekey_during_transfer(runtime: DockerRuntime, name: str, lab: Lab) -> None:
     """An 8 s iperf3 TCP transfer hub-h1 -> br1-h1; child rekeys from both routers while it runs."""
-    code, out = run(runtime, name, "br1-h1", ["iperf3", "-s", "-1", "-D"])
-    assert code == 0, out
-    time.sleep(0.5)
+    LabCtl(runtime, name).start_iperf3_server("br1-h1")
     result: dict[str, object] = {}
 
     def transfer() -> None:

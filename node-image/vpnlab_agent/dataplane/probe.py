@@ -40,10 +40,6 @@ def esp_probe_error() -> str | None:
         sock.close()
 
 
-def kernel_has_esp() -> bool:
-    return esp_probe_error() is None
-
-
 def select_engine(preference: str, route_src: str | None = None, **options: Any) -> Engine:
     """"auto": kernel XFRM if the kernel has ESP, else the userspace engine; "xfrm"/"userspace":
     that engine or EngineError saying why not. options go to the engine (e.g. on_lifetime)."""
@@ -61,3 +57,11 @@ def select_engine(preference: str, route_src: str | None = None, **options: Any)
     from vpnlab_agent.dataplane.userspace import UserspaceEngine
 
     return UserspaceEngine(route_src=route_src, **options)
+
+
+if __name__ == "__main__":
+    # {"error": null} where this namespace's kernel has ESP, else {"error": "why not"}: what host-side
+    # code (tests, the orchestrator) asks, in a throwaway namespace, instead of a second probe.
+    import json
+
+    print(json.dumps({"error": esp_probe_error()}))

@@ -89,10 +89,7 @@ def run_once(lab: Lab, rt: Runtime, flows: list[Flow], *, duration: float, udp: 
     hub = next(n.name for n in lab.nodes if n.role in ("hub", "gateway"))
     branches = sorted({f.src for f in flows} | {f.dst for f in flows})
     for f in flows:
-        code, out = ctl.run(f.dst_host, ["iperf3", "-s", "-1", "-D", "-p", str(f.port)])
-        if code != 0:
-            raise LabError(f"iperf3 server in {f.dst_host}: {out.strip()}")
-    time.sleep(0.5)
+        ctl.start_iperf3_server(f.dst_host, f.port)
     hub_before = ctl.status(hub)
     t_start = report.mesh_of(hub_before).get("now", 0.0)
     results: dict[Flow, dict[str, Any]] = {}

@@ -15,6 +15,13 @@ from vpnlab.runtime.base import Runtime
 T = TypeVar("T")
 
 
+def tcp_listening(proc_net_tcp: str, port: int) -> bool:
+    """Whether /proc/net/tcp (or tcp6) text shows a socket listening on port."""
+    want = f":{port:04X}"
+    return any(len(f) > 3 and f[1].endswith(want) and f[3] == "0A"  # 0A: TCP_LISTEN
+               for f in (line.split() for line in proc_net_tcp.splitlines()))
+
+
 class LabCtl:
     def __init__(self, rt: Runtime, lab: str) -> None:
         self.rt, self.lab = rt, lab
@@ -34,6 +41,18 @@ class LabCtl:
     def run(self, node: str, argv: list[str]) -> tuple[int, str]:
         r = self.rt.exec_capture(self.cname(node), argv)
         return r.exit_code, (r.stdout + r.stderr).decode(errors="replace")
+
+    def listening(self, node: str, port: int) -> bool:
+        """Whether a TCP socket in the node listens on port."""
+        return tcp_listening(self.run(node, ["cat", "/proc/net/tcp", "/proc/net/tcp6"])[1], port)
+
+    def start_iperf3_server(self, node: str, port: int = 5201, bind: str | None = None, timeout: float = 10.0) -> None:
+        """A one-shot daemonised iperf3 server, returned once it listens (not after a guessed sleep)."""
+        argv = ["iperf3", "-s", "-1", "-D", "-p", str(port)] + (["-B", bind] if bind else [])
+        code, out = self.run(node, argv)
+        if code != 0:
+            raise LabError(f"iperf3 server in {node}: {out.strip()}")
+        wait_for(f"iperf3 in {node} to listen on port {port}", lambda: self.listening(node, port), timeout, 0.05)
 
     def shortcuts(self, node: str) -> dict[str, str]:
         """{peer: state} of the router's shortcuts."""
