@@ -9,8 +9,7 @@ Threads, each with blocking I/O and its own preallocated buffers:
 - tx (offload mode): sends the UDP GSO batches the outbound thread prepared (udp_tx.py), so that
   thread's next read and encryption overlap the send syscall (the kernel work runs without the GIL).
 
-Per-packet kernel work, not Python, dominated at first (TUN read/write, UDP send/receive, the TCP
-stack for every 1.4 kB segment). Offload mode (the default) amortises it the way NIC drivers do:
+Per-packet kernel work dominated at first; offload mode (the default) amortises it like NIC drivers:
 - TUN with IFF_VNET_HDR and TSO/checksum offload: TCP hands us up to 64 kB at once; we cut it into
   MSS segments and compute their checksums (tun.segment_tcp);
 - UDP GSO (UDP_SEGMENT): the ESP packets of one such read leave in one sendmsg;
@@ -111,10 +110,6 @@ class UserspaceEngine(Engine):
         self._threads: list[threading.Thread] = []
         self._closing = False
         self._on_ike: IkeHandler | None = None
-
-    @property
-    def tx_thread(self) -> bool:
-        return self.tx.thread
 
     # ---- lifecycle -------------------------------------------------------------------------
 
