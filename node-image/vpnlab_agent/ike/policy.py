@@ -4,6 +4,7 @@ narrowing, proposal helpers. Pure functions, no state."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 
 from vpnlab_agent.ike.codec import Proposal, TrafficSelector, ts_from_cidr, ts_to_cidrs
@@ -49,8 +50,12 @@ def narrow(offered: list[TrafficSelector], allowed: tuple[str, ...]) -> list[Tra
 
     Selectors limited to one protocol or port range are left out: child SAs and both data planes
     match addresses only, so accepting one would carry (and admit) all traffic of its addresses.
+    In integers, with each CIDR parsed once: a hub's peers offer and allow one selector per branch
+    LAN, so with n branches every handshake narrows n selectors against n CIDRs.
     """
+    ranges = [_cidr_range(c) for c in allowed]
     out: list[TrafficSelector] = []
+    seen: set[tuple[int, int, int]] = set()
     for ts in offered:
         if ts.ip_proto != 0 or ts.start_port != 0 or ts.end_port != 65535:
             continue
@@ -58,24 +63,32 @@ def narrow(offered: list[TrafficSelector], allowed: tuple[str, ...]) -> list[Tra
             start, end = ipaddress.ip_address(ts.start), ipaddress.ip_address(ts.end)
         except ValueError:
             continue
-        for cidr in allowed:
-            net = ipaddress.ip_network(cidr, strict=False)
-            if net.version != start.version:
+        version = start.version
+        if end.version != version:
+            continue
+        first, last = int(start), int(end)
+        address = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+        for net_version, net_first, net_last in ranges:
+            if net_version != version:
                 continue
-            lo, hi = max(start, net.network_address), min(end, net.broadcast_address)
-            if lo <= hi:
-                sel = TrafficSelector(str(lo), str(hi))
-                if sel not in out:
-                    out.append(sel)
+            lo, hi = max(first, net_first), min(last, net_last)
+            if lo <= hi and (version, lo, hi) not in seen:
+                seen.add((version, lo, hi))
+                out.append(TrafficSelector(str(address(lo)), str(address(hi))))
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _cidr_range(cidr: str) -> tuple[int, int, int]:
+    """(IP version, first address, last address) of a configured CIDR, as integers."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
 def cidrs(selectors: list[TrafficSelector]) -> tuple[str, ...]:
-    out: list[str] = []
+    out: dict[str, None] = {}
     for ts in selectors:
-        for c in ts_to_cidrs(ts):
-            if c not in out:
-                out.append(c)
+        out.update(dict.fromkeys(ts_to_cidrs(ts)))
     return tuple(out)
 
 
@@ -85,7 +98,8 @@ def selectors_for(cidrs: tuple[str, ...]) -> list[TrafficSelector]:
 
 def within(got: list[TrafficSelector], offered: list[TrafficSelector]) -> bool:
     """Every returned selector lies inside one we offered (the responder may only narrow)."""
-    return bool(got) and all(narrow([g], cidrs(offered)) == [g] for g in got)
+    offered_cidrs = cidrs(offered)
+    return bool(got) and all(narrow([g], offered_cidrs) == [g] for g in got)
 
 
 # --- proposals ------------------------------------------------------------------------------
