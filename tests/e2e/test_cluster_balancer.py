@@ -44,7 +44,8 @@ def ctl(node_image: str, runtime: DockerRuntime) -> Iterator[LabCtl]:
         labs.deploy_lab(lab, node_image, runtime=runtime)
         c = LabCtl(runtime, name)
         c.lab_model = lab  # type: ignore[attr-defined]
-        wait_for("a VRRP master and every member in every pool", lambda: _settled(c), 30)
+        # gw1 has the highest priority and preempts: whoever starts first may hold the address briefly
+        wait_for("gw1 as VRRP master and every member in every pool", lambda: _settled(c) and master(c) == "gw1", 60)
         yield c
     finally:
         if old is None:
