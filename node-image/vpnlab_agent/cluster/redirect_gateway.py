@@ -36,16 +36,19 @@ class RedirectGateway(Extension):
     name = "redirect-gateway"
     init_notifies = frozenset({NotifyType.REDIRECT_SUPPORTED, NotifyType.REDIRECTED_FROM})
 
-    def __init__(self, own: str, where: str, choose: Callable[[], MemberStatus | None]) -> None:
+    def __init__(self, own: str, where: str, choose: Callable[[], MemberStatus | None],
+                 served_here: Callable[[], None] = lambda: None) -> None:
         if where not in ("init", "auth"):
             raise ValueError(f"redirect point {where!r} (init or auth)")
         self.own, self.where, self.choose = own, where, choose
+        self.served_here = served_here  # a client we keep on the virtual address: load on us too
         self.stats = GatewayStats()
 
     def _target(self, supported: bool) -> MemberStatus | None:
         """The member to redirect to, or None to serve the client here."""
         if not supported:
             self.stats.unsupported += 1
+            self.served_here()
             return None
         st = self.choose()
         if st is None:

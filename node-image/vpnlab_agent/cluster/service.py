@@ -226,6 +226,10 @@ class ClusterService:
         self.balancer.handed_out(target, now)
         return alive[target]
 
+    def served_here(self) -> None:
+        """A client the master serves on the virtual address (no redirect support): pending on us."""
+        self.balancer.handed_out(self.cfg.own, time.time())
+
     def status(self) -> dict[str, Any]:
         now = time.time()
         alive = self.pool.alive(now)

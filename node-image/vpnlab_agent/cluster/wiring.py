@@ -74,7 +74,7 @@ def cluster_services(config: NodeConfig, ike: Any, route_src: str | None) -> lis
 
     holder: dict[str, Any] = {}
     svc = ClusterService(cfg, lambda: tunnels(ike, OWN_STATES) + (tunnels(holder["vip"], VIP_STATES) if "vip" in holder else 0))
-    gateway = RedirectGateway(cfg.own, cfg.redirect, svc.choose)
+    gateway = RedirectGateway(cfg.own, cfg.redirect, svc.choose, svc.served_here)
     vip = IkeService(config, vip_engine(config, route_src), local_addr=cfg.vip, extensions=[gateway])
     holder["vip"] = vip
     svc.gateway = gateway

@@ -49,7 +49,7 @@ class Cluster:
     def __init__(self, n_clients: int, where: str = "init", *, client_ext: bool = True) -> None:
         self.members = {m: IkeEndpoint(member_cfg(n_clients), a, force_encap=True) for m, a in MEMBERS.items()}
         self.balancer = Balancer(FewestTunnels())
-        self.gateway = RedirectGateway("gw1", where, self.choose)
+        self.gateway = RedirectGateway("gw1", where, self.choose, lambda: self.balancer.handed_out("gw1", self.net.now))
         self.vip = IkeEndpoint(member_cfg(n_clients), VIP, force_encap=True, extensions=[self.gateway])
         self.clients_ext = [RedirectClient({"lb": VIP}) for _ in range(n_clients)] if client_ext else []
         self.clients = [IkeEndpoint(client_cfg(i), client_addr(i), force_encap=True,
