@@ -113,10 +113,14 @@ def test_4_mesh_signal_is_never_plaintext_on_the_underlay(ctl: LabCtl) -> None:
     assert raw.count(bytes([198, 51, 100, 10])) >= 8  # the capture did see the signalling with the hub
 
 
-def test_5_shortcut_routes_are_more_specific_and_bypass_the_hub(ctl: LabCtl) -> None:
+def test_5_shortcut_carries_the_lans_prefix_wins_by_preference_and_bypasses_the_hub(ctl: LabCtl) -> None:
+    children = ctl.status("br1")["child_sas"]
+    shortcut = [c for c in children if c["peer"] == "br2"]
+    via_hub = [c for c in children if c["peer"] == "hub" and "10.2.0.0/24" in c["remote_ts"]]
+    assert shortcut and all(c["remote_ts"] == ["10.2.0.0/24"] for c in shortcut)
+    assert via_hub and max(c["preference"] for c in via_hub) < min(c["preference"] for c in shortcut)
     _, routes = ctl.run("br1", ["ip", "-4", "route"])
-    assert "10.2.0.0/25 dev ipsec0" in routes and "10.2.0.128/25 dev ipsec0" in routes
-    assert "10.2.0.0/24 dev ipsec0" in routes  # the hub route stays underneath
+    assert "10.2.0.0/24 dev ipsec0" in routes and "/25" not in routes  # one route; the engine picks the SA
     hub_before = hub_pair(ctl.status("hub"), "br1", "br2")
     sc_before = sum(c.get("packets_out", 0) for c in ctl.status("br1")["child_sas"] if c["peer"] == "br2")
     _, out = ping(ctl, "br1", H["br2"], 20, 0.05)

@@ -15,9 +15,10 @@ the session's source subnet (A) to initiate a direct IKE SA to B's public addres
 session at once, both requests cross at the hub: the branch with the lower identity initiates and
 the other only accepts, so exactly one shortcut comes up.
 
-Routes: the shortcut's traffic selectors are the two LANs split in halves (see `more_specific`), so
-the data-plane engine's longest-prefix match prefers the shortcut to the hub tunnel's /N route, and
-falls back to it as soon as the shortcut's child SA is removed.
+Routes: a shortcut's traffic selectors are the two LANs' real prefixes (a /32 LAN too). They are
+covered by the hub tunnel's selectors as well; the shortcut's child SAs win because the mesh
+extension (driver.py) gives them a higher preference, which both data-plane engines honour, and
+traffic falls back to the hub tunnel as soon as the shortcut's child SA is removed.
 """
 
 from __future__ import annotations
@@ -92,18 +93,6 @@ class State(enum.Enum):
 
 
 ACTIVE = (State.REQUESTED, State.AWAITING, State.BUILDING, State.UP)
-
-
-def more_specific(cidrs: tuple[str, ...]) -> tuple[str, ...]:
-    """Each subnet as its two halves: routes and selectors one bit longer than the hub tunnel's.
-
-    A /32 cannot be split and stays as it is (then the hub route wins ties; documented).
-    """
-    out: list[str] = []
-    for c in cidrs:
-        net = ipaddress.IPv4Network(c, strict=False)
-        out.extend(str(s) for s in (net.subnets(1) if net.prefixlen < 32 else [net]))
-    return tuple(out)
 
 
 def _covered(cidr: str, by: tuple[str, ...]) -> bool:
@@ -274,7 +263,7 @@ class MeshManager(LogLines):
                 sc.retry_at = None
                 sc.mark(f"retry_{sc.retries}", now)
                 self._actions.append(BuildShortcut(sc.peer or "", sc.peer or "", sc.address or "",
-                                                   more_specific(sc.local_subnets), more_specific(sc.remote_subnets)))
+                                                   sc.local_subnets, sc.remote_subnets))
             if sc.state is State.UP:
                 if now - sc.last_traffic >= self.cfg.idle_timeout_s:
                     self.counts["deleted_idle"] += 1
@@ -414,7 +403,7 @@ class MeshManager(LogLines):
         self._shortcuts.append(sc)
         self.counts["built"] += 1
         self._actions.append(BuildShortcut(req.requester, req.requester, req.requester_addr,
-                                           more_specific(sc.local_subnets), more_specific(sc.remote_subnets)))
+                                           sc.local_subnets, sc.remote_subnets))
 
     def _on_ack(self, hub: str, ack: m.MeshAck, now: float) -> None:
         """We are B: the hub relayed our request to ack.target, whose IKE_SA_INIT we now accept."""
@@ -431,8 +420,7 @@ class MeshManager(LogLines):
         sc.peer, sc.state, sc.since = ack.target, State.AWAITING, now
         sc.mark("relayed", now)
         self.counts["accepted"] += 1
-        self._actions.append(AcceptShortcut(ack.target, ack.target, more_specific(sc.local_subnets),
-                                            more_specific(sc.remote_subnets)))
+        self._actions.append(AcceptShortcut(ack.target, ack.target, sc.local_subnets, sc.remote_subnets))
 
     def _on_refuse(self, ref: m.MeshRefusal, now: float) -> None:
         sc = next((s for s in self._shortcuts if s.request_id == ref.request_id and s.role == "requester"), None)

@@ -56,16 +56,20 @@ def build(names=("br1", "br2"), *, vendor_less: tuple[str, ...] = (), idle: floa
     return lb, eps, drivers, children, settle
 
 
-def test_shortcut_over_real_ike_with_more_specific_selectors_and_a_timeline() -> None:
+def test_shortcut_over_real_ike_with_the_lans_prefixes_a_preference_and_a_timeline() -> None:
     lb, eps, drivers, children, settle = build()
     assert drivers["br2"].session_seen("10.1.0.10", "10.2.0.10", lb.now)
     settle()
     assert eps["br1"].is_up("br2") and eps["br2"].is_up("br1")
     [sc] = [c for c in children["br1"] if c.name == "br2"]
-    assert sc.local_ts == ("10.1.0.0/25", "10.1.0.128/25") and sc.remote_ts == ("10.2.0.0/25", "10.2.0.128/25")
+    assert sc.local_ts == ("10.1.0.0/24",) and sc.remote_ts == ("10.2.0.0/24",)
+    # the hub tunnel covers 10.2.0.0/24 too: the shortcut wins by preference, on both sides
+    [via_hub] = [c for c in children["br1"] if c.name == "hub"]
+    assert "10.2.0.0/24" in via_hub.remote_ts and via_hub.preference == 0
+    assert sc.preference > via_hub.preference
     assert sc.remote_addr == "198.51.100.12"
     [back] = [c for c in children["br2"] if c.name == "br1"]
-    assert (back.spi_in, back.spi_out) == (sc.spi_out, sc.spi_in)
+    assert (back.spi_in, back.spi_out) == (sc.spi_out, sc.spi_in) and back.preference == sc.preference
     st1, st2 = drivers["br1"].status(lb.now), drivers["br2"].status(lb.now)
     assert [(s["peer"], s["state"], s["role"]) for s in st1["shortcuts"]] == [("br2", "up", "initiator")]
     assert [(s["peer"], s["state"], s["role"]) for s in st2["shortcuts"]] == [("br1", "up", "requester")]
@@ -177,3 +181,17 @@ def test_initiator_retries_when_the_ack_trails_the_relay() -> None:
     settle(lb.now + 1.0)
     assert eps["br1"].is_up("br2") and eps["br2"].is_up("br1")
     assert "retry_1" in drivers["br1"].status(lb.now)["shortcuts"][0]["timeline"]
+
+
+def test_a_slash_32_lan_gets_a_shortcut_too() -> None:
+    """The half-prefix split could not take a /32 LAN; with preferences it needs no splitting."""
+    LAN["br9"], BR["br9"] = "10.9.9.9/32", "198.51.100.19"
+    try:
+        lb, eps, drivers, children, settle = build(("br1", "br9"))
+        assert drivers["br9"].session_seen("10.1.0.10", "10.9.9.9", lb.now)
+        settle()
+        [sc] = [c for c in children["br1"] if c.name == "br9"]
+        assert sc.remote_ts == ("10.9.9.9/32",) and sc.preference > 0
+        assert eps["br9"].is_up("br1")
+    finally:
+        del LAN["br9"], BR["br9"]
