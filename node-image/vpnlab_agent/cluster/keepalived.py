@@ -81,7 +81,8 @@ def advert_text(seconds: float) -> str:
     return f"{round(seconds, 2):g}"
 
 
-def render(node: str, instances: list[VrrpInstance], notify_fifo: str | None = None) -> str:
+def render(node: str, instances: list[VrrpInstance], notify_fifo: str | None = None,
+           nice: int | None = None) -> str:
     for v in instances:
         check(v)
     versions = {v.version for v in instances}
@@ -91,7 +92,7 @@ def render(node: str, instances: list[VrrpInstance], notify_fifo: str | None = N
                              keep_trailing_newline=True, autoescape=False)
     return env.get_template("keepalived.conf.j2").render(
         node=node, router_id=node, instances=instances, notify_fifo=notify_fifo,
-        version=versions.pop() if versions else 3, advert=advert_text,
+        version=versions.pop() if versions else 3, advert=advert_text, nice=nice,
     )
 
 

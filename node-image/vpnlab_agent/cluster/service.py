@@ -31,6 +31,7 @@ KEEPALIVED = "/usr/sbin/keepalived"
 KEEPALIVED_STOP_S = 3.0
 MAX_FIFO_LINE = 4096
 MAX_STATUS_DATAGRAM = 512
+VRRP_NICE = -15  # keepalived's VRRP process (the container has SYS_NICE for it)
 
 
 class _StatusProto(asyncio.DatagramProtocol):
@@ -86,7 +87,8 @@ class ClusterService:
         self._fifo_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
         self._loop.add_reader(self._fifo_fd, self._on_fifo)
         conf = self.dir / "keepalived.conf"
-        conf.write_text(keepalived.render(self.cfg.own, [self.cfg.vrrp_instance()], notify_fifo=str(fifo)))
+        conf.write_text(keepalived.render(self.cfg.own, [self.cfg.vrrp_instance()], notify_fifo=str(fifo),
+                                          nice=VRRP_NICE))
         await self._open_socket()
         self._proc = await asyncio.create_subprocess_exec(
             self.keepalived_bin, "--dont-fork", "--log-console", "--vrrp", "--use-file", str(conf),

@@ -17,12 +17,16 @@ ROUTER_SYSCTLS = {
     "net.ipv4.conf.default.rp_filter": "0",
 }
 
-# A cluster member binds IKE on the virtual address before keepalived gives it the address.
+# A cluster member binds IKE on the virtual address before keepalived gives it the address, and
+# lets keepalived raise its own priority (SYS_NICE): sub-second adverts from a starved process
+# would make the backups take over from a master that is alive.
 CLUSTER_MEMBER_SYSCTLS = {"net.ipv4.ip_nonlocal_bind": "1"}
+CLUSTER_MEMBER_CAPS = ("SYS_NICE",)
 
 
 def router_spec(lab: Lab, node: Node) -> ContainerSpec:
     config = build_node_config(lab, node)
+    member = node.cluster is not None and node.role == "gateway"
     return ContainerSpec(
         node=node.name,
         command=AGENT_COMMAND,
@@ -30,7 +34,8 @@ def router_spec(lab: Lab, node: Node) -> ContainerSpec:
         # contexts: the kernel's ICMP errors carry the mark of the packet they answer, so they are
         # routed in that packet's context (vpnlab_agent/contexts/routing.py)
         sysctls={**ROUTER_SYSCTLS, **({"net.ipv4.fwmark_reflect": "1"} if node.contexts else {}),
-                 **(CLUSTER_MEMBER_SYSCTLS if node.cluster and node.role == "gateway" else {})},
+                 **(CLUSTER_MEMBER_SYSCTLS if member else {})},
+        cap_add=ContainerSpec.cap_add + (CLUSTER_MEMBER_CAPS if member else ()),
         has_agent=True,
     )
 

@@ -42,7 +42,9 @@ def test_vrrpv3_subsecond_multicast_with_notify_fifo() -> None:
     text = render("gw2", [VrrpInstance("v1", "lan0", 7, 200, ("10.0.0.254/24",), state="MASTER",
                                        nopreempt=True, advert_int=0.1)], notify_fifo="/run/vpnlab/vrrp.fifo")
     g = section(text, "global_defs")
-    assert "vrrp_version 3" in g and "notify_fifo /run/vpnlab/vrrp.fifo" in g
+    assert "vrrp_version 3" in g and "notify_fifo /run/vpnlab/vrrp.fifo" in g and "vrrp_priority" not in g
+    g2 = section(render("gw2", [VrrpInstance("v1", "lan0", 7, 200, ("10.0.0.254/24",))], nice=-15), "global_defs")
+    assert "vrrp_priority -15" in g2
     inst = section(text, "vrrp_instance v1")
     assert "unicast_peer" not in inst and "unicast_src_ip" not in inst
     assert "state MASTER" in inst and "nopreempt" in inst and "advert_int 0.1\n" in inst
