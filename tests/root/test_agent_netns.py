@@ -297,7 +297,7 @@ def test_strongswan_service_runs_real_charon_for_a_two_branch_hub(tmp_path: Path
         child = conns[name]["children"][name]
         assert child["local-ts"] == ["10.0.0.0/24"] and child["remote-ts"] == [f"10.{name[-1]}.0.0/24"]
         assert conns[name]["local-1"]["id"] == "hub" and conns[name]["remote-1"]["id"] == name
-        assert conns[name]["remote-1"]["class"] == "pre-shared key" and conns[name]["rekey_time"] == "14400"
+        assert conns[name]["remote-1"]["class"] == "pre-shared key" and conns[name]["rekey_time"] == "12960"  # 14400 s lifetime less a tenth
     assert out["status"]["running"] is True and out["status"]["errors"] == []
     assert out["status"]["ike_sas"] == [] and out["dataplane"] == "strongswan-libipsec"
     # charon's own lines came through the agent's log, and it is gone after stop()

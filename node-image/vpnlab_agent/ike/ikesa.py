@@ -64,7 +64,8 @@ STATE_CHANGES: dict[State, frozenset[State]] = {
     State.ESTABLISHED: frozenset({State.REKEYED, State.DELETING, State.CLOSED}),
     State.REFUSED: frozenset({State.CLOSED}),
     State.REKEYED: frozenset({State.CLOSED}),
-    State.DELETING: frozenset({State.CLOSED}),
+    # An IKE rekey answered after delete(): it completes, so that its new IKE SA is deleted too.
+    State.DELETING: frozenset({State.REKEYED, State.CLOSED}),
     State.CLOSED: frozenset(),
 }
 

@@ -7,7 +7,7 @@ import functools
 import random
 import struct
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from vpnlab_agent.config import IkeConfig, PeerConfig
@@ -141,6 +141,8 @@ operations = st.lists(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations, st.integers(0, 2**32 - 1))
+# Found after the session split: an IKE rekey answered while deleting was refused as a state change.
+@example([("partition", 0.0), ("rekey_ike_a", 0.0), ("terminate_a", 0.0)], 0)
 def test_random_operations_loss_and_partitions_end_consistent(ops: list, seed: int) -> None:
     """Whatever the operators and the network do, once things calm down (and A reconnects if its SA
     died) both sides agree on exactly one IKE SA and one child SA pair, and nothing crashed."""
