@@ -10,11 +10,19 @@ from vpnlab.topology.model import Lab, Node
 
 AGENT_COMMAND = ("python3", "-m", "vpnlab_agent", "run")
 # Routers forward between wan0 and their LANs; rp_filter would drop packets that arrive from a
-# tunnel device with a source the kernel would route elsewhere.
+# tunnel device with a source the kernel would route elsewhere. A hub forwards branch-to-branch
+# traffic back out of the tunnel device it came in on, which the kernel takes for a shared medium
+# and answers with ICMP redirects into the tunnel ("Redirect Host" at the sender); a redirect is
+# meaningless across a tunnel, so routers neither send nor accept them ("default" covers the
+# tunnel devices the agent creates later).
 ROUTER_SYSCTLS = {
     "net.ipv4.ip_forward": "1",
     "net.ipv4.conf.all.rp_filter": "0",
     "net.ipv4.conf.default.rp_filter": "0",
+    "net.ipv4.conf.all.send_redirects": "0",
+    "net.ipv4.conf.default.send_redirects": "0",
+    "net.ipv4.conf.all.accept_redirects": "0",
+    "net.ipv4.conf.default.accept_redirects": "0",
 }
 
 # A cluster member binds IKE on the virtual address before keepalived gives it the address, and

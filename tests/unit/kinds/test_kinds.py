@@ -32,6 +32,10 @@ def test_agent_router_spec() -> None:
         "net.ipv4.ip_forward": "1",
         "net.ipv4.conf.all.rp_filter": "0",
         "net.ipv4.conf.default.rp_filter": "0",
+        "net.ipv4.conf.all.send_redirects": "0",
+        "net.ipv4.conf.default.send_redirects": "0",
+        "net.ipv4.conf.all.accept_redirects": "0",
+        "net.ipv4.conf.default.accept_redirects": "0",
     }
     assert "/dev/net/tun" in spec.devices and "NET_ADMIN" in spec.cap_add
     config = NodeConfig.from_json(spec.files[CONFIG_PATH].decode())
