@@ -100,12 +100,15 @@ def _vpn_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service],
         return [], None  # a router without IPsec peers: interfaces and routes only
     select_engine = _optional_import("vpnlab_agent.dataplane.probe", "select_engine")
     ike_service = _optional_import("vpnlab_agent.io.ike_service", "IkeService")
+    from vpnlab_agent.contexts.wiring import engine_choice, ike_extensions
+
     engine = None
     if select_engine is None:
         errors.append("dataplane: not available (vpnlab_agent.dataplane.probe missing)")
     else:
         try:
-            engine = select_engine(config.dataplane, route_src=first_lan_address(config))
+            preference, options = engine_choice(config)  # routing contexts need the userspace engine
+            engine = select_engine(preference, route_src=first_lan_address(config), **options)
         except Exception as exc:  # the engine's own one-line error, reported and not fatal
             errors.append(f"dataplane: {exc}")
     if ike_service is None:
@@ -116,7 +119,8 @@ def _vpn_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service],
         return [], None
     try:
         # A branch behind NAT has no public address but still runs IKE from its WAN address.
-        ike = ike_service(config, engine, local_addr=config.public_address or wan_address(config))
+        ike = ike_service(config, engine, local_addr=config.public_address or wan_address(config),
+                          extensions=ike_extensions(config))
     except Exception as exc:  # e.g. no public address to run IKE on: report, keep the node up
         errors.append(f"ike: {exc}")
         return [], engine

@@ -69,24 +69,32 @@ class _Run:
     def addr(self, router: str, context: str) -> str:
         return str(self.hosts[(router, context)].interfaces[0].address.ip)
 
-    def pairs(self, branches: list[Node] | None = None) -> list[tuple[str, str, str]]:
-        """(context, branch host, hub address) for every context of every branch with hosts."""
+    def pairs(self, branches: list[Node] | None = None) -> list[tuple[str, str, str, tuple[str, ...]]]:
+        """(context, node, destination, extra ping options) for every context of every branch: from
+        the branch's first host in the context to the hub's, or, where a context has no hosts, from
+        the branch router itself to the hub router's address in the context (marked with the
+        context's table, so it is routed there, with the router's own address in it as source)."""
         out = []
+        hub_ctx = {c.name: c for c in self.hub.contexts}
         for b in branches or self.branches:
             for c in b.contexts:
                 if (b.name, c.name) in self.hosts and (self.hub.name, c.name) in self.hosts:
-                    out.append((c.name, self.hosts[(b.name, c.name)].name, self.addr(self.hub.name, c.name)))
+                    out.append((c.name, self.hosts[(b.name, c.name)].name, self.addr(self.hub.name, c.name), ()))
+                elif c.name in hub_ctx:
+                    own = str(c.lans[0].network_address + 1)
+                    dst = str(hub_ctx[c.name].lans[0].network_address + 1)
+                    out.append((c.name, b.name, dst, ("-m", str(c.table), "-I", own)))
         return out
 
-    def ping_ok(self, host: str, dst: str) -> bool:
-        code, out = self.ctl.run(host, ["ping", "-n", "-c", "1", "-W", "1", dst])
+    def ping_ok(self, node: str, dst: str, extra: tuple[str, ...] = ()) -> bool:
+        code, out = self.ctl.run(node, ["ping", "-n", "-c", "1", "-W", "1", *extra, dst])
         return code == 0 and "bytes from" in out
 
-    def all_work(self, pairs: list[tuple[str, str, str]], timeout: float) -> float:
+    def all_work(self, pairs: list[tuple[str, str, str, tuple[str, ...]]], timeout: float) -> float:
         """Seconds until every pair answered (each pair polled until it does)."""
         t0 = time.monotonic()
-        for ctx, host, dst in pairs:
-            wait_for(f"{ctx} {host} -> {dst}", lambda: self.ping_ok(host, dst), timeout, interval=0.05)
+        for ctx, node, dst, extra in pairs:
+            wait_for(f"{ctx} {node} -> {dst}", lambda: self.ping_ok(node, dst, extra), timeout, interval=0.05)
         return time.monotonic() - t0
 
     # ---- counts ------------------------------------------------------------------------------
@@ -145,7 +153,7 @@ class _Run:
     # ---- throughput -----------------------------------------------------------------------------
 
     def throughput(self, branch: Node, duration: float) -> dict[str, float]:
-        flows = [(c, h, d) for c, h, d in self.pairs([branch])]
+        flows = [(c, h, d) for c, h, d, extra in self.pairs([branch]) if not extra]
         port = 5301
         for i, (ctx, _, _) in enumerate(flows):
             self.ctl.run(self.hosts[(self.hub.name, ctx)].name, ["iperf3", "-s", "-D", "-1", "-p", str(port + i)])
@@ -261,9 +269,11 @@ def measure_contexts(
     methods: tuple[str, ...] = METHODS,
     duration: float = 5.0,
     outage_s: float = 15.0,
+    quick: bool = False,
     runtime: Runtime | None = None,
     say: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
+    """quick: only SA counts, setup time and rekey load (a lab without hosts, benchmarks/contexts_methods.py)."""
     from vpnlab.runtime.docker import DockerRuntime
     from vpnlab.topology.loader import read_yaml
 
@@ -274,7 +284,7 @@ def measure_contexts(
     os.environ[EXPERIMENTAL_ENV] = "contexts"
     try:
         for method in methods:
-            result["runs"][method] = _one(topology, data, method, duration, outage_s, rt, say)
+            result["runs"][method] = _one(topology, data, method, duration, outage_s, quick, rt, say)
     finally:
         if old is None:
             os.environ.pop(EXPERIMENTAL_ENV, None)
@@ -287,7 +297,7 @@ def measure_contexts(
 
 
 def _one(topology: str | Path, data: dict[str, Any], method: str, duration: float, outage_s: float,
-         rt: Runtime, say: Callable[[str], None]) -> dict[str, Any]:
+         quick: bool, rt: Runtime, say: Callable[[str], None]) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="vpnlab-ctx-"))
     copy = tmp / Path(topology).name
     copy.write_text(yaml.safe_dump({**data, "context_method": method}, sort_keys=False))
@@ -302,6 +312,15 @@ def _one(topology: str | Path, data: dict[str, Any], method: str, duration: floa
         all_up = run.all_work(run.pairs(), 60) + deployed
         say(f"{method}: every context works {all_up:.1f} s after deploy started")
         counts = run.counts()
+        cfg = json.loads(run.ctl.run(run.branches[0].name, ["cat", "/etc/vpnlab/node.json"])[1])["ike"]
+        per_hour = counts["child_sas"] * 3600 / cfg["child_lifetime_s"] + counts["ike_sas"] * 3600 / cfg["ike_lifetime_s"]
+        common = {
+            "method": method, "sites": len(run.branches), "contexts": len(run.contexts), "counts": counts,
+            "deploy_s": round(deployed, 2), "all_up_s": round(all_up, 2), "rekeys_per_hour": round(per_hour, 1),
+        }
+        if quick:
+            say(f"{method}: rekeying every child SA")
+            return {**common, "rekey_all": run.rekey_load(120)}
         b = run.branches[0]
         ctx0 = run.contexts[0]
         host, dst = run.hosts[(b.name, ctx0)].name, run.addr(run.hub.name, ctx0)
@@ -313,14 +332,10 @@ def _one(topology: str | Path, data: dict[str, Any], method: str, duration: floa
         recovery = run.outage(b, outage_s, 120)
         say(f"{method}: rekeying every child SA")
         rekey = run.rekey_load(60)
-        cfg = json.loads(run.ctl.run(b.name, ["cat", "/etc/vpnlab/node.json"])[1])["ike"]
-        per_hour = counts["child_sas"] * 3600 / cfg["child_lifetime_s"] + counts["ike_sas"] * 3600 / cfg["ike_lifetime_s"]
         return {
-            "method": method, "sites": len(run.branches), "contexts": len(run.contexts),
-            "counts": counts, "mtu_inner": mtu, "overhead_bytes": overhead,
+            **common, "mtu_inner": mtu, "overhead_bytes": overhead,
             "throughput_mbps": tput, "throughput_total_mbps": round(sum(tput.values()), 1),
-            "deploy_s": round(deployed, 2), "all_up_s": round(all_up, 2), "recovery_s": round(recovery, 2),
-            "outage_s": outage_s, "rekeys_per_hour": round(per_hour, 1), "rekey_all": rekey,
+            "recovery_s": round(recovery, 2), "outage_s": outage_s, "rekey_all": rekey,
         }
     finally:
         labs.destroy(name, runtime=rt)

@@ -173,6 +173,10 @@ def plan_contexts(
         plan.inner_block = _inner_block(file, underlay, every)
     if spec.context_method == "hsvpn":
         for router, node in spec.nodes.items():
+            if node.contexts and node.lan:
+                # the tagged SA carries contexts only; a plain LAN beside them would have no tag
+                raise fail(f"nodes.{router}.lan", "with context_method hsvpn a router with contexts carries only "
+                           "contexts: put this LAN into a context (or use per-network or tunnel-in-tunnel)")
             if node.contexts and (node.dataplane or spec.defaults.dataplane) == "xfrm":
                 raise fail(
                     f"nodes.{router}.dataplane",

@@ -104,6 +104,8 @@ E = "  br1:\n    role: branch\n    contexts:\n"
          "nodes.hub", "routing contexts need implementation: agent (a strongswan node carries only plain LANs)"),
         ("  hub:\n    role: hub\n    dataplane: xfrm\n    contexts: [{name: red}]\n",
          "nodes.hub.dataplane", "context_method hsvpn needs the userspace engine (the kernel's XFRM builds the ESP trailer itself, so it cannot carry the context tag): use dataplane auto or userspace"),
+        ("  hub:\n    role: hub\n    lan: 10.9.0.0/24\n    contexts: [{name: red}]\n",
+         "nodes.hub.lan", "with context_method hsvpn a router with contexts carries only contexts: put this LAN into a context (or use per-network or tunnel-in-tunnel)"),
         ("  hub:\n    role: hub\n    contexts: [{name: red, hosts: 1}]\n    hosts: 1\n",
          "nodes.hub.hosts", "hub has no plain LAN for hosts; give 'lan' or put the hosts in a context"),
         ("  averylongname:\n    role: hub\n    contexts: [{name: red, hosts: 1}]\n",
