@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--sites", type=int, default=10)
     ap.add_argument("--contexts", type=int, default=8)
     ap.add_argument("--duration", type=float, default=5.0)
-    ap.add_argument("--outage", type=float, default=15.0)
+    ap.add_argument("--outage", type=float, default=30.0)
     ap.add_argument("--skip-full", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--json", type=Path, default=Path("contexts-bench.json"))

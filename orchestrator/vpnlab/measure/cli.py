@@ -116,7 +116,7 @@ def contexts_cmd(
     methods: Annotated[str, typer.Option(help="Comma-separated: hsvpn, tunnel-in-tunnel, per-network.")] =
         "hsvpn,tunnel-in-tunnel,per-network",
     duration: Annotated[float, typer.Option(help="Seconds of the iperf3 flows (one per context, at once).")] = 5.0,
-    outage: Annotated[float, typer.Option(help="Seconds one branch's uplink stays down.")] = 15.0,
+    outage: Annotated[float, typer.Option(help="Seconds one branch's uplink stays down (DPD declares a peer dead after ~25 s).")] = 30.0,
     json_out: Annotated[Path, typer.Option("--json", help="Write the full result here.")] = Path("contexts.json"),
     png: Annotated[Path, typer.Option("--png", help="One panel per figure, the methods side by side.")] =
         Path("contexts.png"),

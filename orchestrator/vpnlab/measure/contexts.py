@@ -268,7 +268,7 @@ def measure_contexts(
     *,
     methods: tuple[str, ...] = METHODS,
     duration: float = 5.0,
-    outage_s: float = 15.0,
+    outage_s: float = 30.0,
     quick: bool = False,
     runtime: Runtime | None = None,
     say: Callable[[str], None] = lambda s: None,
