@@ -123,6 +123,14 @@ def test_context_errors_are_one_line(tmp_path: Path, nodes: str, where: str, pro
     assert "\n" not in str(info.value)
 
 
+def test_per_network_on_xfrm_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError) as info:
+        load(tmp_path, "name: t\nsecret: {psk: k}\ncontext_method: per-network\nnodes:\n"
+                       "  hub:\n    role: hub\n    dataplane: xfrm\n    contexts: [{name: red}]\n")
+    assert str(info.value).endswith("nodes.hub.dataplane: per-network contexts run on the userspace engine (a TUN "
+                                    "per context); XFRM marks per context are not built yet: use dataplane auto or userspace")
+
+
 def test_bad_method_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(TopologyError) as info:
         load(tmp_path, BASE.replace("nodes:", "context_method: gre\nnodes:"))
