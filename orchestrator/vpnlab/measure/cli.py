@@ -163,7 +163,7 @@ def contexts_table(result: dict[str, Any]) -> Table:
     row("rekeys per hour", lambda m, r: f"{r['rekeys_per_hour']:g}")
     row("rekey all: IKE messages", lambda m, r: str(r["rekey_all"]["messages"]))
     row("rekey all: IKE bytes", lambda m, r: str(r["rekey_all"]["bytes"]))
-    row("rekey all: agent CPU", lambda m, r: f"{r['rekey_all']['agent_cpu_s']:.2f} s")
+    row("rekey all: agent CPU", lambda m, r: f"{r['rekey_all']['agent_cpu_s'] * 1000:.0f} ms")
     return table
 @measure_app.command("balance")
 def balance_cmd(
