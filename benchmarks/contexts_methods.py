@@ -78,13 +78,14 @@ def main() -> None:
         f = formulas(args.sites - 1, args.contexts)
         t = Table(title=f"{args.sites} sites x {args.contexts} contexts (no hosts)")
         for col in ("method", "IKE SAs (formula)", "child SAs (formula)", "inner (formula)", "deploy s",
-                    "all contexts up s", "rekey all: msgs", "bytes", "agent CPU ms"):
+                    "all contexts up s", "child rekey: msgs", "bytes", "CPU ms", "IKE rekey: msgs", "bytes", "CPU ms"):
             t.add_column(col, justify="left" if col == "method" else "right")
         for m, r in scale["runs"].items():
-            c, rk = r["counts"], r["rekey_all"]
+            c, rk, ri = r["counts"], r["rekey_all"], r["rekey_ike_all"]
             t.add_row(m, f"{c['ike_sas']} ({f[m]['ike_sas']})", f"{c['child_sas']} ({f[m]['child_sas']})",
                       f"{c['inner_tunnels']} ({f[m]['inner_tunnels']})", f"{r['deploy_s']:.1f}", f"{r['all_up_s']:.1f}",
-                      str(rk["messages"]), str(rk["bytes"]), f"{rk['agent_cpu_s'] * 1000:.0f}")
+                      str(rk["messages"]), str(rk["bytes"]), f"{rk['agent_cpu_s'] * 1000:.0f}",
+                      str(ri["messages"]), str(ri["bytes"]), f"{ri['agent_cpu_s'] * 1000:.0f}")
         con.print(t)
         if "hsvpn" in scale["runs"]:
             up = scale["runs"]["hsvpn"]["all_up_s"] - scale["runs"]["hsvpn"]["deploy_s"]

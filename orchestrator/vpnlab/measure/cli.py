@@ -164,6 +164,10 @@ def contexts_table(result: dict[str, Any]) -> Table:
     row("rekey all: IKE messages", lambda m, r: str(r["rekey_all"]["messages"]))
     row("rekey all: IKE bytes", lambda m, r: str(r["rekey_all"]["bytes"]))
     row("rekey all: agent CPU", lambda m, r: f"{r['rekey_all']['agent_cpu_s'] * 1000:.0f} ms")
+    row("rekey all IKE SAs: messages", lambda m, r: str((r.get("rekey_ike_all") or {}).get("messages", "-")))
+    row("rekey all IKE SAs: bytes", lambda m, r: str((r.get("rekey_ike_all") or {}).get("bytes", "-")))
+    row("rekey all IKE SAs: agent CPU",
+        lambda m, r: f"{r['rekey_ike_all']['agent_cpu_s'] * 1000:.0f} ms" if r.get("rekey_ike_all") else "-")
     return table
 @measure_app.command("balance")
 def balance_cmd(

@@ -184,7 +184,9 @@ class _Run:
 
     # ---- rekey load ------------------------------------------------------------------------------
 
-    def rekey_load(self, timeout: float) -> dict[str, Any]:
+    def rekey_load(self, timeout: float, ike: bool = False) -> dict[str, Any]:
+        """Rekey every child SA (or, ike, every IKE SA) of the lab at once: IKE messages and bytes on
+        the underlay, the agents' CPU time, and how long until every branch holds only new SAs."""
         def cpu() -> float:
             """CPU seconds the routers' agents (PID 1, every thread) have used, from schedstat (ns)."""
             total = 0
@@ -193,24 +195,38 @@ class _Run:
                 total += sum(int(line.split()[0]) for line in out.splitlines() if line.strip())
             return total / 1e9
 
-        before = {r.name: {c["spi_in"] for c in self.ctl.status(r.name)["child_sas"]} for r in self.branches}
+        def spis(node: str) -> set[str]:
+            st = self.ctl.status(node)
+            if ike:
+                return {f"{s['spi_i']}{s['spi_r']}" for s in st["ike_sas"] if s.get("state") == "established"}
+            return {str(c["spi_in"]) for c in st["child_sas"]}
+
+        before = {r.name: spis(r.name) for r in self.branches}
+        peers = {b.name: [p["name"] for p in json.loads(self.ctl.run(b.name, ["cat", "/etc/vpnlab/node.json"])[1])
+                          ["ike"]["peers"]] for b in self.branches}
         ike_filter = "udp and (port 500 or (port 4500 and udp[8:4] = 0))"
         cpu0 = cpu()
         t0 = time.monotonic()
         with _Capture(self.ctl.lab, ike_filter) as cap:
-            for b in self.branches:
-                cfg = json.loads(self.ctl.run(b.name, ["cat", "/etc/vpnlab/node.json"])[1])
-                for peer in cfg["ike"]["peers"]:
-                    self.ctl.run(b.name, ["python3", "-m", "vpnlab_agent", "ctl", "rekey", peer["name"]])
+            def rekey_all(branch: str) -> None:
+                script = "; ".join(f"python3 -m vpnlab_agent ctl rekey {p}{' --ike' if ike else ''} >/dev/null &"
+                                   for p in peers[branch]) + "; wait"
+                self.ctl.run(branch, ["sh", "-c", script])
+
+            threads = [threading.Thread(target=rekey_all, args=(b.name,)) for b in self.branches]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
 
             def rekeyed() -> bool:
                 for b in self.branches:
-                    now = {c["spi_in"] for c in self.ctl.status(b.name)["child_sas"]}
-                    if not now or now & before[b.name] == now:
+                    now = spis(b.name)
+                    if len(now) < len(before[b.name]) or not now.isdisjoint(before[b.name]):
                         return False
                 return True
 
-            wait_for("every child SA rekeyed", rekeyed, timeout)
+            wait_for(f"every {'IKE' if ike else 'child'} SA rekeyed", rekeyed, timeout)
             seconds = time.monotonic() - t0
         cpu_s = cpu() - cpu0
         sizes = cap.ip_lengths()
@@ -319,7 +335,7 @@ def _one(topology: str | Path, data: dict[str, Any], method: str, duration: floa
         }
         if quick:
             say(f"{method}: rekeying every child SA")
-            return {**common, "rekey_all": run.rekey_load(120)}
+            return {**common, "rekey_all": run.rekey_load(120), "rekey_ike_all": run.rekey_load(120, ike=True)}
         b = run.branches[0]
         ctx0 = run.contexts[0]
         host, dst = run.hosts[(b.name, ctx0)].name, run.addr(run.hub.name, ctx0)
@@ -331,10 +347,11 @@ def _one(topology: str | Path, data: dict[str, Any], method: str, duration: floa
         recovery = run.outage(b, outage_s, 120)
         say(f"{method}: rekeying every child SA")
         rekey = run.rekey_load(60)
+        rekey_ike = run.rekey_load(60, ike=True)
         return {
             **common, "mtu_inner": mtu, "overhead_bytes": overhead,
             "throughput_mbps": tput, "throughput_total_mbps": round(sum(tput.values()), 1),
-            "recovery_s": round(recovery, 2), "outage_s": outage_s, "rekey_all": rekey,
+            "recovery_s": round(recovery, 2), "outage_s": outage_s, "rekey_all": rekey, "rekey_ike_all": rekey_ike,
         }
     finally:
         labs.destroy(name, runtime=rt)
