@@ -218,11 +218,14 @@ def inspect(
                 obj["up"] = nv.up
             sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
             return
-        out.print(_lab_table(view))
-        if not view.detail:
-            for line in _summary_lines(view):
+        if not view.detail:  # a large lab: the totals first, then one row per node, then what is not up
+            totals, *rest = _summary_lines(view)
+            out.print(totals, markup=False)
+            out.print(_lab_table(view))
+            for line in rest:
                 out.print(line, markup=False)
             return
+        out.print(_lab_table(view))
         if any((n.agent or {}).get("ike_sas") for n in view.nodes):
             if out.width >= TUNNEL_TABLE_WIDTH:
                 out.print(_tunnel_table(view))

@@ -11,6 +11,7 @@ destroys what was made and re-raises; a node that failed keeps its log for `vpnl
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -413,9 +414,14 @@ def inspect_lab(
         topology=containers[0].topology if containers else "",
         fabric_netns=netns,
         fabric_present=netns_exists(netns),
-        nodes=sorted(nodes, key=lambda n: (n.kind == "host", n.name)),
+        nodes=sorted(nodes, key=lambda n: (n.kind == "host", _natural(n.name))),
         detail=detail,
     )
+
+
+def _natural(name: str) -> tuple[tuple[int, str], ...]:
+    """b2 before b10: digit runs compare as numbers."""
+    return tuple((int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", name) if part)
 
 
 def exec_node(
