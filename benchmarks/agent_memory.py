@@ -34,9 +34,9 @@ def step(name, code):
     gc.collect()
     steps.append((name, rss()))
 if "ssl" not in flags:
-    step("__main__ trims (no ssl)", "from vpnlab_agent.__main__ import _trim_imports; _trim_imports()")
+    step("__main__ (argparse, json, logging), no ssl", "from vpnlab_agent.__main__ import _trim_imports; _trim_imports()")
 if "pyroute2" not in flags:
-    step("lighten_pyroute2", "from vpnlab_agent.netconfig import lighten_pyroute2; lighten_pyroute2()")
+    step("netconfig (asyncio), lighten_pyroute2", "from vpnlab_agent.netconfig import lighten_pyroute2; lighten_pyroute2()")
 step("asyncio", "import asyncio")
 step("agent, control, status", "import vpnlab_agent.agent")
 step("pyroute2 IPRoute", "from pyroute2 import IPRoute")
