@@ -37,7 +37,7 @@ if "ssl" not in flags:
     step("__main__ (argparse, json, logging), no ssl", "from vpnlab_agent.__main__ import _trim_imports; _trim_imports()")
 if "pyroute2" not in flags:
     step("netconfig (asyncio), lighten_pyroute2", "from vpnlab_agent.netconfig import lighten_pyroute2; lighten_pyroute2()")
-step("asyncio", "import asyncio")
+step("asyncio (in already)", "import asyncio")
 step("agent, control, status", "import vpnlab_agent.agent")
 step("pyroute2 IPRoute", "from pyroute2 import IPRoute")
 step("ike (crypto: cryptography)", "import vpnlab_agent.io.ike_service")
