@@ -109,7 +109,7 @@ def add(sa: IkeSa, prop: Proposal, suite: Any, keys: Any, exch_initiator: bool, 
     child_sa = carry_meta(old.sa, child_sa, meta) if old else (meta.apply(child_sa) if meta else child_sa)
     sa.offered_spis.discard(spi_in.to_bytes(4, "big"))
     lifetime = sa.host.config.child_lifetime_s
-    child = Child(child_sa, prop, now, now + lifetime * sa.lifetime_fraction(), hard_at=now + lifetime)
+    child = Child(child_sa, prop, now, now + sa.rekey_after(lifetime), hard_at=now + lifetime)
     # A child rekey answered after our IKE SA was itself rekeyed belongs to the new IKE SA.
     sa.owner().children[spi_in] = child
     if old is not None:

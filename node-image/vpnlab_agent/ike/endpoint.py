@@ -67,7 +67,6 @@ class IkeEndpoint(LogLines):
         self.force_encap = force_encap
         self.vendor_id = vendor_id  # ours, always announced; extensions add their own
         self.rng = rng
-        self.psk = config.psk.encode()
         self.max_half_open = max_half_open
         self.ike_proposals: list[Proposal] = proposals.ike_proposals_from_config(list(config.ike_proposals))
         self.esp_proposals: list[Proposal] = proposals.esp_proposals_from_config(list(config.esp_proposals))

@@ -12,6 +12,7 @@ import dataclasses
 import hmac
 from typing import Any
 
+from vpnlab_agent.config import PeerConfig
 from vpnlab_agent.ike import children, crypto, proposals
 from vpnlab_agent.ike.codec import (
     KE,
@@ -182,7 +183,15 @@ def on_init_response(sa: IkeSa, msg: Message, now: float) -> None:
 # --- PSK authentication ---------------------------------------------------------------------
 
 
-def auth_data(sa: IkeSa, signer_is_initiator: bool, id_payload: IDi | IDr, init_req: bytes | None = None) -> bytes:
+def peer_psk(sa: IkeSa, peer: PeerConfig) -> bytes:
+    """The key of the tunnel with `peer`: its own, else the endpoint's (the lab-wide one, which
+    mesh shortcuts use). The responder picks it by the IDi it received, so a branch that knows
+    only its own key can authenticate only as itself."""
+    return (peer.psk if peer.psk is not None else sa.host.config.psk).encode()
+
+
+def auth_data(sa: IkeSa, signer_is_initiator: bool, id_payload: IDi | IDr, psk: bytes,
+              init_req: bytes | None = None) -> bytes:
     """PSK AUTH (RFC 7296 §2.15): the IKE SA initiator signs its IKE_SA_INIT request, Nr and
     prf(SK_pi, IDi body); the responder signs its IKE_SA_INIT response, Ni and prf(SK_pr, IDr body)."""
     k, prf = sa.keys, sa.suite.prf
@@ -190,7 +199,7 @@ def auth_data(sa: IkeSa, signer_is_initiator: bool, id_payload: IDi | IDr, init_
         octets = crypto.signed_octets(init_req or sa.init_req, sa.nr, prf, k.sk_pi, payload_body(id_payload))
     else:
         octets = crypto.signed_octets(sa.init_resp, sa.ni, prf, k.sk_pr, payload_body(id_payload))
-    return crypto.psk_auth(prf, sa.host.psk, octets)
+    return crypto.psk_auth(prf, psk, octets)
 
 
 # --- initiator: IKE_AUTH --------------------------------------------------------------------
@@ -208,7 +217,7 @@ def send_auth(sa: IkeSa, now: float) -> None:
         payloads.append(Notify(ProtocolId.NONE, b"", NotifyType.INITIAL_CONTACT))
     child = ChildInfo(tuple(sa.peer.local_ts), tuple(sa.peer.remote_ts))
     payloads += [
-        Auth(AuthMethod.PSK, auth_data(sa, sa.initiator, idi)),
+        Auth(AuthMethod.PSK, auth_data(sa, sa.initiator, idi, peer_psk(sa, sa.peer))),
         SA(with_spi(without_dh(sa.host.esp_proposals), spi)),
         TSi(ts_i),
         TSr(ts_r),
@@ -236,7 +245,8 @@ def on_auth_response(sa: IkeSa, msg: Message, now: float) -> None:
         sa.auth_failed(now, sa.peer.name, f"peer identity {identity_text(idr.id_type, idr.data)!r} "
                        f"is not the configured {sa.peer.remote_id!r}")
         return
-    if auth.method != AuthMethod.PSK or not hmac.compare_digest(auth.data, auth_data(sa, not sa.initiator, idr)):
+    if auth.method != AuthMethod.PSK or not hmac.compare_digest(
+            auth.data, auth_data(sa, not sa.initiator, idr, peer_psk(sa, sa.peer))):
         sa.auth_failed(now, sa.peer.name, "peer's AUTH payload does not verify: PSK mismatch")
         return
     sa.learn_peer(msg)
@@ -331,7 +341,7 @@ def on_auth_request(sa: IkeSa, msg: Message, addr: tuple[str, int], now: float) 
         sa.auth_failed(now, claimed, f"identity {claimed!r} matches no configured peer", addr)
         return [Notify(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]
     if auth.method != AuthMethod.PSK or not any(
-            hmac.compare_digest(auth.data, auth_data(sa, True, idi, m))
+            hmac.compare_digest(auth.data, auth_data(sa, True, idi, peer_psk(sa, peer), m))
             for m in (sa.init_req, *sa.init_req_variants)):
         sa.auth_failed(now, peer.name, f"AUTH from {claimed!r} does not verify: PSK mismatch", addr)
         return [Notify(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]
@@ -339,7 +349,7 @@ def on_auth_request(sa: IkeSa, msg: Message, addr: tuple[str, int], now: float) 
     sa.learn_peer(msg)
     id_type, id_data = identity(peer.local_id or sa.host.config.local_id)
     idr = IDr(id_type, id_data)
-    out: list = [idr, Auth(AuthMethod.PSK, auth_data(sa, sa.initiator, idr))]
+    out: list = [idr, Auth(AuthMethod.PSK, auth_data(sa, sa.initiator, idr, peer_psk(sa, peer)))]
     exts = sa.host.extensions
     offered = ChildInfo(tuple(peer.local_ts), tuple(peer.remote_ts))
     exts.received(sa.view(), MessageInfo(AUTH, False, offered), msg.payloads, now)

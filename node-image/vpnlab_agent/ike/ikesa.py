@@ -36,10 +36,8 @@ REKEYED_GRACE = 30.0
 # peers that collided do not collide again in lockstep.
 RETRY_AFTER = 5.0
 RETRY_JITTER = 5.0
-# Rekey at this fraction of the lifetime; the responder waits longer, so the two sides of one SA
-# rarely start a rekey at the same moment (collision handling of RFC 7296 §2.8.1 is not done).
-REKEY_FRACTION_INITIATOR = 0.90
-REKEY_FRACTION_RESPONDER = 0.96
+# The responder rekeys when this share of the rekey margin is left (the initiator at the margin).
+RESPONDER_MARGIN_SHARE = 0.4
 # An IKE_AUTH from an identity no peer has yet may wait this long for an extension to add the peer
 # (Extension.hold_auth); a retransmission after that gets AUTHENTICATION_FAILED as usual.
 HOLD_AUTH_S = 1.0
@@ -96,7 +94,6 @@ class SessionHost(Protocol):
     config: IkeConfig
     local_addr: str
     force_encap: bool
-    psk: bytes
     rng: Callable[[int], bytes]
     ike_proposals: list[Proposal]
     esp_proposals: list[Proposal]
@@ -266,8 +263,12 @@ class IkeSa:
         """Where children live now: a rekeyed-away IKE SA hands new ones to its successor."""
         return self.successor if self.state == State.REKEYED and self.successor is not None else self
 
-    def lifetime_fraction(self) -> float:
-        return REKEY_FRACTION_INITIATOR if self.initiator else REKEY_FRACTION_RESPONDER
+    def rekey_after(self, lifetime: float) -> float:
+        """When to rekey an SA of this lifetime: `rekey_margin_s` before its end (default a tenth);
+        the responder waits until 40 % of the margin is left, so the two sides of one SA rarely
+        start a rekey at the same moment (collision handling of RFC 7296 §2.8.1 is not done)."""
+        margin = self.host.config.rekey_margin_s or lifetime / 10
+        return lifetime - (margin if self.initiator else RESPONDER_MARGIN_SHARE * margin)
 
     def spawn(self, **kw: Any) -> IkeSa:
         """A new IKE SA of the same kind (an IKE rekey's successor)."""
@@ -357,7 +358,7 @@ class IkeSa:
 
     def start_lifetime(self, now: float) -> None:
         self.established_at = now
-        self.rekey_at = now + self.host.config.ike_lifetime_s * self.lifetime_fraction()
+        self.rekey_at = now + self.rekey_after(self.host.config.ike_lifetime_s)
         self.hard_at = now + self.host.config.ike_lifetime_s
 
     def establish(self, now: float) -> None:

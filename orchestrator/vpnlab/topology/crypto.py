@@ -132,8 +132,4 @@ def agent_gaps(lab: Lab) -> tuple[str, str] | None:
         peers = [lab.node(h) for h in node.hubs if h in names] + [b for b in lab.routers if node.name in b.hubs]
         if node.crypto.auth == "cert" or any(p.crypto.auth == "cert" for p in peers):
             return f"nodes.{node.name}.auth", "certificates with implementation: agent are not implemented yet"
-        if node.crypto.rekey_margin_s is not None:
-            return f"nodes.{node.name}.crypto.rekey_margin", "rekey_margin with implementation: agent is not implemented yet"
-        if any(lab.psk_between(node.name, p.name) != lab.psk for p in peers):
-            return f"nodes.{node.name}.secret", "per-router and per-pair PSKs with implementation: agent are not implemented yet"
     return None
