@@ -27,6 +27,8 @@ from vpnlab_agent.ike.constants import (
 from vpnlab_agent.ike.errors import CodecError, IntegrityError, ParseError  # noqa: F401 - re-exported
 from vpnlab_agent.ike.payloads import (  # noqa: F401 - re-exported: the codec's callers use them from here
     Auth,
+    Cert,
+    CertReq,
     Delete,
     Header,
     IDi,
@@ -107,6 +109,8 @@ def payload_body(p: Payload) -> bytes:
         return struct.pack("!B3x", p.id_type) + p.data
     if t is Auth:
         return struct.pack("!B3x", p.method) + p.data
+    if t is Cert or t is CertReq:
+        return bytes((p.encoding,)) + p.data
     if t is SA:
         n = len(p.proposals)
         return b"".join(_enc_proposal(pr, i == n - 1) for i, pr in enumerate(p.proposals))
@@ -286,6 +290,10 @@ def _dec_body(ptype: int, critical: bool, body: bytes) -> Payload:
             raise _syntax("truncated ID/AUTH payload")
         cls = IDi if ptype == PayloadType.IDi else IDr if ptype == PayloadType.IDr else Auth
         return cls(body[0], body[4:])
+    if ptype == PayloadType.CERT or ptype == PayloadType.CERTREQ:
+        if n < 1:
+            raise _syntax("empty CERT/CERTREQ payload")
+        return (Cert if ptype == PayloadType.CERT else CertReq)(body[0], body[1:])
     if ptype == PayloadType.SA:
         return _dec_sa(body)
     if ptype == PayloadType.TSi:

@@ -116,6 +116,17 @@ class AuthMethod(IntEnum):
     DIGITAL_SIGNATURE = 14  # RFC 7427
 
 
+class CertEncoding(IntEnum):  # RFC 7296 §3.6
+    X509_SIGNATURE = 4
+
+
+class HashAlgorithm(IntEnum):  # RFC 7427 §7: SIGNATURE_HASH_ALGORITHMS values
+    SHA1 = 1
+    SHA2_256 = 2
+    SHA2_384 = 3
+    SHA2_512 = 4
+
+
 class IdType(IntEnum):
     IPV4_ADDR = 1
     FQDN = 2

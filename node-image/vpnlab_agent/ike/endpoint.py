@@ -15,6 +15,7 @@ SPI to its `IkeSession`. Sessions reach the endpoint only through the `SessionHo
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import itertools
 import os
 from collections import deque
@@ -23,6 +24,7 @@ from typing import Any
 
 from vpnlab_agent.config import IkeConfig, PeerConfig
 from vpnlab_agent.ike import admission, proposals
+from vpnlab_agent.ike.certs import Credentials
 from vpnlab_agent.ike.codec import KE, SA, Header, IntegrityError, Nonce, ParseError, Payload, Proposal, decode, decode_header
 from vpnlab_agent.ike.constants import IKE_PORT, VENDOR_ID, ExchangeType, NotifyType, ProtocolId
 from vpnlab_agent.ike.events import Event, InformationalDone, Redirected
@@ -61,7 +63,19 @@ class IkeEndpoint(LogLines):
         cookie_threshold: int = DEFAULT_COOKIE_THRESHOLD,
         max_half_open: int = DEFAULT_MAX_HALF_OPEN,
         extensions: Iterable[Extension] = (),
+        credentials: Credentials | None = None,
+        wall_clock: Callable[[], datetime.datetime] | None = None,
     ) -> None:
+        """credentials: the lab CA, and our certificate and key for auth "cert" (ike.certs);
+        wall_clock: UTC calendar time, to check certificate validity (needed with credentials)."""
+        if (config.auth == "cert" or any(p.auth == "cert" for p in config.peers)) and credentials is None:
+            raise IkeError("certificate authentication needs credentials (the lab CA, our certificate and key)")
+        if config.auth == "cert" and (credentials is None or credentials.cert is None or credentials.key is None):
+            raise IkeError("auth cert needs our certificate and private key")
+        if credentials is not None and wall_clock is None:
+            raise IkeError("checking certificates needs a wall clock")
+        self.credentials = credentials
+        self.wall_clock = wall_clock or (lambda: datetime.datetime.min)
         self.config = config
         self.local_addr = local_addr
         self.force_encap = force_encap

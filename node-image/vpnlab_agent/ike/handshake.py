@@ -13,13 +13,15 @@ import hmac
 from typing import Any
 
 from vpnlab_agent.config import PeerConfig
-from vpnlab_agent.ike import children, crypto, proposals
+from vpnlab_agent.ike import certs, children, crypto, proposals
 from vpnlab_agent.ike.codec import (
     KE,
     SA,
     TSi,
     TSr,
     Auth,
+    Cert,
+    CertReq,
     IDi,
     IDr,
     IntegrityError,
@@ -32,7 +34,7 @@ from vpnlab_agent.ike.codec import (
     encode,
     payload_body,
 )
-from vpnlab_agent.ike.constants import AuthMethod, ExchangeType, NotifyType, ProtocolId
+from vpnlab_agent.ike.constants import AuthMethod, CertEncoding, ExchangeType, NotifyType, ProtocolId
 from vpnlab_agent.ike.extension import ChildInfo, MessageInfo
 from vpnlab_agent.ike.ikesa import (
     HOLD_AUTH_S,
@@ -79,6 +81,7 @@ def send_init(sa: IkeSa, now: float) -> None:
         KE(sa.dh.group, sa.dh.public_bytes),
         Nonce(sa.ni),
         *nat_notifies(sa, sa.spi_i, ZERO_SPI),
+        *signature_hashes(sa),
         *sa.init_extra,
         *sa.host.extensions.payloads(sa.view(), MessageInfo(INIT, False)),
         *sa.our_vendor_ids(),
@@ -102,6 +105,15 @@ def nat_notifies(sa: IkeSa, spi_i: bytes, spi_r: bytes) -> list[Notify]:
         Notify(ProtocolId.NONE, b"", NotifyType.NAT_DETECTION_SOURCE_IP, src),
         Notify(ProtocolId.NONE, b"", NotifyType.NAT_DETECTION_DESTINATION_IP, dst),
     ]
+
+
+def signature_hashes(sa: IkeSa) -> list[Notify]:
+    """RFC 7427 §4: announce the hashes we verify signatures with, so that a peer with
+    certificates (strongSwan by default) authenticates with method 14."""
+    if sa.host.credentials is None:
+        return []
+    data = b"".join(h.to_bytes(2, "big") for h in certs.SIGNATURE_HASHES)
+    return [Notify(ProtocolId.NONE, b"", NotifyType.SIGNATURE_HASH_ALGORITHMS, data)]
 
 
 def check_nat(sa: IkeSa, msg: Message, addr: tuple[str, int], local_port: int) -> None:
@@ -180,7 +192,7 @@ def on_init_response(sa: IkeSa, msg: Message, now: float) -> None:
     send_auth(sa, now)
 
 
-# --- PSK authentication ---------------------------------------------------------------------
+# --- authentication: PSK (RFC 7296 §2.15) or signatures with certificates (RFC 7427) ---------
 
 
 def peer_psk(sa: IkeSa, peer: PeerConfig) -> bytes:
@@ -190,16 +202,64 @@ def peer_psk(sa: IkeSa, peer: PeerConfig) -> bytes:
     return (peer.psk if peer.psk is not None else sa.host.config.psk).encode()
 
 
-def auth_data(sa: IkeSa, signer_is_initiator: bool, id_payload: IDi | IDr, psk: bytes,
-              init_req: bytes | None = None) -> bytes:
-    """PSK AUTH (RFC 7296 §2.15): the IKE SA initiator signs its IKE_SA_INIT request, Nr and
-    prf(SK_pi, IDi body); the responder signs its IKE_SA_INIT response, Ni and prf(SK_pr, IDr body)."""
+def signed_octets(sa: IkeSa, signer_is_initiator: bool, id_payload: IDi | IDr, init_req: bytes | None = None) -> bytes:
+    """What AUTH covers: the IKE SA initiator's IKE_SA_INIT request, Nr and prf(SK_pi, IDi body);
+    for the responder its IKE_SA_INIT response, Ni and prf(SK_pr, IDr body)."""
     k, prf = sa.keys, sa.suite.prf
     if signer_is_initiator:
-        octets = crypto.signed_octets(init_req or sa.init_req, sa.nr, prf, k.sk_pi, payload_body(id_payload))
-    else:
-        octets = crypto.signed_octets(sa.init_resp, sa.ni, prf, k.sk_pr, payload_body(id_payload))
-    return crypto.psk_auth(prf, psk, octets)
+        return crypto.signed_octets(init_req or sa.init_req, sa.nr, prf, k.sk_pi, payload_body(id_payload))
+    return crypto.signed_octets(sa.init_resp, sa.ni, prf, k.sk_pr, payload_body(id_payload))
+
+
+def auth_data(sa: IkeSa, signer_is_initiator: bool, id_payload: IDi | IDr, psk: bytes,
+              init_req: bytes | None = None) -> bytes:
+    """PSK AUTH data: prf(prf(PSK, "Key Pad for IKEv2"), signed octets)."""
+    return crypto.psk_auth(sa.suite.prf, psk, signed_octets(sa, signer_is_initiator, id_payload, init_req))
+
+
+def our_auth(sa: IkeSa, peer: PeerConfig, id_payload: IDi | IDr) -> list:
+    """CERT and AUTH (digital signature) with auth: cert, else AUTH (PSK)."""
+    if sa.host.config.auth != "cert":
+        return [Auth(AuthMethod.PSK, auth_data(sa, sa.initiator, id_payload, peer_psk(sa, peer)))]
+    creds = sa.host.credentials
+    assert creds is not None and creds.cert is not None  # the endpoint checks at start
+    octets = signed_octets(sa, sa.initiator, id_payload)
+    return [Cert(CertEncoding.X509_SIGNATURE, creds.cert_der), Auth(AuthMethod.DIGITAL_SIGNATURE, certs.sign(creds, octets))]
+
+
+def cert_request(sa: IkeSa) -> list:
+    creds = sa.host.credentials
+    return [CertReq(CertEncoding.X509_SIGNATURE, creds.ca_hash())] if creds is not None else []
+
+
+def check_peer_auth(sa: IkeSa, peer: PeerConfig, msg: Message, id_payload: IDi | IDr, auth: Auth,
+                    init_reqs: tuple[bytes | None, ...] = (None,)) -> str | None:
+    """None when the peer's AUTH proves `peer`'s identity, else why not (the log line)."""
+    signer_is_initiator = isinstance(id_payload, IDi)
+    if peer.auth != "cert":
+        psk = peer_psk(sa, peer)
+        if auth.method == AuthMethod.PSK and any(
+                hmac.compare_digest(auth.data, auth_data(sa, signer_is_initiator, id_payload, psk, m)) for m in init_reqs):
+            return None
+        return "PSK mismatch" if auth.method == AuthMethod.PSK else f"AUTH method {auth.method}, expected PSK"
+    creds = sa.host.credentials
+    if auth.method != AuthMethod.DIGITAL_SIGNATURE:
+        return f"AUTH method {auth.method}, expected a digital signature (RFC 7427)"
+    cert = next((c for c in msg.find_all(Cert) if c.encoding == CertEncoding.X509_SIGNATURE), None)
+    if creds is None or cert is None:
+        return "no certificate" if cert is None else "no lab CA to check certificates with"
+    try:
+        x509_cert = certs.check_certificate(creds, cert.data, id_payload.id_type, id_payload.data, peer.name,
+                                            sa.host.wall_clock())
+        for m in init_reqs:
+            try:
+                certs.verify_signature(x509_cert, auth.data, signed_octets(sa, signer_is_initiator, id_payload, m))
+                return None
+            except certs.CertError as e:
+                last = e
+        raise last
+    except certs.CertError as e:
+        return str(e)
 
 
 # --- initiator: IKE_AUTH --------------------------------------------------------------------
@@ -212,12 +272,15 @@ def send_auth(sa: IkeSa, now: float) -> None:
     spi = sa.offer_spi()
     ts_i, ts_r = selectors_for(sa.peer.local_ts), selectors_for(sa.peer.remote_ts)
     sa.auth_ctx = ChildCtx(nonce=b"", spi=spi, dh=None, offered_ts=(ts_i, ts_r))
-    payloads: list = [idi]
+    auth = our_auth(sa, sa.peer, idi)
+    payloads: list = [idi, *auth[:-1]]  # IDi, [CERT], [N(INITIAL_CONTACT)], [CERTREQ], AUTH (RFC 7296 §1.2)
     if not sa.host.has_other_sa(sa):
         payloads.append(Notify(ProtocolId.NONE, b"", NotifyType.INITIAL_CONTACT))
+    if sa.peer.auth == "cert":
+        payloads += cert_request(sa)
     child = ChildInfo(tuple(sa.peer.local_ts), tuple(sa.peer.remote_ts))
     payloads += [
-        Auth(AuthMethod.PSK, auth_data(sa, sa.initiator, idi, peer_psk(sa, sa.peer))),
+        auth[-1],
         SA(with_spi(without_dh(sa.host.esp_proposals), spi)),
         TSi(ts_i),
         TSr(ts_r),
@@ -233,7 +296,7 @@ def on_auth_response(sa: IkeSa, msg: Message, now: float) -> None:
     assert sa.peer is not None
     if msg.notifies(NotifyType.AUTHENTICATION_FAILED):
         sa.auth_failed(now, sa.peer.name, "peer refused our authentication (AUTHENTICATION_FAILED): "
-                       "PSK or identity mismatch")
+                       "key, certificate or identity mismatch")
         return
     idr, auth = msg.find(IDr), msg.find(Auth)
     if idr is None or auth is None:
@@ -245,9 +308,9 @@ def on_auth_response(sa: IkeSa, msg: Message, now: float) -> None:
         sa.auth_failed(now, sa.peer.name, f"peer identity {identity_text(idr.id_type, idr.data)!r} "
                        f"is not the configured {sa.peer.remote_id!r}")
         return
-    if auth.method != AuthMethod.PSK or not hmac.compare_digest(
-            auth.data, auth_data(sa, not sa.initiator, idr, peer_psk(sa, sa.peer))):
-        sa.auth_failed(now, sa.peer.name, "peer's AUTH payload does not verify: PSK mismatch")
+    refused = check_peer_auth(sa, sa.peer, msg, idr, auth)
+    if refused is not None:
+        sa.auth_failed(now, sa.peer.name, f"peer's AUTH does not verify: {refused}")
         return
     sa.learn_peer(msg)
     ctx = sa.auth_ctx
@@ -290,6 +353,8 @@ def respond_init(sa: IkeSa, msg: Message, raw: bytes, addr: tuple[str, int], loc
         KE(sa.dh.group, sa.dh.public_bytes),
         Nonce(sa.nr),
         *nat_notifies(sa, sa.spi_i, sa.spi_r),
+        *signature_hashes(sa),
+        *cert_request(sa),
         *sa.host.extensions.payloads(sa.view(), MessageInfo(INIT, True)),
         *sa.our_vendor_ids(),
     ]
@@ -340,16 +405,15 @@ def on_auth_request(sa: IkeSa, msg: Message, addr: tuple[str, int], now: float) 
     if peer is None:
         sa.auth_failed(now, claimed, f"identity {claimed!r} matches no configured peer", addr)
         return [Notify(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]
-    if auth.method != AuthMethod.PSK or not any(
-            hmac.compare_digest(auth.data, auth_data(sa, True, idi, peer_psk(sa, peer), m))
-            for m in (sa.init_req, *sa.init_req_variants)):
-        sa.auth_failed(now, peer.name, f"AUTH from {claimed!r} does not verify: PSK mismatch", addr)
+    refused = check_peer_auth(sa, peer, msg, idi, auth, (sa.init_req, *sa.init_req_variants))
+    if refused is not None:
+        sa.auth_failed(now, peer.name, f"AUTH from {claimed!r} does not verify: {refused}", addr)
         return [Notify(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]
     sa.peer = peer
     sa.learn_peer(msg)
     id_type, id_data = identity(peer.local_id or sa.host.config.local_id)
     idr = IDr(id_type, id_data)
-    out: list = [idr, Auth(AuthMethod.PSK, auth_data(sa, sa.initiator, idr, peer_psk(sa, peer)))]
+    out: list = [idr, *our_auth(sa, peer, idr)]
     exts = sa.host.extensions
     offered = ChildInfo(tuple(peer.local_ts), tuple(peer.remote_ts))
     exts.received(sa.view(), MessageInfo(AUTH, False, offered), msg.payloads, now)

@@ -9,6 +9,7 @@ Every state change goes through `IkeSa.set_state`, checked against `STATE_CHANGE
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 from vpnlab_agent.config import IkeConfig, PeerConfig
 from vpnlab_agent.ike import crypto, proposals
+from vpnlab_agent.ike.certs import Credentials
 from vpnlab_agent.ike.codec import Message, Notify, Payload, Proposal, TrafficSelector, VendorId, encode
 from vpnlab_agent.ike.constants import NATT_PORT, NotifyType
 from vpnlab_agent.ike.events import AuthFailed, ChildSADeleted, Event, IkeSADown, IkeSAUp
@@ -99,6 +101,8 @@ class SessionHost(Protocol):
     esp_proposals: list[Proposal]
     vendor_id: bytes
     extensions: Extensions
+    credentials: Credentials | None
+    wall_clock: Callable[[], datetime.datetime]
 
     def send(self, data: bytes, addr: tuple[str, int], local_port: int) -> None: ...
 

@@ -112,8 +112,22 @@ class TSr:
 
 
 @dataclass(slots=True)
+class Cert:  # RFC 7296 §3.6
+    payload_type: ClassVar[int] = PayloadType.CERT
+    encoding: int  # CertEncoding
+    data: bytes  # X.509 signature certificate: its DER
+
+
+@dataclass(slots=True)
+class CertReq:  # RFC 7296 §3.7
+    payload_type: ClassVar[int] = PayloadType.CERTREQ
+    encoding: int
+    data: bytes  # X.509: SHA-1 hashes of the trusted CAs' SubjectPublicKeyInfo, concatenated
+
+
+@dataclass(slots=True)
 class UnknownPayload:
-    """A payload we do not interpret (CERTREQ, CP, a future type, ...). Non-critical ones are
+    """A payload we do not interpret (CP, a future type, ...). Non-critical ones are
     skipped by the state machine; unknown critical ones never get here (decode raises)."""
 
     payload_type: int
@@ -121,7 +135,7 @@ class UnknownPayload:
     body: bytes
 
 
-Payload = Union[SA, KE, Nonce, IDi, IDr, Auth, Notify, Delete, VendorId, TSi, TSr, UnknownPayload]
+Payload = Union[SA, KE, Nonce, IDi, IDr, Auth, Cert, CertReq, Notify, Delete, VendorId, TSi, TSr, UnknownPayload]
 P = TypeVar("P")
 
 

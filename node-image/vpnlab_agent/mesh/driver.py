@@ -120,6 +120,12 @@ class MeshDriver(Extension):
         self.log_lines.clear()
         return out
 
+    @property
+    def _auth(self) -> Any:
+        # A shortcut's far end is a branch of the same lab that proves itself as we do: with the
+        # lab-wide PSK, or with a certificate of the lab CA naming it (no pinned one: any branch).
+        return self.ep.config.auth
+
     # --- actions -------------------------------------------------------------------------
 
     def run_actions(self, now: float) -> None:
@@ -133,11 +139,11 @@ class MeshDriver(Extension):
         if isinstance(a, SendNotify):
             self.ep.send_notify(a.peer, a.notify_type, a.body, now)
         elif isinstance(a, BuildShortcut):
-            self.ep.add_peer(PeerConfig(a.peer, a.remote_id, a.address, False, a.local_ts, a.remote_ts))
+            self.ep.add_peer(PeerConfig(a.peer, a.remote_id, a.address, False, a.local_ts, a.remote_ts, auth=self._auth))
             self.ep.connect(a.peer, now)
             self.log_lines.append(f"shortcut to {a.peer}: IKE_SA_INIT to {a.address}")
         elif isinstance(a, AcceptShortcut):
-            self.ep.add_peer(PeerConfig(a.peer, a.remote_id, None, False, a.local_ts, a.remote_ts), now)
+            self.ep.add_peer(PeerConfig(a.peer, a.remote_id, None, False, a.local_ts, a.remote_ts, auth=self._auth), now)
         elif isinstance(a, DeleteShortcut):
             self.children.pop(a.peer, None)
             if self.ep.is_dynamic(a.peer):

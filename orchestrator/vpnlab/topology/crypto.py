@@ -122,14 +122,3 @@ def check_psks(routers: Iterable[tuple[str, str]], psk_of: Callable[[str, str], 
                                  f"the pair, {branch} nor {hub} has a secret (give secret: {{psk: ...}})")
 
 
-
-def agent_gaps(lab: Lab) -> tuple[str, str] | None:
-    """(field, problem) of the first setting our agent cannot honour yet, or None."""
-    for node in lab.routers:
-        if node.implementation != "agent":
-            continue
-        names = {n.name for n in lab.routers}  # a branch's hubs may be clusters, which are not nodes
-        peers = [lab.node(h) for h in node.hubs if h in names] + [b for b in lab.routers if node.name in b.hubs]
-        if node.crypto.auth == "cert" or any(p.crypto.auth == "cert" for p in peers):
-            return f"nodes.{node.name}.auth", "certificates with implementation: agent are not implemented yet"
-    return None

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from vpnlab.errors import TopologyError
-from vpnlab.topology import crypto, plan
+from vpnlab.topology import plan
 from vpnlab.topology.model import Lab
 from vpnlab.topology.schema import TopologySpec, check_lab_name
 
@@ -280,9 +280,6 @@ def check_supported(lab: Lab) -> None:
     problem = unsupported(lab)
     if problem is not None:
         raise TopologyError(file, *problem)
-    gap = crypto.agent_gaps(lab)
-    if gap is not None:
-        raise TopologyError(file, *gap)
     if lab.clusters and not experimental("clusters"):  # still being built: VPNLAB_EXPERIMENTAL=clusters
         raise TopologyError(
             file, f"clusters.{lab.clusters[0].name}", "gateway clusters (IKEv2 load balancer) are not implemented yet"

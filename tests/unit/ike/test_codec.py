@@ -11,6 +11,8 @@ from vpnlab_agent.ike.codec import (
     KE,
     SA,
     Auth,
+    Cert,
+    CertReq,
     Delete,
     IDi,
     IDr,
@@ -36,6 +38,7 @@ from vpnlab_agent.ike.codec import (
 from vpnlab_agent.ike.constants import (
     VENDOR_ID,
     AuthMethod,
+    CertEncoding,
     DhGroup,
     EncrId,
     ExchangeType,
@@ -78,7 +81,9 @@ def all_payloads() -> list:
         VendorId(VENDOR_ID),
         TSi([ts_from_cidr("10.1.0.0/16"), TrafficSelector("10.9.0.1", "10.9.0.1", 6, 80, 80)]),
         TSr([TrafficSelector("2001:db8::", "2001:db8::ffff")]),
-        UnknownPayload(PayloadType.CERTREQ, False, b"\x04certreq"),
+        Cert(CertEncoding.X509_SIGNATURE, b"0\x82der"),
+        CertReq(CertEncoding.X509_SIGNATURE, bytes(20)),
+        UnknownPayload(PayloadType.CP, False, b"\x01config"),
         UnknownPayload(200, False, b"future"),
     ]
 

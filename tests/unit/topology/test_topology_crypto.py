@@ -131,17 +131,3 @@ def test_an_all_certificate_lab_needs_no_psk(tmp_path: Path) -> None:
     assert {p.name: (p.auth, p.psk, p.cert_file) for p in hub.peers} == {
         "br1": ("cert", None, "/etc/vpnlab/pki/peers/br1.pem"), "br2": ("cert", None, "/etc/vpnlab/pki/peers/br2.pem")}
 
-
-@pytest.mark.parametrize(
-    ("change", "where"),
-    [("br1: {role: branch, auth: cert}", "nodes.hub.auth")],
-)
-def test_what_the_agent_cannot_do_yet_is_refused_before_deploy(tmp_path: Path, change: str, where: str) -> None:
-    from vpnlab.topology import check_supported
-
-    lab = load(tmp_path, BASE.replace("br1: {role: branch}", change))
-    with pytest.raises(TopologyError) as info:
-        check_supported(lab)
-    assert info.value.where == where and "not implemented yet" in info.value.problem
-    check_supported(load(tmp_path, BASE.replace("br1: {role: branch}", change.replace("branch,", "branch, implementation: strongswan,"))
-                         .replace("hub: {role: hub}", "hub: {role: hub, implementation: strongswan}")))
