@@ -60,10 +60,20 @@ def needs_pki(lab: Lab) -> bool:
 def make_lab_pki(lab: Lab, now: datetime.datetime | None = None) -> LabPki:
     """A fresh CA and a certificate for every router with auth: cert."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
+    ca, ca_key = make_ca(f"vpnlab {lab.name} CA", now)
+    certs = {}
+    for node in lab.routers:
+        if node.crypto.auth == "cert":
+            certs[node.name] = issue(ca, ca_key, node.name, node.crypto.cert_key, now)
+    return LabPki(ca.public_bytes(serialization.Encoding.PEM), certs)
+
+
+def make_ca(name: str, now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed ECDSA P-256 CA that may sign end-entity certificates only (path length 0)."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vpnlab"),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"vpnlab {lab.name} CA"),
+        x509.NameAttribute(NameOID.COMMON_NAME, name),
     ])
     ca = (
         _builder(ca_name, ca_name, ca_key.public_key(), now)
@@ -71,11 +81,7 @@ def make_lab_pki(lab: Lab, now: datetime.datetime | None = None) -> LabPki:
         .add_extension(_usage(cert_sign=True), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    certs = {}
-    for node in lab.routers:
-        if node.crypto.auth == "cert":
-            certs[node.name] = issue(ca, ca_key, node.name, node.crypto.cert_key, now)
-    return LabPki(ca.public_bytes(serialization.Encoding.PEM), certs)
+    return ca, ca_key
 
 
 def issue(ca: x509.Certificate, ca_key: Key, identity: str, key_type: str, now: datetime.datetime,

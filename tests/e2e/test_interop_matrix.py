@@ -32,6 +32,9 @@ SUITES = [
     ("x25519", "aes128gcm16-prfsha256-curve25519", "aes128gcm16", ("aes128gcm16", "curve25519")),
 ]
 AUTHS = ("psk", "cert")
+RSA_BRANCH = "x25519"  # its certificate has an RSA-2048 key; the others ECDSA P-256
+# how charon names the RFC 7427 signature scheme it verified (AUTH method 14, not 1 or 9)
+SIGNATURE = {"ecdsa-p256": "ECDSA_WITH_SHA256_DER", "rsa-2048": "RSA_EMSA_PKCS1_SHA2_256"}
 DIRECTIONS = {"agent-hub": ("agent", "strongswan"), "swan-hub": ("strongswan", "agent")}
 
 
@@ -52,6 +55,8 @@ def topology(direction: str) -> dict[str, object]:
                                          "auth": auth, "crypto": {"proposals": ike, "esp_proposals": esp}}
             if auth == "psk":
                 branch["secret"] = {"psk": f"own key of {name}"}
+            elif name == RSA_BRANCH:
+                branch["crypto"]["cert_key"] = "rsa-2048"  # type: ignore[index]
             nodes[f"{auth}-{name}"] = branch
     return {"name": "matrix", "secret": {"psk": "lab-wide-unused"}, "nodes": nodes}
 
@@ -87,6 +92,11 @@ def test_suite(matrix_lab: tuple[str, str, Lab], runtime: DockerRuntime, suite: 
         for word in expected:
             assert word in sa["algorithms"].split("-"), (node, sa["algorithms"])
         child_for(state, peer)
+    if auth == "cert":  # charon says which signature of our agent it verified
+        swan, agent = (branch, hub) if direction == "agent-hub" else (hub, branch)
+        scheme = SIGNATURE[lab.node(agent).crypto.cert_key]
+        logs = runtime.logs(f"vpnlab-{name}-{swan}", 2000)
+        assert f"authentication of '{agent}' with {scheme} successful" in logs, logs[-2000:]
     target = str(lab.node(branch).interfaces[1].address.ip)  # the branch's lan0 address
     code, out = run(runtime, name, f"{hub}-h", ["ping", "-c", "2", "-i", "0.2", "-W", "2", target])
     assert code == 0, f"{hub}-h -> {branch} ({target}): {out}"
