@@ -12,15 +12,14 @@ Peers we initiate to are retried with a capped backoff.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from vpnlab_agent.config import IkeConfig, NodeConfig
-from vpnlab_agent.ike.certs import CertError, Credentials
+from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.io.credentials import load_credentials, utc_now
 from vpnlab_agent.dataplane.base import NATT_PORT, Engine, EngineError
 from vpnlab_agent.ike.constants import IKE_PORT
 from vpnlab_agent.ike.endpoint import IkeEndpoint, IkeError
@@ -75,7 +74,7 @@ class IkeService:
         # Our engines always carry ESP in UDP (RFC 3948), so we always float to 4500 as
         # strongSwan does with encap=yes.
         self.endpoint = IkeEndpoint(config.ike, addr, force_encap=force_encap, extensions=extensions or (),
-                                    credentials=load_credentials(config.ike), wall_clock=_utc_now)
+                                    credentials=load_credentials(config.ike), wall_clock=utc_now)
         self.endpoint.wakeup = self._wakeup
         self._flushing = False
         self._flush_soon = False
@@ -478,28 +477,3 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     main()
 
-
-def _utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def load_credentials(ike: IkeConfig) -> Credentials | None:
-    """The PEM files the orchestrator put in (vpnlab.pki): the CA, ours with auth cert, and the
-    certificate the lab issued to each peer that authenticates with one."""
-    if ike.pki is None:
-        return None
-
-    def read(path: str) -> bytes:
-        with open(path, "rb") as f:
-            return f.read(1 << 20)
-
-    try:
-        own = ike.auth == "cert"
-        return Credentials.from_pem(
-            read(ike.pki.ca_file),
-            read(ike.pki.cert_file) if own else None,
-            read(ike.pki.key_file) if own else None,
-            {p.name: read(p.cert_file) for p in ike.peers if p.auth == "cert" and p.cert_file},
-        )
-    except (OSError, ValueError, CertError) as exc:
-        raise IkeError(f"cannot load the lab certificates: {exc}") from None
