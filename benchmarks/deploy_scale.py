@@ -1,6 +1,6 @@
 """Deploy and destroy a hub with N branches (two of them with a host, mesh off) and measure it.
 
-    .venv/bin/python benchmarks/deploy_scale.py [--branches 20 100 200] [--repeat 1] [--json]
+    .venv/bin/python benchmarks/deploy_scale.py [--branches 20 100 200] [--auth psk cert] [--repeat 1] [--json]
 
 One row per deploy: deploy time (until `deploy` returned), time until every tunnel was up (the
 hub and every branch report an established IKE SA and a child SA with each peer), destroy time,
@@ -38,12 +38,14 @@ TUNNELS_TIMEOUT_S = 300.0
 HZ = os.sysconf("SC_CLK_TCK")
 
 
-def topology_yaml(branches: int, name: str) -> str:
-    """1 hub, `branches` branches; the first and the last have one host each (something to ping)."""
+def topology_yaml(branches: int, name: str, auth: str = "psk") -> str:
+    """1 hub, `branches` branches; the first and the last have one host each (something to ping).
+    auth cert: the lab CA and a certificate per router are made at deploy, inside the deploy time."""
     lines = [
         f"# deploy_scale.py: 1 hub + {branches} branches, mesh off",
         f"name: {name}",
         'secret: {psk: "vpnlab-bench-psk"}',
+        f"defaults: {{auth: {auth}}}",
         "nodes:",
         "  hub:",
         "    role: hub",
@@ -125,12 +127,12 @@ def wait_tunnels(rt: DockerRuntime, lab: str, hub: str, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def run_once(branches: int, name: str, workdir: Path) -> dict[str, Any]:
+def run_once(branches: int, name: str, workdir: Path, auth: str = "psk") -> dict[str, Any]:
     rt = DockerRuntime()
     path = workdir / f"{name}.yml"
-    path.write_text(topology_yaml(branches, name))
+    path.write_text(topology_yaml(branches, name, auth))
     labs.destroy(name, runtime=rt)  # a previous, interrupted run
-    row: dict[str, Any] = {"branches": branches}
+    row: dict[str, Any] = {"branches": branches, "auth": auth}
     started = time.monotonic()
     try:
         try:
@@ -164,6 +166,7 @@ def run_once(branches: int, name: str, workdir: Path) -> dict[str, Any]:
 
 COLUMNS = [
     ("branches", "branches", ""),
+    ("auth", "auth", ""),
     ("deploy_s", "deploy", "s"),
     ("up_s", "all tunnels up", "s"),
     ("destroy_s", "destroy", "s"),
@@ -196,6 +199,7 @@ def render(rows: list[dict[str, Any]]) -> Table:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--branches", type=int, nargs="+", default=[20, 100, 200], help="lab sizes to deploy")
+    parser.add_argument("--auth", nargs="+", default=["psk"], choices=["psk", "cert"], help="auth methods to deploy with")
     parser.add_argument("--repeat", type=int, default=1, help="deploys per size (10 for the in-a-row goal)")
     parser.add_argument("--name", default="bench", help="lab name prefix (the size is appended)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -205,10 +209,11 @@ def main() -> int:
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="vpnlab-bench-") as tmp:
         for n in args.branches:
-            for i in range(args.repeat):
-                row = run_once(n, f"{args.name}{n}", Path(tmp))
-                console.print(f"{n} branches, run {i + 1}/{args.repeat}: {row}", markup=False)
-                rows.append(row)
+            for auth in args.auth:
+                for i in range(args.repeat):
+                    row = run_once(n, f"{args.name}{n}", Path(tmp), auth)
+                    console.print(f"{n} branches, {auth}, run {i + 1}/{args.repeat}: {row}", markup=False)
+                    rows.append(row)
     failures = sum(1 for r in rows if r.get("error"))
     if args.json:
         print(json.dumps({"rows": rows, "goals": GOALS, "failures": failures}, indent=2))
