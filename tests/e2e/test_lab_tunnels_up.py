@@ -69,7 +69,9 @@ def test_a_tunnel_that_never_comes_up_fails_the_deploy_by_name(
     spec = kind_for(lab.node("br2")).container_spec(lab, lab.node("br2"))
     config = NodeConfig.from_json(spec.files[CONFIG_PATH].decode())
     assert config.ike is not None
-    config = dataclasses.replace(config, ike=dataclasses.replace(config.ike, psk="not-the-lab-psk"))
+    wrong = "not-the-lab-psk"  # every key br2 holds: the lab-wide one and its tunnels' own
+    config = dataclasses.replace(config, ike=dataclasses.replace(
+        config.ike, psk=wrong, peers=tuple(dataclasses.replace(pc, psk=wrong) for pc in config.ike.peers)))
     assert isinstance(config.ike, IkeConfig)
     broken = dataclasses.replace(spec, files={**spec.files, CONFIG_PATH: config.to_json().encode()})
     with pytest.raises(LabError) as err:
