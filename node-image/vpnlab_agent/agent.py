@@ -96,6 +96,10 @@ def _vpn_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service],
         from vpnlab_agent.strongswan.service import StrongswanService
 
         return [StrongswanService(config)], None
+    if config.role == "nat":
+        from vpnlab_agent.nat.service import NatService
+
+        return [NatService(config)], None
     if config.ike is None:
         return [], None  # a router without IPsec peers: interfaces and routes only
     select_engine = _optional_import("vpnlab_agent.dataplane.probe", "select_engine")

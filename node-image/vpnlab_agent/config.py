@@ -18,8 +18,8 @@ STATE_DIR = "/run/vpnlab"
 CONTROL_SOCKET = "/run/vpnlab/agent.sock"
 PKI_DIR = "/etc/vpnlab/pki"  # the lab CA's certificate, this router's certificate and key (mode 0600)
 
-Role = Literal["hub", "branch", "gateway", "upstream", "swarm"]  # upstream: a cluster's router, no IKE
-Implementation = Literal["agent", "strongswan"]
+Role = Literal["hub", "branch", "gateway", "upstream", "swarm", "nat"]  # upstream: a cluster's router, no IKE; nat: a NAT device (vpnlab_agent/nat)
+Implementation = Literal["agent", "strongswan", "nat"]
 Dataplane = Literal["auto", "userspace", "xfrm"]
 Auth = Literal["psk", "cert"]
 

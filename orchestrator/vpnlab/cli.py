@@ -245,6 +245,8 @@ def inspect(
         cluster_table = clusters_table(view)
         if cluster_table is not None:
             out.print(cluster_table)
+        if any(_nat_status(n) for n in view.nodes):
+            out.print(_nat_table(view))
         for note in _lab_notes(view):
             out.print(note, style="yellow", markup=False)
 
@@ -275,7 +277,7 @@ def _lab_table(view: Any) -> Table:
             n.name,
             n.role,
             n.kind,
-            "[green]yes[/]" if n.up else f"[red]no[/] ({n.state if n.state != 'running' else summary.get('phase', '?')})",
+            "[green]yes[/]" if n.up else f"[red]no[/] ({'unwired' if n.unwired else n.state if n.state != 'running' else summary.get('phase', '?')})",
             addrs,
             str(summary.get("dataplane") or "-") if n.summary else "",
             (f"{up}/{len(tunnels)}" if up == len(tunnels) else f"[yellow]{up}/{len(tunnels)}[/]") if tunnels else "",
@@ -393,6 +395,28 @@ def _mesh_table(view: Any) -> Table:
     return table
 
 
+def _nat_status(node: Any) -> dict[str, Any]:
+    return ((node.agent or {}).get("services") or {}).get("nat") or {}
+
+
+def _nat_table(view: Any) -> Table:
+    """NAT devices: type, mapping timeout, and each live UDP mapping (inside → public, for which remote)."""
+    table = Table(title="NAT devices", title_justify="left", box=box.SIMPLE_HEAD)
+    for header in ("device", "type", "timeout", "behind it", "inside", "public", "remote", "expires"):
+        table.add_column(header, no_wrap=True)
+    for n in view.nodes:
+        nat = _nat_status(n)
+        if not nat:
+            continue
+        head = [n.name, str(nat.get("type", "?")), f"{nat.get('mapping_timeout_s', '?')} s", ", ".join(nat.get("branches") or [])]
+        mappings = nat.get("mappings") or []
+        if not mappings:
+            table.add_row(*head, "-", "", "", "")
+        for i, m in enumerate(mappings):
+            table.add_row(*(head if i == 0 else ["", "", "", ""]), str(m.get("inside")), str(m.get("public")), str(m.get("remote")), _age(m.get("timeout_s")))
+    return table
+
+
 def _tunnel_lines(view: Any) -> list[str]:
     """The tunnel table's content as one line per SA, for terminals too narrow for the table."""
     lines = []
@@ -473,6 +497,145 @@ def exec_(
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
         code = labs.exec_node(lab, node, argv, sys.stdout.buffer, sys.stderr.buffer, interactive=interactive)
     raise typer.Exit(code)
+
+
+def _lifecycle(verb: str, lab: str, node: str, wait: bool) -> None:
+    from vpnlab import lab as labs
+    from vpnlab import lifecycle
+    from vpnlab.runtime.docker import DockerRuntime
+
+    with _reported():
+        labs.check_lab_name(lab)
+        rt = DockerRuntime()
+        if verb == "stop":
+            info = lifecycle.stop_node(lab, node, rt)
+            out.print(f"{node} is {info.state}", markup=False)
+            return
+        action = lifecycle.restart_node if verb == "restart" else lifecycle.start_node
+        seconds = action(lab, node, rt, wait=wait)
+        what = "ready" if wait else "started"
+        out.print(f"{node} is {what}, wired again" + (f" ({seconds:.1f} s)" if seconds else ""), markup=False)
+
+
+_WAIT = typer.Option("--wait/--no-wait", help="Wait until the node's agent reports ready.")
+
+
+@app.command()
+def restart(
+    lab: Annotated[str, typer.Argument(help="Lab name.")],
+    node: Annotated[str, typer.Argument(help="Node name.")],
+    wait: Annotated[bool, _WAIT] = True,
+) -> None:
+    """Restart a node's container and wire it again (interfaces, addresses, config); its tunnels come back by themselves."""
+    _lifecycle("restart", lab, node, wait)
+
+
+@app.command()
+def stop(
+    lab: Annotated[str, typer.Argument(help="Lab name.")],
+    node: Annotated[str, typer.Argument(help="Node name.")],
+) -> None:
+    """Stop a node's container (a router's agent first closes its tunnels)."""
+    _lifecycle("stop", lab, node, False)
+
+
+@app.command()
+def start(
+    lab: Annotated[str, typer.Argument(help="Lab name.")],
+    node: Annotated[str, typer.Argument(help="Node name.")],
+    wait: Annotated[bool, _WAIT] = True,
+) -> None:
+    """Start a stopped node and wire it again; also heals a container restarted outside vpnlab."""
+    _lifecycle("start", lab, node, wait)
+
+
+link_app = typer.Typer(
+    cls=_OneLineErrors,
+    help="Link faults on a node's interface: down/up, rate limit; delay/loss where the kernel has netem.",
+    no_args_is_help=True,
+)
+app.add_typer(link_app, name="link")
+_IFACE = typer.Argument(help="Interface in the node (wan0, lan0, ... ; hosts: eth0).")
+
+
+def _link_runtime(lab: str) -> Any:
+    from vpnlab import lab as labs
+    from vpnlab.runtime.docker import DockerRuntime
+
+    labs.check_lab_name(lab)
+    return DockerRuntime()
+
+
+@link_app.command("down")
+def link_down(
+    lab: Annotated[str, typer.Argument(help="Lab name.")],
+    node: Annotated[str, typer.Argument(help="Node name.")],
+    iface: Annotated[str, _IFACE] = "wan0",
+) -> None:
+    """Take a link down (the node sees no carrier, like a pulled cable)."""
+    from vpnlab import linkfault
+
+    with _reported():
+        linkfault.set_link(lab, node, iface, False, _link_runtime(lab))
+        out.print(f"{node}:{iface} is down", markup=False)
+
+
+@link_app.command("up")
+def link_up(
+    lab: Annotated[str, typer.Argument(help="Lab name.")],
+    node: Annotated[str, typer.Argument(help="Node name.")],
+    iface: Annotated[str, _IFACE] = "wan0",
+) -> None:
+    """Bring a link up again."""
+    from vpnlab import linkfault
+
+    with _reported():
+        linkfault.set_link(lab, node, iface, True, _link_runtime(lab))
+        out.print(f"{node}:{iface} is up", markup=False)
+
+
+@link_app.command("set")
+def link_set(
+    lab: Annotated[str, typer.Argument(help="Lab name.")],
+    node: Annotated[str, typer.Argument(help="Node name.")],
+    iface: Annotated[str, _IFACE] = "wan0",
+    rate: Annotated[Optional[str], typer.Option("--rate", help="Rate limit both ways, e.g. 10mbit (tbf).")] = None,
+    delay: Annotated[Optional[str], typer.Option("--delay", help="Added delay, e.g. 20ms (needs netem).")] = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="Random loss, e.g. 1% (needs netem).")] = None,
+) -> None:
+    """Shape a link both ways; replaces what was set before."""
+    from vpnlab import linkfault
+
+    with _reported():
+        linkfault.shape_link(lab, node, iface, _link_runtime(lab), rate=rate, delay=delay, loss=loss)
+        parts = [f"{k} {v}" for k, v in (("rate", rate), ("delay", delay), ("loss", loss)) if v]
+        out.print(f"{node}:{iface}: {', '.join(parts)}", markup=False)
+
+
+@link_app.command("clear")
+def link_clear(
+    lab: Annotated[str, typer.Argument(help="Lab name.")],
+    node: Annotated[str, typer.Argument(help="Node name.")],
+    iface: Annotated[str, _IFACE] = "wan0",
+) -> None:
+    """Remove shaping and bring the link up."""
+    from vpnlab import linkfault
+
+    with _reported():
+        linkfault.clear_link(lab, node, iface, _link_runtime(lab))
+        out.print(f"{node}:{iface}: no faults", markup=False)
+
+
+@link_app.command("show")
+def link_show(lab: Annotated[str, typer.Argument(help="Lab name.")]) -> None:
+    """Every link of a lab: up or down, and its shaping."""
+    from vpnlab import linkfault
+
+    with _reported():
+        table = Table("node", "interface", "fabric port", "state", "shaping", box=box.SIMPLE_HEAD)
+        for v in linkfault.show_links(lab, _link_runtime(lab)):
+            table.add_row(v.node, v.ifname, v.port, "[green]up[/]" if v.up else "[red]down[/]", v.shaping or "-")
+        out.print(table)
 
 
 @app.command()

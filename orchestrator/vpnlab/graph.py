@@ -1,7 +1,8 @@
 """Pictures of a lab: Graphviz dot (and png/svg through the `dot` binary) or mermaid.
 
 The internet is a cloud at the top; each router sits in a dashed "site" box with its LANs and the
-hosts in them; the IPsec tunnels of the classic star are dashed orange edges between hub and branch.
+hosts in them; the IPsec tunnels of the classic star are dashed orange edges between hub and branch
+(and between hubs). A NAT device is an octagon between the internet and the branches behind it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ ROLE_COLORS = {
 STRONGSWAN_BORDER = "#b91c1c"
 TUNNEL_COLOR = "#ea580c"
 CLOUD_FILL = "#e0f2fe"
+NAT_FILL, NAT_BORDER = "#fef3c7", "#b45309"
 
 
 def fmt_from_suffix(path: str | Path) -> Format:
@@ -58,8 +60,21 @@ def render(lab: Lab, fmt: Format | str) -> bytes:
 
 
 def tunnels(lab: Lab) -> list[tuple[str, str]]:
-    """(hub, branch) pairs of the classic star, in lab order."""
-    return [(hub, n.name) for n in lab.routers if n.role == "branch" for hub in n.hubs]
+    """(hub, branch) pairs of the classic star, then (hub, hub) pairs, in lab order."""
+    star = [(hub, n.name) for n in lab.routers if n.role == "branch" for hub in n.hubs]
+    hubs = [n.name for n in lab.routers if n.role == "hub"]
+    return star + [(a, b) for i, a in enumerate(hubs) for b in hubs[i + 1 :]]
+
+
+def _nat_caption(node: Node) -> list[str]:
+    assert node.nat is not None
+    shared = f", shared by {len(node.nat.branches)}" if len(node.nat.branches) > 1 else ""
+    return [f"NAT {node.nat.type}{shared}", f"wan0 {node.public_address}", f"mappings idle out after {node.nat.mapping_timeout_s} s"]
+
+
+def _uplink(node: Node) -> str:
+    """What a router's wan0 attaches to: the internet, or its NAT device."""
+    return node.nat_device or "inet"
 
 
 def _lan_hosts(lab: Lab, router: Node, segment: str) -> list[Node]:
@@ -81,7 +96,7 @@ def _router_caption(node: Node) -> list[str]:
     if node.public_address is not None:
         lines.append(f"wan0 {node.public_address}")
     elif node.behind_nat:
-        lines.append("behind NAT")
+        lines.append(f"behind NAT, wan0 {node.interfaces[0].address.ip}")
     extras = []
     if node.mesh.enabled:
         extras.append("mesh")
@@ -117,6 +132,13 @@ def to_dot(lab: Lab) -> str:
         f' peripheries=2, margin="0.3,0.1", label=<<font point-size="20">☁</font><br/><b>internet</b><br/>'
         f"{lab.underlay}>];",
     ]
+    for dev in lab.nat_devices:
+        caption = "<br/>".join(f'<font point-size="9">{_html(line)}</font>' for line in _nat_caption(dev))
+        out.append(
+            f'  {_q(dev.name)} [shape=octagon, style=filled, fillcolor="{NAT_FILL}", color="{NAT_BORDER}",'
+            f" penwidth=2, label=<<b>{_html(dev.name)}</b><br/>{caption}>];"
+        )
+        out.append(f'  inet -- {_q(dev.name)} [penwidth=1.5, color="#0284c7"];')
     for router in lab.routers:
         fill, border = ROLE_COLORS.get(router.role, ("#f1f5f9", "#334155"))
         if router.implementation == "strongswan":
@@ -144,7 +166,7 @@ def to_dot(lab: Lab) -> str:
                 )
                 out.append(f"    {lid} -- {hid};")
         out.append("  }")
-        out.append(f'  inet -- {rid} [penwidth=1.5, color="#0284c7"];')
+        out.append(f'  {_q(_uplink(router))} -- {rid} [penwidth=1.5, color="#0284c7"];')
     for hub, branch in tunnels(lab):
         out.append(
             f'  {_q(hub)} -- {_q(branch)} [style=dashed, color="{TUNNEL_COLOR}", penwidth=1.6,'
@@ -190,6 +212,10 @@ def to_mermaid(lab: Lab) -> str:
     ]
     inet_links: list[str] = []
     links: list[str] = []
+    for dev in lab.nat_devices:
+        out.append(f'  {_mid(dev.name)}{{{{"<b>{dev.name}</b><br/>{"<br/>".join(_nat_caption(dev))}"}}}}')
+        out.append(f"  class {_mid(dev.name)} nat")
+        inet_links.append(f"  inet --- {_mid(dev.name)}")
     for router in lab.routers:
         rid = _mid(router.name)
         out.append(f'  subgraph {_mid("site_" + router.name)}["site {router.name}"]')
@@ -206,7 +232,7 @@ def to_mermaid(lab: Lab) -> str:
                 out.append(f'    {hid}("{host.name}<br/>{host.interfaces[0].address.ip}")')
                 links.append(f"  {lid} --- {hid}")
         out.append("  end")
-        inet_links.append(f"  inet --- {rid}")
+        inet_links.append(f"  {'inet' if router.nat_device is None else _mid(router.nat_device)} --- {rid}")
     # internet links, then LAN links, then tunnels: linkStyle counts links in this order
     ordered = inet_links + links
     first_tunnel = len(ordered)
@@ -216,6 +242,7 @@ def to_mermaid(lab: Lab) -> str:
         out.append(f"  classDef {role} fill:{fill},stroke:{border},stroke-width:2px")
     out.append(f"  classDef strongswan fill:#fee2e2,stroke:{STRONGSWAN_BORDER},stroke-width:2px")
     out.append("  classDef lan fill:#f1f5f9,stroke:#94a3b8")
+    out.append(f"  classDef nat fill:{NAT_FILL},stroke:{NAT_BORDER},stroke-width:2px")
     out.append(f"  style inet fill:{CLOUD_FILL},stroke:#0284c7,stroke-width:2px")
     if len(ordered) > first_tunnel:
         idx = ",".join(str(i) for i in range(first_tunnel, len(ordered)))

@@ -26,6 +26,7 @@ from vpnlab.errors import LabError, VpnlabError
 from vpnlab.kinds.base import ContainerSpec
 from vpnlab.net.fabric import Fabric, configure_interface, fabric_netns_name, interface_addresses, remove_fabric
 from vpnlab.net.namespace import list_netns, netns_exists
+from vpnlab.net.portrecords import LABEL_PORTS, heal_hint, missing_interfaces, port_records, ports_label
 from vpnlab.net.wiring import FabricPlan, plan_fabric
 from vpnlab.progress import ProgressSink
 from vpnlab.runtime.base import (
@@ -82,10 +83,11 @@ class NodeView:
     agent: dict[str, Any] | None = None  # the agent's full status JSON (routers, when read in detail)
     summary: dict[str, Any] | None = None  # the agent's summary (routers): ready, phase, tunnel states
     problem: str | None = None  # why `agent`/`summary` is missing, for routers
+    unwired: list[str] = field(default_factory=list)  # interfaces a running container lost (lifecycle.py)
 
     @property
     def up(self) -> bool:
-        if self.state != "running":
+        if self.state != "running" or self.unwired:
             return False
         if self.kind == "host":
             return True
@@ -243,14 +245,19 @@ def _bringup(
     """Containers start in the Bringup's threads; each is wired in this thread as soon as it runs
     (the fabric's netlink handle is not thread-safe, and wiring takes milliseconds)."""
 
+    def labels(node: Node) -> dict[str, str]:
+        # how to wire it again after a restart (net/portrecords.py)
+        port_label = ports_label(lab, plan, node.name, configure_from_outside=not specs[node.name].has_agent)
+        return {**node_labels(lab, node), LABEL_PORTS: port_label}
+
     def start(node: Node) -> ContainerInfo:
-        return rt.start(container_name(lab.name, node.name), image, specs[node.name], node_labels(lab, node))
+        return rt.start(container_name(lab.name, node.name), image, specs[node.name], labels(node))
 
     def wire(node: Node, info: ContainerInfo) -> None:
         try:
             for port in plan.ports_of(node.name):
                 fabric.attach(port.bridge, port.port, port.alias, info.netns_path, port.ifname)
-            if not node.is_router:
+            if not specs[node.name].has_agent:  # hosts: no agent to configure them
                 for iface in node.interfaces:
                     configure_interface(info.netns_path, iface.name, iface.address, node.gateway)
         except (NetlinkError, OSError, LookupError, ValueError) as exc:
@@ -398,6 +405,10 @@ def inspect_lab(
             nv.addresses = interface_addresses(c.netns_path)
         except (OSError, NetlinkError) as exc:
             nv.problem = f"cannot read addresses: {_one_line(exc)}"
+        nv.unwired = missing_interfaces(c, port_records(rt.labels(c.name)))
+        if nv.unwired:  # restarted outside vpnlab: nothing brings the veths back by itself
+            nv.problem = heal_hint(name, c.node)
+            return nv
         if c.kind != "host":
             try:
                 nv.summary = agent_summary(c)

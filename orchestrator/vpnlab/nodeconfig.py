@@ -4,6 +4,11 @@ The classic star: a hub answers every branch attached to it, and each tunnel car
 between that branch's LANs and everything else the hub reaches (its own LANs and the LANs of its
 other branches), so branch-to-branch traffic goes through the hub. A branch starts IKE towards each
 of its hubs. Gateways behave like hubs until the load balancer exists.
+
+Hubs of one lab reach each other: every pair of hubs has a tunnel (the one first in the file
+starts it), which carries each hub's LANs and those of the branches attached to it alone, so a
+branch on one hub reaches the sites of every other hub (docs/topology.md, "Hub to hub").
+A NAT device gets a config of its own (natconfig.py).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from ipaddress import IPv4Network
 
-from vpnlab_agent.config import PKI_DIR, IkeConfig, InterfaceConfig, NodeConfig, PeerConfig, PkiConfig
+from vpnlab_agent.config import PKI_DIR, IkeConfig, InterfaceConfig, NodeConfig, PeerConfig, PkiConfig, RouteConfig
 
 from vpnlab import cluster_config
 from vpnlab.errors import LabError
@@ -19,6 +24,10 @@ from vpnlab.topology.model import HUB_ROLES, Lab, Node, branches_of
 
 
 def build_node_config(lab: Lab, node: Node) -> NodeConfig:
+    if node.role == "nat":
+        from vpnlab.natconfig import nat_device_config
+
+        return nat_device_config(lab, node)
     if not node.is_router:
         raise LabError(f"node {node.name} is a host: only routers get a node config")
     from vpnlab.nodeconfig_contexts import context_extension, context_peers
@@ -34,6 +43,7 @@ def build_node_config(lab: Lab, node: Node) -> NodeConfig:
         others = [lab.node(h) for h in node.hubs if cluster_config.cluster_named(lab, h) is None]
         plain = [_branch_peer(lab, node, h) for h in others]
     peers = tuple(p for other, star in zip(others, plain) for p in context_peers(lab, node, other, star))
+    peers += tuple(_hub_to_hub_peer(lab, node, other) for other in other_hubs(lab, node))
     # a branch attached to a cluster knows only its virtual address (docs/loadbalancer.md)
     peers += tuple(cluster_config.cluster_peer(lab, node, c) for h in node.hubs
                    if (c := cluster_config.cluster_named(lab, h)) is not None)
@@ -51,7 +61,7 @@ def build_node_config(lab: Lab, node: Node) -> NodeConfig:
             )
             for i in node.interfaces
         ),
-        routes=cluster_config.underlay_routes(lab, node),
+        routes=_routes(node) or cluster_config.underlay_routes(lab, node),  # behind NAT: the default route covers it
         lan_subnets=_cidrs(node.lan_subnets),
         dataplane=node.dataplane,
         ike=ike_config(lab, node, peers),
@@ -122,12 +132,30 @@ def mesh_extension(lab: Lab, node: Node) -> dict[str, object]:
     return ext
 
 
-def reached_via_hub(lab: Lab, hub: Node, except_branch: str) -> tuple[IPv4Network, ...]:
-    """What a hub offers one branch: its own LANs and the LANs of its other branches."""
+def other_hubs(lab: Lab, hub: Node) -> tuple[Node, ...]:
+    """The lab's other hubs (role hub: gateways belong to clusters, not to the hub mesh)."""
+    if hub.role != "hub":
+        return ()
+    return tuple(n for n in lab.routers if n.role == "hub" and n.name != hub.name)
+
+
+def hub_site(lab: Lab, hub: Node, without: tuple[str, ...] = ()) -> list[IPv4Network]:
+    """A hub's LANs and those of its branches, leaving out branches also attached to `without`."""
     nets = list(hub.lan_subnets)
     for b in branches_of(lab, hub.name):
-        if b.name != except_branch:
+        if not any(h in b.hubs for h in without):
             nets.extend(b.lan_subnets)
+    return nets
+
+
+def reached_via_hub(lab: Lab, hub: Node, except_branch: str) -> tuple[IPv4Network, ...]:
+    """What a hub offers one branch: its own LANs, the LANs of its other branches and, over the
+    hub-to-hub tunnels, the sites of the lab's other hubs that the branch is not attached to itself."""
+    branch = lab.node(except_branch)
+    nets = [n for n in hub_site(lab, hub) if n not in branch.lan_subnets]
+    for other in other_hubs(lab, hub):
+        if other.name not in branch.hubs:
+            nets.extend(n for n in hub_site(lab, other, without=(hub.name, *branch.hubs)) if n not in nets)
     return tuple(nets)
 
 
@@ -141,6 +169,25 @@ def _hub_peer(lab: Lab, hub: Node, branch: Node) -> PeerConfig:
         remote_ts=_cidrs(branch.lan_subnets),
         **_tunnel(lab, hub, branch),  # type: ignore[arg-type]
     )
+
+
+def _hub_to_hub_peer(lab: Lab, hub: Node, other: Node) -> PeerConfig:
+    names = [n.name for n in lab.nodes]
+    return PeerConfig(
+        name=other.name,
+        remote_id=other.name,
+        address=_str(other.public_address),
+        initiate=names.index(hub.name) < names.index(other.name),
+        local_ts=_cidrs(tuple(hub_site(lab, hub, without=(other.name,)))),
+        remote_ts=_cidrs(tuple(hub_site(lab, other, without=(hub.name,)))),
+    )
+
+
+def _routes(node: Node) -> tuple[RouteConfig, ...]:
+    """A branch behind NAT reaches the internet through its NAT device."""
+    if node.nat_device is None or node.gateway is None:
+        return ()
+    return (RouteConfig(dst="0.0.0.0/0", via=str(node.gateway)),)
 
 
 def _branch_peer(lab: Lab, branch: Node, hub: Node) -> PeerConfig:

@@ -99,6 +99,33 @@ class Fabric:
         self._ipr.link("set", index=index, ifalias=port_alias)
         self._ipr.link("set", index=index, state="up")
 
+    def remove_link(self, name: str) -> bool:
+        """Delete a fabric port (both ends of its veth); False when there is none."""
+        found = self._ipr.link_lookup(ifname=name)
+        if not found:
+            return False
+        try:
+            self._ipr.link("del", index=found[0])
+        except NetlinkError as e:
+            if e.code != 19:  # ENODEV: its namespace took it meanwhile
+                raise
+        return True
+
+    def port_by_alias(self, alias: str) -> str | None:
+        """The fabric port whose ifalias is `alias` ("<node>:<ifname>")."""
+        for m in self._ipr.get_links():
+            if m.get_attr("IFLA_IFALIAS") == alias:
+                return str(m.get_attr("IFLA_IFNAME"))
+        return None
+
+    def set_state(self, name: str, up: bool) -> None:
+        self._ipr.link("set", index=self._index(name), state="up" if up else "down")
+
+    @property
+    def ipr(self) -> IPRoute:
+        """The fabric's netlink handle, for traffic control on its ports (net/shaping.py)."""
+        return self._ipr
+
     def links(self) -> list[Link]:
         by_index = {m["index"]: m.get_attr("IFLA_IFNAME") for m in self._ipr.get_links()}
         result = []

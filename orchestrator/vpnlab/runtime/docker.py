@@ -117,6 +117,23 @@ class DockerRuntime:
                 return  # another destroy is removing it
             raise LabError(f"cannot remove container {name}: {_api_message(e)}") from e
 
+    def stop(self, name: str, timeout: int) -> None:
+        with _engine_errors(f"stopping container {name}"):
+            self._client.api.stop(name, timeout=timeout)
+
+    def start_existing(self, name: str) -> ContainerInfo:
+        with _engine_errors(f"starting container {name}"):
+            self._client.api.start(name)
+        info = self.get(name)
+        if info is None or info.pid == 0:
+            raise LabError(f"container {name} stopped right after start: {self.logs(name, 5)!r}")
+        return info
+
+    def labels(self, name: str) -> dict[str, str]:
+        with _engine_errors(f"inspecting container {name}"):
+            data = self._client.api.inspect_container(name)
+        return dict(data["Config"].get("Labels") or {})
+
     def exec_capture(self, name: str, argv: list[str]) -> ExecResult:
         exec_id = self._exec_create(name, argv)
         with _engine_errors(f"exec in {name}"):

@@ -11,10 +11,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Literal
 
-Role = Literal["hub", "branch", "gateway", "host", "upstream", "swarm"]  # upstream, swarm: planned for a cluster
+Role = Literal["hub", "branch", "gateway", "host", "upstream", "swarm", "nat"]  # upstream, swarm: planned for a cluster
 HUB_ROLES: tuple[Role, ...] = ("hub", "gateway")  # gateways act like hubs for branches (for now)
-Implementation = Literal["agent", "strongswan", "host"]
-SegmentKind = Literal["underlay", "lan", "cluster"]  # a context LAN is a "lan" segment too
+Implementation = Literal["agent", "strongswan", "host", "nat"]
+SegmentKind = Literal["underlay", "lan", "cluster", "nat"]  # a context LAN is a "lan" segment too; "nat": a NAT device's inside
 
 UNDERLAY = "inet"  # name of the emulated internet segment
 
@@ -59,6 +59,14 @@ class CryptoSettings:  # a router's IKE/ESP settings (docs/topology.md, `crypto`
 
 
 @dataclass(frozen=True)
+class NatSettings:  # a NAT device (docs/topology.md, "NAT devices")
+    type: Literal["endpoint-independent", "symmetric"]
+    mapping_timeout_s: int
+    inside: IPv4Network  # the private segment its branches' wan0 sit in
+    branches: tuple[str, ...]  # behind it, in lab order (CGN when more than one)
+
+
+@dataclass(frozen=True)
 class Context:
     """One routing context of one router (docs/hsvpn.md): its own routing table and LAN segments.
 
@@ -82,11 +90,13 @@ class Node:
     lan_subnets: tuple[IPv4Network, ...] = ()
     hubs: tuple[str, ...] = ()  # branches: hubs they attach to
     router: str | None = None  # hosts: the router whose LAN they sit in
-    gateway: IPv4Address | None = None  # hosts: default gateway (router LAN address)
+    gateway: IPv4Address | None = None  # default gateway: hosts (router LAN address), branches behind NAT
     psk: str | None = None  # routers: their own PSK (`secret`), None: the pair's or the lab's
     crypto: CryptoSettings = field(default_factory=CryptoSettings)
     dataplane: Literal["auto", "userspace", "xfrm"] = "auto"
     behind_nat: bool = False  # branch without a public address: reaches the hub, accepts no shortcut
+    nat_device: str | None = None  # branches behind NAT: the NAT device between wan0 and the internet
+    nat: NatSettings | None = None  # NAT devices only
     mesh: MeshSettings = field(default_factory=MeshSettings)
     contexts: tuple[Context, ...] = ()  # routers: routing contexts (docs/hsvpn.md)
     context: str | None = None  # hosts: the routing context of their LAN (None: the plain LANs)
@@ -94,7 +104,8 @@ class Node:
 
     @property
     def is_router(self) -> bool:
-        return self.role != "host"
+        """Routers run the agent (IKE, or strongSwan); hosts and NAT devices do not speak IPsec."""
+        return self.role not in ("host", "nat")
 
 
 @dataclass(frozen=True)
@@ -159,7 +170,11 @@ class Lab:
 
     @property
     def hosts(self) -> tuple[Node, ...]:
-        return tuple(n for n in self.nodes if not n.is_router)
+        return tuple(n for n in self.nodes if n.role == "host")
+
+    @property
+    def nat_devices(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.role == "nat")
 
 
 def branches_of(lab: Lab, hub: str) -> tuple[Node, ...]:

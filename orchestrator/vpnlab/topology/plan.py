@@ -18,12 +18,14 @@ from vpnlab.errors import TopologyError
 from vpnlab.topology import clusters as cl
 from vpnlab.topology import contexts as ctx
 from vpnlab.topology import crypto
+from vpnlab.topology import natplan
 from vpnlab.topology.model import (
     HUB_ROLES,
     UNDERLAY,
     Interface,
     Lab,
     MeshSettings,
+    NatSettings,
     Node,
     Segment,
 )
@@ -68,9 +70,12 @@ class _Planner:
         self.spec, self.source, self.file = spec, source, file
         self.underlay = parse_cidr(spec.internet)
         self.lans_taken: list[tuple[IPv4Network, str]] = []
+        # Implicit NAT devices (`nat: true`) become nodes of their own, in file order (natplan.py).
+        self.nodes = natplan.expand_nodes(dict(spec.nodes), self.fail)
         self.routers: dict[str, _Router] = {
-            n: _Router(n, s) for n, s in spec.nodes.items() if s.role != "host"
+            n: _Router(n, s) for n, s in self.nodes.items() if s.role != "host"
         }
+        self.nat: natplan.NatPlan | None = None
 
     def fail(self, where: str, problem: str) -> TopologyError:
         return TopologyError(self.file, where, problem)
@@ -155,7 +160,7 @@ class _Planner:
                 taken.append((parse_cidr(c.segment), f"cluster {cname}'s segment"))
         first_free = 0  # taken only grows: a 10.N/24 refused for one router stays refused (O(n) at 200 branches)
         for r in self.routers.values():
-            if r.lans or r.spec.contexts:
+            if r.lans or r.spec.contexts or r.spec.role == "nat":
                 continue  # a router with contexts has plain LANs only when it lists them
             for n in range(first_free, 256):
                 net = IPv4Network(f"10.{n}.0.0/24")
@@ -169,6 +174,7 @@ class _Planner:
             taken.append((net, r.name))
             r.lans.append(net)
         self.lans_taken = [(n, o) for n, o in taken if not o.startswith("cluster ")]
+        self.nat = natplan.plan_nat(self.nodes, [self.underlay, *(t for t, _ in taken)], self.fail)
 
     # --- public addresses -------------------------------------------------------------------------
 
@@ -213,7 +219,8 @@ class _Planner:
             return addr
 
         for r in self.routers.values():
-            if r.wan is None and not cl.member_of(self.spec, r.name):  # members sit behind the upstream
+            if r.wan is None and not cl.member_of(self.spec, r.name) and r.spec.nat is False:
+                # cluster members sit behind the upstream; NATed branches' wan0 is inside (natplan.py)
                 r.wan = next_free(r.name)
         for _, up, _ in cl.upstream_publics(self.spec):
             if up not in upstream_addr:
@@ -225,16 +232,17 @@ class _Planner:
     def collect_hosts(self) -> list[_Host]:
         """Hosts in Lab order: each router's `hosts:` right after it, host nodes where they appear."""
         hosts: list[_Host] = []
-        names = set(self.spec.nodes)
-        routers = ", ".join(self.routers) or "none"
-        for name, s in self.spec.nodes.items():
+        names = set(self.nodes)
+        routers = ", ".join(n for n, r in self.routers.items() if r.spec.role != "nat") or "none"
+        for name, s in self.nodes.items():
             if s.role == "host":
                 where = f"nodes.{name}.router"
                 assert s.router is not None
-                if s.router not in self.spec.nodes:
+                if s.router not in self.nodes:
                     raise self.fail(where, f"unknown router {s.router!r} (routers in this lab: {routers})")
-                if s.router not in self.routers:
-                    raise self.fail(where, f"{s.router!r} is a host, not a router (routers in this lab: {routers})")
+                if s.router not in self.routers or self.routers[s.router].spec.role == "nat":
+                    what = "a NAT device" if s.router in self.routers else "a host"
+                    raise self.fail(where, f"{s.router!r} is {what}, not a router (routers in this lab: {routers})")
                 explicit = IPv4Address(s.address) if s.address is not None else None
                 hosts.append(_Host(name, s.router, f"nodes.{name}.address", explicit))
                 continue
@@ -307,10 +315,10 @@ class _Planner:
         for cname, c in self.spec.clusters.items():
             where = f"clusters.{cname}.members"
             for m in c.members:
-                if m not in self.spec.nodes:
+                if m not in self.nodes:
                     raise self.fail(where, f"unknown gateway {m!r} (gateways in this lab: {gateways})")
-                if self.spec.nodes[m].role != "gateway":
-                    raise self.fail(where, f"{m!r} is a {self.spec.nodes[m].role}, not a gateway")
+                if self.nodes[m].role != "gateway":
+                    raise self.fail(where, f"{m!r} is a {self.nodes[m].role}, not a gateway")
                 if m in member_of:
                     raise self.fail(where, f"{m!r} is already a member of cluster {member_of[m]!r}")
                 member_of[m] = cname
@@ -336,7 +344,7 @@ class _Planner:
         hosts = self.collect_hosts()
         self.plan_hosts(hosts)
         defaults = self.spec.defaults
-        taken_names = set(self.spec.nodes) | {h.name for h in hosts}
+        taken_names = set(self.nodes) | {h.name for h in hosts}
         cplan = ctx.plan_contexts(
             self.spec, self.file, self.underlay, {n: r.hubs for n, r in self.routers.items()},
             [lan for r in self.routers.values() for lan in r.lans], taken_names,
@@ -344,18 +352,27 @@ class _Planner:
 
         nodes: list[Node] = []
         segments = [Segment(UNDERLAY, "underlay", self.underlay)]
+        assert self.nat is not None
         for r in self.routers.values():
             for i, lan in enumerate(r.lans):
                 segments.append(Segment(lan_segment_name(r.name, i), "lan", lan))
+            if r.spec.role == "nat":
+                segments.append(Segment(natplan.segment_name(r.name), "nat", self.nat.inside[r.name]))
         segments.extend(cplan.segments)
-        for name, s in self.spec.nodes.items():
+        for name, s in self.nodes.items():
             if s.role == "host":
                 nodes.append(self._host_node(next(h for h in hosts if h.name == name)))
                 continue
             r = self.routers[name]
+            if s.role == "nat":
+                nodes.append(self._nat_node(r))
+                continue
             cluster = by_name.get(member_of.get(name, ""))
+            device = self.nat.device_of.get(name)
             ifaces = []
-            if cluster is None:
+            if device is not None:
+                ifaces.append(Interface("wan0", natplan.segment_name(device), self.nat.branch_address(name)))
+            elif cluster is None:
                 assert r.wan is not None
                 ifaces.append(Interface("wan0", UNDERLAY, IPv4Interface(f"{r.wan}/{self.underlay.prefixlen}")))
             for i, lan in enumerate(r.lans):
@@ -371,13 +388,15 @@ class _Planner:
                     role=s.role,
                     implementation=s.implementation,
                     interfaces=tuple(ifaces),
-                    public_address=None if s.nat else r.wan,
+                    public_address=None if device else r.wan,
                     lan_subnets=tuple(r.lans),
                     hubs=r.hubs,
                     psk=self.psk(s.secret, f"nodes.{name}.secret"),
                     crypto=crypto.crypto_settings(name, self.spec, s, self.fail),
                     dataplane=s.dataplane or defaults.dataplane,
-                    behind_nat=s.nat,
+                    behind_nat=device is not None,
+                    nat_device=device,
+                    gateway=None if device is None else self.nat.device_address(device).ip,
                     mesh=_mesh(defaults.mesh, s.mesh),
                     contexts=cplan.by_router.get(name, ()),
                     cluster=member_of.get(name),
@@ -404,6 +423,25 @@ class _Planner:
             inner_block=cplan.inner_block,
             psk=lab_psk,
             pair_psks=pairs,
+        )
+
+    def _nat_node(self, r: _Router) -> Node:
+        assert r.wan is not None and self.nat is not None
+        return Node(
+            name=r.name,
+            role="nat",
+            implementation="nat",
+            interfaces=(
+                Interface("wan0", UNDERLAY, IPv4Interface(f"{r.wan}/{self.underlay.prefixlen}")),
+                Interface("lan0", natplan.segment_name(r.name), self.nat.device_address(r.name)),
+            ),
+            public_address=r.wan,
+            nat=NatSettings(
+                type=r.spec.type or natplan.DEFAULT_NAT_TYPE,  # type: ignore[arg-type]
+                mapping_timeout_s=r.spec.mapping_timeout or natplan.DEFAULT_MAPPING_TIMEOUT_S,
+                inside=self.nat.inside[r.name],
+                branches=self.nat.branches_of(r.name),
+            ),
         )
 
     def _host_node(self, h: _Host) -> Node:

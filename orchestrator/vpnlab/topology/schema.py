@@ -20,15 +20,21 @@ CONTEXT_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 DEFAULT_INTERNET = "198.51.100.0/24"
 
 RouterRole = Literal["hub", "branch", "gateway"]
-NodeRole = Literal["hub", "branch", "gateway", "host"]
+NodeRole = Literal["hub", "branch", "gateway", "host", "nat"]
 ImplementationName = Literal["agent", "strongswan"]
 DataplaneName = Literal["auto", "userspace", "xfrm"]
 # How routing contexts cross the tunnels (docs/hsvpn.md): one tunnel with a tag in the ESP trailer,
 # one tunnel with a VXLAN per context inside it, or one tunnel per context.
 ContextMethod = Literal["hsvpn", "tunnel-in-tunnel", "per-network"]
+# NAT device behaviour (RFC 4787 terms): port-preserving masquerade, as most home routers do, or a
+# "symmetric" NAT that picks a random public port for every new destination.
+NatType = Literal["endpoint-independent", "symmetric"]
+NAT_TYPES: tuple[str, ...] = ("endpoint-independent", "symmetric")
+DEFAULT_NAT_TYPE = "endpoint-independent"
 
 # Which keys each role may use; anything else set on a node of that role is refused.
 HOST_KEYS = frozenset({"role", "router", "address"})
+NAT_KEYS = frozenset({"role", "type", "public", "mapping_timeout"})
 ROUTER_KEYS = frozenset(
     {"role", "implementation", "lan", "hosts", "public", "dataplane", "mesh", "contexts", "auth", "secret", "crypto"}
 )
@@ -37,6 +43,7 @@ ROLE_KEYS: dict[str, frozenset[str]] = {
     "gateway": ROUTER_KEYS,
     "branch": ROUTER_KEYS | {"hubs", "nat"},
     "host": HOST_KEYS,
+    "nat": NAT_KEYS,
 }
 
 
@@ -233,10 +240,13 @@ class NodeSpec(_Strict):
     crypto: CryptoSpec | None = None
     # branches
     hubs: list[str] | None = None
-    nat: bool = False
+    nat: bool | str = False  # true, a NAT type (own device of that type) or a `role: nat` node's name
     # hosts
     router: str | None = None
     address: str | None = None
+    # NAT devices
+    type: NatType | None = None
+    mapping_timeout: int | None = Field(default=None, gt=0, le=86400)  # seconds a UDP mapping lives idle
 
     @field_validator("lan", mode="before")
     @classmethod
@@ -291,8 +301,8 @@ class NodeSpec(_Strict):
         if self.implementation == "strongswan" and self.contexts:
             # charon here has no per-context routing tables or tags (docs/hsvpn.md, "strongSwan")
             raise ValueError("routing contexts need implementation: agent (a strongswan node carries only plain LANs)")
-        if self.nat and self.public is not None:
-            raise ValueError("a branch with nat: true has no public address; drop 'public'")
+        if self.nat is not False and self.public is not None:
+            raise ValueError("a branch with nat: true has no public address (its NAT device has one); drop 'public'")
         return self
 
 

@@ -16,7 +16,7 @@ TOPOLOGIES = Path(__file__).resolve().parents[3] / "topologies"
 
 
 def test_registered_kinds() -> None:
-    assert kind_names() == ("agent", "host", "strongswan")
+    assert kind_names() == ("agent", "host", "nat", "strongswan")
 
 
 def test_agent_router_spec() -> None:
