@@ -27,7 +27,7 @@ from vpnlab.kinds.base import ContainerSpec
 from vpnlab.net.fabric import Fabric, configure_interface, fabric_netns_name, interface_addresses, remove_fabric
 from vpnlab.net.namespace import list_netns, netns_exists
 from vpnlab.net.portrecords import LABEL_PORTS, heal_hint, missing_interfaces, port_records, ports_label
-from vpnlab.net.wiring import FabricPlan, plan_fabric
+from vpnlab.net.wiring import FabricPlan, interface_mac, plan_fabric
 from vpnlab.progress import ProgressSink
 from vpnlab.runtime.base import (
     ContainerInfo,
@@ -256,7 +256,8 @@ def _bringup(
     def wire(node: Node, info: ContainerInfo) -> None:
         try:
             for port in plan.ports_of(node.name):
-                fabric.attach(port.bridge, port.port, port.alias, info.netns_path, port.ifname)
+                mac = interface_mac(lab.name, port.alias)
+                fabric.attach(port.bridge, port.port, port.alias, info.netns_path, port.ifname, mac)
             if not specs[node.name].has_agent:  # hosts: no agent to configure them
                 for iface in node.interfaces:
                     configure_interface(info.netns_path, iface.name, iface.address, node.gateway)
@@ -400,6 +401,7 @@ def inspect_lab(
     def view(c: ContainerInfo) -> NodeView:
         nv = NodeView(name=c.node, role=c.role, kind=c.kind, container=c.name, state=c.state)
         if c.state != "running" or not c.pid:
+            nv.problem = f"{c.state}: start it with `vpnlab start {name} {c.node}`"
             return nv
         try:
             nv.addresses = interface_addresses(c.netns_path)

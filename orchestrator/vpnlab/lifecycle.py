@@ -21,6 +21,7 @@ from vpnlab.lab import agent_status
 from vpnlab.net.fabric import Fabric, configure_interface, fabric_netns_name
 from vpnlab.net.namespace import netns_exists
 from vpnlab.net.portrecords import LABEL_PORTS, PortRecord, missing_interfaces, port_records
+from vpnlab.net.wiring import interface_mac
 from vpnlab.runtime.base import ContainerInfo, Runtime, container_name
 from vpnlab.topology.schema import NODE_NAME_RE
 
@@ -84,7 +85,7 @@ def wire_node(lab: str, info: ContainerInfo, records: list[PortRecord]) -> None:
         with Fabric.open(fabric_netns_name(lab)) as fabric:
             for r in records:
                 fabric.remove_link(r.port)
-                fabric.attach(r.bridge, r.port, r.alias, info.netns_path, r.ifname)
+                fabric.attach(r.bridge, r.port, r.alias, info.netns_path, r.ifname, interface_mac(lab, r.alias))
         for r in records:
             if r.address is not None:
                 configure_interface(

@@ -82,17 +82,21 @@ class Fabric:
             pass  # kernel without bridge netfilter: nothing to turn off
         self._ipr.link("set", index=index, state="up")
 
-    def attach(self, bridge: str, port: str, port_alias: str, target_netns: str, ifname: str) -> None:
+    def attach(
+        self, bridge: str, port: str, port_alias: str, target_netns: str, ifname: str, mac: str | None = None
+    ) -> None:
         """Create veth `port` on `bridge` whose peer `ifname` appears directly in the namespace at
-        path `target_netns` (no temporary name in between, so no rename race with the agent)."""
+        path `target_netns` (no temporary name in between, so no rename race with the agent),
+        with MAC address `mac` when given."""
         _check_name(port)
         _check_name(ifname)
         master = self._index(bridge)
         fd = os.open(target_netns, os.O_RDONLY)
         try:
-            self._ipr.link(
-                "add", ifname=port, kind="veth", master=master, peer={"ifname": ifname, "net_ns_fd": fd}
-            )
+            peer: dict[str, object] = {"ifname": ifname, "net_ns_fd": fd}
+            if mac is not None:
+                peer["address"] = mac
+            self._ipr.link("add", ifname=port, kind="veth", master=master, peer=peer)
         finally:
             os.close(fd)
         index = self._index(port)

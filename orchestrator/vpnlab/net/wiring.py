@@ -6,6 +6,7 @@ short positional names and carry the readable name in their ifalias.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from vpnlab.topology.model import UNDERLAY, Lab
@@ -32,6 +33,14 @@ class FabricPlan:
 
     def ports_of(self, node: str) -> tuple[PortPlan, ...]:
         return tuple(p for p in self.ports if p.node == node)
+
+
+def interface_mac(lab: str, alias: str) -> str:
+    """A fixed, locally administered MAC per lab interface ("<node>:<ifname>"). A node wired again
+    after a restart keeps its MAC, so its neighbours' ARP caches stay right: a new MAC would
+    blackhole traffic to it for the ~10 s the kernel takes to find a stale entry wrong."""
+    digest = hashlib.sha256(f"{lab}/{alias}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def plan_fabric(lab: Lab) -> FabricPlan:

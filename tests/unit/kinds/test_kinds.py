@@ -66,7 +66,7 @@ def test_host_spec() -> None:
 def test_unknown_kind_lists_valid_ones() -> None:
     lab = load_topology(TOPOLOGIES / "minimal.yml")
     odd = dataclasses.replace(lab.node("hub"), implementation="vyos")  # type: ignore[arg-type]
-    with pytest.raises(LabError, match=r"^node hub: unknown kind 'vyos' \(valid kinds: agent, host, strongswan\)$"):
+    with pytest.raises(LabError, match=r"^node hub: unknown kind 'vyos' \(valid kinds: agent, host, nat, strongswan\)$"):
         kind_for(odd)
 
 
