@@ -327,7 +327,7 @@ def _sa_rows(view: Any) -> Iterator[_SaRow]:
             peer = str(ike.get("peer", "?"))
             yield _SaRow(
                 n.name, peer, False, str(ike.get("state", "?")),
-                f"{ike.get('local', '?')} → {ike.get('remote', '?')}", str(ike.get("algorithms", "")),
+                f"{ike.get('local', '?')} → {ike.get('remote', '?')}{_nat_note(ike)}", str(ike.get("algorithms", "")),
                 (str(ike.get("spi_i", "")), str(ike.get("spi_r", ""))), (), (), _age(ike.get("age_s")),
             )
             for child in agent.get("child_sas") or []:
@@ -339,6 +339,13 @@ def _sa_rows(view: Any) -> Iterator[_SaRow]:
                     str(child.get("algorithm", "")), (str(child.get("spi_in", "")), str(child.get("spi_out", ""))),
                     _traffic(child, "in"), _traffic(child, "out"), _age(child.get("age_s")),
                 )
+
+
+def _nat_note(ike: dict[str, Any]) -> str:
+    """What NAT detection (RFC 7296 §2.23) found for one IKE SA."""
+    nat = ike.get("nat") or {}
+    found = [w for w, key in (("we are behind NAT", "local"), ("peer behind NAT", "remote")) if nat.get(key)]
+    return f" ({', '.join(found)})" if found else ""
 
 
 def _tunnel_table(view: Any) -> Table:

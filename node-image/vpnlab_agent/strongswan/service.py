@@ -111,6 +111,9 @@ def ike_sa_status(name: str, sa: Message) -> dict[str, Any]:
         "local_id": sa.get("local-id"),
         "remote_id": sa.get("remote-id"),
         "encap": sa.get("nat-any") == "yes" or sa.get("local-port") == "4500",
+        # what charon's NAT-D found, in the agent's shape (ike/session.py)
+        "nat": {"local": sa.get("nat-local") == "yes", "remote": sa.get("nat-remote") == "yes",
+                "encap": sa.get("nat-any") == "yes" or sa.get("local-port") == "4500"},
         "rekey_in_s": _int(sa.get("rekey-time")),
     }
 
