@@ -511,7 +511,7 @@ def _lifecycle(verb: str, lab: str, node: str, wait: bool) -> None:
     from vpnlab import lifecycle
     from vpnlab.runtime.docker import DockerRuntime
 
-    with _reported():
+    with reported():
         labs.check_lab_name(lab)
         rt = DockerRuntime()
         if verb == "stop":
@@ -582,7 +582,7 @@ def link_down(
     """Take a link down (the node sees no carrier, like a pulled cable)."""
     from vpnlab import linkfault
 
-    with _reported():
+    with reported():
         linkfault.set_link(lab, node, iface, False, _link_runtime(lab))
         out.print(f"{node}:{iface} is down", markup=False)
 
@@ -596,7 +596,7 @@ def link_up(
     """Bring a link up again."""
     from vpnlab import linkfault
 
-    with _reported():
+    with reported():
         linkfault.set_link(lab, node, iface, True, _link_runtime(lab))
         out.print(f"{node}:{iface} is up", markup=False)
 
@@ -613,7 +613,7 @@ def link_set(
     """Shape a link both ways; replaces what was set before."""
     from vpnlab import linkfault
 
-    with _reported():
+    with reported():
         linkfault.shape_link(lab, node, iface, _link_runtime(lab), rate=rate, delay=delay, loss=loss)
         parts = [f"{k} {v}" for k, v in (("rate", rate), ("delay", delay), ("loss", loss)) if v]
         out.print(f"{node}:{iface}: {', '.join(parts)}", markup=False)
@@ -628,7 +628,7 @@ def link_clear(
     """Remove shaping and bring the link up."""
     from vpnlab import linkfault
 
-    with _reported():
+    with reported():
         linkfault.clear_link(lab, node, iface, _link_runtime(lab))
         out.print(f"{node}:{iface}: no faults", markup=False)
 
@@ -638,7 +638,7 @@ def link_show(lab: Annotated[str, typer.Argument(help="Lab name.")]) -> None:
     """Every link of a lab: up or down, and its shaping."""
     from vpnlab import linkfault
 
-    with _reported():
+    with reported():
         table = Table("node", "interface", "fabric port", "state", "shaping", box=box.SIMPLE_HEAD)
         for v in linkfault.show_links(lab, _link_runtime(lab)):
             table.add_row(v.node, v.ifname, v.port, "[green]up[/]" if v.up else "[red]down[/]", v.shaping or "-")

@@ -92,6 +92,6 @@ def test_link_delay_is_probed_and_refused_in_one_line_without_netem(lab: tuple[s
         pytest.skip("this kernel has netem; the refusal line cannot be seen here")
     result = CliRunner().invoke(app, ["link", "set", name, "br1", "--loss", "1%"])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [f"error: {linkfault.NO_NETEM}"]
+    assert result.stderr.strip().splitlines() == [f"error: {linkfault.NO_NETEM}"]
     result = CliRunner().invoke(app, ["link", "down", name, "br1", "eth7"])
-    assert "node br1 has no interface 'eth7' (interfaces: lan0, wan0)" in result.output
+    assert result.stderr.strip() == "error: node br1 has no interface 'eth7' (interfaces: lan0, wan0)"

@@ -187,3 +187,15 @@ def test_a_large_lab_is_one_row_per_node_then_totals_and_what_is_not_up() -> Non
     assert lines[0] == "40 of 41 routers ready; 78 of 80 tunnel ends up; 0 half-open IKE SAs"
     assert lines[1] == "not up: b7→hub (down), hub→b7 (connecting)"
     assert lines[-1] == "one router in full (tunnels, selectors, SPIs, mesh): vpnlab inspect big NODE"
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["restart", "Bad_Lab", "br1"], "invalid lab name 'Bad_Lab'"),
+        (["stop", "Bad_Lab", "br1"], "invalid lab name 'Bad_Lab'"),
+        (["start", "Bad_Lab", "br1"], "invalid lab name 'Bad_Lab'"),
+        (["link", "down", "Bad_Lab", "br1"], "invalid lab name 'Bad_Lab'"),
+        (["link", "show", "Bad_Lab"], "invalid lab name 'Bad_Lab'"),
+    ],
+)
+def test_lifecycle_and_link_verbs_refuse_bad_names_in_one_line(args: list[str], expected: str) -> None:
+    _fails_with_one_line(args, expected)
