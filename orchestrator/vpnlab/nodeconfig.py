@@ -180,6 +180,7 @@ def _hub_to_hub_peer(lab: Lab, hub: Node, other: Node) -> PeerConfig:
         initiate=names.index(hub.name) < names.index(other.name),
         local_ts=_cidrs(tuple(hub_site(lab, hub, without=(other.name,)))),
         remote_ts=_cidrs(tuple(hub_site(lab, other, without=(hub.name,)))),
+        **_tunnel(lab, hub, other),  # type: ignore[arg-type]
     )
 
 

@@ -89,6 +89,8 @@ class _Planner:
         by_name = {n.name: n for n in nodes}
         probe = Lab(self.spec.name, self.source, self.underlay, (), tuple(nodes), psk=lab_psk, pair_psks=pairs)
         tunnels = [(h, b.name) for b in nodes if b.role == "branch" for h in b.hubs if h in by_name]  # not clusters
+        hubs = [n.name for n in nodes if n.role == "hub"]
+        tunnels += [(a, b) for i, a in enumerate(hubs) for b in hubs[i + 1:]]  # hub to hub (nodeconfig.py)
         for hub, branch in tunnels:
             def where(key: str, branch: str = branch) -> str:
                 own = self.spec.nodes[branch].crypto
