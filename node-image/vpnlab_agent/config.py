@@ -75,6 +75,10 @@ class IkeConfig:
     ike_lifetime_s: int = 14400
     child_lifetime_s: int = 3600
     dpd_interval_s: int = 10
+    nat_keepalive_s: int = 20  # RFC 3948 §2.3: NAT keepalives from behind a NAT, this often
+    # Tries of a liveness check 0.5 s apart before the peer is dead; None: the usual backoff (15.5 s).
+    # A branch on two hubs gets 3, so it fails over within dpd_interval + 1.5 s.
+    dpd_retries: int | None = None
     peers: tuple[PeerConfig, ...] = ()
     auth: Auth = "psk"  # how we prove our identity
     rekey_margin_s: int | None = None  # rekey this long before a lifetime ends; None: a tenth of it

@@ -73,6 +73,9 @@ def build_node_config(lab: Lab, node: Node) -> NodeConfig:
     return config
 
 
+DUAL_HUB_DPD_RETRIES = 3
+
+
 def _extensions(**parts: dict[str, object]) -> dict[str, object]:
     """Only "mesh" always; the others when the node uses them, so plain configs stay as they were."""
     return {k: v for k, v in parts.items() if v or k == "mesh"}
@@ -93,6 +96,8 @@ def ike_config(lab: Lab, node: Node, peers: tuple[PeerConfig, ...]) -> IkeConfig
         auth=c.auth,
         rekey_margin_s=c.rekey_margin_s,
         pki=PkiConfig() if uses_cert else None,
+        # a branch on two hubs fails over within dpd_interval + 1.5 s (docs/topology.md, "Hub to hub")
+        dpd_retries=DUAL_HUB_DPD_RETRIES if node.role == "branch" and len(node.hubs) > 1 else None,
     )
 
 

@@ -92,6 +92,32 @@ def test_nat_shared_symmetric_device_lists_one_mapping_per_branch_and_port(ctl: 
     assert ctl.status("cgn")["services"]["nat"]["type"] == "symmetric"
 
 
+def _child(ctl: LabCtl, node: str, peer: str) -> dict:  # type: ignore[type-arg]
+    return next(c for c in ctl.status(node)["child_sas"] if c["peer"] == peer and c["state"] == "installed")
+
+
+def test_nat_rebinding_keeps_esp_flowing_without_a_rekey(ctl: LabCtl) -> None:
+    """Flushing the symmetric NAT's conntrack gives the branch's next packet a new public port
+    (RFC 7296 §2.23): the hub's data plane follows on the first authenticated ESP packet."""
+    assert ping(ctl, "sym", "hub") == 3
+    before, hub_before = _child(ctl, "sym", "hub"), _ike(ctl, "hub", "sym")
+    code, out = ctl.run("cgn", ["conntrack", "-F"])
+    assert code == 0, out
+    assert ping(ctl, "sym", "hub", 5) >= 4  # the first reply may be the one that crossed the flush
+    assert ping(ctl, "hub", "sym") == 3
+    after, hub_after = _child(ctl, "sym", "hub"), _ike(ctl, "hub", "sym")
+    assert (after["spi_in"], after["spi_out"]) == (before["spi_in"], before["spi_out"])  # no rekey
+    assert hub_after["remote"] != hub_before["remote"]  # the IKE SA moved too
+    assert ctl.status("hub")["services"]["ike"]["peer_moves"] >= 1
+
+
+def test_nat_keepalives_are_sent_from_behind_the_nat_only(ctl: LabCtl) -> None:
+    ike = wait_for("a NAT keepalive from eim", lambda: ctl.status("eim")["services"]["ike"]
+                   if ctl.status("eim")["services"]["ike"]["nat_keepalives_sent"] else None, 30)
+    assert ike["nat_keepalives_sent"] >= 1
+    assert ctl.status("hub")["services"]["ike"]["nat_keepalives_sent"] == 0
+
+
 def test_nat_device_lets_nothing_in_unasked(ctl: LabCtl) -> None:
     """A NAT device is no router for the internet: the hub cannot reach a branch's inside address."""
     code, _ = ctl.run("hub", ["ping", "-n", "-c", "1", "-W", "1", "100.64.0.10"])

@@ -24,6 +24,8 @@ from vpnlab_agent.sa import ChildSA, SACounters
 IkeHandler = Callable[[bytes, tuple[str, int]], None]
 
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
+NAT_KEEPALIVE = b"\xff"
+PeerMovedHandler = Callable[[int, tuple[str, int]], None]
 
 
 class EngineError(Exception):
@@ -54,6 +56,24 @@ class Engine(abc.ABC):
         except OSError as e:
             raise EngineError(f"{self.name} engine: sending IKE to {addr[0]}:{addr[1]}: {e.strerror or e}") from e
         self._ike_out += 1
+
+    # on_peer_moved(spi_in, addr): set by the IKE layer; the engine calls it (from its own thread)
+    # after it authenticated ESP of that SA from an address other than the SA's, and moved the SA.
+    on_peer_moved: PeerMovedHandler | None = None
+
+    def send_keepalive(self, addr: tuple[str, int]) -> None:
+        """Send one NAT-keepalive (RFC 3948 §2.3: a single 0xFF byte) from the encapsulation socket."""
+        sock = self._sock
+        if sock is None:
+            raise EngineError(f"{self.name} engine is not open")
+        try:
+            sock.sendto(NAT_KEEPALIVE, addr)
+        except OSError as e:
+            raise EngineError(f"{self.name} engine: NAT keepalive to {addr[0]}:{addr[1]}: {e.strerror or e}") from e
+
+    def update_peer(self, spi_in: int, addr: tuple[str, int]) -> None:
+        """Send the SA's outbound ESP to `addr` from now on (the peer's NAT mapping changed)."""
+        raise EngineError(f"the {self.name} engine cannot move an SA to a new peer address")
 
     @abc.abstractmethod
     def install(self, sa: ChildSA) -> None:

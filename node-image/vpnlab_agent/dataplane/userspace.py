@@ -197,6 +197,12 @@ class UserspaceEngine(Engine):
 
     # ---- control plane ---------------------------------------------------------------------
 
+    def update_peer(self, spi_in: int, addr: tuple[str, int]) -> None:
+        entry = self.table.entries.get(spi_in)
+        if entry is None:
+            raise EngineError(f"no SA with inbound SPI {spi_in:#010x}")
+        entry.addr = addr  # the packet loops read it per packet: the next one goes there
+
     def install(self, sa: ChildSA) -> None:
         if self._sock is None:
             raise EngineError("userspace engine is not open")
@@ -436,6 +442,16 @@ class UserspaceEngine(Engine):
                 drops.policy_in += 1
                 entry.counters.policy_dropped += 1
                 return
+            if addr != entry.addr:
+                # Authenticated and inside the replay window, from a new address: the peer's NAT
+                # mapping changed (RFC 3948, RFC 7296 §2.23). Reply there from now on; IKE follows.
+                entry.addr = addr
+                moved = self.on_peer_moved
+                if moved is not None:
+                    try:
+                        moved(spi, addr)
+                    except Exception:  # noqa: BLE001 - never let a callback kill a packet loop
+                        log.exception("peer-moved handler failed for SPI %#010x", spi)
             try:
                 if add is None:
                     write(fd, oview[:k])

@@ -40,6 +40,16 @@ class ChildSADeleted:
 
 
 @dataclass(frozen=True)
+class PeerMoved:
+    """The peer's NAT mapping changed (RFC 7296 §2.23): an authenticated message came from `remote`.
+    The data plane must send the child SAs' ESP there from now on."""
+
+    peer: str
+    remote: tuple[str, int]
+    spi_ins: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class IkeSADown:
     peer: str
     reason: str

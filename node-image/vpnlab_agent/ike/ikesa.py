@@ -204,6 +204,7 @@ class IkeSa:
         self.peer_notifies: set[int] = set()  # status notify types seen in IKE_SA_INIT and IKE_AUTH
 
         self.window = RequestWindow(self._encode_request, self.send_raw)
+        self.window.dpd_tries = host.config.dpd_retries
         self.peer_mid = 0  # the peer's next request
         self.last_resp: tuple[int, bytes] | None = None  # our last response, for retransmissions
 
@@ -405,6 +406,16 @@ class IkeSa:
             self.close(now, reason, quiet=True)
 
     # --- status ---------------------------------------------------------------------------
+
+    def move_peer(self, addr: tuple[str, int]) -> None:
+        """Follow the peer to `addr` (an authenticated message came from there, RFC 7296 §2.23) and
+        tell the data plane, so ESP goes there too without waiting for a rekey."""
+        moved = addr != self.remote and bool(self.children)
+        self.remote, self.local_port, self.encap = addr, NATT_PORT, True
+        if moved:
+            from vpnlab_agent.ike.events import PeerMoved
+
+            self.host.emit(PeerMoved(self.peer_name, addr, tuple(self.children)))
 
     def status(self, now: float) -> dict[str, Any]:
         return {

@@ -97,7 +97,7 @@ class IkeSession(IkeSa):
         self.last_recv = now
         if local_port == NATT_PORT and (addr != self.remote or self.local_port != NATT_PORT):
             # The peer floated to 4500 or its NAT mapping changed (RFC 7296 §2.23).
-            self.remote, self.local_port, self.encap = addr, NATT_PORT, True
+            self.move_peer(addr)
         handler = TRANSITIONS.get((self.state, hdr.exchange, hdr.response))
         if handler is None:
             return

@@ -18,6 +18,7 @@ from vpnlab_agent.ike.codec import Message
 # Retransmission (RFC 7296 §2.1): first timeout, doubled after each try, at most this many sends.
 RETRANSMIT_TIMEOUT = 0.5
 RETRANSMIT_TRIES = 5
+
 # Requests waiting behind the outstanding one; more than this means something is badly wrong.
 MAX_QUEUED_REQUESTS = 16
 
@@ -66,6 +67,9 @@ class RequestWindow:
         self.my_mid = 0
         self.pending: Request | None = None
         self.queue: deque[Request] = deque()
+        # Tries of a liveness check, RETRANSMIT_TIMEOUT apart without backoff, before the peer is
+        # declared dead (IkeConfig.dpd_retries); None: the usual schedule (15.5 s).
+        self.dpd_tries: int | None = None
 
     def add(self, req: Request, now: float) -> bool:
         if len(self.queue) >= MAX_QUEUED_REQUESTS:
@@ -104,11 +108,13 @@ class RequestWindow:
         req = self.pending
         if req is None or now < req.next_at:
             return None
-        if req.tries >= RETRANSMIT_TRIES:
+        fast = req.kind == RequestKind.DPD and self.dpd_tries is not None
+        if req.tries >= (self.dpd_tries if fast else RETRANSMIT_TRIES):  # type: ignore[operator]
             self.pending = None
             return req
         req.tries += 1
-        req.timeout *= 2
+        if not fast:
+            req.timeout *= 2
         req.next_at = now + req.timeout
         self.send(req.data)
         return None

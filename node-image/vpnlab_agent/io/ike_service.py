@@ -31,6 +31,7 @@ from vpnlab_agent.ike.events import (
     IkeSADown,
     IkeSAUp,
     NotifyReceived,
+    PeerMoved,
 )
 
 log = logging.getLogger("vpnlab_agent.ike")
@@ -96,6 +97,9 @@ class IkeService:
         self.engine_dropped = 0  # IKE messages from the engine dropped because the loop lagged
         # Called with every endpoint event after the service handled it (the mesh service listens).
         self.listeners: list[Callable[[object], None]] = []
+        self._keepalive: asyncio.TimerHandle | None = None
+        self.keepalives_sent = 0
+        self.peer_moves = 0
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -112,6 +116,8 @@ class IkeService:
             raise
         if hasattr(self.engine, "on_lifetime"):
             self.engine.on_lifetime = self._on_lifetime_from_engine  # type: ignore[attr-defined]
+        self.engine.on_peer_moved = self._on_peer_moved_from_engine
+        self._keepalive = loop.call_later(self._keepalive_interval(), self._send_keepalives)
         log.info("IKE on %s:%d and :%d (engine %s), %d peer(s)", self.local_addr, self.ike_port,
                  self.natt_port, self.engine.name, len(self.config.ike.peers))  # type: ignore[union-attr]
         for peer in self.config.ike.peers:  # type: ignore[union-attr]
@@ -124,6 +130,9 @@ class IkeService:
         if self._loop is None:
             return
         self._stopping = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
         for _, handle in self._retry.values():
             handle.cancel()
         self._retry.clear()
@@ -193,6 +202,7 @@ class IkeService:
             child.update(bytes_in=c.bytes_in, bytes_out=c.bytes_out, packets_in=c.packets_in,
                          packets_out=c.packets_out, replay_dropped=c.replay_dropped, auth_failed=c.auth_failed)
         return {"ike_sas": st["ike_sas"], "child_sas": st["child_sas"], "half_open": st["half_open"],
+                "nat_keepalives_sent": self.keepalives_sent, "peer_moves": self.peer_moves,
                 "errors": list(self.errors)}
 
     # --- inputs -----------------------------------------------------------------------------
@@ -228,6 +238,33 @@ class IkeService:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._rekey_spi, spi_in)
+
+    def _on_peer_moved_from_engine(self, spi_in: int, addr: tuple[str, int]) -> None:
+        """Engine thread: ESP of `spi_in` came, authenticated, from a new address."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._peer_moved, spi_in, addr)
+
+    def _peer_moved(self, spi_in: int, addr: tuple[str, int]) -> None:
+        if self.endpoint.peer_moved(spi_in, addr):
+            self._flush()  # its PeerMoved event moves the IKE SA's other children too
+
+    def _keepalive_interval(self) -> float:
+        return float(max(1, self.config.ike.nat_keepalive_s))  # type: ignore[union-attr]
+
+    def _send_keepalives(self) -> None:
+        """RFC 3948 §2.3: from behind a NAT, one 0xFF byte to each peer every interval, so the NAT
+        keeps our mapping while the tunnel is idle."""
+        self._keepalive = None
+        if self._stopping or self._loop is None:
+            return
+        for addr in self.endpoint.keepalive_targets():
+            try:
+                self.engine.send_keepalive(addr)
+                self.keepalives_sent += 1
+            except EngineError as e:
+                log.warning("NAT keepalive to %s:%d: %s", addr[0], addr[1], e)
+        self._keepalive = self._loop.call_later(self._keepalive_interval(), self._send_keepalives)
 
     def _rekey_spi(self, spi_in: int) -> None:
         if self.endpoint.rekey_child_spi(spi_in, self._now()):
@@ -341,6 +378,17 @@ class IkeService:
             for fut in self._up_waiters.pop(ev.peer, []):
                 if not fut.done():
                     fut.set_result(None)
+        elif isinstance(ev, PeerMoved):
+            # RFC 7296 §2.23: the NAT mapping changed; ESP follows at once, not at the next rekey
+            self.peer_moves += 1
+            log.info("%s moved to %s:%d (NAT mapping changed): %d child SA(s) follow", ev.peer, *ev.remote,
+                     len(ev.spi_ins))
+            for spi in ev.spi_ins:
+                if spi in self._installed:
+                    try:
+                        self.engine.update_peer(spi, ev.remote)
+                    except EngineError as e:
+                        log.warning("moving child SA %08x to %s:%d: %s", spi, *ev.remote, e)
         elif isinstance(ev, IkeSADown):
             log.info("IKE SA with %s down: %s", ev.peer, ev.reason)
             self._schedule_retry(ev.peer)
