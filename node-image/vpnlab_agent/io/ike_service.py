@@ -21,6 +21,7 @@ from typing import Any
 from vpnlab_agent.config import NodeConfig
 from vpnlab_agent.io.credentials import load_credentials, utc_now
 from vpnlab_agent.dataplane.base import NATT_PORT, Engine, EngineError
+from vpnlab_agent.io.natt import NatTraversal
 from vpnlab_agent.ike.constants import IKE_PORT
 from vpnlab_agent.ike.endpoint import IkeEndpoint, IkeError
 from vpnlab_agent.ike.extension import Extension
@@ -56,7 +57,7 @@ class _Udp500(asyncio.DatagramProtocol):
         log.debug("UDP %d: %s", self.service.ike_port, exc)  # ICMP unreachable and the like
 
 
-class IkeService:
+class IkeService(NatTraversal):
     name = "ike"
 
     def __init__(self, config: NodeConfig, engine: Engine, *, local_addr: str | None = None,
@@ -238,33 +239,6 @@ class IkeService:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._rekey_spi, spi_in)
-
-    def _on_peer_moved_from_engine(self, spi_in: int, addr: tuple[str, int]) -> None:
-        """Engine thread: ESP of `spi_in` came, authenticated, from a new address."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._peer_moved, spi_in, addr)
-
-    def _peer_moved(self, spi_in: int, addr: tuple[str, int]) -> None:
-        if self.endpoint.peer_moved(spi_in, addr):
-            self._flush()  # its PeerMoved event moves the IKE SA's other children too
-
-    def _keepalive_interval(self) -> float:
-        return float(max(1, self.config.ike.nat_keepalive_s))  # type: ignore[union-attr]
-
-    def _send_keepalives(self) -> None:
-        """RFC 3948 §2.3: from behind a NAT, one 0xFF byte to each peer every interval, so the NAT
-        keeps our mapping while the tunnel is idle."""
-        self._keepalive = None
-        if self._stopping or self._loop is None:
-            return
-        for addr in self.endpoint.keepalive_targets():
-            try:
-                self.engine.send_keepalive(addr)
-                self.keepalives_sent += 1
-            except EngineError as e:
-                log.warning("NAT keepalive to %s:%d: %s", addr[0], addr[1], e)
-        self._keepalive = self._loop.call_later(self._keepalive_interval(), self._send_keepalives)
 
     def _rekey_spi(self, spi_in: int) -> None:
         if self.endpoint.rekey_child_spi(spi_in, self._now()):

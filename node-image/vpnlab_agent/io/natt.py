@@ -1,0 +1,53 @@
+"""NAT traversal that survives, for IkeService: NAT keepalives (RFC 3948 §2.3) from behind a NAT,
+and a peer followed to its new address when the data plane authenticated ESP from there (RFC 7296
+§2.23). A mixin: it uses the service's loop, endpoint, engine and config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from vpnlab_agent.dataplane.base import EngineError
+
+log = logging.getLogger("vpnlab_agent.ike")
+
+
+class NatTraversal:
+    _loop: asyncio.AbstractEventLoop | None
+    _keepalive: asyncio.TimerHandle | None
+    _stopping: bool
+    endpoint: Any
+    engine: Any
+    config: Any
+    keepalives_sent: int
+
+    def _flush(self, fired_at: float | None = None) -> None:
+        raise NotImplementedError
+
+    def _on_peer_moved_from_engine(self, spi_in: int, addr: tuple[str, int]) -> None:
+        """Engine thread: ESP of `spi_in` came, authenticated, from a new address."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._peer_moved, spi_in, addr)
+
+    def _peer_moved(self, spi_in: int, addr: tuple[str, int]) -> None:
+        if self.endpoint.peer_moved(spi_in, addr):
+            self._flush()  # its PeerMoved event moves the IKE SA's other children too
+
+    def _keepalive_interval(self) -> float:
+        return float(max(1, self.config.ike.nat_keepalive_s))  # type: ignore[union-attr]
+
+    def _send_keepalives(self) -> None:
+        """RFC 3948 §2.3: from behind a NAT, one 0xFF byte to each peer every interval, so the NAT
+        keeps our mapping while the tunnel is idle."""
+        self._keepalive = None
+        if self._stopping or self._loop is None:
+            return
+        for addr in self.endpoint.keepalive_targets():
+            try:
+                self.engine.send_keepalive(addr)
+                self.keepalives_sent += 1
+            except EngineError as e:
+                log.warning("NAT keepalive to %s:%d: %s", addr[0], addr[1], e)
+        self._keepalive = self._loop.call_later(self._keepalive_interval(), self._send_keepalives)
