@@ -201,3 +201,20 @@ class SaTable:
                 self.on_lifetime(sa.spi_in, hard)
             except Exception:  # noqa: BLE001 - never let a callback kill a packet loop
                 log.exception("lifetime handler failed for SPI %#010x", sa.spi_in)
+
+
+def follow_peer(entry: Entry | None, spi_in: int, addr: tuple[str, int],
+                moved: Callable[[int, tuple[str, int]], None] | None) -> None:
+    """The peer's NAT mapping changed (RFC 3948, RFC 7296 §2.23): ESP of this SA goes to `addr`
+    from the next packet on (the packet loops read entry.addr per packet), and `moved` (IKE's
+    handler, when the change was seen in an authenticated inbound packet) is told."""
+    if entry is None:
+        from vpnlab_agent.dataplane.base import EngineError
+
+        raise EngineError(f"no SA with inbound SPI {spi_in:#010x}")
+    entry.addr = addr
+    if moved is not None:
+        try:
+            moved(spi_in, addr)
+        except Exception:  # noqa: BLE001 - never let a callback kill a packet loop
+            log.exception("peer-moved handler failed for SPI %#010x", spi_in)

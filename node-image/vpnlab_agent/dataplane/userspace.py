@@ -43,7 +43,7 @@ from pyroute2 import IPRoute
 from vpnlab_agent.dataplane import tun
 from vpnlab_agent.dataplane.base import NATT_PORT, Engine, EngineError, IkeHandler
 from vpnlab_agent.dataplane.routes import Route, RouteSync
-from vpnlab_agent.dataplane.sa_table import NO_ROUTE, Entry, LifetimeHandler, SaTable, inside, make_entry
+from vpnlab_agent.dataplane.sa_table import NO_ROUTE, Entry, LifetimeHandler, SaTable, follow_peer, inside, make_entry
 from vpnlab_agent.dataplane.udp_tx import UdpTx
 from vpnlab_agent.esp.ciphers import BACKEND, PacketBuffer
 from vpnlab_agent.esp.codec import AuthenticationFailed, EspError, ReplayedPacket, SequenceOverflow, max_inner_len
@@ -198,10 +198,7 @@ class UserspaceEngine(Engine):
     # ---- control plane ---------------------------------------------------------------------
 
     def update_peer(self, spi_in: int, addr: tuple[str, int]) -> None:
-        entry = self.table.entries.get(spi_in)
-        if entry is None:
-            raise EngineError(f"no SA with inbound SPI {spi_in:#010x}")
-        entry.addr = addr  # the packet loops read it per packet: the next one goes there
+        follow_peer(self.table.entries.get(spi_in), spi_in, addr, None)
 
     def install(self, sa: ChildSA) -> None:
         if self._sock is None:
@@ -442,16 +439,7 @@ class UserspaceEngine(Engine):
                 drops.policy_in += 1
                 entry.counters.policy_dropped += 1
                 return
-            if addr != entry.addr:
-                # Authenticated and inside the replay window, from a new address: the peer's NAT
-                # mapping changed (RFC 3948, RFC 7296 §2.23). Reply there from now on; IKE follows.
-                entry.addr = addr
-                moved = self.on_peer_moved
-                if moved is not None:
-                    try:
-                        moved(spi, addr)
-                    except Exception:  # noqa: BLE001 - never let a callback kill a packet loop
-                        log.exception("peer-moved handler failed for SPI %#010x", spi)
+            if addr != entry.addr: follow_peer(entry, spi, addr, self.on_peer_moved)  # noqa: E701 - NAT rebinding
             try:
                 if add is None:
                     write(fd, oview[:k])

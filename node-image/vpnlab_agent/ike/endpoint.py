@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from vpnlab_agent.config import IkeConfig, PeerConfig
-from vpnlab_agent.ike import admission, proposals
+from vpnlab_agent.ike import admission, natt, proposals
 from vpnlab_agent.ike.certs import Credentials
 from vpnlab_agent.ike.codec import KE, SA, Header, IntegrityError, Nonce, ParseError, Payload, Proposal, decode, decode_header
 from vpnlab_agent.ike.constants import IKE_PORT, VENDOR_ID, ExchangeType, NotifyType, ProtocolId
@@ -219,21 +219,10 @@ class IkeEndpoint(LogLines):
         return False
 
     def peer_moved(self, spi_in: int, addr: tuple[str, int]) -> bool:
-        """The data plane authenticated ESP of child `spi_in` from `addr`, a new address (RFC 7296
-        §2.23, RFC 3948): the IKE SA follows, and so do its other child SAs. Only a peer we saw
-        behind a NAT may move; False when nothing changed."""
-        for s in self._sessions.values():
-            if spi_in in s.children:
-                if not s.nat_remote or addr == s.remote:
-                    return False
-                s.move_peer(addr)
-                return True
-        return False
+        return natt.peer_moved(self._sessions.values(), spi_in, addr)
 
     def keepalive_targets(self) -> list[tuple[str, int]]:
-        """Where NAT keepalives go (RFC 3948 §2.3): the peers of established IKE SAs that found
-        us behind a NAT."""
-        return [s.remote for s in self._sessions.values() if s.nat_local and s.sk_out is not None and s.children]
+        return natt.keepalive_targets(self._sessions.values())
 
     def delete_child_spi(self, spi_in: int, now: float) -> bool:
         """DELETE the one child SA with this inbound SPI (e.g. the data plane could not install it)."""

@@ -353,16 +353,7 @@ class IkeService(NatTraversal):
                 if not fut.done():
                     fut.set_result(None)
         elif isinstance(ev, PeerMoved):
-            # RFC 7296 §2.23: the NAT mapping changed; ESP follows at once, not at the next rekey
-            self.peer_moves += 1
-            log.info("%s moved to %s:%d (NAT mapping changed): %d child SA(s) follow", ev.peer, *ev.remote,
-                     len(ev.spi_ins))
-            for spi in ev.spi_ins:
-                if spi in self._installed:
-                    try:
-                        self.engine.update_peer(spi, ev.remote)
-                    except EngineError as e:
-                        log.warning("moving child SA %08x to %s:%d: %s", spi, *ev.remote, e)
+            self._follow_peer(ev)
         elif isinstance(ev, IkeSADown):
             log.info("IKE SA with %s down: %s", ev.peer, ev.reason)
             self._schedule_retry(ev.peer)

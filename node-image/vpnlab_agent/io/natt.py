@@ -21,6 +21,8 @@ class NatTraversal:
     engine: Any
     config: Any
     keepalives_sent: int
+    peer_moves: int
+    _installed: set[int]
 
     def _flush(self, fired_at: float | None = None) -> None:
         raise NotImplementedError
@@ -51,3 +53,16 @@ class NatTraversal:
             except EngineError as e:
                 log.warning("NAT keepalive to %s:%d: %s", addr[0], addr[1], e)
         self._keepalive = self._loop.call_later(self._keepalive_interval(), self._send_keepalives)
+
+    def _follow_peer(self, ev: Any) -> None:
+        """A PeerMoved event (RFC 7296 §2.23): the NAT mapping changed; ESP follows at once, not at
+        the next rekey."""
+        self.peer_moves += 1
+        log.info("%s moved to %s:%d (NAT mapping changed): %d child SA(s) follow", ev.peer, *ev.remote,
+                 len(ev.spi_ins))
+        for spi in ev.spi_ins:
+            if spi in self._installed:
+                try:
+                    self.engine.update_peer(spi, ev.remote)
+                except EngineError as e:
+                    log.warning("moving child SA %08x to %s:%d: %s", spi, *ev.remote, e)
