@@ -138,10 +138,15 @@ def mesh_extension(lab: Lab, node: Node) -> dict[str, object]:
 
 
 def other_hubs(lab: Lab, hub: Node) -> tuple[Node, ...]:
-    """The lab's other hubs (role hub: gateways belong to clusters, not to the hub mesh)."""
-    if hub.role != "hub":
+    """The lab's other hubs (role hub: gateways belong to clusters, not to the hub mesh).
+
+    Only between agent hubs: strongSwan's kernel-libipsec refuses a branch child SA whose local
+    selectors also cover another hub's site ("error installing route with policy"), so a
+    strongSwan hub keeps its star of branch tunnels only."""
+    if hub.role != "hub" or hub.implementation == "strongswan":
         return ()
-    return tuple(n for n in lab.routers if n.role == "hub" and n.name != hub.name)
+    return tuple(n for n in lab.routers
+                 if n.role == "hub" and n.name != hub.name and n.implementation != "strongswan")
 
 
 def hub_site(lab: Lab, hub: Node, without: tuple[str, ...] = ()) -> list[IPv4Network]:
