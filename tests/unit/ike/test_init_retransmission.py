@@ -8,7 +8,7 @@ import random
 
 from vpnlab_agent.config import IkeConfig, PeerConfig
 from vpnlab_agent.ike import handshake
-from vpnlab_agent.ike.codec import decode_header
+from vpnlab_agent.ike.codec import Notify, decode, decode_header
 from vpnlab_agent.ike.constants import ExchangeType, NotifyType
 from vpnlab_agent.ike.endpoint import IkeEndpoint
 from vpnlab_agent.ike.events import AuthFailed, ChildSAUp, IkeSADown, IkeSAUp
@@ -41,8 +41,6 @@ def feed(dst: IkeEndpoint, src: IkeEndpoint, data: bytes, now: float) -> None:
 
 
 def notify_types(data: bytes) -> list[int]:
-    from vpnlab_agent.ike.codec import Notify, decode
-
     return [p.notify_type for p in decode(data).payloads if isinstance(p, Notify)]
 
 
