@@ -3,8 +3,12 @@ in a node, waiting for a condition. No printing."""
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from vpnlab import lab as labs
@@ -73,3 +77,17 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float, interval: fl
         if time.monotonic() > deadline:
             raise LabError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
         time.sleep(interval)
+
+
+@contextmanager
+def temporary_lab(rt: Runtime, topology: str, prefix: str) -> Iterator[LabCtl]:
+    """Deploy `topology` (YAML text) under a unique name starting with `prefix`; destroyed after."""
+    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "lab.yml"
+        path.write_text(topology)
+        try:
+            labs.deploy(path, name=name, runtime=rt)
+            yield LabCtl(rt, name)
+        finally:
+            labs.destroy(name, runtime=rt)
