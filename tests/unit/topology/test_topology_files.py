@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ FILES = sorted(TOPOLOGIES.glob("*.yml"))
 
 def test_the_expected_files_exist() -> None:
     names = {p.name for p in FILES}
-    assert {"hub-spoke.yml", "minimal.yml", "strongswan-branch.yml", "strongswan-hub.yml", "bench-20.yml", "mesh.yml"} <= names
+    assert {"hub-spoke.yml", "minimal.yml", "strongswan-branch.yml", "strongswan-hub.yml", "bench-20.yml", "mesh.yml",
+            "nat.yml"} <= names
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -66,3 +68,17 @@ def test_mesh_lab_is_supported() -> None:
     assert lab.node("br3").mesh.idle_timeout_s == 60
     assert lab.node("br4").behind_nat and lab.node("br4").public_address is None
     check_supported(lab)  # mesh and a branch behind NAT deploy now
+
+
+def test_nat_file_has_each_nat_type_a_shared_device_and_a_public_branch() -> None:
+    lab = load_topology(TOPOLOGIES / "nat.yml")
+    devices = {n.name: n.nat for n in lab.nodes if n.role == "nat"}
+    assert {d: (s.type, s.branches) for d, s in devices.items() if s is not None} == {
+        "home-nat": ("endpoint-independent", ("home",)),
+        "shop-nat": ("symmetric", ("shop",)),
+        "carrier": ("endpoint-independent", ("kiosk1", "kiosk2")),
+    }
+    behind = {b for s in devices.values() if s is not None for b in s.branches}
+    assert [n.name for n in lab.routers if n.role == "branch" and n.name not in behind] == ["office"]
+    assert all(lab.node(b).interfaces[0].address.ip in IPv4Network("100.64.0.0/10") for b in behind)
+    check_supported(lab)
