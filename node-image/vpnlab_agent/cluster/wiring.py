@@ -40,9 +40,9 @@ VIP_STATES = frozenset({"established"})
 
 
 def vip_engine(config: NodeConfig, route_src: str | None) -> Any:
-    from vpnlab_agent.dataplane.probe import kernel_has_esp, select_engine
+    from vpnlab_agent.dataplane.probe import esp_probe_error, select_engine
 
-    if config.dataplane == "userspace" or (config.dataplane == "auto" and not kernel_has_esp()):
+    if config.dataplane == "userspace" or (config.dataplane == "auto" and esp_probe_error() is not None):
         from vpnlab_agent.dataplane.userspace import UserspaceEngine
 
         return UserspaceEngine(route_src=route_src, device=VIP_DEVICE)
