@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.netlink_routes import RouteBatch, RouteRequest, describe
 
 log = logging.getLogger("vpnlab_agent.netconfig")
 
@@ -286,24 +287,20 @@ def _index(ipr: Any, name: str) -> int:
     return found[0]
 
 
-def _route_args(ipr: Any, route: PlannedRoute) -> dict[str, Any]:
-    args: dict[str, Any] = {"family": _family(route.family), "dst_len": route.dst_len}
-    if route.type != "unicast":
-        args["type"] = route.type
-    if route.metric:
-        args["priority"] = route.metric
-    if route.dst_len:
-        args["dst"] = route.dst
-    if route.via:
-        args["gateway"] = route.via
-    if route.dev:
-        args["oif"] = _index(ipr, route.dev)
-    return args
+def _route_request(route: PlannedRoute, index: dict[str, int]) -> RouteRequest:
+    return RouteRequest(route.dst, route.dst_len, route.family, type=route.type, metric=route.metric,
+                        gateway=route.via, oif=index[route.dev] if route.dev else 0)
+
+
+def _indexes(ipr: Any, routes: tuple[PlannedRoute, ...] | list[PlannedRoute]) -> dict[str, int]:
+    return {dev: _index(ipr, dev) for dev in {r.dev for r in routes if r.dev}}
 
 
 def apply(ipr: Any, netplan: NetPlan, applied: Applied | None = None) -> Applied:
     """Bring links up, add addresses, then routes. Already-present items are left alone and not
-    recorded; what is added is recorded into `applied` at once, so a failure half-way can be undone."""
+    recorded; what is added is recorded into `applied` at once, so a failure half-way can be undone.
+    Routes go in one batch (netlink_routes.py): a refused one is reported after the batch, and the
+    ones added around it are recorded like the others."""
     from pyroute2 import NetlinkError
 
     applied = applied if applied is not None else Applied()
@@ -321,31 +318,46 @@ def apply(ipr: Any, netplan: NetPlan, applied: Applied | None = None) -> Applied
             continue
         applied.addresses.append(addr)
         log.info("%s: address %s/%d", addr.dev, addr.address, addr.prefixlen)
-    for route in netplan.routes:
-        try:
-            ipr.route("add", **_route_args(ipr, route))
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
+    index = _indexes(ipr, netplan.routes)
+    with RouteBatch() as batch:
+        codes = batch.run([("add", _route_request(r, index)) for r in netplan.routes])
+    refused: list[str] = []
+    guards: list[str] = []
+    for route, code in zip(netplan.routes, codes):
+        if code:
+            if code != errno.EEXIST:
                 where = f" via {route.via}" if route.via else ""
-                raise NetConfigError(f"route {route.cidr}{where}: {exc}") from None
+                refused.append(f"route {route.cidr}{where}: {describe(code)}")
             continue
         applied.routes.append(route)
         if route.type == "unicast":
             log.info("route %s via %s dev %s", route.cidr, route.via or "-", route.dev or "-")
         else:
-            log.info("route %s %s metric %d (leak guard)", route.type, route.cidr, route.metric)
+            guards.append(route.cidr)
+    if guards:  # one line, not one per remote LAN: a hub's branches have hundreds
+        log.info("leak guards (unreachable, metric %d) for %d remote selectors: %s", GUARD_METRIC, len(guards),
+                 _abridged(guards))
+    if refused:
+        raise NetConfigError(refused[0])
     return applied
+
+
+def _abridged(items: list[str], shown: int = 8) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 def undo(ipr: Any, applied: Applied) -> None:
     """Remove what apply() added, routes first; things already gone are fine."""
     from pyroute2 import NetlinkError
 
-    for route in reversed(applied.routes):
-        try:
-            ipr.route("del", **_route_args(ipr, route))
-        except (NetlinkError, NetConfigError):
-            pass
+    try:
+        index = _indexes(ipr, [r for r in applied.routes if r.dev and ipr.link_lookup(ifname=r.dev)])
+        with RouteBatch() as batch:
+            batch.run([("del", _route_request(r, index)) for r in reversed(applied.routes)
+                       if not r.dev or r.dev in index])
+    except (OSError, NetConfigError):
+        pass
     for addr in reversed(applied.addresses):
         try:
             ipr.addr(

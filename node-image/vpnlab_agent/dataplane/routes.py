@@ -14,9 +14,9 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from vpnlab_agent.dataplane.base import EngineError
+from vpnlab_agent.netlink_routes import NetlinkRouteError, RouteBatch, RouteRequest, describe
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,9 @@ class Route:
     def key(self) -> tuple[int, str, int]:
         return self.table, str(ipaddress.IPv4Network(self.dst, strict=False)), self.metric
 
-    def netlink(self) -> dict[str, Any]:
-        """pyroute2 IPRoute.route() arguments."""
-        args: dict[str, Any] = {"dst": self.key[1], "oif": self.oif, "priority": self.metric}
-        if self.table != MAIN_TABLE:
-            args["table"] = self.table
-        if self.gateway:
-            args["gateway"] = self.gateway
-        if self.prefsrc:
-            args["prefsrc"] = self.prefsrc
-        return args
+    def request(self) -> RouteRequest:
+        return RouteRequest.of(self.key[1], metric=self.metric, oif=self.oif, gateway=self.gateway,
+                               prefsrc=self.prefsrc, table=self.table)
 
 
 class RouteSync:
@@ -55,26 +48,34 @@ class RouteSync:
         self.installed: dict[tuple[int, str, int], Route] = {}
 
     def sync(self, wanted: Iterable[Route]) -> None:
-        """Make the kernel hold exactly `wanted` among the routes this object manages.
+        """Make the kernel hold exactly `wanted` among the routes this object manages: the new and
+        changed ones replaced in one batch, then, if all went in, the unwanted ones deleted in another.
 
-        Raises EngineError if a route cannot be added (what was added before stays recorded, so the
+        Raises EngineError if a route cannot be added (what was added stays recorded, so the
         caller can sync back to its previous state)."""
-        from pyroute2 import IPRoute
-
         desired: dict[tuple[int, str, int], Route] = {}
         for r in wanted:
             desired.setdefault(r.key, r)
-        with IPRoute() as ipr:
-            for key, r in desired.items():
-                if self.installed.get(key) == r:
-                    continue
-                try:
-                    ipr.route("replace", **r.netlink())
-                except Exception as e:  # noqa: BLE001 - pyroute2 raises NetlinkError and others
-                    raise EngineError(f"route {r.key[1]} metric {r.metric}: {e}") from e
-                self.installed[key] = r
-            for key in [k for k in self.installed if k not in desired]:
-                self._delete(ipr, self.installed.pop(key))
+        changed = [r for key, r in desired.items() if self.installed.get(key) != r]
+        gone = [key for key in self.installed if key not in desired]
+        if not changed and not gone:
+            return
+        try:
+            with RouteBatch() as batch:
+                failed = None
+                for r, code in zip(changed, batch.run([("replace", r.request()) for r in changed])):
+                    if code:
+                        failed = failed or EngineError(f"route {r.key[1]} metric {r.metric}: {describe(code)}")
+                    else:
+                        self.installed[r.key] = r
+                if failed is not None:
+                    raise failed
+                dropped = [self.installed.pop(key) for key in gone]
+                for r, code in zip(dropped, batch.run([("del", r.request()) for r in dropped])):
+                    if code not in (0, errno.ESRCH, errno.ENOENT, errno.ENODEV):
+                        log.warning("route del %s metric %d: %s", r.key[1], r.metric, describe(code))
+        except NetlinkRouteError as e:
+            raise EngineError(f"routes: {e.strerror}") from e
 
     def clear(self) -> None:
         """Remove every route this object added (close)."""
@@ -83,15 +84,3 @@ class RouteSync:
         except Exception as e:  # noqa: BLE001 - closing: the namespace or device may be gone
             log.debug("routes: clearing: %s", e)
             self.installed.clear()
-
-    @staticmethod
-    def _delete(ipr: Any, r: Route) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        try:
-            ipr.route("del", **r.netlink())
-        except NetlinkError as e:
-            if e.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
-                log.warning("route del %s metric %d: %s", r.key[1], r.metric, e)
-        except Exception as e:  # noqa: BLE001 - the device may be gone already
-            log.debug("route del %s: %s", r.key[1], e)
