@@ -235,6 +235,8 @@ def inspect(
                     out.print(line, markup=False)
         if any(_mesh_status(n).get("enabled") for n in view.nodes):
             out.print(_mesh_table(view))
+            for line in _mesh_pair_lines(view):
+                out.print(line, markup=False)
         from vpnlab.inspect_contexts import contexts_table
 
         ctx_table = contexts_table(view)
@@ -400,6 +402,16 @@ def _mesh_table(view: Any) -> Table:
                 refused if i == 0 else "",
             )
     return table
+
+
+def _mesh_pair_lines(view: Any) -> list[str]:
+    """One line per branch pair that a NAT keeps on the hub (both ends record it; shown once)."""
+    lines: list[str] = []
+    for n in view.nodes:
+        for r in _mesh_status(n).get("refused") or []:
+            if r.get("line") and r["line"] not in lines:
+                lines.append(str(r["line"]))
+    return lines
 
 
 def _nat_status(node: Any) -> dict[str, Any]:

@@ -127,6 +127,9 @@ def mesh_extension(lab: Lab, node: Node) -> dict[str, object]:
     """
     ext: dict[str, object] = dataclasses.asdict(node.mesh)
     ext["behind_nat"] = node.behind_nat
+    # A lab shortcut: the agent measures its NAT type where it can (two hubs), else takes this one.
+    device = lab.node(node.nat_device) if node.nat_device else None
+    ext["nat_type"] = device.nat.type if device is not None and device.nat is not None else None
     count_pairs = ext.pop("count_pairs")
     if node.role in HUB_ROLES:
         ext["relay"] = any(b.mesh.enabled and b.implementation == "agent" for b in branches_of(lab, node.name))

@@ -41,7 +41,8 @@ def test_hub(lab) -> None:
                    psk=PSK),
     )
     assert cfg.extensions == {"mesh": {"enabled": False, "idle_timeout_s": 300, "max_tunnels": None, "device": None,
-                                       "behind_nat": False, "relay": False, "count_pairs": False}}
+                                       "hole_punching": False, "behind_nat": False, "nat_type": None,
+                                       "relay": False, "count_pairs": False}}
 
 
 PSK = "vpnlab-hub-spoke-psk"

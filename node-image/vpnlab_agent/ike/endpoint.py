@@ -26,7 +26,7 @@ from vpnlab_agent.config import IkeConfig, PeerConfig
 from vpnlab_agent.ike import admission, natt, proposals
 from vpnlab_agent.ike.certs import Credentials
 from vpnlab_agent.ike.codec import KE, SA, Header, IntegrityError, Nonce, ParseError, Payload, Proposal, decode, decode_header
-from vpnlab_agent.ike.constants import IKE_PORT, VENDOR_ID, ExchangeType, NotifyType, ProtocolId
+from vpnlab_agent.ike.constants import IKE_PORT, NATT_PORT, VENDOR_ID, ExchangeType, NotifyType, ProtocolId
 from vpnlab_agent.ike.events import Event, InformationalDone, Redirected
 from vpnlab_agent.ike.extension import AskCookie, Extension, Extensions, ReplyWith, SaView
 from vpnlab_agent.ike.ikesa import ZERO_SPI, IkeSa
@@ -169,17 +169,18 @@ class IkeEndpoint(LogLines):
     # --- API: IKE SAs -----------------------------------------------------------------------
 
     def connect(self, peer_name: str, now: float, *, address: str | None = None,
-                init_payloads: Sequence[Payload] = ()) -> None:
+                init_payloads: Sequence[Payload] = (), port: int = IKE_PORT) -> None:
         """Start IKE_SA_INIT towards a peer (at its configured address, or `address`), with
-        `init_payloads` added to IKE_SA_INIT; nothing if an IKE SA to it exists or is underway."""
+        `init_payloads` added to IKE_SA_INIT; nothing if an IKE SA to it exists or is underway.
+        Another `port` (a NAT mapping) is reached from our UDP 4500 (RFC 7296 §2.23)."""
         peer = self.peer(peer_name)
         to = address or peer.address
         if to is None:
             raise IkeError(f"peer {peer_name!r} has no address; it can only initiate to us")
         if self._of(peer.name, _GONE):
             return
-        s = IkeSession(self, initiator=True, local_spi=self.new_ike_spi(), remote=(to, IKE_PORT),
-                       local_port=IKE_PORT, now=now, peer=peer)
+        s = IkeSession(self, initiator=True, local_spi=self.new_ike_spi(), remote=(to, port),
+                       local_port=IKE_PORT if port == IKE_PORT else NATT_PORT, now=now, peer=peer)
         s.init_extra = list(init_payloads)
         self._sessions[s.local_spi] = s
         s.start(now)

@@ -52,6 +52,8 @@ class MeshConfig:
     hubs: tuple[HubView, ...] = ()  # branch side
     branches: dict[str, tuple[str, ...]] = field(default_factory=dict)  # hub side: branch -> its LANs
     relay: bool = False  # hub side: relay mesh signalling between our branches
+    hole_punching: bool = False  # branch behind NAT: shortcuts through hole punching (mesh/punch.py)
+    nat_type: str | None = None  # the topology's NAT device type (a lab shortcut; punch.NatView)
     request_timeout_s: float = REQUEST_TIMEOUT_S
     holddown_s: float = HOLDDOWN_S
     max_pending: int = MAX_PENDING
@@ -81,4 +83,6 @@ class MeshConfig:
             hubs=hubs,
             branches=branches,
             relay=bool(ext.get("relay", False)),
+            hole_punching=bool(ext.get("hole_punching", False)),
+            nat_type=ext.get("nat_type") or None,
         )

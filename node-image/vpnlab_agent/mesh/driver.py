@@ -9,6 +9,9 @@ drive it with real endpoints over the in-memory loopback.
 Shortcut peers are dynamic IKE peers (`IkeEndpoint.add_peer`): PSK of the lab, FQDN identity = node
 name, traffic selectors from the mesh logic. They are added with initiate=False even on the side
 that connects, so the IKE service never retries them on its own: the mesh logic decides.
+
+Punches (NAT keepalives towards a peer's NAT mapping, punch.py) queue in `punches`, bounded; the
+service sends them from the engine's UDP 4500 socket.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from typing import Any
 from vpnlab_agent.config import PeerConfig
 from vpnlab_agent.ike.constants import VENDOR_ID
 from vpnlab_agent.ike.endpoint import IkeEndpoint, IkeError
-from vpnlab_agent.ike.events import ChildSADeleted, ChildSAUp, IkeSADown, IkeSAUp, NotifyReceived
+from vpnlab_agent.ike.events import ChildSADeleted, ChildSAUp, IkeSADown, IkeSAUp, NotifyReceived, PeerMoved
 from vpnlab_agent.ike.extension import ChildInfo, ChildMeta, Extension, SaView
 from vpnlab_agent.mesh.config import MeshConfig
-from vpnlab_agent.mesh.manager import AcceptShortcut, BuildShortcut, DeleteShortcut, MeshManager, SendNotify
+from vpnlab_agent.mesh.manager import AcceptShortcut, BuildShortcut, DeleteShortcut, MeshManager, Punch, SendNotify
 from vpnlab_agent.mesh.relay import HubRelay
 
 MAX_ERRORS = 50
+MAX_PUNCHES = 64  # queued punches, until the service sends them
 # Child SAs with a shortcut peer win over the hub tunnel's, whose selectors cover the same LAN.
 SHORTCUT_PREFERENCE = 100
 
@@ -44,6 +48,7 @@ class MeshDriver(Extension):
         self.hubs = {h.name for h in cfg.hubs}
         self.children: dict[str, dict[int, int]] = {}  # shortcut peer -> {spi_in: reqid}
         self.errors: deque[str] = deque(maxlen=MAX_ERRORS)
+        self.punches: deque[tuple[str, int]] = deque(maxlen=MAX_PUNCHES)
         self.log_lines: deque[str] = deque(maxlen=1000)
         endpoint.add_extension(self)
 
@@ -68,7 +73,9 @@ class MeshDriver(Extension):
         if isinstance(ev, NotifyReceived):
             self.logic.notify_received(ev.peer, ev.notify_type, ev.data, now)
         elif isinstance(ev, IkeSAUp):
-            self.ike_up(ev.peer, now, VENDOR_ID in ev.vendor_ids)
+            self.ike_up(ev.peer, now, VENDOR_ID in ev.vendor_ids, ev.remote_addr)
+        elif isinstance(ev, PeerMoved) and self.relay is not None:
+            self.relay.branch_mapped(ev.peer, ev.remote, now, self._behind_nat(ev.peer))
         elif isinstance(ev, IkeSADown):
             self.ike_down(ev.peer, ev.reason, now)
         elif isinstance(ev, ChildSAUp) and self.manager is not None:
@@ -140,8 +147,10 @@ class MeshDriver(Extension):
             self.ep.send_notify(a.peer, a.notify_type, a.body, now)
         elif isinstance(a, BuildShortcut):
             self.ep.add_peer(PeerConfig(a.peer, a.remote_id, a.address, False, a.local_ts, a.remote_ts, auth=self._auth))
-            self.ep.connect(a.peer, now)
-            self.log_lines.append(f"shortcut to {a.peer}: IKE_SA_INIT to {a.address}")
+            self.ep.connect(a.peer, now, port=a.port)
+            self.log_lines.append(f"shortcut to {a.peer}: IKE_SA_INIT to {a.address}:{a.port}")
+        elif isinstance(a, Punch):
+            self.punches.append(a.addr)
         elif isinstance(a, AcceptShortcut):
             self.ep.add_peer(PeerConfig(a.peer, a.remote_id, None, False, a.local_ts, a.remote_ts, auth=self._auth), now)
         elif isinstance(a, DeleteShortcut):
@@ -156,12 +165,12 @@ class MeshDriver(Extension):
         """Take in the IKE SAs that came up before the driver was listening to events."""
         for sa in self.ep.sas():
             if sa.state == "established" and sa.peer is not None:
-                self.ike_up(sa.peer, now, VENDOR_ID in sa.vendor_ids)
+                self.ike_up(sa.peer, now, VENDOR_ID in sa.vendor_ids, sa.remote_addr)
         self.run_actions(now)
 
-    def ike_up(self, peer: str, now: float, vendor: bool) -> None:
+    def ike_up(self, peer: str, now: float, vendor: bool, remote: tuple[str, int] | None = None) -> None:
         if self.relay is not None:
-            self.relay.branch_up(peer, vendor, now)
+            self.relay.branch_up(peer, vendor, now, remote, self._behind_nat(peer))
         elif self.manager is not None:
             if peer in self.hubs:
                 self.manager.hub_up(peer, vendor, now)
@@ -179,6 +188,13 @@ class MeshDriver(Extension):
             else:
                 self.children.pop(peer, None)
                 self.manager.shortcut_down(peer, reason, now)
+
+    def _behind_nat(self, peer: str) -> bool:
+        """A branch the hub has no address for sits behind NAT (the hub never initiates to it)."""
+        try:
+            return self.ep.peer(peer).address is None
+        except IkeError:
+            return False
 
     def _error(self, text: str) -> None:
         self.errors.append(text)

@@ -7,7 +7,7 @@ Inputs:  session_seen(src, dst, now)            a forwarded NEW session (conntra
          shortcut_ike_up(peer, now), shortcut_up(peer, now), shortcut_down(peer, reason, now)
          traffic(peer, total_bytes, now), first_packet(peer, t)
          handle_timer(now)
-Outputs: next_action() -> SendNotify | BuildShortcut | AcceptShortcut | DeleteShortcut | None,
+Outputs: next_action() -> SendNotify | BuildShortcut | AcceptShortcut | DeleteShortcut | Punch | None,
          get_timer(), status(now).
 
 Who builds: the branch that SEES the new session (B) asks, through the hub, the branch that owns
@@ -19,6 +19,9 @@ Routes: a shortcut's traffic selectors are the two LANs' real prefixes (a /32 LA
 covered by the hub tunnel's selectors as well; the shortcut's child SAs win because the mesh
 extension (driver.py) gives them a higher preference, which both data-plane engines honour, and
 traffic falls back to the hub tunnel as soon as the shortcut's child SA is removed.
+
+Behind NAT, with hole_punching on, A builds to B's NAT mapping instead of a public address
+(punch.py says who may and when).
 """
 
 from __future__ import annotations
@@ -33,67 +36,20 @@ from typing import Any
 
 from vpnlab_agent.log import LogLines
 from vpnlab_agent.mesh import messages as m
+from vpnlab_agent.mesh import punch
 from vpnlab_agent.mesh.config import HubView, MeshConfig
 from vpnlab_agent.mesh.messages import MeshNotify, RefuseReason
+from vpnlab_agent.mesh.shortcut import (ACTIVE, IKE_PORT, AcceptShortcut, Action, BuildShortcut, DeleteShortcut,
+                                        Punch, SendNotify, Shortcut, State)
+
+__all__ = ["ACTIVE", "AcceptShortcut", "Action", "BuildShortcut", "DeleteShortcut", "MeshManager", "Punch",
+           "SendNotify", "Shortcut", "State"]
 
 MAX_ACTIONS = 10_000
 MAX_REFUSED = 50
 MAX_TIMELINE = 50
 MAX_IGNORED = 10
 RETRY_FIRST_S = 0.25  # initiator retry after a failed IKE attempt, doubling
-
-
-# --- actions ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SendNotify:
-    peer: str
-    notify_type: int
-    body: bytes
-
-
-@dataclass(frozen=True)
-class BuildShortcut:
-    """Add a dynamic IKE peer and initiate to it (we are A)."""
-
-    peer: str
-    remote_id: str
-    address: str
-    local_ts: tuple[str, ...]
-    remote_ts: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class AcceptShortcut:
-    """Add a dynamic IKE peer that may initiate to us (we are B)."""
-
-    peer: str
-    remote_id: str
-    local_ts: tuple[str, ...]
-    remote_ts: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class DeleteShortcut:
-    """Delete the IKE SA with the peer (INFORMATIONAL DELETE) if any, and forget the dynamic peer."""
-
-    peer: str
-    reason: str
-
-
-Action = SendNotify | BuildShortcut | AcceptShortcut | DeleteShortcut
-
-
-class State(enum.Enum):
-    REQUESTED = "requested"  # B: request sent to the hub, waiting for its ACK
-    AWAITING = "awaiting"  # B: A is named, its IKE_SA_INIT may come
-    BUILDING = "building"  # A: IKE_SA_INIT sent to B
-    UP = "up"
-
-
-ACTIVE = (State.REQUESTED, State.AWAITING, State.BUILDING, State.UP)
-
 
 def _covered(cidr: str, by: tuple[str, ...]) -> bool:
     net = ipaddress.IPv4Network(cidr, strict=False)
@@ -109,48 +65,13 @@ def _containing(addr: str, cidrs: tuple[str, ...]) -> str | None:
             best = net
     return str(best) if best is not None else None
 
-
-@dataclass
-class Shortcut:
-    request_id: int
-    role: str  # "requester" (B: we saw the session) | "initiator" (A: we build the IKE SA)
-    state: State
-    hub: str
-    local_subnets: tuple[str, ...]
-    remote_subnets: tuple[str, ...]
-    peer: str | None = None  # the other branch, once known
-    address: str | None = None
-    since: float = 0.0  # when the current state began
-    last_traffic: float = 0.0
-    last_bytes: int = -1
-    retries: int = 0  # initiator: IKE attempts that failed so far
-    retry_at: float | None = None
-    timeline: dict[str, float] = field(default_factory=dict)
-
-    def mark(self, event: str, t: float) -> None:
-        self.timeline.setdefault(event, t)
-
-    def to_status(self, now: float) -> dict[str, Any]:
-        return {
-            "id": f"{self.request_id:08x}",
-            "peer": self.peer,
-            "role": self.role,
-            "state": self.state.value,
-            "hub": self.hub,
-            "local": list(self.local_subnets),
-            "remote": list(self.remote_subnets),
-            "address": self.address,
-            "idle_s": round(now - self.last_traffic, 1) if self.state is State.UP else None,
-            "timeline": dict(self.timeline),
-        }
-
-
 class MeshManager(LogLines):
     def __init__(self, config: MeshConfig, rng: Callable[[int], bytes] = os.urandom) -> None:
         self.cfg = config
         self.rng = rng
         self._hubs: dict[str, HubView] = {h.name: h for h in config.hubs}
         self._hubs_up: dict[str, bool] = {}  # hub -> announced our Vendor ID
+        self.nat = punch.NatView(config)
         self._shortcuts: list[Shortcut] = []
         self._holddown: dict[str, float] = {}  # remote subnet -> until
         self._actions: deque[Action] = deque(maxlen=MAX_ACTIONS)
@@ -169,6 +90,7 @@ class MeshManager(LogLines):
 
     def hub_down(self, hub: str, now: float) -> None:
         self._hubs_up.pop(hub, None)
+        self.nat.hub_gone(hub)
 
     def session_seen(self, src: str, dst: str, now: float) -> bool:
         """A forwarded NEW session src -> dst. True when it led to a request."""
@@ -190,7 +112,7 @@ class MeshManager(LogLines):
         sc.mark("session_seen", now)
         sc.mark("request_sent", now)
         self._shortcuts.append(sc)
-        req = m.MeshRequest(rid, self.cfg.name, self.cfg.public_address, (local,), (remote,))
+        req = m.MeshRequest(rid, self.cfg.name, self.cfg.public_address, (local,), (remote,), flags=self.nat.flags())
         self._actions.append(SendNotify(hub.name, MeshNotify.REQUEST, m.encode(req)))
         self.counts["requests_sent"] += 1
         self.log(f"session {src} -> {dst}: asking {hub.name} for a shortcut {local} <-> {remote}")
@@ -211,6 +133,8 @@ class MeshManager(LogLines):
             self._on_ack(peer, msg, now)
         elif notify_type == MeshNotify.REFUSE and isinstance(msg, m.MeshRefusal):
             self._on_refuse(msg, now)
+        elif notify_type == MeshNotify.MAPPING and isinstance(msg, m.MeshMapping):
+            self.nat.mapped(peer, msg.mapping)
         else:
             self.counts["bad_messages"] += 1
 
@@ -259,11 +183,14 @@ class MeshManager(LogLines):
 
     def handle_timer(self, now: float) -> None:
         for sc in list(self._shortcuts):
+            while sc.punch_at and sc.punch_at[0] <= now and sc.punch_to is not None and sc.state is not State.UP:
+                sc.punch_at.pop(0)
+                self._punch(sc, now)
             if sc.retry_at is not None and sc.retry_at <= now and sc.state is State.BUILDING:
                 sc.retry_at = None
-                sc.mark(f"retry_{sc.retries}", now)
+                sc.mark(f"retry_{sc.retries}" if sc.retries else "ike_sa_init", now)
                 self._actions.append(BuildShortcut(sc.peer or "", sc.peer or "", sc.address or "",
-                                                   sc.local_subnets, sc.remote_subnets))
+                                                   sc.local_subnets, sc.remote_subnets, sc.port))
             if sc.state is State.UP:
                 if now - sc.last_traffic >= self.cfg.idle_timeout_s:
                     self.counts["deleted_idle"] += 1
@@ -274,7 +201,8 @@ class MeshManager(LogLines):
                 self._finish(sc, "timeout", now)
                 if sc.peer is not None:
                     self._actions.append(DeleteShortcut(sc.peer, "timeout"))
-                self._refused(sc.peer or sc.remote_subnets[0], RefuseReason.TIMEOUT, now)
+                self._refused(sc.peer or sc.remote_subnets[0], RefuseReason.TIMEOUT, now, detail=(
+                    f"hole punching to {sc.punch_to[0]}:{sc.punch_to[1]}: traffic stays on the hub" if sc.punch_to else ""))
                 self._holddown[sc.remote_subnets[0]] = now + self.cfg.holddown_s
         for key, until in list(self._holddown.items()):
             if until <= now:
@@ -294,6 +222,8 @@ class MeshManager(LogLines):
                 times.append(sc.since + self.cfg.request_timeout_s)
             if sc.retry_at is not None:
                 times.append(sc.retry_at)
+            if sc.punch_at and sc.state is not State.UP:
+                times.append(sc.punch_at[0])
         times.extend(self._holddown.values())
         return min(times) if times else None
 
@@ -311,6 +241,7 @@ class MeshManager(LogLines):
             "limit": self.cfg.limit,
             "idle_timeout_s": self.cfg.idle_timeout_s,
             "public_address": self.cfg.public_address,
+            "nat": self.nat.status(),
             "hubs": {h: {"vpnlab_peer": v} for h, v in self._hubs_up.items()},
             "active": self._active(),
             "shortcuts": [sc.to_status(now) for sc in self._shortcuts],
@@ -358,7 +289,7 @@ class MeshManager(LogLines):
     def _on_relay(self, hub: HubView, req: m.MeshRequest, now: float) -> None:
         """We are A: the hub asks us to build a shortcut to the requester B."""
         def refuse(reason: RefuseReason) -> None:
-            self._refused(req.requester, reason, now)
+            self._refused(req.requester, reason, now, line=punch.pair_line(self.cfg.name, req.requester, reason))
             body = m.encode(m.MeshRefusal(req.request_id, req.requester, self.cfg.name, reason))
             self._actions.append(SendNotify(hub.name, MeshNotify.REFUSE, body))
 
@@ -374,9 +305,13 @@ class MeshManager(LogLines):
         if not self.cfg.enabled:
             refuse(RefuseReason.MESH_DISABLED)
             return
-        if req.requester_addr is None:
-            refuse(RefuseReason.NO_PUBLIC_ADDRESS)
-            return
+        address, port = req.requester_addr, IKE_PORT
+        if address is None:
+            why = punch.refusal(self.nat, req)
+            if why is not None:
+                refuse(why)
+                return
+            address, port = req.mapping  # type: ignore[misc]  # punch.refusal checked it
         mine = [sc for sc in self._shortcuts if sc.peer == req.requester or any(
             _covered(r, req.requester_subnets) for r in sc.remote_subnets)]
         race = None
@@ -395,15 +330,18 @@ class MeshManager(LogLines):
             refuse(RefuseReason.LIMIT_REACHED)
             return
         sc = Shortcut(req.request_id, "initiator", State.BUILDING, hub.name, tuple(req.wanted_subnets),
-                      tuple(req.requester_subnets), peer=req.requester, address=req.requester_addr, since=now)
+                      tuple(req.requester_subnets), peer=req.requester, address=address, port=port, since=now)
         if race is not None:
             sc.timeline.update(race.timeline)
         sc.mark("relayed", now)
-        sc.mark("ike_sa_init", now)
         self._shortcuts.append(sc)
         self.counts["built"] += 1
-        self._actions.append(BuildShortcut(req.requester, req.requester, req.requester_addr,
-                                           sc.local_subnets, sc.remote_subnets))
+        if port != IKE_PORT:  # B is behind NAT: punch, then IKE_SA_INIT to its mapping (punch.py)
+            sc.punch_to, sc.retry_at = (address, port), now + punch.LEAD_S
+            self._punch(sc, now)
+            return
+        sc.mark("ike_sa_init", now)
+        self._actions.append(BuildShortcut(req.requester, req.requester, address, sc.local_subnets, sc.remote_subnets))
 
     def _on_ack(self, hub: str, ack: m.MeshAck, now: float) -> None:
         """We are B: the hub relayed our request to ack.target, whose IKE_SA_INIT we now accept."""
@@ -421,6 +359,9 @@ class MeshManager(LogLines):
         sc.mark("relayed", now)
         self.counts["accepted"] += 1
         self._actions.append(AcceptShortcut(ack.target, ack.target, sc.local_subnets, sc.remote_subnets))
+        if self.nat.flags() & m.NatFlag.PUNCH and self.nat.type != punch.SYMMETRIC and ack.target_mapping:
+            sc.punch_to, sc.punch_at = ack.target_mapping, punch.schedule(now)[1:]
+            self._punch(sc, now)  # our NAT lets A's IKE_SA_INIT in once this went out
 
     def _on_refuse(self, ref: m.MeshRefusal, now: float) -> None:
         sc = next((s for s in self._shortcuts if s.request_id == ref.request_id and s.role == "requester"), None)
@@ -429,7 +370,8 @@ class MeshManager(LogLines):
         self._finish(sc, f"refused: {ref.reason.text}", now)
         if sc.peer is not None:
             self._actions.append(DeleteShortcut(sc.peer, "refused"))
-        self._refused(ref.target or sc.remote_subnets[0], ref.reason, now)
+        self._refused(ref.target or sc.remote_subnets[0], ref.reason, now,
+                      line=punch.pair_line(ref.target, self.cfg.name, ref.reason))
         self._holddown[sc.remote_subnets[0]] = now + self.cfg.holddown_s
 
     # --- helpers -------------------------------------------------------------------------
@@ -440,13 +382,18 @@ class MeshManager(LogLines):
     def _by_peer(self, peer: str) -> Shortcut | None:
         return next((s for s in self._shortcuts if s.peer == peer), None)
 
+    def _punch(self, sc: Shortcut, now: float) -> None:
+        sc.punches += 1
+        sc.mark("punch", now)
+        self._actions.append(Punch(sc.peer or "", sc.punch_to))  # type: ignore[arg-type]
+
     def _refuse_local(self, peer: str | None, remote: str, reason: RefuseReason, now: float) -> None:
         self._refused(peer or remote, reason, now)
         self._holddown[remote] = now + self.cfg.holddown_s
 
-    def _refused(self, peer: str, reason: RefuseReason, now: float, detail: str = "") -> None:
+    def _refused(self, peer: str, reason: RefuseReason, now: float, detail: str = "", line: str | None = None) -> None:
         self.refused.append({"peer": peer, "reason": reason.text + (f" ({detail})" if detail else ""),
-                             "code": reason.name, "at": now})
+                             "code": reason.name, "at": now, **({"line": line} if line else {})})
         self.log(f"no shortcut with {peer}: {reason.text}{f' ({detail})' if detail else ''}")
 
     def _finish(self, sc: Shortcut, end: str, now: float) -> None:

@@ -6,11 +6,14 @@ by the SK payload), and only to peers that announced our Vendor ID; this module 
 Layout (network byte order), every body:  version (1) | request id (4) | fields of the kind
   name        = length (1) | ASCII FQDN (1..253)
   address     = 4 bytes IPv4; 0.0.0.0 means "no public address"
+  mapping     = 4 bytes IPv4 | port (2): an IKE SA's far end as the hub sees it; 0.0.0.0:0 = none
   subnet list = count (1, 1..MAX_SUBNETS) | count x (4-byte network, 1-byte prefix length)
   MeshRequest  (REQUEST B->hub, RELAY hub->A): requester name | requester address | requester
                subnets | wanted subnets (where the session came from) | target name (empty in REQUEST)
-  MeshAck      (ACK hub->B): requester name | target name | target subnets
+               | NAT flags (1) | requester mapping (none in REQUEST; the hub fills it in)
+  MeshAck      (ACK hub->B): requester name | target name | target subnets | target mapping
   MeshRefusal  (REFUSE, either way): requester name | target name (may be empty) | reason (1)
+  MeshMapping  (MAPPING hub->branch): mapping (where the hub sees the branch's IKE SA come from)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 from vpnlab_agent.ike.constants import NotifyType
 
-VERSION = 1
+VERSION = 2  # 2: NAT flags and mappings, for hole punching (mesh/punch.py)
 MAX_SUBNETS = 16
 MAX_NAME = 253
 
@@ -34,6 +37,15 @@ class MeshNotify(enum.IntEnum):
     RELAY = BASE + 2  # hub -> initiating branch A: B's request, with B named as target of A's tunnel
     ACK = BASE + 3  # hub -> B: relayed; here is who A is, so B can accept A's IKE_SA_INIT
     REFUSE = BASE + 4  # A -> hub -> B, or hub -> B: no shortcut, and why
+    MAPPING = BASE + 5  # hub -> branch: the public address and port it sees the branch's IKE SA from
+
+
+class NatFlag(enum.IntFlag):
+    """What a requester says about its own NAT (REQUEST, RELAY)."""
+
+    BEHIND_NAT = 1
+    SYMMETRIC = 2  # address-and-port-dependent mapping: the hub's view is useless to others
+    PUNCH = 4  # it takes part in hole punching (mesh key hole_punching)
 
 
 class RefuseReason(enum.IntEnum):
@@ -46,6 +58,8 @@ class RefuseReason(enum.IntEnum):
     TIMEOUT = 7
     SETUP_FAILED = 8
     INVALID = 9
+    REQUESTER_SYMMETRIC = 10  # the branch that asked is behind a symmetric NAT
+    INITIATOR_SYMMETRIC = 11  # the branch that would initiate is behind a symmetric NAT
 
     @property
     def text(self) -> str:
@@ -62,6 +76,8 @@ _REASON_TEXT = {
     RefuseReason.TIMEOUT: "shortcut not up in time",
     RefuseReason.SETUP_FAILED: "IKE setup of the shortcut failed",
     RefuseReason.INVALID: "request failed validation",
+    RefuseReason.REQUESTER_SYMMETRIC: "requester is behind a symmetric NAT (address-and-port-dependent mapping)",
+    RefuseReason.INITIATOR_SYMMETRIC: "initiator is behind a symmetric NAT (address-and-port-dependent mapping)",
 }
 
 
@@ -77,6 +93,8 @@ class MeshRequest:
     requester_subnets: tuple[str, ...]  # B's side of the wanted relationship
     wanted_subnets: tuple[str, ...]  # the other side: where the session came from
     target: str = ""  # set by the hub in RELAY: the branch that owns wanted_subnets
+    flags: int = 0  # NatFlag
+    mapping: tuple[str, int] | None = None  # set by the hub in RELAY: B's IKE SA as the hub sees it
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,7 @@ class MeshAck:
     requester: str
     target: str
     target_subnets: tuple[str, ...]
+    target_mapping: tuple[str, int] | None = None  # A's IKE SA as the hub sees it
 
 
 @dataclass(frozen=True)
@@ -95,7 +114,13 @@ class MeshRefusal:
     reason: RefuseReason
 
 
-MeshMessage = MeshRequest | MeshAck | MeshRefusal
+@dataclass(frozen=True)
+class MeshMapping:
+    request_id: int
+    mapping: tuple[str, int]
+
+
+MeshMessage = MeshRequest | MeshAck | MeshRefusal | MeshMapping
 
 
 def encode(msg: MeshMessage) -> bytes:
@@ -106,10 +131,15 @@ def encode(msg: MeshMessage) -> bytes:
         _subnets(out, msg.requester_subnets)
         _subnets(out, msg.wanted_subnets)
         _name(out, msg.target, allow_empty=True)
+        out.append(int(msg.flags) & 0xFF)
+        _mapping(out, msg.mapping)
     elif isinstance(msg, MeshAck):
         _name(out, msg.requester)
         _name(out, msg.target)
         _subnets(out, msg.target_subnets)
+        _mapping(out, msg.target_mapping)
+    elif isinstance(msg, MeshMapping):
+        _mapping(out, msg.mapping)
     elif isinstance(msg, MeshRefusal):
         _name(out, msg.requester)
         _name(out, msg.target, allow_empty=True)
@@ -134,9 +164,14 @@ def decode(notify_type: int, data: bytes) -> MeshMessage:
         requester = r.name()
         addr = str(ipaddress.IPv4Address(r.take(4)))
         msg = MeshRequest(request_id, requester, None if addr == "0.0.0.0" else addr,
-                          r.subnets(), r.subnets(), r.name(allow_empty=True))
+                          r.subnets(), r.subnets(), r.name(allow_empty=True), r.unpack("!B")[0], r.mapping())
     elif kind == MeshNotify.ACK:
-        msg = MeshAck(request_id, r.name(), r.name(), r.subnets())
+        msg = MeshAck(request_id, r.name(), r.name(), r.subnets(), r.mapping())
+    elif kind == MeshNotify.MAPPING:
+        mapping = r.mapping()
+        if mapping is None:
+            raise MeshMessageError("MAPPING without a mapping")
+        msg = MeshMapping(request_id, mapping)
     else:
         requester, target = r.name(), r.name(allow_empty=True)
         (code,) = r.unpack("!B")
@@ -161,6 +196,11 @@ def _name(out: bytearray, name: str, *, allow_empty: bool = False) -> None:
         raise MeshMessageError(f"name longer than {MAX_NAME} bytes")
     out.append(len(raw))
     out += raw
+
+
+def _mapping(out: bytearray, mapping: tuple[str, int] | None) -> None:
+    ip, port = mapping or ("0.0.0.0", 0)
+    out += ipaddress.IPv4Address(ip).packed + struct.pack("!H", port)
 
 
 def _subnets(out: bytearray, cidrs: tuple[str, ...]) -> None:
@@ -199,6 +239,15 @@ class _Reader:
         if not all(ch.isalnum() or ch in "-._" for ch in text):
             raise MeshMessageError(f"name {text!r} has characters an FQDN cannot have")
         return text
+
+    def mapping(self) -> tuple[str, int] | None:
+        ip = str(ipaddress.IPv4Address(self.take(4)))
+        (port,) = self.unpack("!H")
+        if ip == "0.0.0.0" and port == 0:
+            return None
+        if ip == "0.0.0.0" or port == 0:
+            raise MeshMessageError(f"half a mapping: {ip}:{port}")
+        return ip, port
 
     def subnets(self) -> tuple[str, ...]:
         (count,) = self.unpack("!B")

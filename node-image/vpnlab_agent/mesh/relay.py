@@ -6,6 +6,9 @@ branch it names as requester, for subnets that branch's tunnel carries; it is re
 branch whose IKE SA is up and announced our Vendor ID, and only when one of our branches owns every
 wanted subnet. Anything else is refused with a reason (so the requester's status can say why), or
 dropped when it is not even well-formed. Requests per branch are rate-limited.
+
+Hole punching (punch.py): the hub tells each branch behind NAT the mapping it sees its IKE SA come
+from (MAPPING), and puts each side's mapping into the RELAY and the ACK.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class _Branch:
     vendor: bool = False
     tokens: float = RATE_BURST
     refilled: float = 0.0
+    mapping: tuple[str, int] | None = None  # where its IKE SA comes from (behind NAT: its mapping)
 
 
 class HubRelay(LogLines):
@@ -52,15 +56,28 @@ class HubRelay(LogLines):
 
     # --- inputs --------------------------------------------------------------------------
 
-    def branch_up(self, name: str, vendor: bool, now: float) -> None:
+    def branch_up(self, name: str, vendor: bool, now: float, mapping: tuple[str, int] | None = None,
+                  behind_nat: bool = False) -> None:
         b = self._branches.get(name)
         if b is not None:
             b.up, b.vendor = True, vendor
+            self.branch_mapped(name, mapping, now, behind_nat)
+
+    def branch_mapped(self, name: str, mapping: tuple[str, int] | None, now: float, behind_nat: bool = False) -> None:
+        """The branch's IKE SA comes from `mapping` (it came up, or its NAT mapping changed); one
+        behind NAT is told."""
+        b = self._branches.get(name)
+        if b is None or mapping == b.mapping:
+            return
+        b.mapping = mapping
+        if behind_nat and mapping is not None and b.vendor and self.cfg.relay:
+            self._actions.append(SendNotify(name, MeshNotify.MAPPING, m.encode(m.MeshMapping(0, mapping))))
 
     def branch_down(self, name: str, now: float) -> None:
         b = self._branches.get(name)
         if b is not None:
             b.up = b.vendor = False
+            b.mapping = None
 
     def notify_received(self, peer: str, notify_type: int, data: bytes, now: float) -> None:
         src = self._branches.get(peer)
@@ -100,7 +117,9 @@ class HubRelay(LogLines):
             "enabled": self.cfg.relay,
             "role": "hub",
             "limit": self.cfg.limit,
-            "branches": {n: {"up": b.up, "vpnlab_peer": b.vendor} for n, b in self._branches.items()},
+            "branches": {n: {"up": b.up, "vpnlab_peer": b.vendor,
+                             **({"mapping": "%s:%d" % b.mapping} if b.mapping else {})}
+                         for n, b in self._branches.items()},
             "relayed": list(self.relayed),
             "refused": list(self.refused),
             "counts": dict(self.counts),
@@ -141,10 +160,10 @@ class HubRelay(LogLines):
         # ACK first, so the requester knows whom to accept before the initiator's IKE_SA_INIT arrives.
         # Each goes in its own IKE SA's window, so the ACK may still come late (behind another
         # request of ours to B): B then holds A's IKE_AUTH until it has the ACK (driver.hold_auth).
-        ack = m.MeshAck(req.request_id, peer, target, t.subnets)
+        ack = m.MeshAck(req.request_id, peer, target, t.subnets, t.mapping)
         self._actions.append(SendNotify(peer, MeshNotify.ACK, m.encode(ack)))
         relay = m.MeshRequest(req.request_id, peer, req.requester_addr, req.requester_subnets,
-                              req.wanted_subnets, target)
+                              req.wanted_subnets, target, req.flags, src.mapping)
         self._actions.append(SendNotify(target, MeshNotify.RELAY, m.encode(relay)))
 
     def _on_refusal(self, peer: str, ref: m.MeshRefusal, now: float) -> None:

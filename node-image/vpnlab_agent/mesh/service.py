@@ -127,6 +127,12 @@ class MeshService:
         # What the driver asked of the endpoint goes out on its own: the endpoint wakes the IKE service.
         for line in self.driver.pop_logs():
             log.info("%s", line)
+        while self.driver.punches:
+            addr = self.driver.punches.popleft()
+            try:  # a NAT keepalive from the UDP 4500 socket: our NAT opens a mapping towards addr
+                self.ike.engine.send_keepalive(addr)
+            except EngineError as e:
+                log.warning("punch to %s:%d: %s", addr[0], addr[1], e)
         self._reschedule()
 
     def _reschedule(self) -> None:

@@ -41,6 +41,7 @@ class MeshSettings:  # Advanced Mesh VPN (docs/mesh.md)
     idle_timeout_s: int = 300
     max_tunnels: int | None = None  # None: the licence default of `device` (vpnlab_agent.mesh.licence)
     device: str | None = None
+    hole_punching: bool = False  # branches behind NAT: shortcuts through UDP hole punching
     # Not in the topology file: `vpnlab measure hub-traffic` sets it on the hub to count the star's
     # branch-to-branch bytes with mesh off (a hub otherwise runs no mesh service in such a lab).
     count_pairs: bool = False

@@ -473,7 +473,8 @@ def _mesh(default: MeshSpec | None, own: MeshSpec | None) -> MeshSettings:
             merged.update({k: getattr(spec, k) for k in spec.model_fields_set})
     base = MeshSpec.model_validate(merged)
     return MeshSettings(
-        enabled=base.enabled, idle_timeout_s=base.idle_timeout, max_tunnels=base.max_tunnels, device=base.device
+        enabled=base.enabled, idle_timeout_s=base.idle_timeout, max_tunnels=base.max_tunnels, device=base.device,
+        hole_punching=base.hole_punching,
     )
 
 

@@ -150,6 +150,7 @@ class MeshSpec(_Strict):  # Advanced Mesh VPN (docs/mesh.md)
     idle_timeout: int = Field(default=300, gt=0)
     max_tunnels: int | None = Field(default=None, ge=0)
     device: str | None = None  # licence category (vpnlab_agent.mesh.licence), sets the default limit
+    hole_punching: bool = False  # beyond LANCOM: shortcuts between branches behind NAT (docs/mesh.md)
 
     @field_validator("device")
     @classmethod

@@ -15,6 +15,11 @@ from vpnlab_agent.mesh.messages import MeshNotify, RefuseReason
     (MeshNotify.ACK, m.MeshAck(9, "br2", "br1", ("10.1.0.0/24",))),
     (MeshNotify.REFUSE, m.MeshRefusal(9, "br2", "br1", RefuseReason.LIMIT_REACHED)),
     (MeshNotify.REFUSE, m.MeshRefusal(9, "br2", "", RefuseReason.UNKNOWN_SUBNET)),
+    (MeshNotify.RELAY, m.MeshRequest(3, "br4", None, ("10.4.0.0/24",), ("10.1.0.0/24",), "br1",
+                                     m.NatFlag.BEHIND_NAT | m.NatFlag.PUNCH, ("198.51.100.40", 4500))),
+    (MeshNotify.ACK, m.MeshAck(9, "br2", "br1", ("10.1.0.0/24",), ("198.51.100.41", 4501))),
+    (MeshNotify.REFUSE, m.MeshRefusal(9, "br2", "br1", RefuseReason.REQUESTER_SYMMETRIC)),
+    (MeshNotify.MAPPING, m.MeshMapping(0, ("198.51.100.40", 61234))),
 ])
 def test_round_trip(notify: MeshNotify, msg: m.MeshMessage) -> None:
     assert m.decode(notify, m.encode(msg)) == msg
@@ -27,17 +32,26 @@ def test_no_public_address_is_all_zero() -> None:
 
 @pytest.mark.parametrize("body,why", [
     (b"", "truncated"),
-    (b"\x02\x00\x00\x00\x01", "version"),
+    (b"\x01\x00\x00\x00\x01", "version"),
     (m.encode(m.MeshAck(1, "a", "b", ("10.1.0.0/24",))) + b"x", "trailing"),
     (m.encode(m.MeshAck(1, "a", "b", ("10.1.0.0/24",)))[:-1], "truncated"),
-    (b"\x01\x00\x00\x00\x01\x01a\x01b\x01\x0a\x01\x00\x01\x18", "host bits"),
-    (b"\x01\x00\x00\x00\x01\x01a\x01b\x00", "subnets"),
-    (b"\x01\x00\x00\x00\x01\x01a\x01b\x01\x0a\x01\x00\x00\x21", "prefix"),
-    (b"\x01\x00\x00\x00\x01\x02a;\x01b\x01\x0a\x01\x00\x00\x18", "characters"),
+    (b"\x02\x00\x00\x00\x01\x01a\x01b\x01\x0a\x01\x00\x01\x18", "host bits"),
+    (b"\x02\x00\x00\x00\x01\x01a\x01b\x00", "subnets"),
+    (b"\x02\x00\x00\x00\x01\x01a\x01b\x01\x0a\x01\x00\x00\x21", "prefix"),
+    (b"\x02\x00\x00\x00\x01\x02a;\x01b\x01\x0a\x01\x00\x00\x18", "characters"),
 ])
 def test_malformed_ack_bodies_are_refused_with_a_reason(body: bytes, why: str) -> None:
     with pytest.raises(m.MeshMessageError, match=why):
         m.decode(MeshNotify.ACK, body)
+
+
+def test_half_a_mapping_and_an_empty_mapping_notify_are_refused() -> None:
+    body = bytearray(m.encode(m.MeshMapping(0, ("198.51.100.40", 4500))))
+    body[-2:] = b"\x00\x00"
+    with pytest.raises(m.MeshMessageError, match="half a mapping"):
+        m.decode(MeshNotify.MAPPING, bytes(body))
+    with pytest.raises(m.MeshMessageError, match="without a mapping"):
+        m.decode(MeshNotify.MAPPING, b"\x02\x00\x00\x00\x00" + bytes(6))
 
 
 def test_unknown_reason_and_foreign_notify_type() -> None:
