@@ -87,6 +87,8 @@ class MeshManager(LogLines):
     def hub_up(self, hub: str, vendor: bool, now: float) -> None:
         if hub in self._hubs:
             self._hubs_up[hub] = vendor
+            if vendor and self.nat.behind:  # ask: the hub's own MAPPING may have come before we listened
+                self._actions.append(SendNotify(hub, MeshNotify.MAPPING, m.encode(m.MeshMapping(0, None))))
 
     def hub_down(self, hub: str, now: float) -> None:
         self._hubs_up.pop(hub, None)
@@ -133,7 +135,7 @@ class MeshManager(LogLines):
             self._on_ack(peer, msg, now)
         elif notify_type == MeshNotify.REFUSE and isinstance(msg, m.MeshRefusal):
             self._on_refuse(msg, now)
-        elif notify_type == MeshNotify.MAPPING and isinstance(msg, m.MeshMapping):
+        elif notify_type == MeshNotify.MAPPING and isinstance(msg, m.MeshMapping) and msg.mapping:
             self.nat.mapped(peer, msg.mapping)
         else:
             self.counts["bad_messages"] += 1

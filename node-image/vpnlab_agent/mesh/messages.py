@@ -13,7 +13,8 @@ Layout (network byte order), every body:  version (1) | request id (4) | fields 
                | NAT flags (1) | requester mapping (none in REQUEST; the hub fills it in)
   MeshAck      (ACK hub->B): requester name | target name | target subnets | target mapping
   MeshRefusal  (REFUSE, either way): requester name | target name (may be empty) | reason (1)
-  MeshMapping  (MAPPING hub->branch): mapping (where the hub sees the branch's IKE SA come from)
+  MeshMapping  (MAPPING hub->branch): mapping (where the hub sees the branch's IKE SA come from);
+               branch->hub with none: "tell me" (the hub's first one may come before we listen)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class MeshNotify(enum.IntEnum):
     RELAY = BASE + 2  # hub -> initiating branch A: B's request, with B named as target of A's tunnel
     ACK = BASE + 3  # hub -> B: relayed; here is who A is, so B can accept A's IKE_SA_INIT
     REFUSE = BASE + 4  # A -> hub -> B, or hub -> B: no shortcut, and why
-    MAPPING = BASE + 5  # hub -> branch: the public address and port it sees the branch's IKE SA from
+    MAPPING = BASE + 5  # hub -> branch: the public address and port it sees the branch's IKE SA from; or a query
 
 
 class NatFlag(enum.IntFlag):
@@ -117,7 +118,7 @@ class MeshRefusal:
 @dataclass(frozen=True)
 class MeshMapping:
     request_id: int
-    mapping: tuple[str, int]
+    mapping: tuple[str, int] | None  # None: a branch asks the hub for it
 
 
 MeshMessage = MeshRequest | MeshAck | MeshRefusal | MeshMapping
@@ -168,10 +169,7 @@ def decode(notify_type: int, data: bytes) -> MeshMessage:
     elif kind == MeshNotify.ACK:
         msg = MeshAck(request_id, r.name(), r.name(), r.subnets(), r.mapping())
     elif kind == MeshNotify.MAPPING:
-        mapping = r.mapping()
-        if mapping is None:
-            raise MeshMessageError("MAPPING without a mapping")
-        msg = MeshMapping(request_id, mapping)
+        msg = MeshMapping(request_id, r.mapping())
     else:
         requester, target = r.name(), r.name(allow_empty=True)
         (code,) = r.unpack("!B")

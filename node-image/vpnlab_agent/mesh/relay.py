@@ -98,6 +98,8 @@ class HubRelay(LogLines):
             self._on_request(peer, src, msg, now)
         elif notify_type == MeshNotify.REFUSE and isinstance(msg, m.MeshRefusal):
             self._on_refusal(peer, msg, now)
+        elif notify_type == MeshNotify.MAPPING and isinstance(msg, m.MeshMapping) and src.mapping and src.vendor:
+            self._actions.append(SendNotify(peer, MeshNotify.MAPPING, m.encode(m.MeshMapping(0, src.mapping))))
         else:
             self.counts["dropped"] += 1
 

@@ -160,3 +160,12 @@ def test_two_hubs_measure_the_nat_type_over_the_topologys() -> None:
     # a MAPPING from anything but a hub is ignored
     unknown.notify_received("br9", m.MeshNotify.MAPPING, m.encode(m.MeshMapping(0, ("192.0.2.1", 1))), 0.0)
     assert unknown.nat.mappings == {}
+
+
+def test_a_branch_that_missed_the_hubs_mapping_asks_for_it() -> None:
+    lab = build({"br1": "eim", "br2": "public"})
+    lab.drivers["br1"].manager.nat.mappings.clear()  # as if it came before the mesh service listened
+    lab.drivers["br1"].ike_up("hub", lab.lb.now, True)  # the service starting: driver.start()
+    lab.drivers["br1"].run_actions(lab.lb.now)
+    lab.settle(lab.lb.now + 1)
+    assert lab.drivers["br1"].status(lab.lb.now)["nat"]["mappings"] == {"hub": "198.51.100.101:4500"}
