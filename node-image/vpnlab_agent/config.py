@@ -83,6 +83,10 @@ class IkeConfig:
     auth: Auth = "psk"  # how we prove our identity
     rekey_margin_s: int | None = None  # rekey this long before a lifetime ends; None: a tenth of it
     pki: PkiConfig | None = None  # auth "cert", or peers that use it
+    # RFC 7383 IKE fragmentation, announced in IKE_SA_INIT; fragment_size is the largest IP datagram
+    # of an IKE fragment (strongSwan's charon.fragment_size, 1280 by default as there).
+    fragmentation: bool = True
+    fragment_size: int = 1280
 
 
 @dataclass(frozen=True)

@@ -130,8 +130,9 @@ def _type_of(p: Payload) -> int:
     return p.payload_type
 
 
-def _enc_chain(payloads: list) -> bytes:
-    """Payloads with generic headers, each header naming the type of the payload after it."""
+def encode_chain(payloads: list) -> bytes:
+    """Payloads with generic headers, each header naming the type of the payload after it (the
+    SK payload's plaintext; fragment.py cuts it into RFC 7383 fragments)."""
     parts = []
     n = len(payloads)
     for i, p in enumerate(payloads):
@@ -154,7 +155,7 @@ def encode(msg: Message, sk: SkCipher | None = None) -> bytes:
     if len(msg.spi_i) != 8 or len(msg.spi_r) != 8:
         raise ValueError("IKE SPIs must be 8 bytes")
     first = _type_of(msg.payloads[0]) if msg.payloads else PayloadType.NONE
-    inner = _enc_chain(msg.payloads)
+    inner = encode_chain(msg.payloads)
     if sk is None:
         return _HDR.pack(
             msg.spi_i, msg.spi_r, first, IKE_VERSION, msg.exchange, _flags(msg), msg.message_id,
@@ -333,6 +334,23 @@ def _dec_chain(buf: bytes, off: int, end: int, nxt: int, out: list) -> tuple[int
     if off != end:
         raise _syntax(f"{end - off} trailing bytes after the last payload")
     return off, -1, PayloadType.NONE
+
+
+def decode_inner(h: Header, inner: bytes, first: int) -> Message:
+    """The message whose SK plaintext is `inner` (first payload type `first`): a reassembled RFC 7383
+    message. Its fragments were each authenticated, so a ParseError here is authentic."""
+    payloads: list = []
+    try:
+        if _dec_chain(inner, 0, len(inner), first, payloads)[1] >= 0:
+            raise _syntax("encrypted payload inside the encrypted payload")
+    except ParseError as e:
+        e.authentic = True
+        raise
+    except Exception as e:  # noqa: BLE001 - the contract: only codec errors escape
+        err = _syntax(f"malformed message ({type(e).__name__}: {e})")
+        err.authentic = True
+        raise err from e
+    return Message(h.spi_i, h.spi_r, h.exchange, h.message_id, h.initiator, h.response, payloads)
 
 
 def decode(data: bytes, sk: SkCipher | None = None) -> Message:

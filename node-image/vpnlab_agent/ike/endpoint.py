@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from vpnlab_agent.config import IkeConfig, PeerConfig
-from vpnlab_agent.ike import admission, natt, proposals
+from vpnlab_agent.ike import admission, fragment, natt, proposals
 from vpnlab_agent.ike.certs import Credentials
 from vpnlab_agent.ike.codec import KE, SA, Header, IntegrityError, Nonce, ParseError, Payload, Proposal, decode, decode_header
 from vpnlab_agent.ike.constants import IKE_PORT, NATT_PORT, VENDOR_ID, ExchangeType, NotifyType, ProtocolId
@@ -74,6 +74,9 @@ class IkeEndpoint(LogLines):
             raise IkeError("auth cert needs our certificate and private key")
         if credentials is not None and wall_clock is None:
             raise IkeError("checking certificates needs a wall clock")
+        if config.fragment_size < fragment.MIN_LIMIT + 48:  # the IP, UDP and non-ESP marker headers
+            raise IkeError(f"fragment_size {config.fragment_size} is too small")
+        self.fragment_stats = fragment.FragmentStats()
         self.credentials = credentials
         self.wall_clock = wall_clock or (lambda: datetime.datetime.min)
         self.config = config
@@ -140,10 +143,10 @@ class IkeEndpoint(LogLines):
         self._peers_by_id = {identity(p.remote_id): p for p in self.config.peers}
         want = identity(peer.remote_id)
         for s in list(self._sessions.values()):
-            if s.state == State.HALF_OPEN and s.held is not None and s.held[0] == want:
-                data, hdr, addr, local_port, then = s.held[1]
+            if s.state == State.HALF_OPEN and s.held is not None and s.held[0] == want and s.held[1][2].message_id == s.peer_mid:
+                msg, data, hdr, addr, local_port, then = s.held[1]
                 s.held = None
-                s.receive(data, hdr, addr, local_port, then if now is None else now)
+                s.handle(msg, data, hdr, addr, local_port, then if now is None else now)
 
     def is_dynamic(self, name: str) -> bool:
         return name in self._dynamic
@@ -333,7 +336,8 @@ class IkeEndpoint(LogLines):
                     "state": "rekeyed" if c.expire_at is not None else "installed",
                     "preference": getattr(sa, "preference", 0),
                 })
-        return {"ike_sas": ike, "child_sas": children, "half_open": len(self._half_open)}
+        return {"ike_sas": ike, "child_sas": children, "half_open": len(self._half_open),
+                "ike_fragments": self.fragment_stats.as_dict()}
 
     # --- responder admission --------------------------------------------------------------
 

@@ -82,6 +82,7 @@ def send_init(sa: IkeSa, now: float) -> None:
         Nonce(sa.ni),
         *nat_notifies(sa, sa.spi_i, ZERO_SPI),
         *signature_hashes(sa),
+        *fragmentation_supported(sa, True),
         *sa.init_extra,
         *sa.host.extensions.payloads(sa.view(), MessageInfo(INIT, False)),
         *sa.our_vendor_ids(),
@@ -114,6 +115,13 @@ def signature_hashes(sa: IkeSa) -> list[Notify]:
         return []
     data = b"".join(h.to_bytes(2, "big") for h in certs.SIGNATURE_HASHES)
     return [Notify(ProtocolId.NONE, b"", NotifyType.SIGNATURE_HASH_ALGORITHMS, data)]
+
+
+def fragmentation_supported(sa: IkeSa, peer_may: bool) -> list[Notify]:
+    """RFC 7383 §2.3: announced in IKE_SA_INIT; a responder answers it only to an initiator that did."""
+    if not sa.host.config.fragmentation or not peer_may:
+        return []
+    return [Notify(ProtocolId.NONE, b"", NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)]
 
 
 def check_nat(sa: IkeSa, msg: Message, addr: tuple[str, int], local_port: int) -> None:
@@ -354,13 +362,14 @@ def respond_init(sa: IkeSa, msg: Message, raw: bytes, addr: tuple[str, int], loc
         Nonce(sa.nr),
         *nat_notifies(sa, sa.spi_i, sa.spi_r),
         *signature_hashes(sa),
+        *fragmentation_supported(sa, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED in sa.peer_notifies),
         *cert_request(sa),
         *sa.host.extensions.payloads(sa.view(), MessageInfo(INIT, True)),
         *sa.our_vendor_ids(),
     ]
     sa.init_resp = encode(sa.msg(INIT, 0, True, payloads))
     sa.peer_mid = 1
-    sa.last_resp = (0, sa.init_resp)
+    sa.last_resp = (0, [sa.init_resp])
     sa.send_raw(sa.init_resp, addr, local_port)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vpnlab_agent.config import IkeConfig, PeerConfig
-from vpnlab_agent.ike import crypto, proposals
+from vpnlab_agent.ike import crypto, fragment, proposals
 from vpnlab_agent.ike.certs import Credentials
 from vpnlab_agent.ike.codec import Message, Notify, Payload, Proposal, TrafficSelector, VendorId, encode
 from vpnlab_agent.ike.constants import NATT_PORT, NotifyType
@@ -103,6 +103,7 @@ class SessionHost(Protocol):
     extensions: Extensions
     credentials: Credentials | None
     wall_clock: Callable[[], datetime.datetime]
+    fragment_stats: fragment.FragmentStats
 
     def send(self, data: bytes, addr: tuple[str, int], local_port: int) -> None: ...
 
@@ -203,10 +204,12 @@ class IkeSa:
         self.peer_vendor_ids: list[bytes] = []  # from authenticated messages only
         self.peer_notifies: set[int] = set()  # status notify types seen in IKE_SA_INIT and IKE_AUTH
 
-        self.window = RequestWindow(self._encode_request, self.send_raw)
+        self.window = RequestWindow(self._encode_request, self.send_all)
         self.window.dpd_tries = host.config.dpd_retries
         self.peer_mid = 0  # the peer's next request
-        self.last_resp: tuple[int, bytes] | None = None  # our last response, for retransmissions
+        self.last_resp: tuple[int, list[bytes]] | None = None  # our last response (its datagrams), for retransmissions
+        # RFC 7383: the peer's fragmented requests and responses, one message each at a time
+        self.reassembly = {resp: fragment.Reassembler(host.fragment_stats) for resp in (False, True)}
 
         self.children: dict[int, Child] = {}
         # Inbound SPIs we offered for a child not installed yet: released if it never comes, so
@@ -218,8 +221,8 @@ class IkeSa:
         self.close_after_response: tuple[str, bool] | None = None  # (reason, quiet) once answered
         # The request being handled, as received: (data, header, addr, local_port, now). An IKE_AUTH
         # held for a peer that may appear keeps it in `held` (with the claimed identity) to replay.
-        self.request: tuple[bytes, Any, tuple[str, int], int, float] | None = None
-        self.held: tuple[tuple[int, bytes], tuple[bytes, Any, tuple[str, int], int, float]] | None = None
+        self.request: tuple[Message, bytes, Any, tuple[str, int], int, float] | None = None
+        self.held: tuple[tuple[int, bytes], tuple[Message, bytes, Any, tuple[str, int], int, float]] | None = None
         self.held_since: float | None = None
         self.successor: IkeSa | None = None  # the IKE SA that replaced this one
 
@@ -287,8 +290,29 @@ class IkeSa:
     def send_raw(self, data: bytes, addr: tuple[str, int] | None = None, local_port: int | None = None) -> None:
         self.host.send(data, addr or self.remote, self.local_port if local_port is None else local_port)
 
-    def _encode_request(self, req: Request) -> bytes:
-        return encode(self.msg(req.exchange, req.mid, False, req.payloads), self.sk_out)
+    def send_all(self, datagrams: list[bytes], addr: tuple[str, int] | None = None,
+                 local_port: int | None = None) -> None:
+        if len(datagrams) > 1:
+            self.host.fragment_stats.sent += len(datagrams)
+        for data in datagrams:
+            self.send_raw(data, addr, local_port)
+
+    def fragment_limit(self) -> int | None:
+        """Largest IKE datagram we send once both ends announced RFC 7383 support, else None:
+        the configured IP datagram size less the IP and UDP headers (and the non-ESP marker on 4500)."""
+        cfg = self.host.config
+        if not cfg.fragmentation or NotifyType.IKEV2_FRAGMENTATION_SUPPORTED not in self.peer_notifies:
+            return None
+        ip = 40 if ":" in self.host.local_addr else 20
+        return cfg.fragment_size - ip - 8 - (4 if self.local_port == NATT_PORT else 0)
+
+    def seal(self, msg: Message) -> list[bytes]:
+        if self.sk_out is None:
+            return [encode(msg)]
+        return fragment.seal(msg, self.sk_out, self.fragment_limit(), self.host.fragment_stats)
+
+    def _encode_request(self, req: Request) -> list[bytes]:
+        return self.seal(self.msg(req.exchange, req.mid, False, req.payloads))
 
     def queue(self, exchange: int, payloads: list, on_response: Callable[[Message, float], None],
               kind: RequestKind, now: float, child: Child | None = None,
@@ -302,10 +326,11 @@ class IkeSa:
             self.window.pump(now)
 
     def respond(self, exchange: int, mid: int, payloads: list, addr: tuple[str, int], local_port: int) -> None:
-        data = encode(self.msg(exchange, mid, True, payloads), self.sk_out)
-        self.last_resp = (mid, data)
+        datagrams = self.seal(self.msg(exchange, mid, True, payloads))
+        self.last_resp = (mid, datagrams)
         self.peer_mid = mid + 1
-        self.send_raw(data, addr, local_port)
+        self.reassembly[False].clear()
+        self.send_all(datagrams, addr, local_port)
 
     def our_vendor_ids(self) -> list[VendorId]:
         return [VendorId(v) for v in (self.host.vendor_id, *self.host.extensions.vendor_ids)]

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vpnlab_agent.ike import handshake, informational, rekey
-from vpnlab_agent.ike.codec import Header, IntegrityError, Message, Notify, ParseError, Payload, Proposal, decode
-from vpnlab_agent.ike.constants import NATT_PORT, ExchangeType, NotifyType, ProtocolId
+from vpnlab_agent.ike import fragment, handshake, informational, rekey
+from vpnlab_agent.ike.codec import (Header, IntegrityError, Message, Notify, ParseError, Payload, Proposal, decode,
+                                    decode_inner)
+from vpnlab_agent.ike.constants import NATT_PORT, ExchangeType, NotifyType, PayloadType, ProtocolId
 from vpnlab_agent.ike.ikesa import HALF_OPEN_TIMEOUT, Child, IkeSa, ProtocolFailure, State
 from vpnlab_agent.ike.window import RETRANSMIT_TRIES, RequestKind
 
@@ -69,20 +70,26 @@ class IkeSession(IkeSa):
                 return  # late duplicate or a response to something we never asked
         elif hdr.message_id == self.peer_mid - 1 and self.last_resp and self.last_resp[0] == hdr.message_id:
             # A retransmitted request: resend the response we already gave (RFC 7296 §2.1),
-            # but only if it is authentic.
-            try:
-                decode(data, self.sk_in)
-            except IntegrityError:
-                return
-            except ParseError as e:
-                if not e.authentic:
+            # but only if it is authentic; a fragmented one only for its first fragment, so a
+            # retransmission of n fragments does not cost n responses (RFC 7383 §2.6.1).
+            if hdr.next_payload == PayloadType.SKF:
+                frag = fragment.verify_only(data, hdr, self.sk_in)
+                if frag is None or frag.number != 1:
                     return
-            self.send_raw(self.last_resp[1], addr, local_port)
+            else:
+                try:
+                    decode(data, self.sk_in)
+                except IntegrityError:
+                    return
+                except ParseError as e:
+                    if not e.authentic:
+                        return
+            self.send_all(self.last_resp[1], addr, local_port)
             return
         elif hdr.message_id != self.peer_mid:
             return  # outside the window of one
         try:
-            msg = decode(data, self.sk_in)
+            msg = self._decode(data, hdr)
         except IntegrityError:
             return
         except ParseError as e:
@@ -92,6 +99,29 @@ class IkeSession(IkeSa):
                 self.respond(hdr.exchange, hdr.message_id,
                              [Notify(ProtocolId.NONE, b"", e.notify_type, e.data)], addr, local_port)
             return
+        if msg is None:
+            return  # a fragment kept (or dropped); the message is not complete
+        self.handle(msg, data, hdr, addr, local_port, now)
+
+    def _decode(self, data: bytes, hdr: Header) -> Message | None:
+        """The message, or None while its RFC 7383 fragments are still coming (or one was dropped)."""
+        if hdr.next_payload != PayloadType.SKF:
+            return decode(data, self.sk_in)
+        stats = self.host.fragment_stats
+        if self.fragment_limit() is None:
+            stats.unsolicited += 1  # we never announced support to this peer (or it never did)
+            return None
+        try:
+            frag = fragment.open_fragment(data, hdr, self.sk_in)
+        except (ValueError, IntegrityError):
+            stats.invalid += 1
+            return None
+        done = self.reassembly[hdr.response].add(hdr.message_id, frag)
+        return None if done is None else decode_inner(hdr, done[1], done[0])
+
+    def handle(self, msg: Message, data: bytes, hdr: Header, addr: tuple[str, int], local_port: int,
+               now: float) -> None:
+        """An authenticated message in our window: to the handler of its (state, exchange)."""
         if msg.initiator == self.initiator:
             return  # reflected message: the I flag says it came from our own side
         self.last_recv = now
@@ -105,7 +135,7 @@ class IkeSession(IkeSa):
             self.last_raw = data
             handler(self, msg, addr, now)
             return
-        self.request = (data, hdr, addr, local_port, now)
+        self.request = (msg, data, hdr, addr, local_port, now)
         try:
             out = handler(self, msg, addr, now)
         except ProtocolFailure as e:

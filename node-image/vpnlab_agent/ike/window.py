@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vpnlab_agent.ike.codec import Message
@@ -49,7 +49,8 @@ class Request:
     on_response: OnResponse
     kind: RequestKind
     mid: int = -1
-    data: bytes = b""
+    data: bytes = b""  # the message (the first fragment, RFC 7383)
+    frags: list[bytes] = field(default_factory=list)  # every fragment, when it went out in several
     tries: int = 0
     next_at: float = 0.0
     timeout: float = RETRANSMIT_TIMEOUT
@@ -59,9 +60,10 @@ class Request:
 
 class RequestWindow:
     """Our side: queue → one outstanding request. `encode(req)` numbers and encodes a request when
-    it goes out; `send(data)` puts bytes on the wire."""
+    it goes out (one datagram, or its RFC 7383 fragments); `send(datagrams)` puts them on the wire,
+    every fragment again on each retransmission."""
 
-    def __init__(self, encode: Callable[[Request], bytes], send: Callable[[bytes], None]) -> None:
+    def __init__(self, encode: Callable[[Request], list[bytes]], send: Callable[[list[bytes]], None]) -> None:
         self.encode = encode
         self.send = send
         self.my_mid = 0
@@ -85,7 +87,8 @@ class RequestWindow:
         req = self.queue.popleft()
         req.mid = self.my_mid
         self.my_mid += 1
-        req.data = self.encode(req)
+        datagrams = self.encode(req)
+        req.data, req.frags = datagrams[0], datagrams if len(datagrams) > 1 else []
         self.transmit(req, now)
 
     def transmit(self, req: Request, now: float) -> None:
@@ -93,7 +96,7 @@ class RequestWindow:
         req.timeout = RETRANSMIT_TIMEOUT
         req.next_at = now + req.timeout
         self.pending = req
-        self.send(req.data)
+        self.send(req.frags or [req.data])
 
     def take_pending(self) -> Request | None:
         req, self.pending = self.pending, None
@@ -116,7 +119,7 @@ class RequestWindow:
         if not fast:
             req.timeout *= 2
         req.next_at = now + req.timeout
-        self.send(req.data)
+        self.send(req.frags or [req.data])
         return None
 
     def deadline(self) -> float | None:

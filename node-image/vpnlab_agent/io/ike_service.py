@@ -203,7 +203,7 @@ class IkeService(NatTraversal):
             child.update(bytes_in=c.bytes_in, bytes_out=c.bytes_out, packets_in=c.packets_in,
                          packets_out=c.packets_out, replay_dropped=c.replay_dropped, auth_failed=c.auth_failed)
         return {"ike_sas": st["ike_sas"], "child_sas": st["child_sas"], "half_open": st["half_open"],
-                "nat_keepalives_sent": self.keepalives_sent, "peer_moves": self.peer_moves,
+                "ike_fragments": st["ike_fragments"], "nat_keepalives_sent": self.keepalives_sent, "peer_moves": self.peer_moves,
                 "errors": list(self.errors)}
 
     # --- inputs -----------------------------------------------------------------------------
