@@ -95,6 +95,8 @@ def ike_config(lab: Lab, node: Node, peers: tuple[PeerConfig, ...]) -> IkeConfig
         peers=peers,
         auth=c.auth,
         rekey_margin_s=c.rekey_margin_s,
+        fragmentation=c.fragmentation,
+        fragment_size=c.fragment_size,
         pki=PkiConfig() if uses_cert else None,
         # a branch on two hubs fails over within dpd_interval + 1.5 s (docs/topology.md, "Hub to hub")
         dpd_retries=DUAL_HUB_DPD_RETRIES if node.role == "branch" and len(node.hubs) > 1 else None,

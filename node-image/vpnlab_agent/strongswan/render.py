@@ -96,6 +96,7 @@ class Connection:
     child_rekey_s: int
     child_life_s: int
     dpd_delay_s: int
+    fragmentation: str  # swanctl: yes (RFC 7383 when the peer supports it) | no
     local_auth: str  # swanctl auth: psk | pubkey (signatures, RFC 7427 by default)
     remote_auth: str
     local_cert: str | None
@@ -126,6 +127,8 @@ def connections(config: NodeConfig) -> list[Connection]:
             raise RenderError(f"node {config.name}: {what} must be a positive number of seconds")
     if ike.rekey_margin_s and ike.rekey_margin_s >= min(ike.ike_lifetime_s, ike.child_lifetime_s):
         raise RenderError(f"node {config.name}: rekey_margin_s must be shorter than both lifetimes")
+    if not isinstance(ike.fragment_size, int) or not 576 <= ike.fragment_size <= 65535:
+        raise RenderError(f"node {config.name}: fragment_size must be an IP datagram size of 576 to 65535 bytes")
     if (ike.auth == "cert" or any(p.auth == "cert" for p in ike.peers)) and ike.pki is None:
         raise RenderError(f"node {config.name}: certificate authentication needs the pki files")
     local_id = identity(ike.local_id)
@@ -170,6 +173,7 @@ def _connection(
         child_rekey_s=ike.child_lifetime_s - margin(ike.child_lifetime_s, ike.rekey_margin_s),
         child_life_s=ike.child_lifetime_s,
         dpd_delay_s=ike.dpd_interval_s,
+        fragmentation="yes" if ike.fragmentation else "no",
         local_auth=_SWANCTL_AUTH[ike.auth],
         remote_auth=_SWANCTL_AUTH[peer.auth],
         local_cert=pki.cert_file if pki and ike.auth == "cert" else None,
@@ -211,7 +215,9 @@ def render_strongswan_conf(
     """libipsec: ESP in userspace on ipsec0 (kernels without ESP); False: the kernel's XFRM."""
     # kernel-libipsec before kernel-netlink: the first IPsec backend loaded is the one used.
     plugins = CHARON_PLUGINS_HEAD + (("kernel-libipsec",) if libipsec else ()) + CHARON_PLUGINS_TAIL
+    ike = config.ike
     return _env().get_template("strongswan.conf.j2").render(
         node=config.name, vici_socket=vici_socket,
         routing_table=routing_table, libipsec=libipsec, plugins=plugins,
+        fragment_size=ike.fragment_size if ike is not None else 1280,
     )

@@ -75,6 +75,8 @@ _FIELDS = {  # CryptoSpec key -> CryptoSettings field
     "rekey_margin": "rekey_margin_s",
     "dpd_interval": "dpd_interval_s",
     "cert_key": "cert_key",
+    "fragmentation": "fragmentation",
+    "fragment_size": "fragment_size",
 }
 
 

@@ -57,6 +57,8 @@ class CryptoSettings:  # a router's IKE/ESP settings (docs/topology.md, `crypto`
     rekey_margin_s: int | None = None  # None: a tenth of each lifetime
     dpd_interval_s: int = 10
     cert_key: Literal["ecdsa-p256", "rsa-2048"] = "ecdsa-p256"
+    fragmentation: bool = True  # RFC 7383, used when the peer announces it too
+    fragment_size: int = 1280  # bytes of IP datagram per IKE fragment, as strongSwan's default
 
 
 @dataclass(frozen=True)

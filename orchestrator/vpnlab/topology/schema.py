@@ -128,6 +128,9 @@ class CryptoSpec(_Strict):
     rekey_margin: int | None = Field(default=None, gt=0)  # seconds before a lifetime ends to rekey
     dpd_interval: int | None = Field(default=None, gt=0)  # seconds of silence before a liveness check
     cert_key: CertKeyName | None = None  # key type of the router's certificate (auth: cert)
+    fragmentation: bool | None = None  # RFC 7383 IKE fragmentation (strongSwan's `fragmentation`)
+    # largest IP datagram of an IKE fragment (strongSwan's charon.fragment_size); 576: IPv4's minimum
+    fragment_size: int | None = Field(default=None, ge=576, le=65535)
 
     @field_validator("proposals", "esp_proposals", mode="before")
     @classmethod

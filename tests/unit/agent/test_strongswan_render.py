@@ -49,7 +49,7 @@ def test_branch_initiates_towards_the_hub(branch: NodeConfig) -> None:
     assert settings(conn) == {
         "version": "2", "local_addrs": "198.51.100.11", "remote_addrs": "198.51.100.10", "encap": "yes",
         "mobike": "no", "proposals": "aes128gcm16-prfsha256-ecp256", "rekey_time": "6480s",
-        "over_time": "720s", "dpd_delay": "15s",
+        "over_time": "720s", "dpd_delay": "15s", "fragmentation": "yes",
     }
     assert settings(section(conn, "local")) == {"auth": "psk", "id": "fqdn:br1"}
     assert settings(section(conn, "remote")) == {"auth": "psk", "id": "fqdn:hub"}
@@ -81,6 +81,18 @@ def test_hub_answers_every_branch(hub: NodeConfig) -> None:
         assert child["rekey_time"] == "3240s"
     secrets = section(text, "secrets")
     assert "ike-br1 {" in secrets and "ike-br2 {" in secrets
+
+
+def test_fragmentation_settings(branch: NodeConfig) -> None:
+    """RFC 7383 as the topology says: swanctl's per-connection switch and charon's fragment size."""
+    assert settings(section(render_strongswan_conf(branch), "charon"))["fragment_size"] == "1280"
+    assert branch.ike is not None
+    off = dataclasses.replace(branch, ike=dataclasses.replace(branch.ike, fragmentation=False, fragment_size=900))
+    assert settings(section(render_swanctl(off), "hub"))["fragmentation"] == "no"
+    assert settings(section(render_strongswan_conf(off), "charon"))["fragment_size"] == "900"
+    bad = dataclasses.replace(branch, ike=dataclasses.replace(branch.ike, fragment_size=100))
+    with pytest.raises(RenderError, match="fragment_size must be an IP datagram size of 576 to 65535 bytes"):
+        render_swanctl(bad)
 
 
 def test_strongswan_conf_loads_libipsec_vici_and_logs_to_stdout(branch: NodeConfig) -> None:

@@ -63,6 +63,11 @@ def test_defaults_then_router_key_by_key(tmp_path: Path) -> None:
         ("{rekey_margin: 3600}", "nodes.br1.crypto.rekey_margin",
          "rekey margin 3600 s is not shorter than br1's child lifetime 3600 s"),
         ("{cert_key: dsa}", "nodes.br1.crypto.cert_key", "'dsa' is not valid (expected 'ecdsa-p256' or 'rsa-2048')"),
+        ("{fragment_size: 500}", "nodes.br1.crypto.fragment_size",
+         "input should be greater than or equal to 576, got 500"),
+        ("{fragment_size: 70000}", "nodes.br1.crypto.fragment_size", "input should be less than or equal to 65535"),
+        ("{fragment_size: big}", "nodes.br1.crypto.fragment_size", "expected a whole number"),
+        ("{fragmentation: maybe}", "nodes.br1.crypto.fragmentation", "expected true or false, got the string 'maybe'"),
         ("{proposals: aes256-sha256-modp3072}", "nodes.br1.crypto.proposals",
          "no IKE proposal in common with hub (br1 offers aes256-sha256-modp3072; hub accepts "
          "aes128gcm16-prfsha256-ecp256)"),
@@ -73,6 +78,17 @@ def test_defaults_then_router_key_by_key(tmp_path: Path) -> None:
 def test_bad_crypto_is_one_line(tmp_path: Path, crypto: str, where: str, problem: str) -> None:
     got_where, got = error(tmp_path, BASE.replace("br1: {role: branch}", f"br1: {{role: branch, crypto: {crypto}}}"))
     assert got_where == where and got.startswith(problem), got
+
+
+def test_fragmentation_keys(tmp_path: Path) -> None:
+    """RFC 7383: on, 1280-byte fragments (strongSwan's default) unless defaults or the router say otherwise."""
+    lab = load(tmp_path, BASE.replace("nodes:", "defaults:\n  crypto: {fragment_size: 1000}\nnodes:").replace(
+        "br2: {role: branch}", "br2: {role: branch, crypto: {fragmentation: false}}"))
+    hub, br2 = (build_node_config(lab, lab.node(n)).ike for n in ("hub", "br2"))
+    assert hub is not None and (hub.fragmentation, hub.fragment_size) == (True, 1000)
+    assert br2 is not None and (br2.fragmentation, br2.fragment_size) == (False, 1000)
+    plain = build_node_config(load(tmp_path, BASE), load(tmp_path, BASE).node("br1")).ike
+    assert plain is not None and (plain.fragmentation, plain.fragment_size) == (True, 1280)
 
 
 def test_auth_values(tmp_path: Path) -> None:
