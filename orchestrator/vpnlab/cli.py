@@ -621,13 +621,18 @@ def link_set(
     rate: Annotated[Optional[str], typer.Option("--rate", help="Rate limit both ways, e.g. 10mbit (tbf).")] = None,
     delay: Annotated[Optional[str], typer.Option("--delay", help="Added delay, e.g. 20ms (needs netem).")] = None,
     loss: Annotated[Optional[str], typer.Option("--loss", help="Random loss, e.g. 1% (needs netem).")] = None,
+    mtu: Annotated[Optional[int], typer.Option("--mtu", help="MTU of both ends of the link, e.g. 1000.")] = None,
 ) -> None:
-    """Shape a link both ways; replaces what was set before."""
+    """Shape a link both ways (replaces the shaping set before), or set its MTU."""
     from vpnlab import linkfault
 
     with reported():
-        linkfault.shape_link(lab, node, iface, _link_runtime(lab), rate=rate, delay=delay, loss=loss)
-        parts = [f"{k} {v}" for k, v in (("rate", rate), ("delay", delay), ("loss", loss)) if v]
+        runtime = _link_runtime(lab)
+        if mtu is not None:
+            linkfault.set_mtu(lab, node, iface, mtu, runtime)
+        if mtu is None or rate or delay or loss is not None:
+            linkfault.shape_link(lab, node, iface, runtime, rate=rate, delay=delay, loss=loss)
+        parts = [f"{k} {v}" for k, v in (("mtu", mtu), ("rate", rate), ("delay", delay), ("loss", loss)) if v]
         out.print(f"{node}:{iface}: {', '.join(parts)}", markup=False)
 
 
@@ -637,7 +642,7 @@ def link_clear(
     node: Annotated[str, typer.Argument(help="Node name.")],
     iface: Annotated[str, _IFACE] = "wan0",
 ) -> None:
-    """Remove shaping and bring the link up."""
+    """Remove shaping, put back the lab's MTU and bring the link up."""
     from vpnlab import linkfault
 
     with reported():
@@ -651,9 +656,10 @@ def link_show(lab: Annotated[str, typer.Argument(help="Lab name.")]) -> None:
     from vpnlab import linkfault
 
     with reported():
-        table = Table("node", "interface", "fabric port", "state", "shaping", box=box.SIMPLE_HEAD)
+        table = Table("node", "interface", "fabric port", "state", "shaping", "mtu", box=box.SIMPLE_HEAD)
         for v in linkfault.show_links(lab, _link_runtime(lab)):
-            table.add_row(v.node, v.ifname, v.port, "[green]up[/]" if v.up else "[red]down[/]", v.shaping or "-")
+            table.add_row(v.node, v.ifname, v.port, "[green]up[/]" if v.up else "[red]down[/]", v.shaping or "-",
+                          str(v.mtu))
         out.print(table)
 
 

@@ -6,6 +6,9 @@ fabric port (the veth end on the bridge in the fabric namespace).
 - set --rate shapes both directions with tbf (on the fabric port, towards the node, and on the
   node's interface, away from it). --delay and --loss need the kernel's netem qdisc: it is probed
   when asked for, and a kernel without it (these lab machines) gets one line saying so.
+- set --mtu sets the MTU of both ends of the veth (the node's interface and its fabric port), so
+  the node sends at most that much and the bridge drops larger frames towards it; clear puts back
+  the lab's MTU (LAB_MTU). The agent's userspace ESP engine follows its underlay's MTU.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ ROOT = 0x10000  # handle 1:
 RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)$")
 DELAY_RE = re.compile(r"^(\d+(?:\.\d+)?)(us|ms|s)$")
 LOSS_RE = re.compile(r"^(\d+(?:\.\d+)?)%$")
+LAB_MTU = 1500  # every lab veth's MTU as wired
+MIN_MTU, MAX_MTU = 576, 9000  # 576: the IPv4 datagram every host must accept (RFC 791)
 TBF_LATENCY = "50ms"  # how long a packet may wait in the bucket before it is dropped
 NO_NETEM = (
     "delay and loss need the kernel's netem qdisc (sch_netem), which this kernel does not have; "
@@ -42,6 +47,28 @@ class LinkView:
     port: str
     up: bool
     shaping: str  # the root qdisc towards the node, "" when none
+    mtu: int = LAB_MTU  # the fabric port's
+
+
+def _mtu(value: int) -> int:
+    if not MIN_MTU <= value <= MAX_MTU:
+        raise LabError(f"link: bad MTU {value} (use {MIN_MTU} to {MAX_MTU})")
+    return value
+
+
+def set_mtu(lab: str, node: str, ifname: str, mtu: int, runtime: Runtime) -> None:
+    """Both ends of the node's veth at `mtu`."""
+    mtu = _mtu(mtu)
+    port, node_ns = _port(runtime, lab, node, ifname)
+    with Fabric.open(fabric_netns_name(lab)) as fabric, iproute_in(node_ns) as inside:
+        for ipr, dev in ((fabric.ipr, port), (inside, ifname)):
+            found = ipr.link_lookup(ifname=dev)
+            if not found:
+                raise LabError(f"node {node}: no interface {dev}: {_heal(lab, node)}")
+            try:
+                ipr.link("set", index=found[0], mtu=mtu)
+            except NetlinkError as e:
+                raise LabError(f"MTU {mtu} on {dev}: {e.args[1] if len(e.args) > 1 else e}") from None
 
 
 def _rate_bits(rate: str) -> int:
@@ -94,7 +121,7 @@ def shape_link(
 ) -> None:
     """Replace the link's shaping in both directions (rate via tbf; delay/loss via netem)."""
     if rate is None and delay is None and loss is None:
-        raise LabError("link set: give --rate, --delay or --loss (or use `vpnlab link clear`)")
+        raise LabError("link set: give --rate, --delay, --loss or --mtu (or use `vpnlab link clear`)")
     bits = _rate_bits(rate) if rate else None
     usecs = _usecs(delay) if delay else None
     percent = _loss_percent(loss) if loss is not None else None
@@ -139,13 +166,14 @@ def _clear(ipr: IPRoute, index: int) -> None:
 
 
 def clear_link(lab: str, node: str, ifname: str, runtime: Runtime) -> None:
-    """No shaping either way, and the link up."""
+    """No shaping either way, the lab's MTU at both ends, and the link up."""
     port, node_ns = _port(runtime, lab, node, ifname)
     with Fabric.open(fabric_netns_name(lab)) as fabric, iproute_in(node_ns) as inside:
         for ipr, dev in ((fabric.ipr, port), (inside, ifname)):
             found = ipr.link_lookup(ifname=dev)
             if found:
                 _clear(ipr, found[0])
+                ipr.link("set", index=found[0], mtu=LAB_MTU)
         fabric.set_state(port, True)
 
 
@@ -169,6 +197,7 @@ def show_links(lab: str, runtime: Runtime) -> list[LinkView]:
                     node=c.node, ifname=r.ifname, port=r.port,
                     up=bool(m is not None and m["flags"] & 1),
                     shaping=kind if kind in ("tbf", "netem") else "",
+                    mtu=int(m.get_attr("IFLA_MTU") or 0) if m is not None else 0,
                 ))
     return views
 

@@ -195,6 +195,7 @@ def test_a_large_lab_is_one_row_per_node_then_totals_and_what_is_not_up() -> Non
         (["start", "Bad_Lab", "br1"], "invalid lab name 'Bad_Lab'"),
         (["link", "down", "Bad_Lab", "br1"], "invalid lab name 'Bad_Lab'"),
         (["link", "show", "Bad_Lab"], "invalid lab name 'Bad_Lab'"),
+        (["link", "set", "nolab", "br1", "wan0", "--mtu", "100"], "link: bad MTU 100 (use 576 to 9000)"),
     ],
 )
 def test_lifecycle_and_link_verbs_refuse_bad_names_in_one_line(args: list[str], expected: str) -> None:

@@ -4,7 +4,9 @@ A TSO read (up to 64 kB of one TCP flow) is cut into MSS segments, each sealed s
 buffer back to back; equal-size runs leave in one sendmsg with UDP_SEGMENT (Linux 4.18). With
 `thread=True` a TX thread does the sending, so the outbound loop's next read and encryption
 overlap the syscalls (the kernel work runs without the GIL). The hand-off is bounded by the pool
-of TX buffers: back-pressure, never growth. A kernel without UDP GSO gets one datagram at a time.
+of TX buffers: back-pressure, never growth. A kernel without UDP GSO gets one datagram at a time;
+so does a batch whose segments outgrow the underlay's MTU (EMSGSIZE: the link's MTU was lowered
+under us), after `on_too_big` told the engine to shrink its TUN MTU.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class UdpTx:
         self.thread = thread
         self.gso = gso
         self.errors = 0
+        self.too_big = 0  # GSO batches the kernel refused as larger than the underlay MTU
+        self.max_datagram = 1500 - 28  # UDP payload that fits the underlay (the engine keeps it current)
+        self.on_too_big: Callable[[], None] | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._free: queue.SimpleQueue[PacketBuffer] = queue.SimpleQueue()
         for _ in range(TX_BUFFERS):
@@ -151,9 +156,16 @@ class UdpTx:
                 sock.sendmsg((view[:total],), [(socket.SOL_UDP, UDP_SEGMENT, _U16N.pack(size))], 0, addr)
                 return
             except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                if e.errno == errno.EMSGSIZE or (e.errno == errno.EINVAL and size > self.max_datagram):
+                    # segments larger than the underlay's MTU (older kernels say EINVAL): GSO is
+                    # fine, the MTU is not; this batch goes one by one
+                    self.too_big += 1
+                    if self.on_too_big is not None:
+                        self.on_too_big()
+                elif e.errno not in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                     raise
-                self.gso = False  # kernel without UDP GSO: one datagram at a time from now on
-                log.info("no UDP GSO here (%s); sending ESP packets one by one", e.strerror)
+                else:
+                    self.gso = False  # kernel without UDP GSO: one datagram at a time from now on
+                    log.info("no UDP GSO here (%s); sending ESP packets one by one", e.strerror)
         for off in range(0, total, size):
             sock.sendto(view[off:min(off + size, total)], addr)

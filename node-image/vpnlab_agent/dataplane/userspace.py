@@ -27,7 +27,6 @@ via the underlay. The engine owns the clock and the randomness the codec gets (s
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import os
 import socket
@@ -43,8 +42,10 @@ from pyroute2 import IPRoute
 from vpnlab_agent.dataplane import tun
 from vpnlab_agent.dataplane.base import NATT_PORT, Engine, EngineError, IkeHandler
 from vpnlab_agent.dataplane.routes import Route, RouteSync
-from vpnlab_agent.dataplane.sa_table import NO_ROUTE, Entry, LifetimeHandler, SaTable, follow_peer, inside, make_entry
+from vpnlab_agent.dataplane.sa_table import NO_ROUTE, Entry, LifetimeHandler, SaTable, follow_peer, make_entry
 from vpnlab_agent.dataplane.udp_tx import UdpTx
+from vpnlab_agent.dataplane.underlay import DEFAULT_MTU as UNDERLAY_MTU  # noqa: F401 - re-exported
+from vpnlab_agent.dataplane.underlay import OUTER_HEADERS, UnderlayMtu, peer_pins
 from vpnlab_agent.esp.ciphers import BACKEND, PacketBuffer
 from vpnlab_agent.esp.codec import AuthenticationFailed, EspError, ReplayedPacket, SequenceOverflow, max_inner_len
 from vpnlab_agent.sa import ChildSA, EspAlgorithm, SACounters
@@ -52,8 +53,6 @@ from vpnlab_agent.sa import ChildSA, EspAlgorithm, SACounters
 log = logging.getLogger(__name__)
 
 DEVICE = "ipsec0"
-UNDERLAY_MTU = 1500
-OUTER_HEADERS = 20 + 8  # outer IPv4 + UDP (RFC 3948)
 SOCKET_BUFFER = 1 << 20  # ~700 ESP packets of burst at the receiver
 TUN_QUEUE = 256  # packets (a TSO packet counts as one); bounded queues keep latency down
 BUF_SIZE = 65536 + 256
@@ -86,7 +85,7 @@ class UserspaceEngine(Engine):
     name: ClassVar[str] = "userspace"
 
     def __init__(self, *, route_src: str | None = None, device: str = DEVICE,
-                 underlay_mtu: int = UNDERLAY_MTU, on_lifetime: LifetimeHandler | None = None,
+                 underlay_mtu: int | None = None, on_lifetime: LifetimeHandler | None = None,
                  offload: bool = True, tx_thread: bool = True) -> None:
         super().__init__(route_src=route_src)
         # offload: TSO/checksum offload on the TUN (we cut and finish TCP segments), UDP GSO to send
@@ -98,7 +97,9 @@ class UserspaceEngine(Engine):
         self._udp_gro = False
         self.tso_reads = 0  # TSO packets the kernel handed us (each cut into many ESP packets)
         self.device = device
-        self.underlay_mtu = underlay_mtu
+        self.underlay = UnderlayMtu(underlay_mtu)  # None: wan0's, followed (underlay.py)
+        self.tx.on_too_big = self._too_big
+        self._local_addr = ""
         self.drops = _Drops()
         self.table = SaTable(on_lifetime)
         self._lock = threading.Lock()  # serialises control-plane changes only
@@ -139,7 +140,9 @@ class UserspaceEngine(Engine):
                 except OSError as e:
                     log.info("no TUN offloads (%s): packets come one MTU at a time", e.strerror)
             self._disable_ipv6()
-            self._mtu = max_inner_len(self.underlay_mtu - OUTER_HEADERS, _GCM)
+            self._local_addr = local_addr
+            self._mtu = max_inner_len(self.underlay.read(local_addr) - OUTER_HEADERS, _GCM)
+            self.tx.max_datagram = self.underlay.max_datagram
             self._ifindex = tun.configure(self.device, self._mtu, TUN_QUEUE)
         except (tun.TunError, OSError) as e:
             sock.close()
@@ -236,9 +239,18 @@ class UserspaceEngine(Engine):
             self._set_mtu()
             self._sync_routes()
 
+    def _too_big(self) -> None:
+        """Sending thread: a GSO batch outgrew the underlay; never waits on a control-plane change."""
+        if self.underlay.due() and self._lock.acquire(blocking=False):
+            try:
+                self._set_mtu()
+            finally:
+                self._lock.release()
+
     def _set_mtu(self) -> None:
         sas = [e.sa for e in self.table.entries.values()]
-        budget = self.underlay_mtu - OUTER_HEADERS
+        budget = self.underlay.read(self._local_addr) - OUTER_HEADERS
+        self.tx.max_datagram = self.underlay.max_datagram
         mtu = min((max_inner_len(budget, sa.algorithm, sa.trailer) for sa in sas), default=max_inner_len(budget, _GCM))
         if mtu != self._mtu and not self._closing:
             with IPRoute() as ipr:
@@ -256,21 +268,7 @@ class UserspaceEngine(Engine):
         self._routes.sync(self._peer_pins() + wanted)
 
     def _peer_pins(self) -> list[Route]:
-        """If a remote selector covers the peer itself (e.g. 0.0.0.0/0), keep ESP to it off the tunnel."""
-        pins = []
-        for entry in self.table.outbound_entries():
-            peer = entry.sa.remote_addr
-            if not inside(int(ipaddress.IPv4Address(peer)), entry.remote_nets):
-                continue
-            if peer not in self._pins:
-                with IPRoute() as ipr:
-                    found = ipr.route("get", dst=peer)
-                if not found:
-                    raise EngineError(f"no underlay route to peer {peer}")
-                self._pins[peer] = Route(f"{peer}/32", found[0].get_attr("RTA_OIF"),
-                                         gateway=found[0].get_attr("RTA_GATEWAY") or None)
-            pins.append(self._pins[peer])
-        return pins
+        return peer_pins(self.table, self._pins)
 
     def counters(self, spi_in: int) -> SACounters:
         entry = self.table.entries.get(spi_in)
@@ -287,6 +285,8 @@ class UserspaceEngine(Engine):
             "engine": self.name,
             "device": self.device,
             "mtu": self._mtu,
+            "underlay_mtu": self.underlay.mtu,
+            "gso_too_big": self.tx.too_big,
             "crypto": BACKEND,
             "offload": {"tun": self.offload, "udp_gso": self.tx.gso, "udp_gro": self._udp_gro},
             "tun_writes": self._gro.writes if self._gro else None,

@@ -6,6 +6,7 @@ batch is decrypted again with the receiving side of the SA.
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -46,3 +47,36 @@ def test_tso_read_is_cut_sealed_and_batched_within_the_tx_buffers(alg: EspAlgori
     assert got == segments(tso, mss)
     assert tx.enq == len(queued) == (1 if mss >= 536 else 2)
     assert len(queued) + tx._free.qsize() == TX_BUFFERS
+
+
+class _SmallMtuSocket:
+    """A socket on an underlay whose MTU was lowered: UDP GSO batches of larger segments fail."""
+
+    def __init__(self, err: int) -> None:
+        self.err, self.sent = err, []
+
+    def sendmsg(self, *_args: object) -> None:
+        raise OSError(self.err, os.strerror(self.err))
+
+    def sendto(self, data: memoryview, addr: tuple[str, int]) -> None:
+        self.sent.append(bytes(data))
+
+
+@pytest.mark.parametrize("err", [errno.EMSGSIZE, errno.EINVAL])
+def test_batch_larger_than_the_underlay_mtu_falls_back_one_by_one_and_keeps_gso(err: int) -> None:
+    tx = UdpTx(None, thread=False)
+    tx.max_datagram = 1000 - 28
+    told = []
+    tx.on_too_big = lambda: told.append(True)
+    sock = _SmallMtuSocket(err)
+    data = memoryview(bytes(range(256)) * 12)  # 3072 bytes: three 1024-byte ESP packets
+    tx.send_batch(sock, data, 3072, 1024, ADDR)  # type: ignore[arg-type]
+    assert sock.sent == [bytes(data[i:i + 1024]) for i in range(0, 3072, 1024)]
+    assert tx.gso and tx.too_big == 1 and told == [True]
+
+
+def test_kernel_without_gso_turns_it_off() -> None:
+    tx = UdpTx(None, thread=False)
+    sock = _SmallMtuSocket(errno.EINVAL)
+    tx.send_batch(sock, memoryview(bytes(600)), 600, 300, ADDR)  # type: ignore[arg-type]
+    assert not tx.gso and tx.too_big == 0 and len(sock.sent) == 2
