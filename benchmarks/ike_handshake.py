@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/ike_handshake.py [--rounds 40] [--json]
 
-Auth methods: psk, cert-ecdsa (ECDSA P-256 certificates, RFC 7427 signatures), cert-rsa (RSA-2048).
+Auth methods: psk, cert-ecdsa (ECDSA P-256 certificates, RFC 7427 signatures), cert-rsa (RSA-2048),
+cert-rsa-frag (RSA-2048 with fragment_size 576: both IKE_AUTH messages go as RFC 7383 fragments).
 Certificates come from a lab CA made as deploy makes it (vpnlab.pki); both ends check the chain,
 validity, identity and the issued certificate, exactly as in a lab.
 
@@ -44,7 +45,8 @@ SUITES = [
     ("aes128-sha256-modp2048", "aes128-sha256"),
     ("aes128-sha256-modp3072", "aes128-sha256"),
 ]
-AUTHS = ("psk", "cert-ecdsa", "cert-rsa")
+AUTHS = ("psk", "cert-ecdsa", "cert-rsa", "cert-rsa-frag")
+FRAG_SIZE = 576  # cert-rsa-frag: IPv4's minimum datagram; an RSA IKE_AUTH takes 3 fragments
 A, B = "192.0.2.1", "192.0.2.2"
 
 
@@ -67,14 +69,14 @@ class Pki:
     def credentials(self, me: str, peer: str, auth: str) -> Credentials | None:
         if auth == "psk":
             return None
-        kind = "ecdsa-p256" if auth == "cert-ecdsa" else "rsa-2048"
+        kind = "ecdsa-p256" if auth == "cert-ecdsa" else "rsa-2048"  # cert-rsa, cert-rsa-frag
         own, theirs = self.issued[(me, kind)], self.issued[(peer, kind)]
         return Credentials.from_pem(self.ca, own.cert_pem, own.key_pem, {peer: theirs.cert_pem})
 
     def files(self, tmp: Path, me: str, peer: str, auth: str) -> PkiConfig | None:
         if auth == "psk":
             return None
-        kind = "ecdsa-p256" if auth == "cert-ecdsa" else "rsa-2048"
+        kind = "ecdsa-p256" if auth == "cert-ecdsa" else "rsa-2048"  # cert-rsa, cert-rsa-frag
         d = tmp / f"{me}-{kind}"
         d.mkdir(exist_ok=True)
         (d / "ca.pem").write_bytes(self.ca)
@@ -86,6 +88,10 @@ class Pki:
 
 def _auth(auth: str) -> str:
     return "psk" if auth == "psk" else "cert"
+
+
+def _frag(auth: str) -> int:
+    return FRAG_SIZE if auth.endswith("-frag") else 1280
 
 
 def _utc() -> object:
@@ -102,9 +108,9 @@ def pct(values: list[float], p: float) -> float:
 def memory_round(ike: str, esp: str, auth: str = "psk", pki: Pki | None = None) -> float:
     a = _auth(auth)
     ca = IkeConfig(local_id="br1", psk="bench", ike_proposals=(ike,), esp_proposals=(esp,), auth=a,  # type: ignore[arg-type]
-                   peers=(PeerConfig("hub", "hub", B, True, ("10.1.0.0/24",), ("10.0.0.0/24",), auth=a),))  # type: ignore[arg-type]
+                   fragment_size=_frag(auth), peers=(PeerConfig("hub", "hub", B, True, ("10.1.0.0/24",), ("10.0.0.0/24",), auth=a),))  # type: ignore[arg-type]
     cb = IkeConfig(local_id="hub", psk="bench", ike_proposals=(ike,), esp_proposals=(esp,), auth=a,  # type: ignore[arg-type]
-                   peers=(PeerConfig("br1", "br1", None, False, ("10.0.0.0/24",), ("10.1.0.0/24",), auth=a),))  # type: ignore[arg-type]
+                   fragment_size=_frag(auth), peers=(PeerConfig("br1", "br1", None, False, ("10.0.0.0/24",), ("10.1.0.0/24",), auth=a),))  # type: ignore[arg-type]
     creds_a = pki.credentials("br1", "hub", auth) if pki else None
     creds_b = pki.credentials("hub", "br1", auth) if pki else None
     ea = IkeEndpoint(ca, A, force_encap=True, credentials=creds_a, wall_clock=_utc if creds_a else None)  # type: ignore[arg-type]
@@ -116,6 +122,8 @@ def memory_round(ike: str, esp: str, auth: str = "psk", pki: Pki | None = None) 
     elapsed = (time.perf_counter() - t0) * 1000
     if not any(isinstance(e, IkeSAUp) for e in lb.take_events(A)):
         raise RuntimeError(f"{ike}: handshake did not complete in memory")
+    if auth.endswith("-frag") and not (ea.fragment_stats.reassembled and eb.fragment_stats.reassembled):
+        raise RuntimeError(f"{ike} {auth}: IKE_AUTH was not fragmented")
     return elapsed
 
 
@@ -136,6 +144,7 @@ def node(name: str, public: str, lan: str, peer: str, peer_public: str | None, p
         lab="bench", name=name, role="branch" if peer_public else "hub", implementation="agent",
         public_address=public, interfaces=(InterfaceConfig("wan0", "wan", (f"{public}/24",)),),
         ike=IkeConfig(local_id=name, psk="bench", ike_proposals=(ike,), esp_proposals=(esp,), auth=a, pki=pki,  # type: ignore[arg-type]
+                      fragment_size=_frag(auth),
                       peers=(PeerConfig(peer, peer, peer_public, False, (lan,), (peer_lan,), auth=a,  # type: ignore[arg-type]
                                         cert_file=peer_cert),)),
     )
@@ -213,9 +222,9 @@ def udp_rounds(rounds: int, pki: Pki) -> dict[tuple[str, str], list[float]]:
 def combos() -> list[tuple[str, str, str]]:
     """Every suite with a PSK, and every auth method with the default and the heaviest suite."""
     out = [(ike, esp, "psk") for ike, esp in SUITES]
-    for auth in AUTHS[1:]:
+    for auth in AUTHS[1:3]:
         out += [(ike, esp, auth) for ike, esp in SUITES if ike.endswith(("ecp256", "modp3072"))]
-    return out
+    return out + [(*SUITES[0], "cert-rsa-frag")]
 
 
 def main() -> int:
