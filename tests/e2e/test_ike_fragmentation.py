@@ -182,9 +182,10 @@ def test_esp_follows_the_lowered_mtu(lab: tuple[str, Lab, LabCtl]) -> None:
     ok = wait_for("a full-size ping through the tunnel", lambda: ctl.run(
         "hub-h1", ["ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", str(size), target])[0] == 0, 20, 0.5)
     assert ok
-    for reverse in (False, True):
+    for reverse in (False, True):  # hub-h1 sends, then br1-h1 sends; a black hole would stall at once
         ctl.start_iperf3_server("br1-h1")
-        argv = ["iperf3", "-J", "-n", "2M", "-c", target] + (["-R"] if reverse else [])
+        argv = ["iperf3", "-J", "-t", "2", "-c", target] + (["-R"] if reverse else [])
         code, out = ctl.run("hub-h1", ["timeout", "30", *argv])
         assert code == 0, out[-2000:]
-        assert json.loads(out)["end"]["sum_received"]["bytes"] >= 2 * 1024 * 1024 * 0.9
+        end = json.loads(out)["end"]
+        assert end["sum_received"]["bytes"] >= 1 << 20, (reverse, end["sum_received"], end["sum_sent"])
