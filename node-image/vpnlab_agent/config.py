@@ -75,7 +75,7 @@ class IkeConfig:
     ike_lifetime_s: int = 14400
     child_lifetime_s: int = 3600
     dpd_interval_s: int = 10
-    nat_keepalive_s: int = 20  # RFC 3948 §2.3: NAT keepalives from behind a NAT, this often
+    nat_keepalive_s: int = 20  # RFC 3948 §2.3: NAT keepalives from behind a NAT, this often; 0: none
     # Tries of a liveness check 0.5 s apart before the peer is dead; None: the usual backoff (15.5 s).
     # A branch on two hubs gets 3, so it fails over within dpd_interval + 1.5 s.
     dpd_retries: int | None = None

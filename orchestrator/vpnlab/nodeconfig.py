@@ -92,6 +92,7 @@ def ike_config(lab: Lab, node: Node, peers: tuple[PeerConfig, ...]) -> IkeConfig
         ike_lifetime_s=c.ike_lifetime_s,
         child_lifetime_s=c.child_lifetime_s,
         dpd_interval_s=c.dpd_interval_s,
+        nat_keepalive_s=c.nat_keepalive_s,
         peers=peers,
         auth=c.auth,
         rekey_margin_s=c.rekey_margin_s,

@@ -118,7 +118,7 @@ class IkeService(NatTraversal):
         if hasattr(self.engine, "on_lifetime"):
             self.engine.on_lifetime = self._on_lifetime_from_engine  # type: ignore[attr-defined]
         self.engine.on_peer_moved = self._on_peer_moved_from_engine
-        self._keepalive = loop.call_later(self._keepalive_interval(), self._send_keepalives)
+        self._start_keepalives(loop)
         log.info("IKE on %s:%d and :%d (engine %s), %d peer(s)", self.local_addr, self.ike_port,
                  self.natt_port, self.engine.name, len(self.config.ike.peers))  # type: ignore[union-attr]
         for peer in self.config.ike.peers:  # type: ignore[union-attr]

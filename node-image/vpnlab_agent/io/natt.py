@@ -40,6 +40,10 @@ class NatTraversal:
     def _keepalive_interval(self) -> float:
         return float(max(1, self.config.ike.nat_keepalive_s))  # type: ignore[union-attr]
 
+    def _start_keepalives(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.config.ike.nat_keepalive_s > 0:  # 0: none, so a test can watch a NAT mapping expire
+            self._keepalive = loop.call_later(self._keepalive_interval(), self._send_keepalives)
+
     def _send_keepalives(self) -> None:
         """RFC 3948 §2.3: from behind a NAT, one 0xFF byte to each peer every interval, so the NAT
         keeps our mapping while the tunnel is idle."""

@@ -220,4 +220,5 @@ def render_strongswan_conf(
         node=config.name, vici_socket=vici_socket,
         routing_table=routing_table, libipsec=libipsec, plugins=plugins,
         fragment_size=ike.fragment_size if ike is not None else 1280,
+        keep_alive=ike.nat_keepalive_s if ike is not None else 20,
     )

@@ -74,6 +74,7 @@ _FIELDS = {  # CryptoSpec key -> CryptoSettings field
     "child_lifetime": "child_lifetime_s",
     "rekey_margin": "rekey_margin_s",
     "dpd_interval": "dpd_interval_s",
+    "nat_keepalive": "nat_keepalive_s",
     "cert_key": "cert_key",
     "fragmentation": "fragmentation",
     "fragment_size": "fragment_size",

@@ -56,6 +56,7 @@ class CryptoSettings:  # a router's IKE/ESP settings (docs/topology.md, `crypto`
     child_lifetime_s: int = 3600
     rekey_margin_s: int | None = None  # None: a tenth of each lifetime
     dpd_interval_s: int = 10
+    nat_keepalive_s: int = 20  # from behind a NAT (RFC 3948 §2.3); 0: none
     cert_key: Literal["ecdsa-p256", "rsa-2048"] = "ecdsa-p256"
     fragmentation: bool = True  # RFC 7383, used when the peer announces it too
     fragment_size: int = 1280  # bytes of IP datagram per IKE fragment, as strongSwan's default

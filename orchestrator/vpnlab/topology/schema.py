@@ -127,6 +127,7 @@ class CryptoSpec(_Strict):
     child_lifetime: int | None = Field(default=None, gt=0)
     rekey_margin: int | None = Field(default=None, gt=0)  # seconds before a lifetime ends to rekey
     dpd_interval: int | None = Field(default=None, gt=0)  # seconds of silence before a liveness check
+    nat_keepalive: int | None = Field(default=None, ge=0)  # seconds between NAT keepalives; 0: none
     cert_key: CertKeyName | None = None  # key type of the router's certificate (auth: cert)
     fragmentation: bool | None = None  # RFC 7383 IKE fragmentation (strongSwan's `fragmentation`)
     # largest IP datagram of an IKE fragment (strongSwan's charon.fragment_size); 576: IPv4's minimum

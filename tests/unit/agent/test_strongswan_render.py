@@ -100,6 +100,7 @@ def test_strongswan_conf_loads_libipsec_vici_and_logs_to_stdout(branch: NodeConf
     charon = section(text, "charon")
     top = settings(charon)
     assert top["install_routes"] == "yes" and top["load_modular"] == "no"
+    assert top["keep_alive"] == f"{branch.ike.nat_keepalive_s}s"  # type: ignore[union-attr]
     plugins = top["load"].split()
     for needed in ("openssl", "gcm", "gmp", "curve25519", "kdf", "kernel-netlink", "socket-default", "vici"):
         assert needed in plugins

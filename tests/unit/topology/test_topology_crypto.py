@@ -50,6 +50,12 @@ def test_defaults_then_router_key_by_key(tmp_path: Path) -> None:
     assert (ike.child_lifetime_s, ike.rekey_margin_s, ike.dpd_interval_s) == (600, 120, 20)
 
 
+def test_nat_keepalive_reaches_the_agent_and_zero_turns_it_off(tmp_path: Path) -> None:
+    lab = load(tmp_path, BASE.replace("br1: {role: branch}", "br1: {role: branch, crypto: {nat_keepalive: 0}}"))
+    keepalive = {n: build_node_config(lab, lab.node(n)).ike.nat_keepalive_s for n in ("br1", "br2")}  # type: ignore[union-attr]
+    assert keepalive == {"br1": 0, "br2": 20}
+
+
 @pytest.mark.parametrize(
     ("crypto", "where", "problem"),
     [
@@ -60,6 +66,7 @@ def test_defaults_then_router_key_by_key(tmp_path: Path) -> None:
         ("{proposals: aes128gcm16-ecp256}", "nodes.br1.crypto.proposals", "IKE proposal 'aes128gcm16-ecp256'"),
         ("{proposals: []}", "nodes.br1.crypto.proposals", "expected a proposal or a non-empty list"),
         ("{ike_lifetime: 0}", "nodes.br1.crypto.ike_lifetime", "input should be greater than 0, got 0"),
+        ("{nat_keepalive: -1}", "nodes.br1.crypto.nat_keepalive", "input should be greater than or equal to 0"),
         ("{rekey_margin: 3600}", "nodes.br1.crypto.rekey_margin",
          "rekey margin 3600 s is not shorter than br1's child lifetime 3600 s"),
         ("{cert_key: dsa}", "nodes.br1.crypto.cert_key", "'dsa' is not valid (expected 'ecdsa-p256' or 'rsa-2048')"),
