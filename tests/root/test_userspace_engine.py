@@ -500,3 +500,26 @@ def test_bad_sa_is_refused_and_leaves_nothing_behind(lab: Lab) -> None:
     st = a.call(op="status")["status"]
     assert st["sa_count"] == 0
     assert "10.2.0.0/24" not in nsx(lab.rA, "ip", "route").stdout
+
+
+def test_lowered_underlay_mtu_is_followed_and_gso_batches_fall_back(lab: Lab) -> None:
+    """wan0 drops to MTU 1000 under running engines (what `vpnlab link set --mtu` does): the first
+    UDP GSO batch of 1500-byte ESP packets is refused by the kernel, goes out one by one, and the
+    engine shrinks ipsec0 to fit; TCP then completes, intact, with GSO still on."""
+    import hashlib
+
+    a, b = lab.start_engines()
+    sa_a, sa_b = sa_pair(GCM128)
+    a.call(op="install", sa=sa_to_dict(sa_a))
+    b.call(op="install", sa=sa_to_dict(sa_b))
+    assert a.call(op="status")["status"]["mtu"] == 1438
+    for ns in (lab.rA, lab.rB):
+        nsx(ns, "ip", "link", "set", "wan0", "mtu", "1000")
+    blocks = 30000
+    n, digest = transfer(lab, blocks)
+    assert (n, digest) == (len(PATTERN) * blocks, hashlib.sha256(PATTERN * blocks).hexdigest())
+    st = a.call(op="status")["status"]
+    assert st["gso_too_big"] >= 1, st
+    assert st["underlay_mtu"] == 1000 and st["mtu"] == 938  # 1000 - IP 20 - UDP 8 - ESP/GCM 32 - trailer 2
+    assert st["offload"]["udp_gso"] is True
+    assert lab.ping(count=3)["received"] == 3

@@ -156,12 +156,12 @@ class UdpTx:
                 sock.sendmsg((view[:total],), [(socket.SOL_UDP, UDP_SEGMENT, _U16N.pack(size))], 0, addr)
                 return
             except OSError as e:
+                if e.errno in (errno.EMSGSIZE, errno.EINVAL) and self.on_too_big is not None:
+                    self.on_too_big()  # the engine reads the underlay's MTU again
                 if e.errno == errno.EMSGSIZE or (e.errno == errno.EINVAL and size > self.max_datagram):
                     # segments larger than the underlay's MTU (older kernels say EINVAL): GSO is
                     # fine, the MTU is not; this batch goes one by one
                     self.too_big += 1
-                    if self.on_too_big is not None:
-                        self.on_too_big()
                 elif e.errno not in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                     raise
                 else:

@@ -77,6 +77,7 @@ def test_batch_larger_than_the_underlay_mtu_falls_back_one_by_one_and_keeps_gso(
 
 def test_kernel_without_gso_turns_it_off() -> None:
     tx = UdpTx(None, thread=False)
+    tx.on_too_big = lambda: None  # the underlay's MTU, read again, is fine: EINVAL means no GSO
     sock = _SmallMtuSocket(errno.EINVAL)
     tx.send_batch(sock, memoryview(bytes(600)), 600, 300, ADDR)  # type: ignore[arg-type]
     assert not tx.gso and tx.too_big == 0 and len(sock.sent) == 2
