@@ -61,6 +61,7 @@ class RefuseReason(enum.IntEnum):
     INVALID = 9
     REQUESTER_SYMMETRIC = 10  # the branch that asked is behind a symmetric NAT
     INITIATOR_SYMMETRIC = 11  # the branch that would initiate is behind a symmetric NAT
+    SAME_NAT = 12  # both behind one NAT device: they would have to meet at its address (hairpinning)
 
     @property
     def text(self) -> str:
@@ -79,6 +80,7 @@ _REASON_TEXT = {
     RefuseReason.INVALID: "request failed validation",
     RefuseReason.REQUESTER_SYMMETRIC: "requester is behind a symmetric NAT (address-and-port-dependent mapping)",
     RefuseReason.INITIATOR_SYMMETRIC: "initiator is behind a symmetric NAT (address-and-port-dependent mapping)",
+    RefuseReason.SAME_NAT: "both behind the same NAT device (no hairpinning)",
 }
 
 

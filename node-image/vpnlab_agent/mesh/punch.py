@@ -29,7 +29,7 @@ PUNCH_AT_S = (0.0, 0.3, 1.0, 2.0, 4.0)
 # Initiator A: its IKE_SA_INIT this long after its own punch, so B's punch is likely out first
 # (the hub sends B's ACK before A's RELAY).
 LEAD_S = 0.05
-NAT_REASONS = (RefuseReason.REQUESTER_SYMMETRIC, RefuseReason.INITIATOR_SYMMETRIC)
+NAT_REASONS = (RefuseReason.REQUESTER_SYMMETRIC, RefuseReason.INITIATOR_SYMMETRIC, RefuseReason.SAME_NAT)
 
 
 class NatView:
@@ -90,6 +90,8 @@ def refusal(nat: NatView, req: MeshRequest) -> RefuseReason | None:
         return RefuseReason.REQUESTER_SYMMETRIC
     if nat.type == SYMMETRIC:
         return RefuseReason.INITIATOR_SYMMETRIC
+    if req.mapping[0] in {ip for ip, _ in nat.mappings.values()}:
+        return RefuseReason.SAME_NAT
     return None
 
 
@@ -101,6 +103,9 @@ def pair_line(initiator: str, requester: str, reason: RefuseReason) -> str | Non
     """One line for inspect about a pair that a NAT keeps on the hub; None for other reasons."""
     if reason not in NAT_REASONS:
         return None
+    if reason is RefuseReason.SAME_NAT:
+        return (f"shortcut {initiator}→{requester} not tried: both are behind the same NAT device "
+                "(it does not hairpin)")
     who = requester if reason is RefuseReason.REQUESTER_SYMMETRIC else initiator
     return (f"shortcut {initiator}→{requester} not tried: {who} is behind a symmetric NAT "
             "(address-and-port-dependent mapping)")

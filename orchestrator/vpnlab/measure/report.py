@@ -14,6 +14,7 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("request_sent", "request sent to the hub"),
     ("hub_relayed", "relayed by the hub"),
     ("relay_at_a", "relay received at A"),
+    ("punch_at_b", "B punched towards A's NAT mapping"),  # behind NAT with hole punching only
     ("ike_sa_init", "IKE_SA_INIT sent by A"),
     ("ike_auth", "IKE_AUTH done"),
     ("routes_switched", "routes switched (both sides)"),
@@ -56,6 +57,7 @@ def timeline(b_status: dict[str, Any], a_status: dict[str, Any], hub_status: dic
     put("request_sent", eb.get("request_sent"))
     put("hub_relayed", *(relayed[:1] or [None]))
     put("relay_at_a", ea.get("relayed"))
+    put("punch_at_b", eb.get("punch"))
     put("ike_sa_init", ea.get("ike_sa_init"))
     put("ike_auth", ea.get("ike_auth"), eb.get("ike_auth"))
     put("routes_switched", ea.get("routes_switched"), eb.get("routes_switched"))

@@ -126,8 +126,9 @@ class Lab:
         return [s for s in self.eps[node].status(self.lb.now)["ike_sas"] if s["peer"] == peer]
 
 
-def build(kinds: dict[str, str], *, punching: bool = True, hubs_seen: int = 1) -> Lab:
-    """kinds: branch -> "public" | "eim" | "symmetric"; branch i has LAN 10.i.0.0/24."""
+def build(kinds: dict[str, str], *, punching: bool = True, shared: tuple[str, ...] = ()) -> Lab:
+    """kinds: branch -> "public" | "eim" | "symmetric"; branch i has LAN 10.i.0.0/24; the
+    `shared` branches sit behind one NAT device (carrier-grade NAT)."""
     names = list(kinds)
     lan = {b: f"10.{i}.0.0/24" for i, b in enumerate(names, 1)}
     nats: dict[str, Nat] = {}
@@ -137,7 +138,12 @@ def build(kinds: dict[str, str], *, punching: bool = True, hubs_seen: int = 1) -
             local[b] = f"198.51.100.{10 + i}"
         else:
             local[b] = f"100.64.{i}.2"
-            nats[b] = Nat(f"198.51.100.{100 + i}", symmetric=kinds[b] == "symmetric", inside={local[b]})
+            first = next((s for s in shared if s in nats), None) if b in shared else None
+            if first is not None:
+                nats[b] = nats[first]
+                nats[b].inside.add(local[b])
+            else:
+                nats[b] = Nat(f"198.51.100.{100 + i}", symmetric=kinds[b] == "symmetric", inside={local[b]})
     peers = tuple(PeerConfig(b, b, local[b] if kinds[b] == "public" else None, False,
                              (HUB_LAN,) + tuple(lan[o] for o in names if o != b), (lan[b],)) for b in names)
     eps = {"hub": IkeEndpoint(IkeConfig("hub", "psk", peers=peers), HUB, force_encap=True)}
@@ -152,7 +158,7 @@ def build(kinds: dict[str, str], *, punching: bool = True, hubs_seen: int = 1) -
                          hubs=(HubView("hub", (HUB_LAN,), reached),), hole_punching=punching,
                          nat_type={"eim": "endpoint-independent", "symmetric": "symmetric"}.get(kinds[b]))
         drivers[b] = MeshDriver(cfg, eps[b])
-    lab = Lab(NatLoopback(*eps.values(), nats=list(nats.values())), eps, drivers, nats,
+    lab = Lab(NatLoopback(*eps.values(), nats=list({id(n): n for n in nats.values()}.values())), eps, drivers, nats,
               children={n: [] for n in eps}, punches={n: [] for n in eps})
     for b in names:
         eps[b].connect("hub", 0.0)

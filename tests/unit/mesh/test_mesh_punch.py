@@ -107,6 +107,19 @@ def test_symmetric_nat_keeps_the_pair_on_the_hub_and_both_sides_say_why_in_one_l
     assert r["line"] == "shortcut br2→br1 not tried: br2 is behind a symmetric NAT (address-and-port-dependent mapping)"
 
 
+def test_two_branches_on_one_nat_device_are_not_tried() -> None:
+    lab = build({"br1": "eim", "br2": "eim"}, shared=("br1", "br2"))
+    assert lab.sas("hub", "br1")[0]["remote"] == "198.51.100.101:4500"
+    seen = lab.sas("hub", "br2")[0]["remote"]
+    assert seen.startswith("198.51.100.101:") and seen != "198.51.100.101:4500"  # another port of that device
+    lab.drivers["br2"].session_seen(B1, B2, lab.lb.now)
+    lab.settle(lab.lb.now + 1)
+    [r] = lab.drivers["br2"].status(lab.lb.now)["refused"]
+    assert r["code"] == "SAME_NAT" and r["line"] == (
+        "shortcut br1→br2 not tried: both are behind the same NAT device (it does not hairpin)")
+    assert lab.punches["br1"] == [] and not lab.sas("br1", "br2")
+
+
 def test_public_initiator_punched_by_a_branch_behind_nat_and_the_other_way_round_as_before() -> None:
     lab = build({"br1": "public", "br2": "eim"})
     t0 = lab.lb.now

@@ -1,0 +1,51 @@
+"""A branch on two hubs measures its NAT type (docs/mesh.md, "How a branch knows its NAT type"):
+both hubs report the mapping they see its IKE SA come from; the same one from both means an
+endpoint-independent NAT, different ones a symmetric NAT. One lab for the module."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vpnlab import lab as labs
+from vpnlab.measure.labctl import LabCtl, wait_for
+from vpnlab.runtime.docker import DockerRuntime
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+LAB = """\
+name: mnatm
+secret: {psk: "mesh-nat-measured-psk"}
+defaults:
+  mesh: {enabled: true, hole_punching: true}
+nodes:
+  hub1: {role: hub, lan: 10.0.0.0/24, mesh: {enabled: false}}
+  hub2: {role: hub, lan: 10.9.0.0/24, mesh: {enabled: false}}
+  eim: {role: branch, hubs: [hub1, hub2], nat: endpoint-independent, lan: 10.1.0.0/24}
+  sym: {role: branch, hubs: [hub1, hub2], nat: symmetric, lan: 10.3.0.0/24}
+"""
+
+
+@pytest.fixture(scope="module")
+def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCtl]:
+    name = f"mm{uuid.uuid4().hex[:6]}"
+    path: Path = tmp_path_factory.mktemp("mnatm") / "mnatm.yml"
+    path.write_text(LAB)
+    try:
+        labs.deploy(path, name=name, runtime=runtime)
+        yield LabCtl(runtime, name)
+    finally:
+        labs.destroy(name, runtime=runtime)
+
+
+@pytest.mark.parametrize("branch,want", [("eim", "endpoint-independent"), ("sym", "symmetric")])
+def test_nat_type_measured_from_the_mappings_two_hubs_see(ctl: LabCtl, branch: str, want: str) -> None:
+    nat = wait_for(f"{branch}'s mappings from both hubs",
+                   lambda: (n := ctl.mesh(branch)["nat"]) if len(n["mappings"]) == 2 else None, 30)
+    seen = {h: ctl.mesh(h)["branches"][branch]["mapping"] for h in ("hub1", "hub2")}
+    assert nat["mappings"] == seen  # what each hub told the branch is what the hub sees
+    assert nat["type"] == want and nat["source"] == "measured: mappings seen by 2 hubs"
+    assert (seen["hub1"] == seen["hub2"]) is (want == "endpoint-independent")
