@@ -43,8 +43,11 @@ def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPa
 
 @pytest.mark.parametrize("branch,want", [("eim", "endpoint-independent"), ("sym", "symmetric")])
 def test_nat_type_measured_from_the_mappings_two_hubs_see(ctl: LabCtl, branch: str, want: str) -> None:
-    nat = wait_for(f"{branch}'s mappings from both hubs",
-                   lambda: (n := ctl.mesh(branch)["nat"]) if len(n["mappings"]) == 2 else None, 30)
+    def both() -> dict | None:  # type: ignore[type-arg]
+        nat = ctl.mesh(branch)["nat"]
+        return nat if len(nat["mappings"]) == 2 else None
+
+    nat = wait_for(f"{branch}'s mappings from both hubs", both, 30)
     seen = {h: ctl.mesh(h)["branches"][branch]["mapping"] for h in ("hub1", "hub2")}
     assert nat["mappings"] == seen  # what each hub told the branch is what the hub sees
     assert nat["type"] == want and nat["source"] == "measured: mappings seen by 2 hubs"
