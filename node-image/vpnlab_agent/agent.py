@@ -184,13 +184,13 @@ class Agent:
         self._stop.set()
 
     async def run(self) -> int:
-        from pyroute2 import IPRoute
+        from vpnlab_agent.rtnl import Rtnl
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-        self._ipr = IPRoute()
+        self._ipr = Rtnl()
         try:
             await self.control.start()
             log.info("agent for %s (%s, %s) started", self.config.name, self.config.role,

@@ -1,4 +1,4 @@
-"""Interfaces, addresses and routes from the node config, through netlink (pyroute2).
+"""Interfaces, addresses and routes from the node config, through rtnetlink (rtnl.py).
 
 `plan()` is pure: it checks the config and lists what must exist. `wait_for_links()` waits (bounded)
 until the orchestrator has moved every named interface into our namespace. `apply()` makes the plan
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vpnlab_agent.config import NodeConfig
-from vpnlab_agent.netlink_routes import RouteBatch, RouteRequest, describe
+from vpnlab_agent.netlink_routes import RouteRequest, describe, run
+from vpnlab_agent.rtnl import Rtnl, RtnlError
 
 log = logging.getLogger("vpnlab_agent.netconfig")
 
@@ -244,11 +245,11 @@ def _stub_pyroute2_lab(path: list[str]) -> None:
     sys.modules["pyroute2.lab"] = lab
 
 
-def missing_links(ipr: Any, names: tuple[str, ...]) -> list[str]:
-    return [name for name in names if not ipr.link_lookup(ifname=name)]
+def missing_links(ipr: Rtnl, names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if ipr.link_index(name) is None]
 
 
-async def wait_for_links(ipr: Any, names: tuple[str, ...], timeout: float = WAIT_TIMEOUT_S) -> None:
+async def wait_for_links(ipr: Rtnl, names: tuple[str, ...], timeout: float = WAIT_TIMEOUT_S) -> None:
     """Poll netlink until every named interface exists here; NetConfigError after `timeout`."""
     deadline = time.monotonic() + timeout
     announced = False
@@ -280,11 +281,11 @@ def _family(version: int) -> int:
     return socket.AF_INET if version == 4 else socket.AF_INET6
 
 
-def _index(ipr: Any, name: str) -> int:
-    found = ipr.link_lookup(ifname=name)
-    if not found:
+def _index(ipr: Rtnl, name: str) -> int:
+    found = ipr.link_index(name)
+    if found is None:
         raise NetConfigError(f"interface {name} does not exist")
-    return found[0]
+    return found
 
 
 def _route_request(route: PlannedRoute, index: dict[str, int]) -> RouteRequest:
@@ -292,35 +293,29 @@ def _route_request(route: PlannedRoute, index: dict[str, int]) -> RouteRequest:
                         gateway=route.via, oif=index[route.dev] if route.dev else 0)
 
 
-def _indexes(ipr: Any, routes: tuple[PlannedRoute, ...] | list[PlannedRoute]) -> dict[str, int]:
+def _indexes(ipr: Rtnl, routes: tuple[PlannedRoute, ...] | list[PlannedRoute]) -> dict[str, int]:
     return {dev: _index(ipr, dev) for dev in {r.dev for r in routes if r.dev}}
 
 
-def apply(ipr: Any, netplan: NetPlan, applied: Applied | None = None) -> Applied:
+def apply(ipr: Rtnl, netplan: NetPlan, applied: Applied | None = None) -> Applied:
     """Bring links up, add addresses, then routes. Already-present items are left alone and not
     recorded; what is added is recorded into `applied` at once, so a failure half-way can be undone.
     Routes go in one batch (netlink_routes.py): a refused one is reported after the batch, and the
     ones added around it are recorded like the others."""
-    from pyroute2 import NetlinkError
-
     applied = applied if applied is not None else Applied()
     for name in netplan.links:
-        ipr.link("set", index=_index(ipr, name), state="up")
+        ipr.set_link(_index(ipr, name), up=True)
     for addr in netplan.addresses:
         try:
-            ipr.addr(
-                "add", index=_index(ipr, addr.dev), address=addr.address,
-                prefixlen=addr.prefixlen, family=_family(addr.family),
-            )
-        except NetlinkError as exc:
+            ipr.add_address(_index(ipr, addr.dev), addr.address, addr.prefixlen, _family(addr.family))
+        except RtnlError as exc:
             if exc.code != errno.EEXIST:
                 raise NetConfigError(f"{addr.dev}: cannot add {addr.address}/{addr.prefixlen}: {exc}") from None
             continue
         applied.addresses.append(addr)
         log.info("%s: address %s/%d", addr.dev, addr.address, addr.prefixlen)
     index = _indexes(ipr, netplan.routes)
-    with RouteBatch() as batch:
-        codes = batch.run([("add", _route_request(r, index)) for r in netplan.routes])
+    codes = run(ipr, [("add", _route_request(r, index)) for r in netplan.routes])
     refused: list[str] = []
     guards: list[str] = []
     for route, code in zip(netplan.routes, codes):
@@ -347,24 +342,17 @@ def _abridged(items: list[str], shown: int = 8) -> str:
     return ", ".join(items[:shown]) + more
 
 
-def undo(ipr: Any, applied: Applied) -> None:
+def undo(ipr: Rtnl, applied: Applied) -> None:
     """Remove what apply() added, routes first; things already gone are fine."""
-    from pyroute2 import NetlinkError
-
     try:
-        index = _indexes(ipr, [r for r in applied.routes if r.dev and ipr.link_lookup(ifname=r.dev)])
-        with RouteBatch() as batch:
-            batch.run([("del", _route_request(r, index)) for r in reversed(applied.routes)
-                       if not r.dev or r.dev in index])
+        index = _indexes(ipr, [r for r in applied.routes if r.dev and ipr.link_index(r.dev) is not None])
+        run(ipr, [("del", _route_request(r, index)) for r in reversed(applied.routes) if not r.dev or r.dev in index])
     except (OSError, NetConfigError):
         pass
     for addr in reversed(applied.addresses):
         try:
-            ipr.addr(
-                "del", index=_index(ipr, addr.dev), address=addr.address,
-                prefixlen=addr.prefixlen, family=_family(addr.family),
-            )
-        except (NetlinkError, NetConfigError):
+            ipr.delete_address(_index(ipr, addr.dev), addr.address, addr.prefixlen, _family(addr.family))
+        except (OSError, NetConfigError):
             pass
     applied.routes.clear()
     applied.addresses.clear()
@@ -373,44 +361,33 @@ def undo(ipr: Any, applied: Applied) -> None:
 _ROUTE_TYPES = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}  # RTN_*
 
 
-def snapshot(ipr: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def snapshot(ipr: Rtnl) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Interfaces and routes as the status report shows them (read live from the kernel)."""
     import socket
 
-    names: dict[int, str] = {}
-    interfaces: list[dict[str, Any]] = []
     addrs: dict[int, list[str]] = {}
-    for msg in ipr.get_addr():
-        address = msg.get_attr("IFA_ADDRESS")
-        if address and address.startswith("fe80:"):
+    for a in ipr.addresses():
+        if a.address.startswith("fe80:"):
             continue  # IPv6 link-local: every link has one, it only clutters the report
-        addrs.setdefault(msg["index"], []).append(f"{address}/{msg['prefixlen']}")
-    for link in ipr.get_links():
-        name = link.get_attr("IFLA_IFNAME")
-        names[link["index"]] = name
-        interfaces.append({
-            "name": name,
-            "addresses": addrs.get(link["index"], []),
-            "up": bool(link["flags"] & 1),  # IFF_UP
-        })
+        addrs.setdefault(a.index, []).append(f"{a.address}/{a.prefixlen}")
+    links = ipr.links()
+    names = {link.index: link.name for link in links}
+    interfaces = [{"name": link.name, "addresses": addrs.get(link.index, []), "up": link.up} for link in links]
     routes: list[dict[str, Any]] = []
     for family in (socket.AF_INET, socket.AF_INET6):
-        for msg in ipr.route("dump", family=family):  # every table, strongSwan's 220 too
-            table = msg.get_attr("RTA_TABLE") or msg["table"]
-            kind = _ROUTE_TYPES.get(msg["type"])
-            if table == 255 or kind is None:  # skip the local table, broadcast and the like
+        for r in ipr.routes(family):  # every table, strongSwan's 220 too
+            kind = _ROUTE_TYPES.get(r.type)
+            if r.table == 255 or kind is None:  # skip the local table, broadcast and the like
                 continue
-            if family == socket.AF_INET6 and (msg.get_attr("RTA_DST") or "").startswith(("fe80", "ff00")):
+            if family == socket.AF_INET6 and (r.dst or "").startswith(("fe80", "ff00")):
                 continue
-            dst = msg.get_attr("RTA_DST")
             default = "0.0.0.0" if family == socket.AF_INET else "::"
-            oif = msg.get_attr("RTA_OIF")
             routes.append({
-                "dst": f"{dst or default}/{msg['dst_len']}",
-                "via": msg.get_attr("RTA_GATEWAY"),
-                "dev": names.get(oif) if oif else None,
-                "table": table,
+                "dst": f"{r.dst or default}/{r.dst_len}",
+                "via": r.gateway,
+                "dev": names.get(r.oif) if r.oif else None,
+                "table": r.table,
                 "type": kind,
-                "metric": msg.get_attr("RTA_PRIORITY") or 0,
+                "metric": r.metric,
             })
     return interfaces, routes

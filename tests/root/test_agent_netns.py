@@ -494,11 +494,12 @@ import json, sys
 from pyroute2 import IPRoute, NetlinkError
 from vpnlab_agent import netconfig
 from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.rtnl import Rtnl
 cfg = NodeConfig.from_json(open(sys.argv[1]).read())
 out = {}
-with IPRoute() as ipr:
-    applied = netconfig.apply(ipr, netconfig.plan(cfg))
-    out["snapshot"] = netconfig.snapshot(ipr)[1]
+with Rtnl() as rt, IPRoute() as ipr:
+    applied = netconfig.apply(rt, netconfig.plan(cfg))
+    out["snapshot"] = netconfig.snapshot(rt)[1]
     lan0 = ipr.link_lookup(ifname="lan0")[0]
 
     def where(dst):
@@ -512,8 +513,8 @@ with IPRoute() as ipr:
     out["up"] = where("10.0.0.10")
     ipr.route("del", dst="10.0.0.0", dst_len=8, oif=lan0)  # the data plane's delete leaves the guard
     out["down_again"] = where("10.0.0.10")
-    netconfig.undo(ipr, applied)
-    out["after_undo"] = netconfig.snapshot(ipr)[1]
+    netconfig.undo(rt, applied)
+    out["after_undo"] = netconfig.snapshot(rt)[1]
 print(json.dumps(out))
 """
 

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.root
 SCRIPT = r"""
 import json, socket, sys
 from pyroute2 import IPRoute
-from vpnlab_agent.netlink_routes import RouteBatch, RouteRequest
+from vpnlab_agent.netlink_routes import RouteRequest, run
+from vpnlab_agent.rtnl import Rtnl
 ipr = IPRoute()
 idx = ipr.link_lookup(ifname="d0")[0]
 mode = sys.argv[1]
@@ -32,27 +33,28 @@ if mode == "pyroute2":
     for cmd, kw, _ in cases:
         ipr.route(cmd, **kw)
 else:
-    with RouteBatch() as b:
-        out["codes"] = b.run([(cmd, req) for cmd, _, req in cases])
+    with Rtnl() as b:
+        out["codes"] = run(b, [(cmd, req) for cmd, _, req in cases])
         # the same adds again: each refused on its own, the replaces fine; an unreachable gateway refused
-        out["again"] = b.run([(cmd, req) for cmd, _, req in cases] + [("add", RouteRequest.of("10.7.0.0/24", gateway="203.0.113.1"))])
-        out["many"] = b.run([("add", RouteRequest.of(f"10.{100 + i // 250}.{i % 250}.0/24", type="unreachable", metric=4090)) for i in range(300)])
-        out["many_del"] = b.run([("del", RouteRequest.of(f"10.{100 + i // 250}.{i % 250}.0/24", type="unreachable", metric=4090)) for i in range(300)])
+        out["again"] = run(b, [(cmd, req) for cmd, _, req in cases] + [("add", RouteRequest.of("10.7.0.0/24", gateway="203.0.113.1"))])
+        out["many"] = run(b, [("add", RouteRequest.of(f"10.{100 + i // 250}.{i % 250}.0/24", type="unreachable", metric=4090)) for i in range(300)])
+        out["many_del"] = run(b, [("del", RouteRequest.of(f"10.{100 + i // 250}.{i % 250}.0/24", type="unreachable", metric=4090)) for i in range(300)])
 print(json.dumps(out))
 """
 
 DELETE = r"""
 import sys
 from pyroute2 import IPRoute
-from vpnlab_agent.netlink_routes import RouteBatch, RouteRequest
+from vpnlab_agent.netlink_routes import RouteRequest, run
+from vpnlab_agent.rtnl import Rtnl
 ipr = IPRoute()
 idx = ipr.link_lookup(ifname="d0")[0]
 if sys.argv[1] == "pyroute2":  # pyroute2 deletes what the batch added
     ipr.route("del", dst="10.1.0.0/24", type="unreachable", priority=4090)
     ipr.route("del", dst="10.5.0.0/24", oif=idx, priority=1000, table=100)
 else:  # the batch deletes what pyroute2 added
-    with RouteBatch() as b:
-        assert b.run([("del", RouteRequest.of("10.1.0.0/24", type="unreachable", metric=4090)),
+    with Rtnl() as b:
+        assert run(b, [("del", RouteRequest.of("10.1.0.0/24", type="unreachable", metric=4090)),
                       ("del", RouteRequest.of("10.5.0.0/24", oif=idx, metric=1000, table=100)),
                       ("del", RouteRequest.of("10.99.0.0/24"))]) == [0, 0, 3], "ESRCH for the missing one"
 """
@@ -102,3 +104,56 @@ def test_batched_routes_are_the_routes_pyroute2_makes() -> None:
     finally:
         for ns in (a, b):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+RTNL = r"""
+import json, socket
+from pyroute2 import IPRoute
+from vpnlab_agent.rtnl import Rtnl, RtnlError
+out = {}
+with Rtnl() as rt, IPRoute() as ipr:
+    d0 = rt.link_index("d0")
+    out["index"] = [d0 == ipr.link_lookup(ifname="d0")[0], rt.link_index("nope")]
+    rt.set_link(d0, mtu=1400, txqlen=500, up=True)
+    rt.add_address(d0, "10.8.0.1", 24)
+    rt.add_address(d0, "2001:db8::1", 64, socket.AF_INET6)
+    try:
+        rt.add_address(d0, "10.8.0.1", 24)
+    except RtnlError as exc:
+        out["again"] = [exc.code, str(exc)]
+    ipr.route("add", dst="10.20.0.0/16", gateway="10.8.0.2", priority=7, table=300)
+    ipr.route("add", dst="10.21.0.0/16", type="unreachable")
+    links = {l.name: [l.index, l.up, l.mtu] for l in rt.links()}
+    out["links"] = links["d0"] == [d0, True, 1400] and links["lo"][2] == 65536
+    theirs = sorted((m.get_attr("IFA_ADDRESS"), m["prefixlen"], m["index"]) for m in ipr.get_addr())
+    out["addresses"] = sorted((a.address, a.prefixlen, a.index) for a in rt.addresses()) == theirs
+    ours = sorted((r.dst, r.dst_len, r.table, r.type, r.gateway, r.oif, r.metric) for r in rt.routes())
+    theirs = sorted((m.get_attr("RTA_DST"), m["dst_len"], m.get_attr("RTA_TABLE"), m["type"], m.get_attr("RTA_GATEWAY"),
+                     m.get_attr("RTA_OIF") or 0, m.get_attr("RTA_PRIORITY") or 0) for m in ipr.route("dump", family=socket.AF_INET))
+    out["routes"] = ours == theirs and ("10.20.0.0", 16, 300, 1, "10.8.0.2", d0, 7) in ours
+    hop = rt.route_to("10.8.0.9")
+    out["route_to"] = [hop.oif == d0, hop.gateway, hop.prefsrc]
+    try:
+        rt.route_to("10.21.0.1")
+    except RtnlError as exc:
+        out["unreachable"] = exc.code
+    rt.delete_address(d0, "10.8.0.1", 24)
+    out["after"] = [a.address for a in rt.addresses(socket.AF_INET) if a.index == d0]
+    rt.delete_link(d0)
+    out["gone"] = rt.link_index("d0")
+print(json.dumps(out))
+"""
+
+
+def test_rtnl_reads_what_pyroute2_reads_and_its_changes_take_effect() -> None:
+    ns = _ns()
+    try:
+        out = json.loads(_py(ns, RTNL, "-"))
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    assert out["index"] == [True, None]
+    assert out["again"] == [17, "(17, 'File exists')"]
+    assert out["links"] and out["addresses"] and out["routes"], out
+    assert out["route_to"] == [True, None, "10.8.0.1"]
+    assert out["unreachable"] == 113  # EHOSTUNREACH from the unreachable route
+    assert out["after"] == ["10.9.0.1"] and out["gone"] is None

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vpnlab_agent.dataplane.base import EngineError
-from vpnlab_agent.netlink_routes import NetlinkRouteError, RouteBatch, RouteRequest, describe
+from vpnlab_agent.netlink_routes import RouteRequest, describe, run
+from vpnlab_agent.rtnl import Rtnl, RtnlError
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,9 @@ class RouteSync:
         if not changed and not gone:
             return
         try:
-            with RouteBatch() as batch:
+            with Rtnl() as rt:
                 failed = None
-                for r, code in zip(changed, batch.run([("replace", r.request()) for r in changed])):
+                for r, code in zip(changed, run(rt, [("replace", r.request()) for r in changed])):
                     if code:
                         failed = failed or EngineError(f"route {r.key[1]} metric {r.metric}: {describe(code)}")
                     else:
@@ -71,10 +72,10 @@ class RouteSync:
                 if failed is not None:
                     raise failed
                 dropped = [self.installed.pop(key) for key in gone]
-                for r, code in zip(dropped, batch.run([("del", r.request()) for r in dropped])):
+                for r, code in zip(dropped, run(rt, [("del", r.request()) for r in dropped])):
                     if code not in (0, errno.ESRCH, errno.ENOENT, errno.ENODEV):
                         log.warning("route del %s metric %d: %s", r.key[1], r.metric, describe(code))
-        except NetlinkRouteError as e:
+        except RtnlError as e:
             raise EngineError(f"routes: {e.strerror}") from e
 
     def clear(self) -> None:

@@ -1,4 +1,4 @@
-"""A layer-3 TUN device (no packet-info header) set up through pyroute2.
+"""A layer-3 TUN device (no packet-info header) set up through rtnetlink (rtnl.py).
 
 `open_tun()` returns a blocking file descriptor: one read() is one IPv4 packet that the kernel routed
 into the device, one write() injects one packet into the kernel as if it arrived on the device.
@@ -11,7 +11,7 @@ import os
 import struct
 from typing import Any
 
-from pyroute2 import IPRoute
+from vpnlab_agent.rtnl import Rtnl
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -47,23 +47,22 @@ def open_tun(name: str, *, multi_queue: bool = False, vnet_hdr: bool = False) ->
 
 def configure(name: str, mtu: int, txqueuelen: int = 1000) -> int:
     """Set MTU and queue length, bring the device up; returns its ifindex."""
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
+    with Rtnl() as rt:
+        idx = rt.link_index(name)
+        if idx is None:
             raise TunError(f"TUN device {name} vanished")
-        idx = found[0]
-        ipr.link("set", index=idx, mtu=mtu, txqlen=txqueuelen, state="up")
+        rt.set_link(idx, mtu=mtu, txqlen=txqueuelen, up=True)
     return idx
 
 
 def delete(name: str) -> None:
     """Remove the device if it still exists (it also goes when its last fd closes)."""
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if found:
+    with Rtnl() as rt:
+        idx = rt.link_index(name)
+        if idx is not None:
             try:
-                ipr.link("del", index=found[0])
-            except Exception:  # already gone: closing the fd raced us
+                rt.delete_link(idx)
+            except OSError:  # already gone: closing the fd raced us
                 pass
 
 

@@ -14,11 +14,10 @@ import logging
 import socket
 import time
 
-from pyroute2 import IPRoute
-
 from vpnlab_agent.dataplane.base import EngineError
 from vpnlab_agent.dataplane.routes import Route
 from vpnlab_agent.dataplane.sa_table import SaTable, inside
+from vpnlab_agent.rtnl import Rtnl, RtnlError
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +35,11 @@ class UnderlayMtu:
     def read(self, local_addr: str) -> int:
         if self.fixed is None and local_addr:
             try:
-                with IPRoute() as ipr:
-                    found = ipr.get_addr(family=socket.AF_INET, address=local_addr)
-                    links = ipr.get_links(found[0]["index"]) if found else []
-                    if links:
-                        self.mtu = int(links[0].get_attr("IFLA_MTU") or DEFAULT_MTU)
+                with Rtnl() as rt:
+                    found = {a.index for a in rt.addresses(socket.AF_INET) if a.address == local_addr}
+                    mtus = [link.mtu for link in rt.links() if link.index in found]
+                    if mtus:
+                        self.mtu = mtus[0] or DEFAULT_MTU
             except OSError as e:
                 log.warning("cannot read the underlay MTU (%s); keeping %d", e, self.mtu)
         return self.mtu
@@ -68,11 +67,11 @@ def peer_pins(table: SaTable, pins: dict[str, Route]) -> list[Route]:
         if not inside(int(ipaddress.IPv4Address(peer)), entry.remote_nets):
             continue
         if peer not in pins:
-            with IPRoute() as ipr:
-                found = ipr.route("get", dst=peer)
-            if not found:
-                raise EngineError(f"no underlay route to peer {peer}")
-            pins[peer] = Route(f"{peer}/32", found[0].get_attr("RTA_OIF"),
-                               gateway=found[0].get_attr("RTA_GATEWAY") or None)
+            try:
+                with Rtnl() as rt:
+                    found = rt.route_to(peer)
+            except RtnlError as e:
+                raise EngineError(f"no underlay route to peer {peer}: {e}") from e
+            pins[peer] = Route(f"{peer}/32", found.oif, gateway=found.gateway)
         out.append(pins[peer])
     return out

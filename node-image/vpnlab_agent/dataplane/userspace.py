@@ -37,8 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pyroute2 import IPRoute
-
 from vpnlab_agent.dataplane import tun
 from vpnlab_agent.dataplane.base import NATT_PORT, Engine, EngineError, IkeHandler
 from vpnlab_agent.dataplane.routes import Route, RouteSync
@@ -48,6 +46,7 @@ from vpnlab_agent.dataplane.underlay import DEFAULT_MTU as UNDERLAY_MTU  # noqa:
 from vpnlab_agent.dataplane.underlay import OUTER_HEADERS, UnderlayMtu, peer_pins
 from vpnlab_agent.esp.ciphers import BACKEND, PacketBuffer
 from vpnlab_agent.esp.codec import AuthenticationFailed, EspError, ReplayedPacket, SequenceOverflow, max_inner_len
+from vpnlab_agent.rtnl import Rtnl
 from vpnlab_agent.sa import ChildSA, EspAlgorithm, SACounters
 
 log = logging.getLogger(__name__)
@@ -253,8 +252,8 @@ class UserspaceEngine(Engine):
         self.tx.max_datagram = self.underlay.max_datagram
         mtu = min((max_inner_len(budget, sa.algorithm, sa.trailer) for sa in sas), default=max_inner_len(budget, _GCM))
         if mtu != self._mtu and not self._closing:
-            with IPRoute() as ipr:
-                ipr.link("set", index=self._ifindex, mtu=mtu)
+            with Rtnl() as rt:
+                rt.set_link(self._ifindex, mtu=mtu)
             self._mtu = mtu
 
     def _sync_routes(self) -> None:

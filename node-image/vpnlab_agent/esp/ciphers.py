@@ -15,6 +15,7 @@ Two back ends, picked once at import:
 from __future__ import annotations
 
 import hmac
+import mmap
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -47,12 +48,18 @@ CBC_IV_LEN = 16
 
 
 class PacketBuffer:
-    """A reusable packet buffer: bytearray, memoryview and (with the OpenSSL back end) a C pointer."""
+    """A reusable packet buffer: writable bytes, memoryview and (with the OpenSSL back end) a C pointer.
+
+    The bytes are an anonymous private mmap, not a bytearray: a bytearray is zeroed when made, so
+    the userspace engine's buffers (64-128 kB each for TSO packets, GRO batches and the send queue,
+    ~1.3 MiB in all) would be resident from the start in every router agent, even one that never
+    carries a large packet. Mapped pages become resident only when a packet first reaches them. Indexing, slice assignment of the
+    same length and the buffer protocol work as with a bytearray; the size never changes."""
 
     __slots__ = ("data", "view", "ptr")
 
     def __init__(self, size: int = 65536) -> None:
-        self.data = bytearray(size)
+        self.data = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
         self.view = memoryview(self.data)
         self.ptr = _ffi.from_buffer(self.data) if _HAVE_CTX else None
 
