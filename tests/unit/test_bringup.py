@@ -153,3 +153,28 @@ def test_a_dead_container_is_named_with_its_last_log_line(tmp_path: Path) -> Non
     with pytest.raises(NodeFailed, match=r"^node hub failed: container vpnlab-t-hub is exited \(last line: "
                                          r"vpnlab-agent: cannot load /nonexistent.json\); its log: `vpnlab logs t hub`$"):
         fake.bringup(ready_timeout=30).run()
+
+
+def test_an_agent_not_answering_yet_costs_the_engine_one_inspect_per_alive_check(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    class Silent(FakeLab):
+        """Each agent's socket answers only from its 6th poll on; counts the engine's inspects."""
+
+        gets = 0
+
+        def get(self, name: str) -> ContainerInfo | None:
+            Silent.gets += 1
+            return super().get(name)
+
+        def summary(self, info: ContainerInfo) -> dict[str, Any]:
+            with self.lock:
+                self.polls[info.node] = self.polls.get(info.node, 0) + 1
+                if self.polls[info.node] <= 5:
+                    raise LabError(f"agent not reachable: no socket in {info.name}")
+                self.polls[info.node] = self.boot_polls  # ready from here on
+            return super().summary(info)
+
+    monkeypatch.setattr(bringup, "ALIVE_CHECK_S", 60.0)
+    fake = Silent(_lab(tmp_path, 4))
+    fake.bringup().run()
+    assert Silent.gets == 5 + 5  # one in each start, one for each agent's first failed poll, not five
