@@ -72,8 +72,8 @@ def main() -> None:
     if args.json:
         print(json.dumps({"goal_s": GOAL_S, "rounds": rows}, indent=2))
         return
-    t = Table(title="conntrack -F on the NAT device -> first echo through the new mapping")
-    for c in ("NAT", "talks", "runs", "lost", "median s", "max s", "rekey", "goal", "verdict"):
+    t = Table(title="conntrack -F on the NAT device -> first echo through the new mapping, seconds")
+    for c in ("NAT", "talks", "runs", "lost", "median", "max", "rekey", "goal", "verdict"):
         t.add_column(c, justify="right")
     for side in ("branch", "hub"):
         for branch in ("eim", "sym"):
