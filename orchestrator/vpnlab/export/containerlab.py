@@ -312,9 +312,8 @@ def _ipsec_mtu_note(underlay_mtu: int) -> list[str]:
         return [f"IPsec: ESP-in-UDP (AES-GCM-16) packets of the agent's ipsec0 MTU ({sized}) fit in {underlay_mtu} bytes."]
     return [
         f"IPsec: an ESP-in-UDP packet (AES-GCM-16) fits in {underlay_mtu} bytes when its inner packet has at most",
-        f"  {fits} bytes. The agent's userspace engine sizes ipsec0 for a {UNDERLAY_MTU}-byte underlay ({sized}):",
-        f"  inner packets of {fits + 1}-{sized} bytes give ESP packets larger than the path; one alone leaves as",
-        "  two IP fragments, a UDP-GSO batch of them is refused by the kernel (EMSGSIZE) and dropped.",
+        f"  {fits} bytes. The agent's userspace engine sizes ipsec0 to its wan0's MTU: {fits} here, not {sized};",
+        "  peers that do not (strongSwan's kernel-libipsec keeps its own MTU) send larger ESP packets as IP fragments.",
         f"  Give the hosts' network an MTU of {UNDERLAY_MTU + VXLAN_OVERHEAD[4]} or more (placement file `mtu:`) to keep {UNDERLAY_MTU} in the lab.",
     ]
 
