@@ -19,6 +19,10 @@ from vpnlab_agent.config import IkeConfig, InterfaceConfig, NodeConfig, PeerConf
 from vpnlab.topology.clusters import swarm_clients
 from vpnlab.topology.model import Cluster, Lab, Node
 
+# A cluster's clients declare their member dead 3 DPD tries (1.5 s) after its check went unanswered,
+# and go back through the virtual address: a killed member's clients are back within DPD + 2 s.
+CLIENT_DPD_RETRIES = 3
+
 
 def cluster_named(lab: Lab, name: str) -> Cluster | None:
     for c in lab.clusters:
@@ -133,7 +137,7 @@ def swarm_config(lab: Lab, node: Node) -> NodeConfig:
         public_address=str(node.public_address),
         interfaces=(InterfaceConfig("wan0", "wan", (str(wan.address), *(f"{a}/{plen}" for _, a, _ in clients))),),
         routes=underlay_routes(lab, node),
-        ike=IkeConfig(local_id=node.name, psk=psk, peers=(
+        ike=IkeConfig(local_id=node.name, psk=psk, dpd_retries=CLIENT_DPD_RETRIES, peers=(
             PeerConfig(cluster.name, cluster.name, str(cluster.virtual_address), True, (), member_lans(lab, cluster)),)),
         extensions={"swarm": {"clients": [list(c) for c in clients], "legacy": cluster.swarm_legacy}},
     )

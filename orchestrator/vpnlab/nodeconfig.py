@@ -99,8 +99,10 @@ def ike_config(lab: Lab, node: Node, peers: tuple[PeerConfig, ...]) -> IkeConfig
         fragmentation=c.fragmentation,
         fragment_size=c.fragment_size,
         pki=PkiConfig() if uses_cert else None,
-        # a branch on two hubs fails over within dpd_interval + 1.5 s (docs/topology.md, "Hub to hub")
-        dpd_retries=DUAL_HUB_DPD_RETRIES if node.role == "branch" and len(node.hubs) > 1 else None,
+        # a branch on two hubs fails over within dpd_interval + 1.5 s (docs/topology.md, "Hub to hub"),
+        # and so does one on a cluster: back through the virtual address (docs/loadbalancer.md)
+        dpd_retries=DUAL_HUB_DPD_RETRIES if node.role == "branch" and (
+            len(node.hubs) > 1 or any(cluster_config.cluster_named(lab, h) for h in node.hubs)) else None,
     )
 
 

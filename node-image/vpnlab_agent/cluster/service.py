@@ -172,6 +172,8 @@ class ClusterService:
         log.info("VRRP %s -> %s", self.vrrp_state, state)
         self.vrrp_state = state
         self.vrrp_changes = (self.vrrp_changes + [(time.time(), state)])[-20:]
+        if state == "MASTER" and (gone := self.pool.drop_masters()):
+            log.info("the former master %s is out of the pool until it speaks again", ", ".join(gone))
         for listener in self.listeners:
             try:
                 listener(state)

@@ -178,6 +178,16 @@ class MemberPool:
             self.counters.left += 1
         return gone
 
+    def drop_masters(self) -> list[str]:
+        """We just became VRRP master, so whoever last claimed it stopped advertising (dead, or
+        preempted by us): out of the pool until its next message, instead of drawing clients for
+        the 3 silent intervals a dead member takes to leave. Its replay state is kept."""
+        gone = [n for n, e in self._entries.items() if e.status.master]
+        for n in gone:
+            del self._entries[n]
+            self.counters.left += 1
+        return gone
+
     def next_expiry(self) -> float | None:
         times = [e.heard_at + SILENT_INTERVALS * e.status.interval_ms / 1000 for e in self._entries.values()]
         return min(times) if times else None

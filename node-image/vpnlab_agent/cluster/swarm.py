@@ -5,7 +5,8 @@ address (all on wan0), its own UDP 500/4500 sockets, and the RFC 5685 client ext
 first `legacy` ones, which announce no redirect support). No data plane: a client only holds its IKE
 and child SAs (ESP that arrives is ignored), which is what the members count as tunnels. Clients
 start on `ctl initiate <cluster>` and stop on `ctl terminate <cluster>`; one that loses its SA (DPD,
-a dead member) reconnects to the virtual address after RETRY_S.
+a dead member) reconnects to the virtual address after RETRY_S, one whose member stopped answering
+at once.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from typing import Any
 from vpnlab_agent.cluster.redirect_client import RedirectClient
 from vpnlab_agent.config import IkeConfig, NodeConfig, PeerConfig
 from vpnlab_agent.ike.endpoint import IkeEndpoint, IkeError
-from vpnlab_agent.ike.events import IkeSADown, IkeSAUp
+from vpnlab_agent.ike.events import DEAD, IkeSADown, IkeSAUp
 
 log = logging.getLogger("vpnlab_agent.swarm")
 
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 RETRY_S = 1.0
 RETRY_JITTER_S = 0.5
+DEAD_JITTER_S = 0.2  # a dead member's clients go back at once, spread over this much
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ class _Driver:
             elif isinstance(ev, IkeSADown):
                 self.up_at = self.remote = None
                 if self.swarm.running and self.retry is None:
-                    delay = RETRY_S + random.random() * RETRY_JITTER_S
+                    base, jitter = (0.0, DEAD_JITTER_S) if ev.reason == DEAD else (RETRY_S, RETRY_JITTER_S)
+                    delay = base + random.random() * jitter
                     self.retry = self.swarm.loop.call_later(delay, self.connect)
         self.ep.pop_logs()
         if self.timer is not None:
@@ -138,7 +141,7 @@ class SwarmService:
         assert ike is not None
         for i, c in enumerate(self.clients):
             cfg = IkeConfig(local_id=c.name, psk=ike.psk, ike_proposals=ike.ike_proposals, esp_proposals=ike.esp_proposals,
-                            dpd_interval_s=ike.dpd_interval_s,
+                            dpd_interval_s=ike.dpd_interval_s, dpd_retries=ike.dpd_retries,
                             peers=(PeerConfig(self.peer, self._target.remote_id, self._target.address, True,
                                               (c.inner,), self._target.remote_ts),))
             ext = None if i < self.legacy else RedirectClient({self.peer: self._target.address or ""})

@@ -107,4 +107,5 @@ def client_services(config: NodeConfig, ike: Any) -> list[Any]:
         return []
     ext = RedirectClient(peers)
     ike.endpoint.add_extension(ext)
+    ike.at_once.update(peers)  # a dead member: straight back to the virtual address
     return [RedirectClientService(ext)]

@@ -52,7 +52,10 @@ class PeerMoved:
 @dataclass(frozen=True)
 class IkeSADown:
     peer: str
-    reason: str
+    reason: str  # DEAD when the peer stopped answering (retransmissions or DPD used up)
+
+
+DEAD = "peer not responding"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from vpnlab_agent.ike import fragment, handshake, informational, rekey
 from vpnlab_agent.ike.codec import (Header, IntegrityError, Message, Notify, ParseError, Payload, Proposal, decode,
                                     decode_inner)
 from vpnlab_agent.ike.constants import NATT_PORT, ExchangeType, NotifyType, PayloadType, ProtocolId
+from vpnlab_agent.ike.events import DEAD
 from vpnlab_agent.ike.ikesa import HALF_OPEN_TIMEOUT, Child, IkeSa, ProtocolFailure, State
 from vpnlab_agent.ike.window import RETRANSMIT_TRIES, RequestKind
 
@@ -217,7 +218,7 @@ class IkeSession(IkeSa):
             if gave_up.kind == RequestKind.DELETE_IKE:
                 self.close(now, self.close_reason, quiet=self.state == State.REKEYED)
             else:
-                self.close(now, "peer not responding")
+                self.close(now, DEAD)
             return
         if self.state == State.HALF_OPEN and now >= self.created + HALF_OPEN_TIMEOUT:
             self.close(now, "half-open IKE SA timed out", quiet=True)

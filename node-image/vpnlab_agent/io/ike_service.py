@@ -26,6 +26,7 @@ from vpnlab_agent.ike.constants import IKE_PORT
 from vpnlab_agent.ike.endpoint import IkeEndpoint, IkeError
 from vpnlab_agent.ike.extension import Extension
 from vpnlab_agent.ike.events import (
+    DEAD,
     AuthFailed,
     ChildSADeleted,
     ChildSAUp,
@@ -90,6 +91,7 @@ class IkeService(NatTraversal):
         self._retry: dict[str, tuple[float, asyncio.TimerHandle]] = {}  # peer -> (delay, handle)
         self._held: set[str] = set()  # peers terminated by the operator: no automatic retry
         self._delays: dict[str, float] = {}  # peer -> next retry delay (doubles, capped)
+        self.at_once: set[str] = set()  # peers retried at once when dead (a cluster's VIP: another member)
         self._stopping = False
         self._up_waiters: dict[str, list[asyncio.Future[None]]] = {}
         # IKE on 4500 arrives on the engine's thread; deque append/popleft are thread-safe.
@@ -356,7 +358,7 @@ class IkeService(NatTraversal):
             self._follow_peer(ev)
         elif isinstance(ev, IkeSADown):
             log.info("IKE SA with %s down: %s", ev.peer, ev.reason)
-            self._schedule_retry(ev.peer)
+            self._schedule_retry(ev.peer, at_once=ev.reason == DEAD and ev.peer in self.at_once)
         elif isinstance(ev, AuthFailed):
             log.warning("authentication failed with %s (%s:%d): %s", ev.peer, ev.addr[0], ev.addr[1], ev.reason)
             self._error(f"authentication failed with {ev.peer}: {ev.reason}")
@@ -387,7 +389,7 @@ class IkeService(NatTraversal):
     def _retry_delay_reset(self, peer: str) -> None:
         self._delays.pop(peer, None)
 
-    def _schedule_retry(self, peer: str) -> None:
+    def _schedule_retry(self, peer: str, *, at_once: bool = False) -> None:
         if self._stopping or peer in self._held or self._loop is None:
             return
         try:
@@ -396,13 +398,13 @@ class IkeService(NatTraversal):
             return
         if not (cfg.initiate and cfg.address):
             return
-        delay = self._delays.get(peer, RETRY_FIRST_S)
-        self._delays[peer] = min(delay * 2, RETRY_MAX_S)
+        delay = self._delays.get(peer, 0.0 if at_once else RETRY_FIRST_S)  # then backoff as usual
+        self._delays[peer] = min(max(delay * 2, RETRY_FIRST_S), RETRY_MAX_S)
         if peer in self._retry:
             self._retry.pop(peer)[1].cancel()
         handle = self._loop.call_later(delay, self._retry_now, peer)
         self._retry[peer] = (delay, handle)
-        log.info("retrying IKE with %s in %.0f s", peer, delay)
+        log.info("retrying IKE with %s in %g s", peer, delay)
 
     def _retry_now(self, peer: str) -> None:
         self._retry.pop(peer, None)

@@ -129,3 +129,14 @@ def test_member_silent_for_three_intervals_leaves_the_pool() -> None:
     assert "gw2" not in p.alive(T0 + 1.51)
     assert p.counters.left == 1
     assert "gw1" in p.alive(T0 + 100)  # we never leave our own pool
+
+
+def test_the_former_master_leaves_the_pool_when_we_take_over_and_returns_when_it_speaks() -> None:
+    p = _pool()
+    p.receive(encode_status(gw("gw2", master=True), KEY), T0)
+    p.receive(encode_status(gw("gw3"), KEY), T0)
+    assert p.drop_masters() == ["gw2"]
+    assert set(p.alive(T0 + 0.1)) == {"gw1", "gw3"}  # no client goes to a dead master meanwhile
+    assert p.receive(encode_status(gw("gw2"), KEY), T0 + 0.2) is None  # replay state kept
+    assert p.receive(encode_status(gw("gw2", sequence=8), KEY), T0 + 0.2) is not None
+    assert "gw2" in p.alive(T0 + 0.3)

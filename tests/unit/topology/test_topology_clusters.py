@@ -70,6 +70,7 @@ def test_node_configs(tmp_path: Path) -> None:
     assert (peer.name, peer.remote_id, peer.address) == ("lb", "lb", "203.0.113.2")
     assert peer.remote_ts == ("10.0.1.0/24", "10.0.2.0/24")  # the member narrows to its own
     assert br1.extensions["redirect"] == {"peers": {"lb": "203.0.113.2"}}
+    assert br1.ike.dpd_retries == 3 and gw1.ike.dpd_retries is None  # a dead member: 1.5 s after the check
     assert [(r.dst, r.via) for r in br1.routes] == [("203.0.113.0/24", "198.51.100.12")]
     assert up.ike is None and up.routes == ()
 
@@ -134,7 +135,7 @@ def test_swarm_is_planned_with_its_clients(tmp_path: Path) -> None:
     cfg = build_node_config(lab, sw)
     assert cfg.interfaces[0].addresses[1:3] == ("198.18.0.1/22", "198.18.0.2/22")
     assert cfg.extensions["swarm"]["legacy"] == 1 and len(cfg.extensions["swarm"]["clients"]) == 5
-    assert cfg.ike is not None and cfg.ike.peers[0].address == "203.0.113.2"
+    assert cfg.ike is not None and cfg.ike.peers[0].address == "203.0.113.2" and cfg.ike.dpd_retries == 3
     gw1 = build_node_config(lab, lab.node("gw1"))
     assert gw1.ike is not None and [p.name for p in gw1.ike.peers][-5:] == [f"sw{i:04d}" for i in range(5)]
     up = build_node_config(lab, lab.node("lb-up"))
