@@ -221,4 +221,5 @@ def render_strongswan_conf(
         routing_table=routing_table, libipsec=libipsec, plugins=plugins,
         fragment_size=ike.fragment_size if ike is not None else 1280,
         keep_alive=ike.nat_keepalive_s if ike is not None else 20,
+        fast_dead=bool(config.extensions.get("redirect")),  # a cluster's client (docs/loadbalancer.md)
     )

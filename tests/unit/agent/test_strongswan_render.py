@@ -225,3 +225,12 @@ def test_certificates_per_peer_keys_and_margin(hub: NodeConfig) -> None:
         render_swanctl(_ike(cfg, peers=(dataclasses.replace(br1, auth="cert"),)))
     with pytest.raises(RenderError, match="needs the pki files"):
         render_swanctl(_ike(cfg, pki=None))
+
+
+def test_a_clusters_client_gives_up_on_a_silent_member_within_seconds(branch: NodeConfig) -> None:
+    import dataclasses
+
+    assert settings(section(render_strongswan_conf(branch), "charon"))["retransmit_tries"] == "5"
+    fast = dataclasses.replace(branch, extensions={**branch.extensions, "redirect": {"peers": {"lb": "203.0.113.2"}}})
+    top = settings(section(render_strongswan_conf(fast), "charon"))
+    assert (top["retransmit_tries"], top["retransmit_timeout"], top["retransmit_limit"]) == ("3", "1.0", "2.0")
