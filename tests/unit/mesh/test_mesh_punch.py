@@ -182,3 +182,23 @@ def test_a_branch_that_missed_the_hubs_mapping_asks_for_it() -> None:
     lab.drivers["br1"].run_actions(lab.lb.now)
     lab.settle(lab.lb.now + 1)
     assert lab.drivers["br1"].status(lab.lb.now)["nat"]["mappings"] == {"hub": "198.51.100.101:4500"}
+
+
+def test_the_hub_tells_a_branch_behind_nat_when_its_mapping_changes_and_only_then() -> None:
+    from vpnlab_agent.mesh.relay import HubRelay
+
+    hub = HubRelay(MeshConfig("hub", "hub", False, 200, branches={"br1": ("10.1.0.0/24",), "br2": ("10.2.0.0/24",)},
+                              relay=True))
+    hub.branch_up("br1", True, 0.0, ("198.51.100.101", 4500), behind_nat=True)
+    hub.branch_up("br2", True, 0.0, ("198.51.100.12", 4500))  # public: nothing to tell
+    sent = [hub.next_action(), hub.next_action()]
+    assert sent[1] is None and sent[0].peer == "br1"
+    assert m.decode(sent[0].notify_type, sent[0].body) == m.MeshMapping(0, ("198.51.100.101", 4500))
+    hub.branch_mapped("br1", ("198.51.100.101", 4500), 1.0, behind_nat=True)
+    assert hub.next_action() is None  # unchanged
+    hub.branch_mapped("br1", ("198.51.100.101", 61000), 2.0, behind_nat=True)  # a rebinding (PeerMoved)
+    a = hub.next_action()
+    assert m.decode(a.notify_type, a.body) == m.MeshMapping(0, ("198.51.100.101", 61000))
+    assert hub.status(2.0)["branches"]["br1"]["mapping"] == "198.51.100.101:61000"
+    hub.branch_down("br1", 3.0)
+    assert "mapping" not in hub.status(3.0)["branches"]["br1"]
