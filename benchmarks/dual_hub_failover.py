@@ -76,7 +76,7 @@ def main() -> None:
     con, rt = Console(), DockerRuntime()
     goal = args.dpd + 2.0
     rows: list[dict[str, object]] = []
-    with temporary_lab(rt, TOPO.format(dpd=args.dpd), "nat2f") as ctl:
+    with temporary_lab(rt, TOPO.format(dpd=args.dpd), "fover") as ctl:
         wait_for("both branches on both hubs", lambda: all_up(ctl), 60)
         for i in range(args.repeat):
             for how in ("stop", "kill"):

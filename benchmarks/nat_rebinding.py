@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     con, rt = Console(), DockerRuntime()
     rows: list[dict[str, object]] = []
-    with temporary_lab(rt, TOPO, "nat2r") as ctl:
+    with temporary_lab(rt, TOPO, "rebind") as ctl:
         wait_for("both branches' IKE SAs", lambda: all("hub" in ctl.ike_peers(b) for b in ("eim", "sym")), 60)
         for side in ("branch", "hub"):
             for branch in ("eim", "sym"):

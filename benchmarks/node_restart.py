@@ -56,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     con, rt = Console(), DockerRuntime()
     rows: list[dict[str, object]] = []
-    with temporary_lab(rt, TOPO, "nat2s") as ctl:
+    with temporary_lab(rt, TOPO, "rstart") as ctl:
         wait_for("both branches' IKE SAs", lambda: all("hub" in ctl.ike_peers(b) for b in ("pub", "natted")), 60)
         for _ in range(args.repeat):
             for branch in ("pub", "natted"):
