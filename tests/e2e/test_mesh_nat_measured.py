@@ -1,6 +1,7 @@
 """A branch on two hubs measures its NAT type (docs/mesh.md, "How a branch knows its NAT type"):
 both hubs report the mapping they see its IKE SA come from; the same one from both means an
-endpoint-independent NAT, different ones a symmetric NAT. One lab for the module."""
+endpoint-independent NAT, different ones a symmetric NAT. Two branches on one shared NAT device are
+not tried (it does not hairpin) and stay on the hub. One lab for the module."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ nodes:
   hub2: {role: hub, lan: 10.9.0.0/24, mesh: {enabled: false}}
   eim: {role: branch, hubs: [hub1, hub2], nat: endpoint-independent, lan: 10.1.0.0/24}
   sym: {role: branch, hubs: [hub1, hub2], nat: symmetric, lan: 10.3.0.0/24}
+  cgn: {role: nat, type: endpoint-independent}
+  k1: {role: branch, hubs: [hub1], nat: cgn, lan: 10.5.0.0/24, hosts: 1}
+  k2: {role: branch, hubs: [hub1], nat: cgn, lan: 10.6.0.0/24, hosts: 1}
 """
 
 
@@ -52,3 +56,13 @@ def test_nat_type_measured_from_the_mappings_two_hubs_see(ctl: LabCtl, branch: s
     assert nat["mappings"] == seen  # what each hub told the branch is what the hub sees
     assert nat["type"] == want and nat["source"] == "measured: mappings seen by 2 hubs"
     assert (seen["hub1"] == seen["hub2"]) is (want == "endpoint-independent")
+
+
+def test_nat_two_branches_on_one_shared_device_stay_on_the_hub(ctl: LabCtl) -> None:
+    wait_for("k1 and k2 up with hub1", lambda: all("hub1" in ctl.ike_peers(b) for b in ("k1", "k2")), 30)
+    _, out = ctl.run("k1-h1", ["ping", "-n", "-c", "5", "-i", "0.1", "-W", "2", "10.6.0.10"])
+    assert out.count("bytes from") == 5  # via the hub; the session triggers at k2
+    refused = wait_for("k2's refusal", lambda: [r for r in ctl.mesh("k2")["refused"] if r["peer"] == "k1"], 10)
+    assert refused[0]["code"] == "SAME_NAT"
+    assert refused[0]["line"] == "shortcut k1→k2 not tried: both are behind the same NAT device (it does not hairpin)"
+    assert "k1" not in ctl.shortcuts("k2")
