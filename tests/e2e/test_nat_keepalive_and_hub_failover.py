@@ -1,7 +1,8 @@
 """NAT mappings and hub outages on real containers, one lab for the module:
-- two branches behind one NAT device with a 4 s mapping timeout, one sending NAT keepalives every
-  second and one sending none (and no DPD for either): idle, the silent one's mapping expires and
-  the hub can no longer reach in; the other's outlives the timeout and keeps the tunnel usable;
+- two branches behind one NAT device with a 10 s mapping timeout (room for a slow machine's
+  docker exec between the checks), one sending NAT keepalives every 2 s and one sending none
+  (and no DPD for either): idle, the silent one's mapping expires and the hub can no longer
+  reach in; the other's outlives the timeout and keeps the tunnel usable;
 - two branches on two hubs: the hub carrying their traffic is killed, the traffic moves to the
   surviving hub, and when the killed hub is started again both branches are back on both hubs."""
 
@@ -26,8 +27,8 @@ secret: {psk: "nat-failover-psk"}
 nodes:
   h1: {role: hub, lan: 10.0.0.0/24, hosts: 1, crypto: {dpd_interval: 300}}
   h2: {role: hub, lan: 10.9.0.0/24, crypto: {dpd_interval: 300}}
-  cpe: {role: nat, type: endpoint-independent, mapping_timeout: 4}
-  ka: {role: branch, hubs: [h1], nat: cpe, lan: 10.1.0.0/24, hosts: 1, crypto: {nat_keepalive: 1, dpd_interval: 300}}
+  cpe: {role: nat, type: endpoint-independent, mapping_timeout: 10}
+  ka: {role: branch, hubs: [h1], nat: cpe, lan: 10.1.0.0/24, hosts: 1, crypto: {nat_keepalive: 2, dpd_interval: 300}}
   noka: {role: branch, hubs: [h1], nat: cpe, lan: 10.2.0.0/24, hosts: 1, crypto: {nat_keepalive: 0, dpd_interval: 300}}
   d: {role: branch, hubs: [h1, h2], lan: 10.3.0.0/24, hosts: 1, crypto: {dpd_interval: 2}}
   e: {role: branch, hubs: [h1, h2], lan: 10.4.0.0/24, hosts: 1, crypto: {dpd_interval: 2}}
@@ -79,7 +80,7 @@ def test_nat_mapping_outlives_its_timeout_with_keepalives_and_expires_without(la
     assert reaches(ctl, "noka", "h1") and reaches(ctl, "h1", "noka")
     assert mapping(ctl, "ka") and mapping(ctl, "noka")
     sent = keepalives(ctl, "ka")
-    wait_for("noka's mapping to expire on the NAT device", lambda: mapping(ctl, "noka") is None, 30, interval=0.5)
+    wait_for("noka's mapping to expire on the NAT device", lambda: mapping(ctl, "noka") is None, 40, interval=0.5)
     assert mapping(ctl, "ka") is not None  # kept by its keepalives
     assert keepalives(ctl, "ka") > sent and keepalives(ctl, "noka") == 0
     assert reaches(ctl, "h1", "ka")  # the hub still gets in through ka's mapping
