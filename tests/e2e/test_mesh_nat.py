@@ -1,7 +1,8 @@
 """Mesh behind real NAT devices (docs/mesh.md, "Behind NAT: hole punching"): two branches behind two
 endpoint-independent NATs get a direct shortcut through UDP hole punching signalled via the hub; a
 branch behind a symmetric NAT stays on the hub and inspect says why; a branch behind NAT still
-builds to a public branch as before. One lab for the module; each test uses its own pair."""
+builds to a public branch as before. One lab for the module (topologies/mesh-nat.yml); each test
+uses its own pair."""
 
 from __future__ import annotations
 
@@ -21,29 +22,16 @@ from vpnlab.runtime.docker import DockerRuntime
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-LAB = """\
-name: mnat
-secret: {psk: "mesh-nat-psk"}
-defaults:
-  mesh: {enabled: true, hole_punching: true}
-nodes:
-  hub: {role: hub, lan: 10.0.0.0/24, hosts: 1, mesh: {enabled: false}}
-  br1: {role: branch, nat: endpoint-independent, lan: 10.1.0.0/24, hosts: 1}
-  br2: {role: branch, nat: endpoint-independent, lan: 10.2.0.0/24, hosts: 1}
-  br3: {role: branch, nat: symmetric, lan: 10.3.0.0/24, hosts: 1}
-  br4: {role: branch, lan: 10.4.0.0/24, hosts: 1}
-"""
+TOPO = Path(__file__).resolve().parents[2] / "topologies" / "mesh-nat.yml"
 H = {b: f"10.{i}.0.10" for i, b in enumerate(("br1", "br2", "br3", "br4"), 1)}
 BRANCHES = tuple(H)
 
 
 @pytest.fixture(scope="module")
-def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCtl]:
+def ctl(node_image: str, runtime: DockerRuntime) -> Iterator[LabCtl]:
     name = f"mn{uuid.uuid4().hex[:6]}"
-    path: Path = tmp_path_factory.mktemp("mnat") / "mnat.yml"
-    path.write_text(LAB)
     try:
-        labs.deploy(path, name=name, runtime=runtime)
+        labs.deploy(TOPO, name=name, runtime=runtime)
         c = LabCtl(runtime, name)
         wait_for("every branch's IKE SA with the hub", lambda: all("hub" in c.ike_peers(b) for b in BRANCHES), 60)
         wait_for("the hub's mappings at the branches behind NAT",

@@ -82,3 +82,13 @@ def test_nat_file_has_each_nat_type_a_shared_device_and_a_public_branch() -> Non
     assert [n.name for n in lab.routers if n.role == "branch" and n.name not in behind] == ["office"]
     assert all(lab.node(b).interfaces[0].address.ip in IPv4Network("100.64.0.0/10") for b in behind)
     check_supported(lab)
+
+
+def test_mesh_nat() -> None:
+    lab = load_topology(TOPOLOGIES / "mesh-nat.yml")
+    check_supported(lab)
+    branches = {n.name: n for n in lab.routers if n.role == "branch"}
+    assert all(b.mesh.enabled and b.mesh.hole_punching for b in branches.values())
+    types = {b: lab.node(n.nat_device).nat.type if n.nat_device else None for b, n in branches.items()}
+    assert types == {"br1": "endpoint-independent", "br2": "endpoint-independent", "br3": "symmetric", "br4": None}
+    assert lab.node("br1").nat_device != lab.node("br2").nat_device  # two devices: no hairpinning needed
