@@ -169,14 +169,15 @@ def test_without_fragmentation_ike_auth_is_lost(lab: tuple[str, Lab, LabCtl]) ->
 
 
 def test_esp_follows_the_lowered_mtu(lab: tuple[str, Lab, LabCtl]) -> None:
-    """Between our agents (br1's tunnel was renewed above at MTU 1000): the TUN MTU is the underlay's
-    less the ESP overhead; a ping of exactly that size crosses with DF set, and TCP runs both ways."""
+    """Between our agents, over a tunnel made at MTU 1000: the TUN MTU is the underlay's less the ESP
+    overhead; a ping of exactly that size crosses with DF set, and TCP runs both ways."""
     name, topo, ctl = lab
-    if established(ctl, "br1", "hub") is None:
-        reconnect(ctl, "br1", "hub")
-        wait_for("br1's IKE SA", lambda: established(ctl, "br1", "hub"), 40)
-    mtus = {n: int(ctl.run(n, ["cat", "/sys/class/net/ipsec0/mtu"])[1]) for n in ("hub", "br1")}
-    assert all(900 < m <= MTU - 28 - 8 - 8 - 16 - 2 for m in mtus.values()), mtus
+    reconnect(ctl, "br1", "hub")  # its child SAs are installed at both ends after the MTU went down
+    wait_for("br1's IKE SA", lambda: established(ctl, "br1", "hub") and established(ctl, "hub", "br1"), 40)
+    def tun_mtus() -> dict[str, int] | None:
+        mtus = {n: int(ctl.run(n, ["cat", "/sys/class/net/ipsec0/mtu"])[1]) for n in ("hub", "br1")}
+        return mtus if all(900 < m <= MTU - 28 - 8 - 8 - 16 - 2 for m in mtus.values()) else None
+    mtus = wait_for("ipsec0 at both ends sized for the lowered underlay", tun_mtus, 10, 0.5)
     target = str(topo.node("br1-h1").interfaces[0].address.ip)
     size = min(mtus.values()) - 28  # ICMP payload that makes an inner packet of exactly the TUN MTU
     ok = wait_for("a full-size ping through the tunnel", lambda: ctl.run(
