@@ -67,7 +67,7 @@ def step(name, code):
     gc.collect()
     steps.append((name, rss()))
 if "ssl" not in flags:
-    step("__main__ (argparse, json, logging), no ssl", "from vpnlab_agent.__main__ import _trim_imports; _trim_imports()")
+    step("__main__ (json, logging), no ssl", "from vpnlab_agent.__main__ import _trim_imports; _trim_imports()")
 if "pyroute2" not in flags:
     step("netconfig (asyncio, rtnl), lighten_pyroute2", "from vpnlab_agent.netconfig import lighten_pyroute2; lighten_pyroute2()")
 step("asyncio (in already)", "import asyncio")

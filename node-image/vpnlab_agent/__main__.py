@@ -12,13 +12,17 @@ unreachable or refuses the request.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from vpnlab_agent import config as node_config
 from vpnlab_agent import log
+
+if TYPE_CHECKING:
+    import argparse
 
 # Modules asyncio would import that the agent never uses: it speaks plain UDP, netlink and Unix
 # sockets, never TLS. Keeping `ssl` out of sys.modules saves ~0.9 MiB per router container
@@ -32,13 +36,40 @@ def _trim_imports() -> None:
             sys.modules[name] = None  # type: ignore[assignment]  # `import ssl` now raises ImportError
 
 
+# `run`'s options, for argparse and for _run_args() alike: (type, default, help)
+RUN_OPTIONS: dict[str, tuple[type, object, str]] = {
+    "config": (str, node_config.CONFIG_PATH, "node config JSON"),
+    "socket": (str, node_config.CONTROL_SOCKET, "control socket path"),
+    "wait": (float, 60.0, "seconds to wait for the interfaces"),
+}
+
+
+def _run_args(argv: list[str]) -> SimpleNamespace | None:
+    """`run` as the container starts it, read without argparse: argparse and gettext are ~0.7 MiB
+    of every router agent's memory, for one line the orchestrator wrote. Anything else (help, a
+    mistake, `ctl`) is None and goes to argparse, which says what is wrong."""
+    if not argv or argv[0] != "run" or len(argv) % 2 == 0:
+        return None
+    values = {name: default for name, (_, default, _) in RUN_OPTIONS.items()}
+    for flag, value in zip(argv[1::2], argv[2::2]):
+        name = flag[2:] if flag.startswith("--") else ""
+        if name not in RUN_OPTIONS or value.startswith("-"):
+            return None
+        try:
+            values[name] = RUN_OPTIONS[name][0](value)
+        except ValueError:
+            return None
+    return SimpleNamespace(verb="run", **values)
+
+
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python3 -m vpnlab_agent", description="vpnlab router agent")
     sub = parser.add_subparsers(dest="verb", required=True)
     run = sub.add_parser("run", help="run the agent")
-    run.add_argument("--config", default=node_config.CONFIG_PATH, help="node config JSON")
-    run.add_argument("--socket", default=node_config.CONTROL_SOCKET, help="control socket path")
-    run.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the interfaces")
+    for name, (kind, default, text) in RUN_OPTIONS.items():
+        run.add_argument(f"--{name}", type=kind, default=default, help=text)
     ctl = sub.add_parser("ctl", help="talk to the running agent")
     ctl.add_argument("--socket", default=node_config.CONTROL_SOCKET, help="control socket path")
     ctl_sub = ctl.add_subparsers(dest="command", required=True)
@@ -52,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: Any) -> int:
     try:
         cfg = node_config.load(args.config)
     except (OSError, ValueError, TypeError) as exc:
@@ -93,7 +124,7 @@ def _ctl(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _run_args(sys.argv[1:] if argv is None else argv) or _parser().parse_args(argv)
     return _run(args) if args.verb == "run" else _ctl(args)
 
 

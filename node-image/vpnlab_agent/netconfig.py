@@ -56,7 +56,7 @@ class NetConfigError(Exception):
     """The node config cannot be applied to this namespace; one-line message."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedAddress:
     dev: str
     address: str  # without prefix
@@ -64,7 +64,7 @@ class PlannedAddress:
     family: int  # 4 or 6
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedRoute:
     dst: str  # network address, e.g. "0.0.0.0"
     dst_len: int

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 MAIN_TABLE = 254
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     dst: str  # CIDR
     oif: int

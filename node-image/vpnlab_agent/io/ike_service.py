@@ -340,7 +340,7 @@ class IkeService(NatTraversal):
                 return
             what = f"rekeyed (replaces {ev.rekey_of:08x})" if ev.rekey_of is not None else "up"
             log.info("child SA with %s %s: %s === %s, SPIs in %08x out %08x, %s-%d", sa.name, what,
-                     ",".join(sa.local_ts), ",".join(sa.remote_ts), sa.spi_in, sa.spi_out,
+                     _selectors(sa.local_ts), _selectors(sa.remote_ts), sa.spi_in, sa.spi_out,
                      sa.algorithm.cipher, sa.algorithm.key_bits)
         elif isinstance(ev, ChildSADeleted):
             self._remove(ev.spi_in)
@@ -492,3 +492,9 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     main()
 
+
+def _selectors(cidrs: tuple[str, ...], shown: int = 6) -> str:
+    """A child SA's selectors for its log line: a hub's star tunnel has one per branch LAN, and
+    `inspect LAB NODE` lists them all."""
+    more = f" and {len(cidrs) - shown} more" if len(cidrs) > shown else ""
+    return ",".join(cidrs[:shown]) + more
