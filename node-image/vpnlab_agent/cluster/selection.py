@@ -3,8 +3,10 @@
 Status messages arrive once an interval, but a burst of clients arrives within milliseconds: chosen
 on the last status alone, all of them would go to the same member. So the balancer counts every
 redirect it hands out as load on its target ("pending") until a status message from that member
-is recent enough to include the client (timestamp >= redirect + SETTLE_S), or HOLD_S has passed
-(the client never came). Ties are broken by member name, so equal members fill round-robin.
+shows it: its load grew by that many since its previous message (the oldest pending go first), or
+the message is SETTLE_S younger than the redirect, or HOLD_S has passed (the client never came).
+Without the first rule a member whose message came early in a burst counted its new clients twice
+for SETTLE_S (in its load and as pending) and drew too few of the rest. Ties are broken by member name, so equal members fill round-robin.
 
 Metrics (`metric:` of a cluster; docs/loadbalancer.md):
   tunnels   the fewest active tunnels (the seed's rule)
@@ -67,6 +69,7 @@ class Balancer:
     hold_s: float = HOLD_S
     redirects: dict[str, int] = field(default_factory=dict)  # handed out, per target, since start
     _pending: dict[str, deque[float]] = field(default_factory=dict)
+    _seen: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (timestamp_ms, active) last used
 
     def choose(self, pool: dict[str, MemberStatus], now: float) -> str | None:
         """The member for one new client, or None when no member is available."""
@@ -89,6 +92,12 @@ class Balancer:
 
     def pending(self, name: str, st: MemberStatus, now: float) -> int:
         q = self._pending.get(name)
+        seen = self._seen.get(name)
+        if seen is None or st.timestamp_ms > seen[0]:
+            self._seen[name] = (st.timestamp_ms, st.active)
+            if seen is not None and q:
+                for _ in range(min(max(st.active - seen[1], 0), len(q))):
+                    q.popleft()  # arrived: now in its load
         if not q:
             return 0
         reported = st.timestamp_ms / 1000

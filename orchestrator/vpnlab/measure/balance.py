@@ -220,6 +220,10 @@ def _failover(ctl: LabCtl, rt: Runtime, lab: Lab, cluster: Cluster, image: str, 
     out["events"].append({"t": time.time(), "what": f"{master} back"})
     ctl.rt.exec_capture(ctl.cname(cluster.swarm), ["python3", "-m", "vpnlab_agent", "ctl", "terminate", cluster.name])
     wait_for("the swarm's SAs gone", lambda: sample(ctl, cluster, members)["swarm"]["up"] == 0, 30, 0.5)
+    # and gone from the status messages too: else the master balances the new burst on the old loads
+    wait_for("the members' status without the swarm", lambda: all(
+        v.get("active") is not None and v["active"] <= out["branches"]
+        for m in members for v in cluster_now(ctl, m).get("members", {}).values()), 30, 0.5)
     ctl.rt.exec_capture(ctl.cname(cluster.swarm), ["python3", "-m", "vpnlab_agent", "ctl", "initiate", cluster.name])
     out["events"].append({"t": time.time(), "what": "swarm reconnects"})
     row = _until(ctl, cluster, members, out, lambda r: r["swarm"]["up"] == out["clients"], say, "every client up")

@@ -121,3 +121,27 @@ def test_metric_by_name() -> None:
     assert metric_named("tunnels").name == "tunnels" and metric_named("capacity").name == "capacity"
     with pytest.raises(ValueError, match="unknown load metric 'cpu'"):
         metric_named("cpu")
+
+
+def test_a_status_message_in_the_middle_of_a_burst_does_not_count_its_clients_twice() -> None:
+    """Both members at 100; 60 clients over one second; each member's status message comes once,
+    gw1's early and gw2's late in the burst, and reports the clients that reached it by then."""
+    b = Balancer(FewestTunnels())
+    given: dict[str, list[float]] = {"gw1": [], "gw2": []}
+    sent = {"gw1": T0 - 0.5, "gw2": T0 - 0.5}
+    phase = {"gw1": 0.2, "gw2": 0.8}
+
+    def status(m: str, now: float) -> MemberStatus:
+        if now >= T0 + phase[m] > sent[m]:
+            sent[m] = T0 + phase[m]
+        arrived = sum(1 for t in given[m] if t + 0.01 <= sent[m])
+        return MemberStatus(m, "203.0.113.11", 100 + arrived, 0, timestamp_ms=int(sent[m] * 1000))
+
+    for i in range(60):
+        now = T0 + i / 60
+        p = {m: status(m, now) for m in given}
+        target = b.choose(p, now)
+        assert target is not None
+        b.handed_out(target, now)
+        given[target].append(now)
+    assert abs(len(given["gw1"]) - len(given["gw2"])) <= 1, {m: len(v) for m, v in given.items()}
