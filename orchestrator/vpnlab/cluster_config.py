@@ -53,8 +53,12 @@ def cluster_peer(lab: Lab, branch: Node, cluster: Cluster) -> PeerConfig:
 
 
 def redirect_extension(lab: Lab, branch: Node) -> dict[str, object] | None:
-    """Which of a branch's peers are clusters: the agent announces REDIRECT_SUPPORTED to those."""
+    """The peers a branch announces REDIRECT_SUPPORTED to and follows redirects of: its clusters,
+    and with `follow_redirects` its hubs too (e.g. a strongSwan gateway's `swanctl --redirect`)."""
     vips = {c.name: str(c.virtual_address) for h in branch.hubs if (c := cluster_named(lab, h))}
+    if branch.follow_redirects:
+        vips |= {h: str(n.public_address) for h in branch.hubs
+                 if h not in vips and (n := lab.node(h)).public_address is not None}
     return {"peers": vips} if vips else None
 
 

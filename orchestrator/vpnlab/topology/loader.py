@@ -284,4 +284,8 @@ def check_supported(lab: Lab) -> None:
         raise TopologyError(
             file, f"clusters.{lab.clusters[0].name}", "gateway clusters (IKEv2 load balancer) are not implemented yet"
         )
+    follower = next((n for n in lab.nodes if n.follow_redirects), None)
+    if follower is not None and not experimental("clusters"):
+        raise TopologyError(file, f"nodes.{follower.name}.follow_redirects",
+                            "following redirects (RFC 5685) is part of gateway clusters, not finished yet")
 

@@ -93,6 +93,7 @@ class Node:
     public_address: IPv4Address | None = None  # None for hosts and for routers behind NAT
     lan_subnets: tuple[IPv4Network, ...] = ()
     hubs: tuple[str, ...] = ()  # branches: hubs they attach to
+    follow_redirects: bool = False  # branches: RFC 5685 towards their hubs too (always towards clusters)
     router: str | None = None  # hosts: the router whose LAN they sit in
     gateway: IPv4Address | None = None  # default gateway: hosts (router LAN address), branches behind NAT
     psk: str | None = None  # routers: their own PSK (`secret`), None: the pair's or the lab's

@@ -393,6 +393,7 @@ class _Planner:
                     public_address=None if device else r.wan,
                     lan_subnets=tuple(r.lans),
                     hubs=r.hubs,
+                    follow_redirects=bool(s.follow_redirects),
                     psk=self.psk(s.secret, f"nodes.{name}.secret"),
                     crypto=crypto.crypto_settings(name, self.spec, s, self.fail),
                     dataplane=s.dataplane or defaults.dataplane,

@@ -41,7 +41,7 @@ ROUTER_KEYS = frozenset(
 ROLE_KEYS: dict[str, frozenset[str]] = {
     "hub": ROUTER_KEYS,
     "gateway": ROUTER_KEYS,
-    "branch": ROUTER_KEYS | {"hubs", "nat"},
+    "branch": ROUTER_KEYS | {"hubs", "nat", "follow_redirects"},
     "host": HOST_KEYS,
     "nat": NAT_KEYS,
 }
@@ -246,6 +246,7 @@ class NodeSpec(_Strict):
     # branches
     hubs: list[str] | None = None
     nat: bool | str = False  # true, a NAT type (own device of that type) or a `role: nat` node's name
+    follow_redirects: bool = False  # RFC 5685 towards its hubs too (always towards clusters)
     # hosts
     router: str | None = None
     address: str | None = None

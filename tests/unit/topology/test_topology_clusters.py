@@ -155,3 +155,25 @@ def test_swarm_errors(tmp_path: Path) -> None:
         "clusters.lb.swarm", "legacy 6 is more than clients 5")
     assert error(tmp_path, BASE + "    swarm: {clients: 5, prefix: 10.1.0.0/24}\n") == (
         "clusters.lb.swarm.prefix", "prefix 10.1.0.0/24 overlaps br1's LAN 10.1.0.0/24")
+
+
+def test_a_branch_may_follow_redirects_of_its_hubs_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lab = load(tmp_path, """\
+        name: t
+        secret: {psk: k}
+        nodes:
+          hub: {role: hub, lan: 10.0.0.0/24, implementation: strongswan}
+          br1: {role: branch, hubs: [hub], lan: 10.1.0.0/24, follow_redirects: true}
+          br2: {role: branch, hubs: [hub], lan: 10.2.0.0/24}
+        """)
+    br1, br2 = (build_node_config(lab, lab.node(n)) for n in ("br1", "br2"))
+    assert br1.extensions["redirect"] == {"peers": {"hub": str(lab.node("hub").public_address)}}
+    assert "redirect" not in br2.extensions
+    monkeypatch.delenv("VPNLAB_EXPERIMENTAL", raising=False)
+    with pytest.raises(TopologyError) as e:
+        check_supported(lab)
+    assert e.value.where == "nodes.br1.follow_redirects"
+    monkeypatch.setenv("VPNLAB_EXPERIMENTAL", "clusters")
+    check_supported(lab)
+    where, problem = error(tmp_path, BASE.replace("lan: 10.0.1.0/24}", "lan: 10.0.1.0/24, follow_redirects: true}", 1))
+    assert where == "nodes.gw1" and "follow_redirects" in problem
