@@ -4,7 +4,7 @@ The real-world problem, emulated honestly: every router's wan0 link gets MTU 100
 set --mtu`, both ends of the veth), so the kernel IP-fragments any larger IKE datagram, and an
 nftables rule on the emulated internet (a bridge-family table in the fabric namespace, on the
 `inet` bridge) drops IP fragments, as many NATs and firewalls do. An RSA-2048 certificate IKE_AUTH
-(about 1.5 kB) then only crosses as RFC 7383 fragments of at most `fragment_size: 1000` bytes.
+(about 1.1 kB) then only crosses as RFC 7383 fragments of at most `fragment_size: 1000` bytes.
 
 Each tunnel is torn down and initiated again after the MTU is lowered, so its IKE_AUTH crosses the
 small-MTU path: our agent on both ends, a strongSwan 5.9.8 branch initiating to our hub, and our
