@@ -113,3 +113,17 @@ def test_nat_branch_behind_nat_still_builds_to_a_public_branch(ctl: LabCtl) -> N
     [cut] = [s for s in ctl.mesh("br4")["shortcuts"] if s["peer"] == "br1"]
     assert cut["punch"] is None  # a public branch has nothing to punch
     assert ping(ctl, "br4", "br1", 5, 0.05) == 5
+
+
+def test_nat_public_branch_reaches_eim_by_punching_and_symmetric_by_reversal(ctl: LabCtl) -> None:
+    br2_pub = public(ctl, "br2-nat")
+    assert ping(ctl, "br4", "br2", 10) == 10  # trigger at br2 (EIM): br4 builds to its mapping
+    wait_for("shortcut br4->br2", lambda: ctl.shortcuts("br2").get("br4") == "up", 15)
+    sa = wait_for("br4's IKE SA with br2", lambda: shortcut_sa(ctl, "br4", "br2"), 5)
+    assert sa["initiator"] and sa["remote"] == f"{br2_pub}:4500"
+    assert ping(ctl, "br4", "br3", 10) == 10  # trigger at br3 (symmetric): it initiates to br4
+    wait_for("shortcut br3->br4", lambda: ctl.shortcuts("br3").get("br4") == "up", 15)
+    sa = wait_for("br3's IKE SA with br4", lambda: shortcut_sa(ctl, "br3", "br4"), 5)
+    assert sa["initiator"] and sa["nat"]["local"] is True
+    assert [s["role"] for s in ctl.mesh("br4")["shortcuts"] if s["peer"] == "br3"] == ["acceptor"]
+    assert ping(ctl, "br3", "br4", 5, 0.05) == 5

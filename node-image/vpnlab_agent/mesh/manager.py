@@ -310,6 +310,9 @@ class MeshManager(LogLines):
         address, port = req.requester_addr, IKE_PORT
         if address is None:
             why = punch.refusal(self.nat, req)
+            if why is RefuseReason.REQUESTER_SYMMETRIC and not self.nat.behind:
+                self._reverse(hub.name, req, now)
+                return
             if why is not None:
                 refuse(why)
                 return
@@ -318,7 +321,7 @@ class MeshManager(LogLines):
             _covered(r, req.requester_subnets) for r in sc.remote_subnets)]
         race = None
         for sc in mine:
-            if sc.state in (State.BUILDING, State.UP) or sc.role == "initiator":
+            if sc.state in (State.BUILDING, State.UP) or sc.role in ("initiator", "acceptor"):
                 return  # a duplicate relay: the shortcut is underway or up
             race = sc
         if race is not None:
@@ -358,6 +361,7 @@ class MeshManager(LogLines):
             self._shortcuts.remove(sc)  # crossing requests: we initiate to it already
             return
         sc.peer, sc.state, sc.since = ack.target, State.AWAITING, now
+        sc.address = ack.target_mapping[0] if ack.target_mapping else None
         sc.mark("relayed", now)
         self.counts["accepted"] += 1
         self._actions.append(AcceptShortcut(ack.target, ack.target, sc.local_subnets, sc.remote_subnets))
@@ -368,6 +372,11 @@ class MeshManager(LogLines):
     def _on_refuse(self, ref: m.MeshRefusal, now: float) -> None:
         sc = next((s for s in self._shortcuts if s.request_id == ref.request_id and s.role == "requester"), None)
         if sc is None or ref.requester != self.cfg.name:
+            return
+        if ref.reason is RefuseReason.REVERSE and sc.state is State.AWAITING and sc.peer == ref.target and sc.address:
+            sc.state, sc.since = State.BUILDING, now  # A accepts: we initiate, to its public address
+            sc.mark("ike_sa_init", now)
+            self._actions.append(BuildShortcut(sc.peer, sc.peer, sc.address, sc.local_subnets, sc.remote_subnets))
             return
         self._finish(sc, f"refused: {ref.reason.text}", now)
         if sc.peer is not None:
@@ -383,6 +392,25 @@ class MeshManager(LogLines):
 
     def _by_peer(self, peer: str) -> Shortcut | None:
         return next((s for s in self._shortcuts if s.peer == peer), None)
+
+    def _reverse(self, hub: str, req: m.MeshRequest, now: float) -> None:
+        """We are A with a public address, B is behind a symmetric NAT: no hole can be punched, but B
+        reaches us like its hub. We accept; REVERSE tells B to initiate."""
+        if any(sc.peer == req.requester for sc in self._shortcuts):
+            return  # a duplicate relay
+        if self._active() >= self.cfg.limit:
+            self._refused(req.requester, RefuseReason.LIMIT_REACHED, now)
+            body = m.encode(m.MeshRefusal(req.request_id, req.requester, self.cfg.name, RefuseReason.LIMIT_REACHED))
+            self._actions.append(SendNotify(hub, MeshNotify.REFUSE, body))
+            return
+        sc = Shortcut(req.request_id, "acceptor", State.AWAITING, hub, tuple(req.wanted_subnets),
+                      tuple(req.requester_subnets), peer=req.requester, since=now)
+        sc.mark("relayed", now)
+        self._shortcuts.append(sc)
+        self.counts["accepted"] += 1
+        self._actions.append(AcceptShortcut(req.requester, req.requester, sc.local_subnets, sc.remote_subnets))
+        body = m.encode(m.MeshRefusal(req.request_id, req.requester, self.cfg.name, RefuseReason.REVERSE))
+        self._actions.append(SendNotify(hub, MeshNotify.REFUSE, body))
 
     def _punch(self, sc: Shortcut, now: float) -> None:
         sc.punches += 1

@@ -62,6 +62,7 @@ class RefuseReason(enum.IntEnum):
     REQUESTER_SYMMETRIC = 10  # the branch that asked is behind a symmetric NAT
     INITIATOR_SYMMETRIC = 11  # the branch that would initiate is behind a symmetric NAT
     SAME_NAT = 12  # both behind one NAT device: they would have to meet at its address (hairpinning)
+    REVERSE = 13  # not a refusal: A has a public address and accepts, B (behind a symmetric NAT) initiates
 
     @property
     def text(self) -> str:
@@ -81,6 +82,7 @@ _REASON_TEXT = {
     RefuseReason.REQUESTER_SYMMETRIC: "requester is behind a symmetric NAT (address-and-port-dependent mapping)",
     RefuseReason.INITIATOR_SYMMETRIC: "initiator is behind a symmetric NAT (address-and-port-dependent mapping)",
     RefuseReason.SAME_NAT: "both behind the same NAT device (no hairpinning)",
+    RefuseReason.REVERSE: "the requester initiates (behind a symmetric NAT, to a public address)",
 }
 
 

@@ -7,7 +7,8 @@ requester B's mapping into the RELAY to A and A's into the ACK to B. B punches (
 from its UDP 4500 to A's mapping) so its NAT lets A in; A punches too and sends IKE_SA_INIT from
 its UDP 4500 to B's mapping a moment later. IKE_AUTH authenticates as always, and the tunnel runs
 with NAT-T. A symmetric NAT maps B's 4500 towards A to another port than the hub sees, so no
-shortcut is tried when either branch is behind one: the traffic stays on the hub.
+shortcut is tried when either branch is behind one: the traffic stays on the hub (unless A has a
+public address: then B initiates, manager._reverse).
 
 NAT type: measured when the branch has two hubs (the same mapping from both: endpoint-independent;
 different ones: symmetric); otherwise the type of the topology's NAT device (a lab shortcut, passed

@@ -74,7 +74,7 @@ ACTIVE = (State.REQUESTED, State.AWAITING, State.BUILDING, State.UP)
 @dataclass
 class Shortcut:
     request_id: int
-    role: str  # "requester" (B: we saw the session) | "initiator" (A: we build the IKE SA)
+    role: str  # "requester" (B: we saw the session) | "initiator" (A: we build the IKE SA) | "acceptor" (A, reversed)
     state: State
     hub: str
     local_subnets: tuple[str, ...]

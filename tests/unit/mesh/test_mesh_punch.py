@@ -107,6 +107,25 @@ def test_symmetric_nat_keeps_the_pair_on_the_hub_and_both_sides_say_why_in_one_l
     assert r["line"] == "shortcut br2→br1 not tried: br2 is behind a symmetric NAT (address-and-port-dependent mapping)"
 
 
+def test_behind_a_symmetric_nat_the_requester_initiates_to_a_public_branch() -> None:
+    lab = build({"br1": "public", "br2": "symmetric"})
+    t0 = lab.lb.now
+    lab.drivers["br2"].session_seen(B1, B2, t0)  # B = br2 cannot be reached; A = br1 is public
+    lab.settle(t0 + 1)
+    [sa] = lab.sas("br2", "br1")
+    assert sa["state"] == "established" and sa["initiator"] and sa["remote"] == "198.51.100.11:4500"
+    assert lab.punches["br1"] == lab.punches["br2"] == []
+    st1, st2 = lab.drivers["br1"].status(lab.lb.now), lab.drivers["br2"].status(lab.lb.now)
+    assert [(s["peer"], s["role"], s["state"]) for s in st1["shortcuts"]] == [("br2", "acceptor", "up")]
+    assert [(s["peer"], s["role"], s["state"]) for s in st2["shortcuts"]] == [("br1", "requester", "up")]
+    assert st1["refused"] == st2["refused"] == []  # REVERSE is no refusal
+    assert [c for c in lab.children["br1"] if c.name == "br2"][0].preference > 0
+    # the other way round it is as always: the branch behind NAT builds to the public one
+    lab.drivers["br1"].session_seen(B2, "10.1.0.11", lab.lb.now)
+    lab.settle(lab.lb.now + 1)
+    assert len(lab.sas("br2", "br1")) == 1
+
+
 def test_two_branches_on_one_nat_device_are_not_tried() -> None:
     lab = build({"br1": "eim", "br2": "eim"}, shared=("br1", "br2"))
     assert lab.sas("hub", "br1")[0]["remote"] == "198.51.100.101:4500"
