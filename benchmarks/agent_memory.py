@@ -131,21 +131,21 @@ def main() -> int:
     for name, value in base["steps"]:  # type: ignore[union-attr]
         table.add_row(name, f"{value:.1f}", f"{value - prev:+.1f}" if prev else "")
         prev = value
-    Console().print(table)
+    Console(width=120).print(table)
     final = base["steps"][-1][1]  # type: ignore[index]
     trims = Table("variant", "RSS (MiB)", "vs the agent", f"vs 08cc60b ({REFERENCE_MIB:g} MiB)",
                   title="each trim undone (RSS after the last step)", title_justify="left")
     for name, res in results.items():
         value = res["steps"][-1][1]  # type: ignore[index]
         trims.add_row(name, f"{value:.1f}", f"{value - final:+.1f}", f"{value - REFERENCE_MIB:+.1f}")
-    Console().print(trims)
+    Console(width=120).print(trims)
     where = Table("package", "RSS (MiB)", title="where the imports' memory goes (each module's own growth)",
                   title_justify="left")
     shown = sorted(groups.items(), key=lambda kv: -kv[1])  # type: ignore[union-attr]
     for name, value in shown[:15]:
         where.add_row(name, f"{value:.2f}")
     where.add_row(f"{len(shown) - 15} others", f"{sum(v for _, v in shown[15:]):.2f}")
-    Console().print(where)
+    Console(width=120).print(where)
     return 0
 
 
