@@ -33,6 +33,7 @@ from vpnlab_agent.ike.ikesa import ZERO_SPI, IkeSa
 from vpnlab_agent.ike.policy import identity
 from vpnlab_agent.ike.proposals import dh_group
 from vpnlab_agent.ike.session import IkeSession, State
+from vpnlab_agent.ike.window import REDIRECTED_INIT_TRIES
 from vpnlab_agent.log import LogLines
 
 # Bounds on what a flood of peers can make us hold.
@@ -172,7 +173,7 @@ class IkeEndpoint(LogLines):
     # --- API: IKE SAs -----------------------------------------------------------------------
 
     def connect(self, peer_name: str, now: float, *, address: str | None = None,
-                init_payloads: Sequence[Payload] = (), port: int = IKE_PORT) -> None:
+                init_payloads: Sequence[Payload] = (), port: int = IKE_PORT, init_tries: int | None = None) -> None:
         """Start IKE_SA_INIT towards a peer (at its configured address, or `address`), with
         `init_payloads` added to IKE_SA_INIT; nothing if an IKE SA to it exists or is underway.
         Another `port` (a NAT mapping) is reached from our UDP 4500 (RFC 7296 §2.23)."""
@@ -185,6 +186,7 @@ class IkeEndpoint(LogLines):
         s = IkeSession(self, initiator=True, local_spi=self.new_ike_spi(), remote=(to, port),
                        local_port=IKE_PORT if port == IKE_PORT else NATT_PORT, now=now, peer=peer)
         s.init_extra = list(init_payloads)
+        s.window.init_tries = init_tries
         self._sessions[s.local_spi] = s
         s.start(now)
         self._wake()
@@ -200,7 +202,7 @@ class IkeEndpoint(LogLines):
             else:
                 s.close(now, reason, quiet=True)  # a new attempt replaces it: not "down"
         self.emit(Redirected(peer, address))
-        self.connect(peer, now, address=address, init_payloads=init_payloads)
+        self.connect(peer, now, address=address, init_payloads=init_payloads, init_tries=REDIRECTED_INIT_TRIES)
 
     def close(self, sa: SaView, now: float, reason: str) -> None:
         """Delete one IKE SA (INFORMATIONAL DELETE when established)."""

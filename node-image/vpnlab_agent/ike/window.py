@@ -18,6 +18,9 @@ from vpnlab_agent.ike.codec import Message
 # Retransmission (RFC 7296 §2.1): first timeout, doubled after each try, at most this many sends.
 RETRANSMIT_TIMEOUT = 0.5
 RETRANSMIT_TRIES = 5
+# IKE_SA_INIT to a gateway we were redirected to: it gives up after 0.5 + 1 + 2 + 4 s (not 15.5),
+# and the owner goes back to the address it was configured with (RFC 5685: a dead target).
+REDIRECTED_INIT_TRIES = 4
 
 # Requests waiting behind the outstanding one; more than this means something is badly wrong.
 MAX_QUEUED_REQUESTS = 16
@@ -72,6 +75,7 @@ class RequestWindow:
         # Tries of a liveness check, RETRANSMIT_TIMEOUT apart without backoff, before the peer is
         # declared dead (IkeConfig.dpd_retries); None: the usual schedule (15.5 s).
         self.dpd_tries: int | None = None
+        self.init_tries: int | None = None  # tries of IKE_SA_INIT (None: RETRANSMIT_TRIES)
 
     def add(self, req: Request, now: float) -> bool:
         if len(self.queue) >= MAX_QUEUED_REQUESTS:
@@ -112,7 +116,8 @@ class RequestWindow:
         if req is None or now < req.next_at:
             return None
         fast = req.kind == RequestKind.DPD and self.dpd_tries is not None
-        if req.tries >= (self.dpd_tries if fast else RETRANSMIT_TRIES):  # type: ignore[operator]
+        limit = self.init_tries if req.kind == RequestKind.INIT and self.init_tries else RETRANSMIT_TRIES
+        if req.tries >= (self.dpd_tries if fast else limit):  # type: ignore[operator]
             self.pending = None
             return req
         req.tries += 1

@@ -224,3 +224,20 @@ def test_redirect_in_informational_on_an_established_sa() -> None:
     net.run(net.now + 5)
     assert gw3.is_up("br0") and not gw2.is_up("br0")
     assert ext.stats.followed == 1
+
+
+def test_a_redirect_to_a_dead_member_is_given_up_after_7_5_s_not_15_5() -> None:
+    """gw3 was chosen but is dead (no endpoint answers there): the client's IKE SA ends as DEAD
+    after 0.5 + 1 + 2 + 4 s, so its owner goes back to the virtual address at once."""
+    from vpnlab_agent.ike.events import DEAD, IkeSADown
+
+    vip = IkeEndpoint(member_cfg(1), VIP, force_encap=True,
+                      extensions=[RedirectGateway("gw1", "init", lambda: MemberStatus("gw3", MEMBERS["gw3"], 0, 0))])
+    client = IkeEndpoint(client_cfg(0), client_addr(0), force_encap=True, extensions=[RedirectClient({"lb": VIP})])
+    net = Loopback(client, vip, now=1000.0)
+    client.connect("lb", net.now)
+    net.run(1000.0 + 7.4)
+    assert not [e for e in net.events[client_addr(0)] if isinstance(e, IkeSADown)]
+    net.run(1000.0 + 7.6)
+    (down,) = [e for e in net.events[client_addr(0)] if isinstance(e, IkeSADown)]
+    assert down.reason == DEAD
