@@ -83,7 +83,7 @@ def build_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service]
         # Routing contexts first, so their tables exist before any tunnel (docs/hsvpn.md).
         from vpnlab_agent.contexts.service import ContextService
 
-        services = [ContextService(config, contexts), *services]
+        services = [ContextService(config, contexts, engine=engine), *services]
     return services, engine
 
 

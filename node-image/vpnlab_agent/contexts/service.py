@@ -30,8 +30,9 @@ def tunnel_mtu() -> int:
 class ContextService:
     name = "contexts"
 
-    def __init__(self, config: NodeConfig, contexts: ContextsConfig, *, ipr: Any = None) -> None:
+    def __init__(self, config: NodeConfig, contexts: ContextsConfig, *, ipr: Any = None, engine: Any = None) -> None:
         self.config, self.contexts = config, contexts
+        self.engine = engine  # the userspace engine's per-context SAs and counters, for status
         self._ipr = ipr
         self._own_ipr = ipr is None
         self._applied = routing.Applied()
@@ -63,6 +64,7 @@ class ContextService:
 
     def status(self) -> dict[str, Any]:
         stats = self._device_stats()
+        engine = (self.engine.status().get("contexts") or {}) if self.engine is not None else {}
         out = []
         for c in self.contexts.contexts:
             carrier = routing.vxlan_device(c.name) if self.contexts.method == "tunnel-in-tunnel" else routing.tun_device(c.name)
@@ -70,8 +72,10 @@ class ContextService:
                 "name": c.name, "table": c.table, "number": c.number, "lans": list(c.lans),
                 "interfaces": list(c.interfaces), "device": carrier, **stats.get(carrier, {}),
                 "peers": sorted({r.peer for r in self.contexts.reach if r.context == c.name}),
+                "sas": (engine.get("sas") or {}).get(c.name, []),
             })
-        return {"method": self.contexts.method, "mode": self.mode, "contexts": out}
+        drops = {k: engine[k] for k in ("tag_dropped", "no_route", "policy_in") if k in engine}
+        return {"method": self.contexts.method, "mode": self.mode, "contexts": out, "drops": drops}
 
     def _device_stats(self) -> dict[str, dict[str, int]]:
         if self._ipr is None:

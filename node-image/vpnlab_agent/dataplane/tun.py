@@ -55,6 +55,15 @@ def configure(name: str, mtu: int, txqueuelen: int = 1000) -> int:
     return idx
 
 
+def disable_ipv6(name: str) -> None:
+    """The kernel would otherwise send router solicitations into the tunnel."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError:
+        pass  # no IPv6 in this namespace: nothing to silence
+
+
 def delete(name: str) -> None:
     """Remove the device if it still exists (it also goes when its last fd closes)."""
     with Rtnl() as rt:

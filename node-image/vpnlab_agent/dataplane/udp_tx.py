@@ -1,4 +1,4 @@
-"""The userspace engine's send path: ESP packets out of the UDP 4500 socket, in UDP GSO batches.
+"""The userspace engine's UDP socket and its send path: ESP out of UDP 4500 in UDP GSO batches.
 
 A TSO read (up to 64 kB of one TCP flow) is cut into MSS segments, each sealed straight into a TX
 buffer back to back; equal-size runs leave in one sendmsg with UDP_SEGMENT (Linux 4.18). With
@@ -25,6 +25,7 @@ from vpnlab_agent.esp.codec import EspOutbound
 
 log = logging.getLogger(__name__)
 
+UDP_GRO = 104  # receive several same-size datagrams in one buffer, size in a cmsg (Linux 5.0)
 UDP_SEGMENT = 103  # setsockopt/cmsg: send one buffer as several datagrams of this size (Linux 4.18)
 UDP_GSO_MAX_SEGS = 64
 TX_BUFFERS = 8  # encrypted TSO packets waiting for the TX thread
@@ -35,6 +36,24 @@ _U16N = struct.Struct("=H")  # UDP_SEGMENT value, host order
 
 Addr = tuple[str, int]
 Batches = list[tuple[int, int, int]]  # (offset, total bytes, segment size) within one TX buffer
+
+
+def bind_udp(local_addr: str, port: int, buffer: int, *, gro: bool) -> tuple[socket.socket, bool]:
+    """The engine's UDP socket (ESP in UDP and IKE on 4500), and whether UDP GRO is on (if asked)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+        sock.bind((local_addr, port))
+    except OSError:
+        sock.close()
+        raise
+    if gro:
+        try:
+            sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+        except OSError:
+            gro = False
+    return sock, gro
 
 
 class UdpTx:

@@ -22,6 +22,7 @@ Measured on the 2-core lab machine under load (benchmarks/esp_throughput.py): on
 Routes (routes.py): each remote selector of an outbound SA via the TUN device (the SA table then
 picks the SA, preference included); a peer covered by its own SA's remote selectors gets a /32 pin
 via the underlay. The engine owns the clock and the randomness the codec gets (sans-I/O codec).
+Routing contexts (hsvpn, per-network) get a TUN and an SA table each (context_io.py).
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from vpnlab_agent.dataplane import tun
 from vpnlab_agent.dataplane.base import NATT_PORT, Engine, EngineError, IkeHandler
+from vpnlab_agent.dataplane.drops import Drops
 from vpnlab_agent.dataplane.routes import Route, RouteSync
 from vpnlab_agent.dataplane.sa_table import NO_ROUTE, Entry, LifetimeHandler, SaTable, follow_peer, make_entry
-from vpnlab_agent.dataplane.udp_tx import UdpTx
+from vpnlab_agent.dataplane.udp_tx import UdpTx, bind_udp
 from vpnlab_agent.dataplane.underlay import DEFAULT_MTU as UNDERLAY_MTU  # noqa: F401 - re-exported
 from vpnlab_agent.dataplane.underlay import OUTER_HEADERS, UnderlayMtu, peer_pins
 from vpnlab_agent.esp.ciphers import BACKEND, PacketBuffer
@@ -60,24 +61,7 @@ _GCM = EspAlgorithm("aes-gcm-16", 128)
 _U32 = struct.Struct("!I")
 _I32N = struct.Struct("=i")  # UDP_GRO cmsg value, host order
 _VNET = struct.Struct("<BBHHHH")
-UDP_GRO = 104  # receive several same-size datagrams in one buffer, size in a cmsg (Linux 5.0)
 _U64 = struct.Struct("!Q")  # inner source || destination, one dict key
-
-
-@dataclass
-class _Drops:
-    no_route: int = 0  # outbound: no SA covers the inner destination
-    policy_out: int = 0  # outbound: inner source outside the SA's local selectors
-    not_ipv4: int = 0
-    unknown_spi: int = 0
-    malformed: int = 0  # inbound: too short, bad trailer, invalid inner packet
-    policy_in: int = 0
-    expired: int = 0  # sequence numbers or hard byte lifetime used up
-    send_errors: int = 0
-    tun_errors: int = 0
-    internal_errors: int = 0  # a packet loop hit a bug and was restarted (see the log)
-    keepalives: int = 0
-    ike_in: int = 0
 
 
 class UserspaceEngine(Engine):
@@ -85,7 +69,7 @@ class UserspaceEngine(Engine):
 
     def __init__(self, *, route_src: str | None = None, device: str = DEVICE,
                  underlay_mtu: int | None = None, on_lifetime: LifetimeHandler | None = None,
-                 offload: bool = True, tx_thread: bool = True) -> None:
+                 offload: bool = True, tx_thread: bool = True, contexts: list[Any] | None = None) -> None:
         super().__init__(route_src=route_src)
         # offload: TSO/checksum offload on the TUN (we cut and finish TCP segments), UDP GSO to send
         # ESP packets in batches, UDP GRO to receive them in batches, and received TCP segments merged
@@ -99,7 +83,7 @@ class UserspaceEngine(Engine):
         self.underlay = UnderlayMtu(underlay_mtu)  # None: wan0's, followed (underlay.py)
         self.tx.on_too_big = self._too_big
         self._local_addr = ""
-        self.drops = _Drops()
+        self.drops = Drops()
         self.table = SaTable(on_lifetime)
         self._lock = threading.Lock()  # serialises control-plane changes only
         self._routes = RouteSync()
@@ -110,6 +94,12 @@ class UserspaceEngine(Engine):
         self._threads: list[threading.Thread] = []
         self._closing = False
         self._on_ike: IkeHandler | None = None
+        self.ctx: Any = None  # routing contexts
+        if contexts:
+            from vpnlab_agent.dataplane.context_io import ContextPlane
+
+            self.ctx = ContextPlane(contexts, on_lifetime, offload=offload, tx_thread=tx_thread)
+            self.ctx.tx.on_too_big = self._too_big
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -117,19 +107,9 @@ class UserspaceEngine(Engine):
         if self._sock is not None:
             raise EngineError("userspace engine is already open")
         self._on_ike = on_ike
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            sock.bind((local_addr, port))
-            if self.offload:
-                try:
-                    sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
-                    self._udp_gro = True
-                except OSError:
-                    self._udp_gro = False
+            sock, self._udp_gro = bind_udp(local_addr, port, SOCKET_BUFFER, gro=self.offload)
         except OSError as e:
-            sock.close()
             raise EngineError(f"cannot bind UDP {local_addr}:{port}: {e.strerror}") from e
         try:
             self._tun_fd = tun.open_tun(self.device, vnet_hdr=self.offload)
@@ -138,7 +118,7 @@ class UserspaceEngine(Engine):
                     tun.set_offload(self._tun_fd)
                 except OSError as e:
                     log.info("no TUN offloads (%s): packets come one MTU at a time", e.strerror)
-            self._disable_ipv6()
+            tun.disable_ipv6(self.device)
             self._local_addr = local_addr
             self._mtu = max_inner_len(self.underlay.read(local_addr) - OUTER_HEADERS, _GCM)
             self.tx.max_datagram = self.underlay.max_datagram
@@ -156,18 +136,15 @@ class UserspaceEngine(Engine):
             loops.append(("tx", self.tx.loop))
         self._threads = [threading.Thread(target=self._guarded, args=(loop,), name=f"esp-{what}-{self.device}",
                                           daemon=True) for what, loop in loops]
+        if self.ctx is not None:
+            try:
+                self.ctx.open(sock, self._guarded, self)
+            except (tun.TunError, OSError) as e:
+                raise EngineError(f"cannot set up the context devices: {e}") from e
         for t in self._threads:
             t.start()
         log.info("userspace engine up: %s mtu %d, UDP %s:%d, crypto %s", self.device, self._mtu,
                  local_addr, port, BACKEND)
-
-    def _disable_ipv6(self) -> None:
-        # The kernel would otherwise send router solicitations into the tunnel.
-        try:
-            with open(f"/proc/sys/net/ipv6/conf/{self.device}/disable_ipv6", "w") as f:
-                f.write("1")
-        except OSError:
-            pass  # no IPv6 in this namespace: nothing to silence
 
     def close(self) -> None:
         if self._sock is None:
@@ -189,6 +166,8 @@ class UserspaceEngine(Engine):
         except OSError:
             pass  # unconnected UDP says ENOTCONN, but the reader is woken all the same
         self.tx.stop()
+        if self.ctx is not None:
+            self.ctx.close()
         for t in self._threads:
             t.join(timeout=2.0)
         sock.close()
@@ -200,6 +179,8 @@ class UserspaceEngine(Engine):
     # ---- control plane ---------------------------------------------------------------------
 
     def update_peer(self, spi_in: int, addr: tuple[str, int]) -> None:
+        if self.ctx is not None and self.ctx.tables.has(spi_in):
+            return self.ctx.follow(spi_in, addr, None)
         follow_peer(self.table.entries.get(spi_in), spi_in, addr, None)
 
     def install(self, sa: ChildSA) -> None:
@@ -207,15 +188,18 @@ class UserspaceEngine(Engine):
             raise EngineError("userspace engine is not open")
         if not sa.encap:
             raise EngineError(f"SA {sa.name}: the userspace engine only does ESP in UDP (remote_port is 0)")
-        if sa.context:
-            raise EngineError(f"SA {sa.name}: routing context {sa.context!r}: this engine has only the main one")
+        in_contexts = sa.context or sa.trailer.kind != "rfc4303"
+        if in_contexts and self.ctx is None:
+            raise EngineError(f"SA {sa.name}: routing context {sa.context or sa.trailer.kind!r}: "
+                              "this engine has only the main one")
         try:
             entry = make_entry(sa, time.monotonic, os.urandom)
         except ValueError as e:
             raise EngineError(f"SA {sa.name} (SPI {sa.spi_in:#010x}): {e}") from e
+        table: Any = self.ctx if in_contexts else self.table
         with self._lock:
             try:
-                self.table.add(entry)
+                table.add(entry)
             except ValueError as e:
                 raise EngineError(str(e)) from e
             try:
@@ -223,7 +207,7 @@ class UserspaceEngine(Engine):
                 self._sync_routes()
             except Exception as e:
                 # leave the engine as it was: the SA is either fully installed or not at all
-                self.table.remove(sa.spi_in)
+                table.remove(sa.spi_in)
                 self._set_mtu()
                 self._sync_routes()
                 if isinstance(e, EngineError):
@@ -232,9 +216,10 @@ class UserspaceEngine(Engine):
 
     def remove(self, spi_in: int) -> None:
         with self._lock:
-            if spi_in not in self.table.entries:
+            in_contexts = self.ctx is not None and self.ctx.tables.has(spi_in)
+            if not in_contexts and spi_in not in self.table.entries:
                 raise EngineError(f"no SA with inbound SPI {spi_in:#010x}")
-            self.table.remove(spi_in)
+            (self.ctx if in_contexts else self.table).remove(spi_in)
             self._set_mtu()
             self._sync_routes()
 
@@ -250,6 +235,8 @@ class UserspaceEngine(Engine):
         sas = [e.sa for e in self.table.entries.values()]
         budget = self.underlay.read(self._local_addr) - OUTER_HEADERS
         self.tx.max_datagram = self.underlay.max_datagram
+        if self.ctx is not None:
+            self.ctx.resize(budget)
         mtu = min((max_inner_len(budget, sa.algorithm, sa.trailer) for sa in sas), default=max_inner_len(budget, _GCM))
         if mtu != self._mtu and not self._closing:
             with Rtnl() as rt:
@@ -264,13 +251,12 @@ class UserspaceEngine(Engine):
             self._routes.clear()
             return
         wanted = [Route(cidr, self._ifindex, prefsrc=self.route_src) for cidr in self.table.remote_prefixes()]
-        self._routes.sync(self._peer_pins() + wanted)
-
-    def _peer_pins(self) -> list[Route]:
-        return peer_pins(self.table, self._pins)
+        if self.ctx is not None:
+            wanted += self.ctx.routes()
+        self._routes.sync(peer_pins(self.table, self._pins) + wanted)
 
     def counters(self, spi_in: int) -> SACounters:
-        entry = self.table.entries.get(spi_in)
+        entry = self.table.entries.get(spi_in) or (self.ctx.entry(spi_in) if self.ctx is not None else None)
         if entry is None:
             raise EngineError(f"no SA with inbound SPI {spi_in:#010x}")
         return dataclasses.replace(entry.counters)
@@ -292,6 +278,7 @@ class UserspaceEngine(Engine):
             "tso_reads": self.tso_reads,
             "sa_count": len(entries),
             "drops": drops,
+            "contexts": self.ctx.status() if self.ctx is not None else None,
             "sas": [
                 {
                     "name": e.sa.name, "reqid": e.sa.reqid, "spi_in": e.sa.spi_in, "spi_out": e.sa.spi_out,
@@ -388,6 +375,8 @@ class UserspaceEngine(Engine):
         recv, recvmsg, write, u32 = sock.recvfrom_into, sock.recvmsg_into, os.write, _U32.unpack_from
         key_of, drops = _U64.unpack_from, self.drops
         on_ike, table = self._on_ike, self.table
+        ctx_deliver = self.ctx.deliver if self.ctx is not None else None
+        ctx_flush = self.ctx.flush if self.ctx is not None else None
         accepts, lifetime = table.accepts, table.lifetime
         gro = tun.GroWriter(fd) if self.offload else None
         self._gro = gro
@@ -414,7 +403,13 @@ class UserspaceEngine(Engine):
                 return
             entry = table.inbound.get(spi)
             if entry is None:
-                drops.unknown_spi += 1
+                try:
+                    if ctx_deliver is None or not ctx_deliver(pkt, n, spi, dst, addr):
+                        drops.unknown_spi += 1
+                except EspError:
+                    drops.malformed += 1
+                except OSError:
+                    drops.tun_errors += 1
                 return
             if entry.expired:
                 drops.expired += 1
@@ -464,6 +459,8 @@ class UserspaceEngine(Engine):
                             n, addr = recv(data, 65536, dontwait)
                     except BlockingIOError:
                         gro.flush()
+                        if ctx_flush is not None:
+                            ctx_flush()
                         if udp_gro:
                             n, anc, _, addr = recvmsg(bufs, cmsg_space)
                         else:

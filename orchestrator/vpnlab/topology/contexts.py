@@ -24,7 +24,7 @@ from vpnlab.topology.schema import NODE_NAME_RE, TopologySpec, parse_cidr
 # While contexts are being built they stay behind this switch: VPNLAB_EXPERIMENTAL=contexts
 EXPERIMENTAL_ENV = "VPNLAB_EXPERIMENTAL"
 # Methods that deploy today (with the switch on); the others are refused with one line.
-READY_METHODS: tuple[str, ...] = ("tunnel-in-tunnel",)
+READY_METHODS: tuple[str, ...] = ("tunnel-in-tunnel", "hsvpn", "per-network")
 TABLE_BASE = 100  # context n routes in table 100 + n (main is 254, strongSwan's is 220)
 VNI_BASE = 1000  # tunnel-in-tunnel: context n is VXLAN VNI 1000 + n
 FIRST_HOST_OFFSET = 10

@@ -1,0 +1,83 @@
+"""Routing contexts, method hsvpn: one IPsec tunnel per site pair, the context tag in the ESP trailer.
+
+One lab (topologies/hsvpn.yml) for the module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from vpnlab.measure.labctl import LabCtl, wait_for
+from vpnlab.runtime.docker import DockerRuntime
+
+from .contexts import BRANCHES, CONTEXTS, ONLY_IN_CORP, contexts_status, deploy_method, host_addr, ping, wait_all_contexts
+from .ipsec import UnderlayCapture
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCtl]:
+    c = deploy_method(tmp_path_factory.mktemp("hsvpn"), "hsvpn", runtime, "hsvpnh")
+    ctl = next(c)
+    wait_all_contexts(ctl)
+    yield ctl
+    next(c, None)
+
+
+def test_hsvpn_every_context_reaches_every_site(ctl: LabCtl) -> None:
+    for ctx in CONTEXTS:
+        assert ping(ctl, f"br1-{ctx}1", host_addr("hub", ctx)) == 2, ctx
+        assert ping(ctl, f"br1-{ctx}1", host_addr("br3", ctx)) == 2, ctx  # branch to branch via the hub
+
+
+def test_hsvpn_overlapping_contexts_stay_apart(ctl: LabCtl) -> None:
+    assert ping(ctl, "br1-corp1", ONLY_IN_CORP) == 2
+    assert ping(ctl, "br1-guest1", ONLY_IN_CORP) == 0  # the same address in guest: nobody there
+    assert ping(ctl, "br1-voice1", host_addr("br2", "corp")) == 0
+
+
+def test_hsvpn_one_tagged_sa_per_site_pair(ctl: LabCtl) -> None:
+    hub = ctl.status("hub")
+    assert len([s for s in hub["ike_sas"] if s["state"] == "established"]) == len(BRANCHES)
+    assert len(hub["child_sas"]) == len(BRANCHES)
+    st = contexts_status(ctl, "hub")
+    assert st["method"] == "hsvpn"
+    for c in st["contexts"]:
+        tags = {s["tag"] for s in c["sas"]}
+        assert len(c["sas"]) == len(BRANCHES) and len(tags) == 1 and 0 not in tags, c
+        assert all(s["packets_in"] > 0 and s["packets_out"] > 0 for s in c["sas"]), c
+
+
+def test_hsvpn_full_size_tcp_in_a_context(ctl: LabCtl) -> None:
+    ctl.run("hub-guest1", ["iperf3", "-s", "-1", "-D", "-p", "5299"])
+    code, out = wait_for("iperf3 server", lambda: (r := ctl.run(
+        "br2-guest1", ["iperf3", "-c", host_addr("hub", "guest"), "-n", "4M", "-p", "5299"]))[0] == 0 and r, 20)
+    assert "receiver" in out, out
+
+
+def test_hsvpn_underlay_shows_only_esp_in_udp(ctl: LabCtl) -> None:
+    pattern = "c0ffee11c0ffee11"
+    with UnderlayCapture(ctl.lab) as cap:
+        for ctx in CONTEXTS:
+            ctl.run(f"br2-{ctx}1", ["ping", "-n", "-c", "2", "-i", "0.2", "-p", pattern, host_addr("br1", ctx)])
+    try:
+        assert cap.count("udp port 4500") >= 12
+        assert cap.count("not (udp port 4500 or udp port 500 or arp)") == 0
+        assert bytes.fromhex(pattern) not in cap.raw()
+    finally:
+        cap.cleanup()
+
+
+def test_hsvpn_inspect_shows_contexts_and_per_context_counters(ctl: LabCtl) -> None:
+    from typer.testing import CliRunner
+
+    from vpnlab.cli import app
+
+    r = CliRunner().invoke(app, ["inspect", ctl.lab], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "routing contexts (hsvpn)" in r.output
+    for want in ("corp", "voice", "guest", "t-guest", "103", "br1 tag 3:"):
+        assert want in r.output, want
