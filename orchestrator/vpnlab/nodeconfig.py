@@ -142,6 +142,9 @@ def mesh_extension(lab: Lab, node: Node) -> dict[str, object]:
     else:
         ext["hub_lans"] = {h: list(_cidrs(lab.node(h).lan_subnets)) for h in node.hubs
                            if cluster_config.cluster_named(lab, h) is None}
+    from vpnlab.nodeconfig_contexts import context_mesh
+
+    ext.update(context_mesh(lab, node, ext))
     return ext
 
 

@@ -123,3 +123,16 @@ def _cidrs(nets: list[IPv4Network]) -> tuple[str, ...]:
 
 def _dedup(items: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
+
+
+def context_mesh(lab: Lab, node: Node, mesh: dict[str, object]) -> dict[str, object]:
+    """Mesh keys for a branch with contexts (docs/hsvpn.md): its LANs are its contexts' LANs, a
+    shortcut carries every one of them (whole_site), and each hub's own LANs include its contexts'."""
+    if not node.contexts or node.role in HUB_ROLES:
+        return {}
+    lans = list(node.lan_subnets) + [n for c in node.contexts for n in c.lans]
+    hub_lans = {
+        h: _dedup(tuple(str(n) for n in lab.node(h).lan_subnets) + tuple(str(n) for c in lab.node(h).contexts for n in c.lans))
+        for h in (mesh.get("hub_lans") or {})  # type: ignore[union-attr]
+    }
+    return {"lan_subnets": list(_cidrs(lans)), "whole_site": True, "hub_lans": {h: list(v) for h, v in hub_lans.items()}}

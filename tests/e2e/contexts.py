@@ -31,10 +31,13 @@ def host_addr(site: str, context: str) -> str:
     return f"10.{NET[context]}.{SITE[site]}.10"
 
 
-def deploy_method(tmp: Path, method: str, runtime: DockerRuntime, prefix: str) -> Iterator[LabCtl]:
-    """Deploy hsvpn.yml with `method` under a unique name; yield its LabCtl; destroy it after."""
+def deploy_method(tmp: Path, method: str, runtime: DockerRuntime, prefix: str, *, mesh: bool = False) -> Iterator[LabCtl]:
+    """Deploy hsvpn.yml with `method` (and mesh on, if asked) under a unique name; yield its LabCtl;
+    destroy it after."""
     data = yaml.safe_load(TOPO.read_text())
     data["context_method"] = method
+    if mesh:
+        data["defaults"] = {"mesh": {"enabled": True}}
     path = tmp / "hsvpn.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     name = f"{prefix}{uuid.uuid4().hex[:12 - len(prefix)]}"  # lab names stop at 12

@@ -1,6 +1,7 @@
 """Routing contexts, method hsvpn: one IPsec tunnel per site pair, the context tag in the ESP trailer.
 
-One lab (topologies/hsvpn.yml) for the module.
+One lab (topologies/hsvpn.yml, with Advanced Mesh VPN on for the branches) for the module. Only
+the last test triggers a shortcut between br1 and br2; br1 -> br3 sessions go through the hub.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 @pytest.fixture(scope="module")
 def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCtl]:
-    c = deploy_method(tmp_path_factory.mktemp("hsvpn"), "hsvpn", runtime, "hsvpnh")
+    c = deploy_method(tmp_path_factory.mktemp("hsvpn"), "hsvpn", runtime, "hsvpnh", mesh=True)
     ctl = next(c)
     wait_all_contexts(ctl)
     yield ctl
@@ -30,7 +31,7 @@ def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPa
 def test_hsvpn_every_context_reaches_every_site(ctl: LabCtl) -> None:
     for ctx in CONTEXTS:
         assert ping(ctl, f"br1-{ctx}1", host_addr("hub", ctx)) == 2, ctx
-        assert ping(ctl, f"br1-{ctx}1", host_addr("br3", ctx)) == 2, ctx  # branch to branch via the hub
+        assert ping(ctl, f"br1-{ctx}1", host_addr("br3", ctx)) >= 1, ctx  # branch to branch (a shortcut may start)
 
 
 def test_hsvpn_overlapping_contexts_stay_apart(ctl: LabCtl) -> None:
@@ -81,3 +82,21 @@ def test_hsvpn_inspect_shows_contexts_and_per_context_counters(ctl: LabCtl) -> N
     assert "routing contexts (hsvpn)" in r.output
     for want in ("corp", "voice", "guest", "t-guest", "103", "br1 tag 3:"):
         assert want in r.output, want
+
+
+def test_hsvpn_mesh_shortcut_carries_every_context(ctl: LabCtl) -> None:
+    # a session in voice alone triggers it ...
+    ping(ctl, "br2-voice1", host_addr("br1", "voice"), 3)
+    wait_for("shortcut br1<->br2", lambda: ctl.shortcuts("br1").get("br2") == "up", 20)
+    st = contexts_status(ctl, "br1")
+    by_ctx = {c["name"]: {s["peer"]: s for s in c["sas"]} for c in st["contexts"]}
+    # ... and the one shortcut SA is in every context, with every context's tag
+    assert all("br2" in sas for sas in by_ctx.values()), by_ctx
+    spis = {sas["br2"]["spi_in"] for sas in by_ctx.values()}
+    assert len(spis) == 1, by_ctx
+    before = {c: by_ctx[c]["br2"]["packets_out"] for c in CONTEXTS}
+    for ctx in CONTEXTS:
+        assert ping(ctl, f"br1-{ctx}1", host_addr("br2", ctx), 3) == 3, ctx
+    after = {c["name"]: {s["peer"]: s for s in c["sas"]}["br2"]["packets_out"] for c in contexts_status(ctl, "br1")["contexts"]}
+    assert all(after[c] >= before[c] + 3 for c in CONTEXTS), (before, after)  # every context took the shortcut
+    assert ping(ctl, "br1-guest1", ONLY_IN_CORP) == 0  # still apart on the shortcut

@@ -81,13 +81,17 @@ class HsvpnExtension(Extension):
         # peer -> {context: tag} that we would carry to it
         self.offer: dict[str, dict[str, int]] = {}
         numbers = {c.name: c.number for c in contexts.contexts}
+        self.every = numbers
         for r in contexts.reach:
             self.offer.setdefault(r.peer, {})[r.context] = numbers[r.context]
         self._proposed: dict[bytes, dict[int, str]] = {}  # IKE SA (local SPI) -> the peer's last proposal
         self.negotiated: dict[str, dict[int, str]] = {}  # peer -> map of its newest child SA (status)
 
     def _ours(self, peer: str | None) -> dict[int, str]:
-        return {tag: name for name, tag in self.offer.get(peer or "", {}).items()}
+        offer = self.offer.get(peer or "")
+        if offer is None and peer and getattr(self, "api", None) is not None and self.api.is_dynamic(peer):
+            offer = self.every  # a mesh shortcut carries every context (docs/hsvpn.md)
+        return {tag: name for name, tag in (offer or {}).items()}
 
     def _accept(self, peer: str | None, proposal: dict[int, str]) -> dict[int, str]:
         ours = self._ours(peer)

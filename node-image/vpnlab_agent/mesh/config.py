@@ -54,6 +54,7 @@ class MeshConfig:
     relay: bool = False  # hub side: relay mesh signalling between our branches
     hole_punching: bool = False  # branch behind NAT: shortcuts through hole punching (mesh/punch.py)
     nat_type: str | None = None  # the topology's NAT device type (a lab shortcut; punch.NatView)
+    whole_site: bool = False  # routing contexts: a shortcut carries every LAN of both sites (docs/hsvpn.md)
     request_timeout_s: float = REQUEST_TIMEOUT_S
     holddown_s: float = HOLDDOWN_S
     max_pending: int = MAX_PENDING
@@ -78,11 +79,12 @@ class MeshConfig:
             limit=mesh_limit(node.role, ext.get("device"), ext.get("max_tunnels")),
             idle_timeout_s=float(ext.get("idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S)),
             public_address=node.public_address,
-            lan_subnets=tuple(node.lan_subnets),
+            lan_subnets=tuple(ext.get("lan_subnets") or node.lan_subnets),  # contexts: their LANs
             router_addresses=routers,
             hubs=hubs,
             branches=branches,
             relay=bool(ext.get("relay", False)),
             hole_punching=bool(ext.get("hole_punching", False)),
             nat_type=ext.get("nat_type") or None,
+            whole_site=bool(ext.get("whole_site", False)),
         )

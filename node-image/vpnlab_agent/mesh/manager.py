@@ -110,11 +110,14 @@ class MeshManager(LogLines):
             self.counts["ignored"] += 1
             return False
         rid = int.from_bytes(self.rng(4), "big")
-        sc = Shortcut(rid, "requester", State.REQUESTED, hub.name, (local,), (remote,), since=now)
+        # whole_site (routing contexts): one shortcut carries every LAN of both sites, whatever
+        # context the session was in; otherwise just the two LANs of the session
+        mine = self.cfg.lan_subnets if self.cfg.whole_site else (local,)
+        sc = Shortcut(rid, "requester", State.REQUESTED, hub.name, mine, (remote,), since=now)
         sc.mark("session_seen", now)
         sc.mark("request_sent", now)
         self._shortcuts.append(sc)
-        req = m.MeshRequest(rid, self.cfg.name, self.cfg.public_address, (local,), (remote,), flags=self.nat.flags())
+        req = m.MeshRequest(rid, self.cfg.name, self.cfg.public_address, mine, (remote,), flags=self.nat.flags())
         self._actions.append(SendNotify(hub.name, MeshNotify.REQUEST, m.encode(req)))
         self.counts["requests_sent"] += 1
         self.log(f"session {src} -> {dst}: asking {hub.name} for a shortcut {local} <-> {remote}")
@@ -334,7 +337,8 @@ class MeshManager(LogLines):
         elif self._active() >= self.cfg.limit:
             refuse(RefuseReason.LIMIT_REACHED)
             return
-        sc = Shortcut(req.request_id, "initiator", State.BUILDING, hub.name, tuple(req.wanted_subnets),
+        ours = self.cfg.lan_subnets if self.cfg.whole_site else tuple(req.wanted_subnets)
+        sc = Shortcut(req.request_id, "initiator", State.BUILDING, hub.name, ours,
                       tuple(req.requester_subnets), peer=req.requester, address=address, port=port, since=now)
         if race is not None:
             sc.timeline.update(race.timeline)
@@ -362,6 +366,8 @@ class MeshManager(LogLines):
             return
         sc.peer, sc.state, sc.since = ack.target, State.AWAITING, now
         sc.address = ack.target_mapping[0] if ack.target_mapping else None
+        if self.cfg.whole_site:
+            sc.remote_subnets = tuple(ack.target_subnets)  # every LAN of the other site
         sc.mark("relayed", now)
         self.counts["accepted"] += 1
         self._actions.append(AcceptShortcut(ack.target, ack.target, sc.local_subnets, sc.remote_subnets))
