@@ -109,6 +109,18 @@ def tunnel_states(peers: list[str], ike_sas: list[dict[str, Any]], child_sas: li
     return out
 
 
+def per_site(states: dict[str, str]) -> dict[str, str]:
+    """One state per configured tunnel to a router: per-network contexts give a router one IKE peer
+    per context (`<router>.<context>`, docs/hsvpn.md; '.' is in no node name), and the tunnel to
+    that router is up only when all of them are; otherwise the first one's state that is not."""
+    out: dict[str, str] = {}
+    for peer, state in states.items():
+        site = peer.split(".", 1)[0]
+        if out.get(site, UP) == UP:
+            out[site] = state
+    return out
+
+
 def summary(
     config: NodeConfig,
     *,
@@ -137,7 +149,7 @@ def summary(
         "phase": phase,
         "dataplane": dataplane,
         "errors": all_errors,
-        "tunnels": tunnel_states(peers, ike_sas, child_sas),
+        "tunnels": per_site(tunnel_states(peers, ike_sas, child_sas)),
         "ike_sas": len(ike_sas),
         "child_sas": len(child_sas),
         "half_open": half_open,

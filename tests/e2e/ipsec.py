@@ -90,8 +90,12 @@ class UnderlayCapture:
         return self.path.read_bytes()
 
     def count(self, bpf: str) -> int:
+        return len(self.lines(bpf))
+
+    def lines(self, bpf: str) -> list[str]:
+        """tcpdump's one line per captured packet that matches `bpf` (for assertion messages too)."""
         out = subprocess.run(["tcpdump", "-nr", str(self.path), bpf], capture_output=True, text=True, timeout=30)
-        return len([line for line in out.stdout.splitlines() if line.strip()])
+        return [line for line in out.stdout.splitlines() if line.strip()]
 
     def cleanup(self) -> None:
         if self.path.exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from vpnlab_agent.config import NodeConfig
-from vpnlab_agent.status import CHILD_SA_KEYS, IKE_SA_KEYS, SUMMARY_KEYS, TOP_KEYS, build, iso_utc, summary
+from vpnlab_agent.status import CHILD_SA_KEYS, IKE_SA_KEYS, SUMMARY_KEYS, TOP_KEYS, build, iso_utc, per_site, summary
 
 
 def test_shape_without_services(branch: NodeConfig) -> None:
@@ -68,3 +68,10 @@ def test_summary_says_per_configured_peer_whether_its_tunnel_is_up(hub: NodeConf
     assert (st["ike_sas"], st["child_sas"], st["half_open"], st["other_ike_sas"]) == (3, 2, 2, 1)
     assert st["errors"] == ["ike: x"] and st["phase"] == "running"
     json.dumps(st)
+
+
+def test_per_network_peers_give_one_state_per_router() -> None:
+    # per-network contexts: one IKE peer per context towards a router; deploy waits on the router
+    states = {"hub.corp": "up", "hub.voice": "connecting", "hub.guest": "down", "br2": "up",
+              "br3.corp": "up", "br3.voice": "up"}
+    assert per_site(states) == {"hub": "connecting", "br2": "up", "br3": "up"}
