@@ -24,8 +24,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from vpnlab_agent.dataplane import tun
 from vpnlab_agent.dataplane.context_tables import ContextEntry, ContextSpec, ContextTables
 from vpnlab_agent.dataplane.routes import Route
@@ -33,6 +31,7 @@ from vpnlab_agent.dataplane.sa_table import NO_ROUTE, Entry, LifetimeHandler, fo
 from vpnlab_agent.dataplane.udp_tx import UdpTx
 from vpnlab_agent.esp.ciphers import PacketBuffer
 from vpnlab_agent.esp.codec import AuthenticationFailed, ReplayedPacket, SequenceOverflow, max_inner_len
+from vpnlab_agent.rtnl import Rtnl
 from vpnlab_agent.sa import EspAlgorithm
 
 log = logging.getLogger(__name__)
@@ -146,8 +145,8 @@ class ContextPlane:
             mtu = min((max_inner_len(self.budget, sa.algorithm, sa.trailer) for sa in sas),
                       default=max_inner_len(self.budget, _GCM))
             if mtu != self.mtu.get(name) and not self._closing:
-                with IPRoute() as ipr:
-                    ipr.link("set", index=self.ifindex[name], mtu=mtu)
+                with Rtnl() as rt:
+                    rt.set_link(self.ifindex[name], mtu=mtu)
                 self.mtu[name] = mtu
 
     def routes(self) -> list[Route]:
