@@ -74,6 +74,9 @@ def test_hosts_on_one_bridge_ping_each_other_despite_host_forward_drop(names: di
     assert links["inet"].kind == "bridge" and links["inet"].alias == "inet-segment" and links["inet"].up
     assert links["p0-0"].master == "inet" and links["p0-0"].alias == "a:eth0" and links["p0-0"].up
     assert links["p1-0"].master == "inet"
+    # an IPv4 underlay: the fabric's devices send no IPv6 (router solicitations) onto the segments
+    for dev in ("inet", "p0-0"):
+        assert _ns_exec(names["fabric"], "cat", f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6").stdout.strip() == "1"
     bridge = _ns_exec(names["fabric"], "ip", "-d", "link", "show", "inet").stdout
     if "nf_call_iptables" in bridge:
         assert "nf_call_iptables 0" in bridge

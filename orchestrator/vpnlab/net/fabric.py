@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vpnlab.net.namespace import create_netns, iproute_in, netns_path, open_iproute, remove_netns
+from vpnlab.net.namespace import create_netns, iproute_in, netns_path, open_iproute, remove_netns, write_sysctls
 
 IFNAMSIZ = 15  # longest Linux interface name
 
@@ -44,6 +44,9 @@ class Fabric:
     def create(cls, netns: str) -> Fabric:
         path = create_netns(netns)
         try:
+            # The underlay is IPv4: without this, the fabric's bridges and ports send IPv6 router
+            # solicitations onto the lab's segments (noise in every underlay capture).
+            write_sysctls(path, {"net.ipv6.conf.default.disable_ipv6": "1", "net.ipv6.conf.all.disable_ipv6": "1"})
             fabric = cls(netns, open_iproute(path))
         except BaseException:
             remove_netns(netns)

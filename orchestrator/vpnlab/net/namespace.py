@@ -71,6 +71,26 @@ def open_iproute(path: str) -> IPRoute:
         os.close(own)
 
 
+def write_sysctls(path: str, values: dict[str, str]) -> None:
+    """Write net sysctls ("net.ipv6.conf.default.disable_ipv6") inside the namespace at `path`:
+    /proc/sys/net shows the namespace of the thread that opens it."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+        try:
+            _netns.setns(target)
+            try:
+                for key, value in values.items():
+                    with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                        f.write(value)
+            finally:
+                _netns.setns(own)
+        finally:
+            os.close(target)
+    finally:
+        os.close(own)
+
+
 @contextmanager
 def iproute_in(path: str) -> Iterator[IPRoute]:
     ipr = open_iproute(path)
