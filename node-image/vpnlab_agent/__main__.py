@@ -6,6 +6,7 @@ The agent's command line: the only place in the agent that prints or exits.
   ctl summary                 readiness, bring-up phase and one state per configured tunnel
   ctl rekey PEER [--ike]      rekey the child SA (or the IKE SA) with PEER
   ctl initiate PEER | ctl terminate PEER
+  ctl retag PEER CONTEXT TAG  fault injection: send CONTEXT's packets to PEER with TAG (hsvpn)
 `ctl` exits 0 after printing the JSON result, 1 with one line on stderr when the agent is
 unreachable or refuses the request.
 """
@@ -78,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     rekey = ctl_sub.add_parser("rekey", help="rekey the SA with a peer")
     rekey.add_argument("peer")
     rekey.add_argument("--ike", action="store_true", help="rekey the IKE SA instead of the child SA")
+    retag = ctl_sub.add_parser("retag", help="fault injection: tag a context's packets to a peer wrongly")
+    retag.add_argument("peer")
+    retag.add_argument("context")
+    retag.add_argument("tag", type=int)
     for verb in ("initiate", "terminate"):
         ctl_sub.add_parser(verb, help=f"{verb} the tunnel with a peer").add_argument("peer")
     return parser
@@ -114,6 +119,8 @@ def _ctl(args: argparse.Namespace) -> int:
         extra["peer"] = args.peer
     if args.command == "rekey":
         extra["what"] = "ike" if args.ike else "child"
+    if args.command == "retag":
+        extra["context"], extra["tag"] = args.context, args.tag
     try:
         result = control.request(args.socket, args.command, **extra)
     except control.ControlError as exc:

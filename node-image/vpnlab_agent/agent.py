@@ -295,6 +295,8 @@ class Agent:
             try:
                 if command == "rekey":
                     return await method(peer, args.get("what", "child"))
+                if command == "retag":
+                    return await method(peer, args["context"], args["tag"])
                 return await method(peer)
             except ControlError:
                 raise

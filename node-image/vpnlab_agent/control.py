@@ -2,6 +2,7 @@
 
 Request:  {"command": "status"} | {"command": "summary"} | {"command": "rekey", "peer": "br1", "what": "child"|"ike"}
           | {"command": "initiate", "peer": "hub"} | {"command": "terminate", "peer": "hub"}
+          | {"command": "retag", "peer": "hub", "context": "corp", "tag": 2} (fault injection, hsvpn)
 Response: {"ok": true, "result": ...} | {"ok": false, "error": "one line"}
 
 Unix stream socket, mode 0600 (root only: whoever can talk to it can tear tunnels down). Every
@@ -28,7 +29,7 @@ CLIENT_TIMEOUT_S = HANDLER_TIMEOUT_S + 5.0
 MAX_CLIENTS = 16
 MAX_REQUESTS_PER_CONNECTION = 64
 
-COMMANDS = ("status", "summary", "rekey", "initiate", "terminate")
+COMMANDS = ("status", "summary", "rekey", "initiate", "terminate", "retag")
 NO_PEER = ("status", "summary")
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
@@ -61,6 +62,12 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
         what = request.setdefault("what", "child")
         if what not in ("child", "ike"):
             raise ControlError(f"rekey: what must be 'child' or 'ike', not {what!r}")
+    if command == "retag":
+        tag, context = request.get("tag"), request.get("context")
+        if not isinstance(context, str) or not context:
+            raise ControlError("retag: needs a context name")
+        if not isinstance(tag, int) or isinstance(tag, bool) or not 0 <= tag <= 0xFFFF:
+            raise ControlError(f"retag: tag must be an integer 0-65535, not {tag!r}")
     return command, request
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import yaml
@@ -31,13 +32,16 @@ def host_addr(site: str, context: str) -> str:
     return f"10.{NET[context]}.{SITE[site]}.10"
 
 
-def deploy_method(tmp: Path, method: str, runtime: DockerRuntime, prefix: str, *, mesh: bool = False) -> Iterator[LabCtl]:
-    """Deploy hsvpn.yml with `method` (and mesh on, if asked) under a unique name; yield its LabCtl;
-    destroy it after."""
+def deploy_method(tmp: Path, method: str, runtime: DockerRuntime, prefix: str, *, mesh: bool = False,
+                  edit: Callable[[dict[str, Any]], None] | None = None) -> Iterator[LabCtl]:
+    """Deploy hsvpn.yml with `method` (and mesh on, if asked; `edit` changes the loaded YAML) under a
+    unique name; yield its LabCtl; destroy it after."""
     data = yaml.safe_load(TOPO.read_text())
     data["context_method"] = method
     if mesh:
         data["defaults"] = {"mesh": {"enabled": True}}
+    if edit is not None:
+        edit(data)
     path = tmp / "hsvpn.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     name = f"{prefix}{uuid.uuid4().hex[:12 - len(prefix)]}"  # lab names stop at 12
@@ -60,9 +64,9 @@ def ping(ctl: LabCtl, host: str, dst: str, count: int = 2) -> int:
     return out.count("bytes from")
 
 
-def wait_all_contexts(ctl: LabCtl, timeout: float = 40.0) -> None:
+def wait_all_contexts(ctl: LabCtl, timeout: float = 40.0, contexts: tuple[str, ...] = CONTEXTS) -> None:
     """Until every branch's host in every context answers pings from the hub's host in that context."""
-    for ctx in CONTEXTS:
+    for ctx in contexts:
         for b in BRANCHES:
             wait_for(f"{ctx} hub -> {b}", lambda: ping(ctl, f"hub-{ctx}1", host_addr(b, ctx), 1) == 1, timeout)
 

@@ -13,6 +13,7 @@ from typing import Any
 from vpnlab_agent.config import NodeConfig
 from vpnlab_agent.contexts import routing
 from vpnlab_agent.contexts.config import ContextsConfig
+from vpnlab_agent.control import ControlError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,20 @@ class ContextService:
         if self._own_ipr:
             self._ipr.close()
             self._ipr = None
+
+    async def retag(self, peer: str, context: str, tag: int) -> dict[str, Any]:
+        """Fault injection (docs/hsvpn.md): from now until the SA is rekeyed, our packets of
+        `context` to `peer` carry `tag` instead of the negotiated one, so a test can check that
+        the peer drops and counts a forged or unknown tag. It changes only what we send."""
+        plane = getattr(self.engine, "ctx", None)
+        if self.contexts.method != "hsvpn" or plane is None:
+            raise ControlError("retag: only the userspace engine of an hsvpn router sends tags")
+        if context not in {c.name for c in self.contexts.contexts}:
+            raise ControlError(f"retag: no context {context!r} here")
+        n = plane.retag(peer, context, tag)
+        if not n:
+            raise ControlError(f"retag: no SA to {peer} carries {context}")
+        return {"peer": peer, "context": context, "tag": tag, "sas": n}
 
     def status(self) -> dict[str, Any]:
         stats = self._device_stats()

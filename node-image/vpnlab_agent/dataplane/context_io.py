@@ -149,6 +149,14 @@ class ContextPlane:
                     rt.set_link(self.ifindex[name], mtu=mtu)
                 self.mtu[name] = mtu
 
+    def retag(self, peer: str, context: str, tag: int) -> int:
+        """Fault injection: our entries of `peer` in `context` send `tag` from the next packet on
+        (the outbound loop reads it per packet); how many SAs changed."""
+        entries = [e for e in self.tables.tables[context].entries.values() if e.sa.name == peer]
+        for ce in entries:
+            ce.tag = tag  # type: ignore[attr-defined]
+        return len(entries)
+
     def routes(self) -> list[Route]:
         """Each context's remote prefixes via its TUN, in its routing table."""
         out = []

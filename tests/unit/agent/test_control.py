@@ -28,6 +28,8 @@ from vpnlab_agent.control import ControlError, ControlServer, ControlUnreachable
         (b'{"command": "rekey", "peer": "hub"}', ("rekey", {"peer": "hub", "what": "child"})),
         (b'{"command": "rekey", "peer": "hub", "what": "ike"}', ("rekey", {"peer": "hub", "what": "ike"})),
         (b'{"command": "terminate", "peer": "br1"}', ("terminate", {"peer": "br1"})),
+        (b'{"command": "retag", "peer": "hub", "context": "corp", "tag": 77}',
+         ("retag", {"peer": "hub", "context": "corp", "tag": 77})),
     ],
 )
 def test_parse_good_requests(line: bytes, expected: tuple[str, dict[str, Any]]) -> None:
@@ -43,6 +45,9 @@ def test_parse_good_requests(line: bytes, expected: tuple[str, dict[str, Any]]) 
         (b'{"command": "initiate"}', "needs a peer name"),
         (b'{"command": "rekey", "peer": "hub", "what": "all"}', "'child' or 'ike'"),
         (b"\xff\xfe", "not JSON"),
+        (b'{"command": "retag", "peer": "hub", "tag": 2}', "needs a context name"),
+        (b'{"command": "retag", "peer": "hub", "context": "corp", "tag": 70000}', "tag must be an integer 0-65535"),
+        (b'{"command": "retag", "peer": "hub", "context": "corp", "tag": true}', "tag must be an integer"),
     ],
 )
 def test_parse_bad_requests(line: bytes, message: str) -> None:

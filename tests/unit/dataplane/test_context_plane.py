@@ -158,3 +158,12 @@ def test_a_nat_rebinding_moves_every_context_of_the_sa(plane: ContextPlane) -> N
     # a forged tag from yet another address moves nothing (dropped before)
     assert receive(plane, sender({2: "voice"}).encapsulate(ipv4("10.2.1.10", "10.2.0.10"), tag=2), ("192.0.2.9", 4500))
     assert {ce.addr for ce in plane.tables.by_spi[0x1001].values()} == {new} and len(moved) == 1
+
+
+def test_retag_changes_only_what_we_send_in_that_context(plane: ContextPlane) -> None:
+    # fault injection (ctl retag): corp's packets to br1 leave with tag 2; guest and inbound keep theirs
+    assert plane.retag("br1", "corp", 2) == 1 and plane.retag("br9", "corp", 2) == 0
+    k = int(ipaddress.IPv4Address("10.1.0.10")) << 32 | int(ipaddress.IPv4Address("10.1.1.10"))
+    corp, guest = plane.tables.tables["corp"].route(k), plane.tables.tables["guest"].route(k)
+    assert (corp.tag, guest.tag) == (2, 3)  # type: ignore[union-attr]
+    assert set(plane.tables.by_spi[0x1001]) == {1, 3}  # what we accept stays the negotiated map
