@@ -51,7 +51,7 @@ def restart_node(lab: Lab, rt: Runtime, image: str, node: str) -> None:
     """A fresh container for `node`, wired into the lab's fabric as at deploy (the old one is gone)."""
     from vpnlab.kinds.registry import kind_for
     from vpnlab.net.fabric import Fabric, fabric_netns_name
-    from vpnlab.net.wiring import plan_fabric
+    from vpnlab.net.wiring import interface_mac, plan_fabric
 
     n = lab.node(node)
     cname = container_name(lab.name, node)
@@ -59,7 +59,9 @@ def restart_node(lab: Lab, rt: Runtime, image: str, node: str) -> None:
     info = rt.start(cname, image, kind_for(n).container_spec(lab, n), node_labels(lab, n))
     with Fabric.open(fabric_netns_name(lab.name)) as fabric:
         for port in plan_fabric(lab).ports_of(node):
-            fabric.attach(port.bridge, port.port, port.alias, info.netns_path, port.ifname)
+            # the MAC of deploy: a new one would blackhole the member for ~10 s (stale ARP at the upstream)
+            fabric.attach(port.bridge, port.port, port.alias, info.netns_path, port.ifname,
+                          interface_mac(lab.name, port.alias))
 
 
 def cluster_of(status: dict[str, Any]) -> dict[str, Any]:
