@@ -113,7 +113,7 @@ def _vpn_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service],
         try:
             preference, options = engine_choice(config)  # routing contexts need the userspace engine
             engine = select_engine(preference, route_src=first_lan_address(config), **options)
-        except Exception as exc:  # the engine's own one-line error, reported and not fatal
+        except Exception as exc:  # the engine's own one-line error; the node reports it, not ready
             errors.append(f"dataplane: {exc}")
     if ike_service is None:
         errors.append("ike: not available")
@@ -125,7 +125,7 @@ def _vpn_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service],
         # A branch behind NAT has no public address but still runs IKE from its WAN address.
         ike = ike_service(config, engine, local_addr=config.public_address or wan_address(config),
                           extensions=ike_extensions(config))
-    except Exception as exc:  # e.g. no public address to run IKE on: report, keep the node up
+    except Exception as exc:  # e.g. no public address to run IKE on: reported, not ready
         errors.append(f"ike: {exc}")
         return [], engine
     services: list[Service] = [ike]
@@ -143,7 +143,7 @@ def _vpn_services(config: NodeConfig, errors: list[str]) -> tuple[list[Service],
         try:  # load balancer (docs/loadbalancer.md): after IKE, on top of it
             services.extend(client_services(config, ike))
             services.extend(cluster_services(config, ike, first_lan_address(config)))
-        except Exception as exc:  # a bad extension is reported; the node still serves IKE
+        except Exception as exc:  # a bad extension is reported; the node is not ready
             errors.append(f"cluster: {exc}")
     return services, engine
 
@@ -230,7 +230,13 @@ class Agent:
             self._preset_services if self._preset_services is not None
             else self._build_services()
         )
-        failed = False
+        await self._start_services()
+
+    async def _start_services(self) -> None:
+        # A part of the node the lab asked for that could not even be built (no engine for IKE, a
+        # cluster extension that failed to load) makes the node not ready: a deploy that "succeeds"
+        # with a feature silently missing is worse than one that fails naming it.
+        failed = bool(self.errors)
         for svc in self.services:
             # Listed before start() runs: a failure or a SIGTERM half-way through start() must
             # still get stop() called (charon may already be running).
@@ -249,8 +255,11 @@ class Agent:
             log.info("service %s started", svc.name)
         # Ready means: interfaces configured and every service we have is running.
         self.ready = not failed
-        self.phase = "running" if self.ready else "failed: a service did not start"
-        log.info("ready" if self.ready else "not ready: a service failed to start")
+        self.phase = "running" if self.ready else "failed: " + "; ".join(self.errors)
+        if self.ready:
+            log.info("ready")
+        else:
+            log.error("not ready: %s", "; ".join(self.errors))
 
     def _build_services(self) -> list[Service]:
         services, self._engine = build_services(self.config, self.errors)

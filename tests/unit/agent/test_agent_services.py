@@ -207,3 +207,19 @@ def test_charon_log_keeps_the_line_after_an_overlong_one(branch: NodeConfig, cap
     lines = [r.getMessage() for r in caplog.records if r.name == "vpnlab_agent.charon"]
     assert "next line" in lines
     assert not any(len(line) > MAX_LOG_LINE for line in lines)
+
+
+def test_a_part_that_could_not_be_built_makes_the_node_not_ready(branch: NodeConfig, tmp_path: Any) -> None:
+    """The cluster service once failed to build (an import error) while every built service
+    started: the node said ready and the lab ran without its load balancer."""
+    agent = Agent(branch, control_path=str(tmp_path / "s"), services=[Recorder()])
+    agent.services = agent._preset_services or []
+    asyncio.run(agent._start_services())
+    assert agent.ready is True and agent.phase == "running"
+
+    agent = Agent(branch, control_path=str(tmp_path / "s2"), services=[Recorder()])
+    agent.services = agent._preset_services or []
+    agent.errors.append("cluster: cannot import name 'kernel_has_esp'")
+    asyncio.run(agent._start_services())
+    assert agent.ready is False
+    assert agent.phase == "failed: cluster: cannot import name 'kernel_has_esp'"
