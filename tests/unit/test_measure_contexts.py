@@ -55,3 +55,20 @@ def test_cli_refuses_an_unknown_method_in_one_line() -> None:
     assert r.exit_code != 0
     assert "--methods: unknown gre (choose from hsvpn, tunnel-in-tunnel, per-network)" in r.output
     assert "Traceback" not in r.output
+
+
+def test_the_rekey_line_is_valid_shell_and_rekeys_every_peer(tmp_path: Path) -> None:
+    import subprocess
+
+    from vpnlab.measure.contexts import rekey_script
+
+    script = rekey_script(["hub.corp", "hub.voice"], ike=True)
+    assert script.count("ctl rekey hub.") == 2 and script.count("--ike") == 2
+    # with python3 standing in for the agent's CLI, the line runs and both commands are started
+    fake = tmp_path / "python3"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/calls\n")
+    fake.chmod(0o755)
+    r = subprocess.run(["sh", "-c", script], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted((tmp_path / "calls").read_text().split("\n")[:2]) == [
+        "-m vpnlab_agent ctl rekey hub.corp --ike", "-m vpnlab_agent ctl rekey hub.voice --ike"]

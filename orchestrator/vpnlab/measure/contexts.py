@@ -209,8 +209,7 @@ class _Run:
         t0 = time.monotonic()
         with _Capture(self.ctl.lab, ike_filter) as cap:
             def rekey_all(branch: str) -> None:
-                script = "; ".join(f"python3 -m vpnlab_agent ctl rekey {p}{' --ike' if ike else ''} >/dev/null &"
-                                   for p in peers[branch]) + "; wait"
+                script = rekey_script(peers[branch], ike)
                 self.ctl.run(branch, ["sh", "-c", script])
 
             threads = [threading.Thread(target=rekey_all, args=(b.name,)) for b in self.branches]
@@ -231,6 +230,12 @@ class _Run:
         cpu_s = cpu() - cpu0
         sizes = cap.ip_lengths()
         return {"messages": len(sizes), "bytes": sum(sizes), "agent_cpu_s": round(cpu_s, 4), "seconds": round(seconds, 3)}
+
+
+def rekey_script(peers: list[str], ike: bool) -> str:
+    """One shell line that asks the agent to rekey with every peer at once, then waits for all
+    (`cmd &; wait` is a syntax error in sh: the background commands are joined by spaces)."""
+    return " ".join(f"python3 -m vpnlab_agent ctl rekey {p}{' --ike' if ike else ''} >/dev/null &" for p in peers) + " wait"
 
 
 class _Capture:
