@@ -188,10 +188,13 @@ class _Run:
         """Rekey every child SA (or, ike, every IKE SA) of the lab at once: IKE messages and bytes on
         the underlay, the agents' CPU time, and how long until every branch holds only new SAs."""
         def cpu() -> float:
-            """CPU seconds the routers' agents (PID 1, every thread) have used, from schedstat (ns)."""
+            """CPU seconds the routers' agents (every thread) have used, from schedstat (ns). PID 1 is
+            docker-init, not the agent: find the agent by its command line (anchored, so the shell
+            running pgrep does not match)."""
             total = 0
+            read = 'cat /proc/"$(pgrep -o -f "^python3 -m vpnlab_agent")"/task/*/schedstat'
             for r in self.lab.routers:
-                _, out = self.ctl.run(r.name, ["sh", "-c", "cat /proc/1/task/*/schedstat"])
+                _, out = self.ctl.run(r.name, ["sh", "-c", read])
                 total += sum(int(line.split()[0]) for line in out.splitlines() if line.strip())
             return total / 1e9
 
