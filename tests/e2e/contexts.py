@@ -6,7 +6,6 @@ corp's addresses) with its own context_method, and runs the same behaviour check
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +16,6 @@ import yaml
 from vpnlab import lab as labs
 from vpnlab.measure.labctl import LabCtl, wait_for
 from vpnlab.runtime.docker import DockerRuntime
-from vpnlab.topology.contexts import EXPERIMENTAL_ENV
 
 TOPO = Path(__file__).resolve().parents[2] / "topologies" / "hsvpn.yml"
 BRANCHES = ("br1", "br2", "br3")
@@ -45,17 +43,11 @@ def deploy_method(tmp: Path, method: str, runtime: DockerRuntime, prefix: str, *
     path = tmp / "hsvpn.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     name = f"{prefix}{uuid.uuid4().hex[:12 - len(prefix)]}"  # lab names stop at 12
-    old = os.environ.get(EXPERIMENTAL_ENV)
-    os.environ[EXPERIMENTAL_ENV] = "contexts"
     try:
         labs.deploy(path, name=name, runtime=runtime)
         yield LabCtl(runtime, name)
     finally:
         labs.destroy(name, runtime=runtime)
-        if old is None:
-            os.environ.pop(EXPERIMENTAL_ENV, None)
-        else:
-            os.environ[EXPERIMENTAL_ENV] = old
 
 
 def ping(ctl: LabCtl, host: str, dst: str, count: int = 2) -> int:

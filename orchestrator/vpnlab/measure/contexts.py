@@ -31,7 +31,6 @@ from vpnlab import lab as labs
 from vpnlab.errors import LabError
 from vpnlab.measure.labctl import LabCtl, wait_for
 from vpnlab.runtime.base import Runtime
-from vpnlab.topology.contexts import EXPERIMENTAL_ENV
 from vpnlab.topology.model import Lab, Node
 
 METHODS = ("hsvpn", "tunnel-in-tunnel", "per-network")
@@ -303,16 +302,8 @@ def measure_contexts(
     rt = runtime or DockerRuntime()
     data = read_yaml(topology)
     result: dict[str, Any] = {"topology": str(topology), "runs": {}}
-    old = os.environ.get(EXPERIMENTAL_ENV)
-    os.environ[EXPERIMENTAL_ENV] = "contexts"
-    try:
-        for method in methods:
-            result["runs"][method] = _one(topology, data, method, duration, outage_s, quick, rt, say)
-    finally:
-        if old is None:
-            os.environ.pop(EXPERIMENTAL_ENV, None)
-        else:
-            os.environ[EXPERIMENTAL_ENV] = old
+    for method in methods:
+        result["runs"][method] = _one(topology, data, method, duration, outage_s, quick, rt, say)
     first = next(iter(result["runs"].values()))
     result["sites"], result["contexts"] = first["sites"], first["contexts"]
     result["formulas"] = formulas(first["sites"], first["contexts"])

@@ -18,13 +18,11 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from vpnlab.errors import TopologyError
-from vpnlab.topology.model import Context, Interface, Lab, Node, Segment
+from vpnlab.topology.model import Context, Interface, Node, Segment
 from vpnlab.topology.schema import NODE_NAME_RE, TopologySpec, parse_cidr
 
-# While contexts are being built they stay behind this switch: VPNLAB_EXPERIMENTAL=contexts
+# Features still being built stay behind this switch (today: VPNLAB_EXPERIMENTAL=clusters).
 EXPERIMENTAL_ENV = "VPNLAB_EXPERIMENTAL"
-# Methods that deploy today (with the switch on); the others are refused with one line.
-READY_METHODS: tuple[str, ...] = ("tunnel-in-tunnel", "hsvpn", "per-network")
 TABLE_BASE = 100  # context n routes in table 100 + n (main is 254, strongSwan's is 220)
 VNI_BASE = 1000  # tunnel-in-tunnel: context n is VXLAN VNI 1000 + n
 FIRST_HOST_OFFSET = 10
@@ -261,16 +259,3 @@ def inner_transit(block: IPv4Network, number: int, router_index: int) -> IPv4Int
 
 def experimental(feature: str) -> bool:
     return feature in os.environ.get(EXPERIMENTAL_ENV, "").replace(",", " ").split()
-
-
-def unsupported(lab: Lab) -> tuple[str, str] | None:
-    """(field, problem) when this lab's contexts cannot be deployed yet, else None."""
-    with_contexts = [n for n in lab.routers if n.contexts]
-    if not with_contexts:
-        return None
-    where = f"nodes.{with_contexts[0].name}.contexts"
-    if not experimental("contexts"):
-        return where, f"HSVPN routing contexts are not finished yet (set {EXPERIMENTAL_ENV}=contexts to try them)"
-    if lab.context_method not in READY_METHODS:
-        return "context_method", f"{lab.context_method!r} is not built yet (ready: {', '.join(READY_METHODS)})"
-    return None

@@ -272,14 +272,11 @@ def _kind(value: Any) -> str:
 def check_supported(lab: Lab) -> None:
     """Refuse reserved features that parse and plan but that no part of the lab implements yet.
 
-    Mesh and branches behind NAT are implemented (docs/mesh.md). Called by the CLI before deploy.
+    Mesh, branches behind NAT and routing contexts are implemented. Called by the CLI before deploy.
     """
     file = str(lab.source)
-    from vpnlab.topology.contexts import experimental, unsupported
+    from vpnlab.topology.contexts import experimental
 
-    problem = unsupported(lab)
-    if problem is not None:
-        raise TopologyError(file, *problem)
     if lab.clusters and not experimental("clusters"):  # still being built: VPNLAB_EXPERIMENTAL=clusters
         raise TopologyError(
             file, f"clusters.{lab.clusters[0].name}", "gateway clusters (IKEv2 load balancer) are not implemented yet"

@@ -139,10 +139,7 @@ def test_bad_method_is_one_line(tmp_path: Path) -> None:
     )
 
 
-def test_contexts_stay_behind_the_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab = load(tmp_path, BASE.replace("nodes:", "context_method: tunnel-in-tunnel\nnodes:"))
+def test_contexts_deploy_without_a_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(EXPERIMENTAL_ENV, raising=False)
-    with pytest.raises(TopologyError, match=r"nodes\.hub\.contexts: HSVPN routing contexts are not finished yet"):
-        check_supported(lab)
-    monkeypatch.setenv(EXPERIMENTAL_ENV, "contexts")
-    check_supported(lab)
+    for method in ("hsvpn", "tunnel-in-tunnel", "per-network"):
+        check_supported(load(tmp_path, BASE.replace("nodes:", f"context_method: {method}\nnodes:")))

@@ -178,8 +178,8 @@ def test_reserved_features_plan_but_are_refused(tmp_path: Path) -> None:
     assert br2.contexts == (Context("red", (IPv4Network("10.50.0.0/24"),), 1, 101, ("c-red0",)),)
     assert lab.clusters[0].virtual_address == IPv4Address("203.0.113.2")
     assert lab.node("gw1").cluster == "lb"
-    with pytest.raises(TopologyError, match=r"t\.yml: nodes\.gw1\.contexts: HSVPN routing contexts are not finished yet \(set VPNLAB_EXPERIMENTAL=contexts to try them\)$"):
-        check_supported(lab)  # nat passes now (mesh helper); contexts are still refused
+    with pytest.raises(TopologyError, match=r"t\.yml: clusters\.lb: gateway clusters \(IKEv2 load balancer\) are not implemented yet$"):
+        check_supported(lab)  # nat and contexts pass; clusters are still behind their switch
 
 
 @pytest.mark.parametrize(
