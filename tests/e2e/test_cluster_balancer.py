@@ -9,7 +9,6 @@ come last. Real keepalived, real multicast on the cluster's segment, real IKEv2 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,14 +30,12 @@ VIP = "203.0.113.2"
 
 
 @pytest.fixture(scope="module")
-def ctl(node_image: str, runtime: DockerRuntime) -> Iterator[LabCtl]:
+def ctl(node_image: str, runtime: DockerRuntime, clusters_switch: None) -> Iterator[LabCtl]:
     import uuid
 
     from vpnlab.measure.balance import with_swarm
 
     name = f"lb{uuid.uuid4().hex[:6]}"
-    old = os.environ.get("VPNLAB_EXPERIMENTAL")
-    os.environ["VPNLAB_EXPERIMENTAL"] = "clusters"  # the feature is still behind its switch
     try:
         lab = with_swarm(TOPO, SWARM, LEGACY, name, tweak=_strongswan_br6)
         labs.deploy_lab(lab, node_image, runtime=runtime)
@@ -48,10 +45,6 @@ def ctl(node_image: str, runtime: DockerRuntime) -> Iterator[LabCtl]:
         wait_for("gw1 as VRRP master and every member in every pool", lambda: _settled(c) and master(c) == "gw1", 60)
         yield c
     finally:
-        if old is None:
-            os.environ.pop("VPNLAB_EXPERIMENTAL", None)
-        else:
-            os.environ["VPNLAB_EXPERIMENTAL"] = old
         labs.destroy(name, runtime=runtime)
 
 

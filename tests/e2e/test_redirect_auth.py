@@ -5,7 +5,6 @@ for ever. strongSwan 5.9.8 with a redirect at IKE_AUTH: test_redirect_auth_stron
 
 from __future__ import annotations
 
-import os
 import textwrap
 from collections.abc import Iterator
 
@@ -37,22 +36,17 @@ VIP, EDGE = "203.0.113.2", "203.0.113.1"
 
 
 @pytest.fixture(scope="module")
-def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCtl]:
+def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory,
+        clusters_switch: None) -> Iterator[LabCtl]:
     import uuid
 
     path = tmp_path_factory.mktemp("lbauth") / "lbauth.yml"
     path.write_text(TOPO)
     name = f"la{uuid.uuid4().hex[:6]}"
-    old = os.environ.get("VPNLAB_EXPERIMENTAL")
-    os.environ["VPNLAB_EXPERIMENTAL"] = "clusters"
     try:
         labs.deploy(path, name=name, runtime=runtime)
         yield LabCtl(runtime, name)
     finally:
-        if old is None:
-            os.environ.pop("VPNLAB_EXPERIMENTAL", None)
-        else:
-            os.environ["VPNLAB_EXPERIMENTAL"] = old
         labs.destroy(name, runtime=runtime)
 
 

@@ -9,7 +9,6 @@ If this test fails because charon now survives, the image's strongSwan was fixed
 
 from __future__ import annotations
 
-import os
 import shutil
 import textwrap
 
@@ -42,14 +41,13 @@ CRASH = "charon exited unexpectedly"
 
 
 def test_redirect_at_auth_strongswan_598_aborts_after_following(
-        node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> None:
+        node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory,
+        clusters_switch: None) -> None:
     import uuid
 
     path = tmp_path_factory.mktemp("lbauthsw") / "lbauthsw.yml"
     path.write_text(TOPO)
     name = f"ls{uuid.uuid4().hex[:6]}"
-    old = os.environ.get("VPNLAB_EXPERIMENTAL")
-    os.environ["VPNLAB_EXPERIMENTAL"] = "clusters"
     try:
         try:
             labs.deploy(path, name=name, runtime=runtime, ready_timeout=30)
@@ -58,10 +56,6 @@ def test_redirect_at_auth_strongswan_598_aborts_after_following(
         text = wait_for("charon's end", lambda: t if any(
             w in (t := labs.node_logs(name, "br2", None, runtime=runtime)[0]) for w in (CRASH, "established")) else None, 60)
     finally:
-        if old is None:
-            os.environ.pop("VPNLAB_EXPERIMENTAL", None)
-        else:
-            os.environ["VPNLAB_EXPERIMENTAL"] = old
         labs.destroy(name, runtime=runtime)
         shutil.rmtree(nodelogs.kept_dir(name), ignore_errors=True)  # what the failed deploy kept
     lines = text.splitlines()

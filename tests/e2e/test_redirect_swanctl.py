@@ -6,7 +6,6 @@ gateway would have to show the same identity, which only cluster members do.
 
 from __future__ import annotations
 
-import os
 import textwrap
 from collections.abc import Iterator
 
@@ -28,22 +27,17 @@ TOPO = textwrap.dedent("""\
 
 
 @pytest.fixture(scope="module")
-def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCtl]:
+def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory,
+        clusters_switch: None) -> Iterator[LabCtl]:
     import uuid
 
     path = tmp_path_factory.mktemp("lbswan") / "lbswan.yml"
     path.write_text(TOPO)
     name = f"lw{uuid.uuid4().hex[:6]}"
-    old = os.environ.get("VPNLAB_EXPERIMENTAL")
-    os.environ["VPNLAB_EXPERIMENTAL"] = "clusters"
     try:
         labs.deploy(path, name=name, runtime=runtime)
         yield LabCtl(runtime, name)
     finally:
-        if old is None:
-            os.environ.pop("VPNLAB_EXPERIMENTAL", None)
-        else:
-            os.environ["VPNLAB_EXPERIMENTAL"] = old
         labs.destroy(name, runtime=runtime)
 
 
