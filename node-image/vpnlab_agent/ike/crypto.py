@@ -20,10 +20,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-# GMP's modular exponentiation: Python's pow made a modp3072 handshake cost ~54 ms, GMP ~5 ms
-# (OpenSSL 3.0's FFDH through cryptography 38 validates every peer value with a full-size
-# exponentiation: ~34 ms).
-from gmpy2 import powmod
 
 from vpnlab_agent.ike.errors import IntegrityError, ParseError
 from vpnlab_agent.ike.constants import DhGroup, EncrId, IntegId, NotifyType, PrfId
@@ -248,6 +244,16 @@ DH_PUBLIC_LEN = {DhGroup.MODP_2048: 256, DhGroup.MODP_3072: 384, DhGroup.ECP_256
                  DhGroup.CURVE25519: 32}
 
 
+def _powmod(base: int, exp: int, mod: int) -> int:
+    """GMP's modular exponentiation: Python's pow made a modp3072 handshake cost ~54 ms, GMP ~7 ms
+    (OpenSSL 3.0's FFDH through cryptography 38 checks every peer value with a full-size
+    exponentiation: ~34 ms). Imported here, not at the top: its libraries are ~1.8 MB of RSS that
+    an agent using only the EC groups does not need."""
+    from gmpy2 import powmod
+
+    return int(powmod(base, exp, mod))
+
+
 class DhKeyPair:
     """One ephemeral DH key. public_bytes is the KE payload's data for its group."""
 
@@ -263,7 +269,7 @@ class DhKeyPair:
         if group in _MODP:
             p, exp_bytes = _MODP[group]
             x = int.from_bytes(rng(exp_bytes), "big") | (1 << (8 * exp_bytes - 1))
-            return cls(group, int(powmod(MODP_G, x, p)).to_bytes(DH_PUBLIC_LEN[group], "big"), x)
+            return cls(group, _powmod(MODP_G, x, p).to_bytes(DH_PUBLIC_LEN[group], "big"), x)
         if group in _ECP:
             curve, size = _ECP[group]
             n = _ECP_ORDER[group]
@@ -286,7 +292,7 @@ class DhKeyPair:
             y = int.from_bytes(peer_public, "big")
             if not 1 < y < p - 1:
                 raise ValueError("MODP peer value out of range")
-            return int(powmod(y, self._priv, p)).to_bytes(expected, "big")  # type: ignore[arg-type]
+            return _powmod(y, self._priv, p).to_bytes(expected, "big")  # type: ignore[arg-type]
         if self.group in _ECP:
             # from_encoded_point checks the point is on the curve (RFC 5903 §7 / RFC 7296 §5)
             peer = ec.EllipticCurvePublicKey.from_encoded_point(_ECP[self.group][0], b"\x04" + peer_public)
