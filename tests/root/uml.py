@@ -24,8 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-UML_KERNEL = "/usr/bin/linux"
-UML_MODULES = Path("/usr/lib/uml/modules")
+# Another user-mode Linux than Debian 12's may be named (e.g. a newer one unpacked elsewhere).
+UML_KERNEL = os.environ.get("VPNLAB_UML_KERNEL", "/usr/bin/linux")
+UML_MODULES = Path(os.environ.get("VPNLAB_UML_MODULES", "/usr/lib/uml/modules"))
 REPO = Path(__file__).resolve().parents[2]
 # What an IPsec test needs; modprobe resolves dependencies (xfrm_algo, authenc, ...).
 DEFAULT_MODULES = (
