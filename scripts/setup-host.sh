@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  docker.io debootstrap user-mode-linux kmod iproute2 iptables nftables iperf3 tcpdump graphviz
+  docker.io debootstrap user-mode-linux kmod patchelf gpgv iproute2 iptables nftables iperf3 tcpdump graphviz
   strongswan-swanctl charon-systemd libstrongswan-standard-plugins libcharon-extra-plugins
   keepalived conntrack python3-venv ca-certificates
 )

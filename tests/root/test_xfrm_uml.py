@@ -4,7 +4,6 @@ then SAs negotiated by our own IKEv2 service; and the ESP probe on this host."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -149,8 +148,6 @@ def test_xfrm_marks_select_which_traffic_uses_the_sa(facts: dict[str, Any]) -> N
 
 @pytest.fixture(scope="module")
 def meta_facts() -> dict[str, Any]:
-    if os.environ.get("VPNLAB_UML_UNVERIFIED") != "1":
-        pytest.skip("never run on a host where user-mode Linux boots yet: set VPNLAB_UML_UNVERIFIED=1 to run it")
     return _run_payload("xfrm_meta_uml_payload.py")
 
 

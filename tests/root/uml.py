@@ -1,4 +1,4 @@
-"""Run a Python payload inside user-mode Linux: a 6.1 kernel that has ESP, unlike the lab machines.
+"""Run a Python payload inside user-mode Linux: a kernel that has ESP and VRF, unlike the lab machines.
 
 Debian's user-mode-linux boots as an ordinary process in about 2 s with the host's root as its root
 filesystem (hostfs), so the payload runs with the repo's venv python and sees the repo. Results come
@@ -6,6 +6,9 @@ back through a file on hostfs. Two details make kernel crypto work (see shared/E
 modules live in /usr/lib/uml/modules/<ver>, reached through a folder whose lib/modules points there,
 and the kernel's own module requests (crypto templates such as rfc4106(gcm(aes))) go through a
 modprobe wrapper written to /proc/sys/kernel/modprobe.
+
+Debian 12's UML 6.1 is used where it boots; where it cannot (some CPUs, see boot_problem), Debian
+unstable's is fetched once (uml_kernel.py) and used instead.
 
 Usage (tests): `result = run_python(code, timeout_s=120)`; result.returncode, result.output.
 """
@@ -24,9 +27,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# Another user-mode Linux than Debian 12's may be named (e.g. a newer one unpacked elsewhere).
-UML_KERNEL = os.environ.get("VPNLAB_UML_KERNEL", "/usr/bin/linux")
-UML_MODULES = Path(os.environ.get("VPNLAB_UML_MODULES", "/usr/lib/uml/modules"))
+from tests.root import uml_kernel
+from tests.root.uml_kernel import Kernel
+
+# Another user-mode Linux than Debian 12's may be named (e.g. one unpacked elsewhere by hand).
+_NAMED = "VPNLAB_UML_KERNEL" in os.environ
+_kernel = Kernel(Path(os.environ.get("VPNLAB_UML_KERNEL", "/usr/bin/linux")),
+                 Path(os.environ.get("VPNLAB_UML_MODULES", "/usr/lib/uml/modules")))
 REPO = Path(__file__).resolve().parents[2]
 # What an IPsec test needs; modprobe resolves dependencies (xfrm_algo, authenc, ...).
 DEFAULT_MODULES = (
@@ -47,11 +54,12 @@ class UmlError(Exception):
     """UML could not run the payload (no kernel, boot failure, timeout)."""
 
 
-def unavailable_reason() -> str | None:
-    if not os.access(UML_KERNEL, os.X_OK):
-        return f"user-mode Linux is not installed ({UML_KERNEL} missing): apt-get install user-mode-linux"
-    if not UML_MODULES.is_dir() or not any(UML_MODULES.iterdir()):
-        return f"no user-mode Linux modules under {UML_MODULES}"
+def unavailable_reason(kernel: Kernel | None = None) -> str | None:
+    kernel = kernel or _kernel
+    if not os.access(kernel.path, os.X_OK):
+        return f"user-mode Linux is not installed ({kernel.path} missing): apt-get install user-mode-linux"
+    if not kernel.modules.is_dir() or not any(kernel.modules.iterdir()):
+        return f"no user-mode Linux modules under {kernel.modules}"
     if shutil.which("modprobe") is None:
         return "modprobe is missing: apt-get install kmod"
     return None
@@ -62,15 +70,33 @@ _BOOT_MARKER = "vpnlab-uml-booted"
 
 @functools.cache
 def boot_problem() -> str | None:
-    """Why UML installed here still cannot run a payload, in one line, or None if it can.
+    """Why UML still cannot run a payload here, in one line, or None if it can.
 
-    Probed once per test session with an empty payload: on some host CPUs the 6.1 UML kernel
-    panics at boot (seen on a Xeon with AMX: "ptrace set fp regs failed, errno = 14", its
-    XSAVE area being larger than UML 6.1 handles), and every UML test would fail the same way."""
-    if (reason := unavailable_reason()) is not None:
+    Probed once per test session with an empty payload. On some host CPUs Debian 12's 6.1 kernel
+    panics at boot (a Xeon with AMX: "ptrace set fp regs failed, errno = 14", its XSAVE area being
+    larger than UML 6.1 handles) and every UML test would fail the same way: then Debian unstable's
+    kernel is fetched and probed, and used from here on if it boots."""
+    global _kernel
+    problem = _probe(_kernel)
+    if problem is None or _NAMED:
+        return problem
+    from vpnlab.image import ImageError, debian_mirror
+
+    try:
+        newer = uml_kernel.fetch(debian_mirror())
+    except (uml_kernel.FetchError, ImageError, OSError, subprocess.CalledProcessError) as e:
+        return f"{problem}; no newer one to try: {str(e).splitlines()[0]}"
+    if (again := _probe(newer)) is not None:
+        return f"{problem}; Debian {uml_kernel.SUITE}'s does not boot either: {again}"
+    _kernel = newer
+    return None
+
+
+def _probe(kernel: Kernel) -> str | None:
+    if (reason := unavailable_reason(kernel)) is not None:
         return reason
     try:
-        result = run_python(f"print({_BOOT_MARKER!r})", timeout_s=60, modules=())
+        result = run_python(f"print({_BOOT_MARKER!r})", timeout_s=60, modules=(), kernel=kernel)
     except UmlError as e:
         return f"user-mode Linux does not boot here: {str(e).splitlines()[0]}"
     if _BOOT_MARKER in result.output:
@@ -80,7 +106,7 @@ def boot_problem() -> str | None:
     # "mmapper_init - find_iomem failed" is harmless and comes earlier).
     why = next((ln for key in ("ptrace", "Kernel panic", "not syncing") for ln in lines if key in ln),
                lines[-1] if lines else "no console output")
-    return f"user-mode Linux cannot boot on this host (kernel console: {why!r})"
+    return f"user-mode Linux {kernel.path} cannot boot on this host (kernel console: {why!r})"
 
 
 def _python() -> str:
@@ -119,19 +145,20 @@ def run_python(
     timeout_s: float = 180,
     modules: tuple[str, ...] = DEFAULT_MODULES,
     mem: str = "512M",
+    kernel: Kernel | None = None,
 ) -> UmlResult:
     """Boot UML, run `code` with the repo's python as root inside it, return its status and output."""
-    reason = unavailable_reason()
+    kernel = kernel or _kernel
+    reason = unavailable_reason(kernel)
     if reason:
         raise UmlError(reason)
-    version = sorted(p.name for p in UML_MODULES.iterdir())[-1]
     # Under /var/tmp (on the host's root disk, visible through hostfs; never a tmpfs of our own).
     work = Path(tempfile.mkdtemp(prefix="vpnlab-uml-", dir="/var/tmp"))
     proc: subprocess.Popen[bytes] | None = None
     try:
         moddir = work / "moddir" / "lib"
         moddir.mkdir(parents=True)
-        (moddir / "modules").symlink_to(UML_MODULES)
+        (moddir / "modules").symlink_to(kernel.modules)
         wrapper = work / "modprobe"
         wrapper.write_text(f'#!/bin/sh\nexec modprobe -d {shlex.quote(str(work / "moddir"))} "$@"\n')
         wrapper.chmod(0o755)
@@ -143,7 +170,7 @@ def run_python(
         (work / "output").touch()
         console = work / "console"
         cmd = [
-            UML_KERNEL, f"mem={mem}", "rootfstype=hostfs", "rootflags=/", "rw",
+            str(kernel.path), f"mem={mem}", "rootfstype=hostfs", "rootflags=/", "rw",
             f"init={init}", "con=null", "con0=fd:0,fd:1", "quiet",
         ]  # fmt: skip
         start = time.monotonic()
