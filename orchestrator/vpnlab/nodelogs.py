@@ -2,17 +2,21 @@
 event to stdout), or, once a failed deploy has rolled the lab back, the copy that deploy kept.
 
 Errors stay one line and point here instead of quoting log lines; since rollback removes the
-containers, a failed deploy first copies the logs of the nodes its error names.
+containers, a failed deploy first copies the logs of the nodes its error names. Only the newest
+KEPT_LABS labs' copies stay: labs with fresh names (tests, scripts) would otherwise pile up for ever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 from vpnlab.errors import LabError
 from vpnlab.runtime.base import Runtime, container_name
 from vpnlab.topology.schema import NODE_NAME_RE
+
+KEPT_LABS = 20
 
 
 def kept_dir(lab: str) -> Path:
@@ -24,6 +28,8 @@ def clear(lab: str) -> None:
     folder = kept_dir(lab)
     for f in folder.glob("*.log") if folder.is_dir() else ():
         f.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def keep(rt: Runtime, lab: str, nodes: tuple[str, ...]) -> None:
@@ -32,6 +38,9 @@ def keep(rt: Runtime, lab: str, nodes: tuple[str, ...]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for node in nodes:
             (folder / f"{node}.log").write_text(rt.logs(container_name(lab, node), None) + "\n")
+        labs = sorted((d for d in folder.parent.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+        for old in labs[:-KEPT_LABS]:
+            clear(old.name)
     except OSError:
         pass  # the deploy's one-line error stands; `vpnlab logs` then says nothing was kept
 

@@ -58,3 +58,16 @@ def test_an_unknown_node_of_a_running_lab_lists_the_nodes() -> None:
         nodelogs.read("t", "zz", None, _Runtime({"b1": ""}))  # type: ignore[arg-type]
     with pytest.raises(LabError, match=r"has no node '\.\./x'"):
         nodelogs.read("t", "../x", None, _Runtime({"b1": ""}))  # type: ignore[arg-type]
+
+
+def test_only_the_newest_labs_keep_their_logs(log_dir: Path) -> None:
+    import os
+
+    rt = _Runtime({"b1": "x"})
+    for i in range(nodelogs.KEPT_LABS + 3):
+        nodelogs.keep(rt, f"lab{i}", ())  # type: ignore[arg-type]
+        os.utime(log_dir / f"lab{i}", (i, i))  # mtimes in deploy order, whatever the clock's resolution
+    nodelogs.keep(rt, "last", ())  # type: ignore[arg-type]
+    left = sorted(d.name for d in log_dir.iterdir())
+    assert len(left) == nodelogs.KEPT_LABS and "last" in left and "lab0" not in left and "lab3" not in left
+    assert f"lab{nodelogs.KEPT_LABS + 2}" in left
