@@ -111,9 +111,12 @@ def context_peers(lab: Lab, node: Node, other: Node, plain: PeerConfig) -> list[
             local_nets += lo
             remote_nets += re
         local, remote = _cidrs(local_nets), _cidrs(remote_nets)
+    # The star's plain selectors only where both sides have plain LANs: a hub's plain LANs (and its
+    # plain branches') mean nothing to a branch that has only contexts.
+    plain_local, plain_remote = (plain.local_ts, plain.remote_ts) if plain.local_ts and plain.remote_ts else ((), ())
     return [PeerConfig(
         name=plain.name, remote_id=plain.remote_id, address=plain.address, initiate=plain.initiate,
-        local_ts=_dedup(plain.local_ts + local), remote_ts=_dedup(plain.remote_ts + remote),
+        local_ts=_dedup(plain_local + local), remote_ts=_dedup(plain_remote + remote),
     )]
 
 

@@ -16,9 +16,11 @@ from vpnlab_agent.contexts.config import contexts_of
 TOPOLOGY = Path(__file__).resolve().parents[3] / "topologies" / "hsvpn.yml"
 
 
-def config_for(method: str, node: str) -> NodeConfig:
+def config_for(method: str, node: str, plain_branch: bool = False) -> NodeConfig:
     data = read_yaml(TOPOLOGY)
     data["context_method"] = method
+    if plain_branch:
+        data["nodes"]["br9"] = {"role": "branch", "lan": "10.9.9.0/24", "hosts": 1}
     lab = topology_plan.plan_lab(validate(str(TOPOLOGY), data), TOPOLOGY, str(TOPOLOGY))
     # through JSON, as the agent reads it
     return NodeConfig.from_json(build_node_config(lab, lab.node(node)).to_json())
@@ -86,3 +88,14 @@ def test_hsvpn_has_one_peer_per_site_pair() -> None:
     ike = config_for("hsvpn", "br3").ike
     assert ike is not None and [p.name for p in ike.peers] == ["hub"]
     assert ike.peers[0].local_ts == ("10.1.3.0/24", "10.2.3.0/24")  # corp and guest share one selector
+
+
+@pytest.mark.parametrize("method", ["hsvpn", "tunnel-in-tunnel"])
+def test_plain_lans_stay_off_the_tunnels_of_branches_with_only_contexts(method: str) -> None:
+    hub = config_for(method, "hub", plain_branch=True).ike
+    assert hub is not None
+    peers = {p.name: p for p in hub.peers}
+    assert not any("10.9.9.0/24" in p.local_ts for name, p in peers.items() if name != "br9")
+    assert "10.9.9.0/24" in peers["br9"].remote_ts
+    br1 = config_for(method, "br1", plain_branch=True).ike
+    assert br1 is not None and "10.9.9.0/24" not in br1.peers[0].remote_ts
