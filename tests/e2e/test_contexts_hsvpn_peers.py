@@ -20,7 +20,7 @@ import pytest
 from vpnlab.measure.labctl import LabCtl
 from vpnlab.runtime.docker import DockerRuntime
 
-from .contexts import contexts_status, deploy_method, host_addr, ping, wait_all_contexts
+from .contexts import contexts_status, deploy_method, host_addr, ping
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -34,11 +34,9 @@ def _edit(data: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCtl]:
-    c = deploy_method(tmp_path_factory.mktemp("hsvpnpeers"), "hsvpn", runtime, "hsvpnq", edit=_edit)
-    ctl = next(c)
-    wait_all_contexts(ctl, contexts=("corp", "guest"))
-    yield ctl
-    next(c, None)
+    with deploy_method(tmp_path_factory.mktemp("hsvpnpeers"), "hsvpn", runtime, "hsvpnq", edit=_edit,
+                       contexts=("corp", "guest")) as ctl:
+        yield ctl
 
 
 def retag(ctl: LabCtl, node: str, peer: str, context: str, tag: int) -> dict[str, Any]:
