@@ -11,17 +11,14 @@ The hub comes back (`vpnlab start`) between rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-
-from rich.console import Console
-from rich.table import Table
+from collections.abc import Iterator
 
 from vpnlab import lifecycle
-from vpnlab.measure.labctl import LabCtl, temporary_lab, wait_for
-from vpnlab.measure.outage import Probe
-from vpnlab.runtime.docker import DockerRuntime
+from vpnlab.measure.labctl import LabCtl, wait_for
+from vpnlab.measure.outage import Probe, Report, Row, median, run_benchmark, seconds, table, verdict
+from vpnlab.runtime.base import Runtime
 
 TOPO = """\
 name: dual
@@ -52,14 +49,14 @@ def all_up(ctl: LabCtl) -> bool:
     return all(set(HUBS) <= set(ctl.ike_peers(b)) for b in ("d", "e"))
 
 
-def round_once(ctl: LabCtl, rt: DockerRuntime, how: str) -> dict[str, object]:
+def round_once(ctl: LabCtl, rt: Runtime, how: str) -> dict[str, object]:
     with Probe(rt, ctl.cname("d-h1"), "10.2.0.10") as probe:
         hub = carrier(ctl, probe)
         fault = time.time()
         if how == "stop":
             lifecycle.stop_node(ctl.lab, hub, rt)
         else:
-            rt.client.api.kill(ctl.cname(hub))
+            rt.client.api.kill(ctl.cname(hub))  # type: ignore[attr-defined]
         probe.wait_reply(after=fault + 0.1, timeout=60)
         got = probe.outage(fault)
     lifecycle.start_node(ctl.lab, hub, rt)
@@ -67,37 +64,30 @@ def round_once(ctl: LabCtl, rt: DockerRuntime, how: str) -> dict[str, object]:
     return {"how": how, "hub": hub, "lost": got.lost, "failover_s": got.recovered_s}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--dpd", type=int, default=10, help="dpd_interval of every router, seconds")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    con, rt = Console(), DockerRuntime()
+def rounds(ctl: LabCtl, rt: Runtime, args: argparse.Namespace) -> Iterator[tuple[str, Row]]:
+    for i in range(args.repeat):
+        for how in ("stop", "kill"):
+            yield f"round {i + 1} {how}: ", round_once(ctl, rt, how)
+
+
+def report(rows: list[Row], args: argparse.Namespace) -> Report:
     goal = args.dpd + 2.0
-    rows: list[dict[str, object]] = []
-    with temporary_lab(rt, TOPO.format(dpd=args.dpd), "fover") as ctl:
-        wait_for("both branches on both hubs", lambda: all_up(ctl), 60)
-        for i in range(args.repeat):
-            for how in ("stop", "kill"):
-                rows.append(round_once(ctl, rt, how))
-                con.print(f"round {i + 1} {how}: {rows[-1]}", style="dim", markup=False)
-    out = {"dpd_interval_s": args.dpd, "goal_s": goal, "rounds": rows}
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return
-    t = Table(title=f"dual-hub failover, DPD every {args.dpd} s: fault -> first echo via the other hub")
-    for c in ("fault", "runs", "lost", "median s", "max s", "goal", "verdict"):
-        t.add_column(c, justify="right")
+    t = table(f"dual-hub failover, DPD every {args.dpd} s: fault -> first echo via the other hub",
+              ("fault", "runs", "lost", "median s", "max s", "goal", "verdict"))
     for how in ("stop", "kill"):
         got = [r for r in rows if r["how"] == how]
-        vals = [float(r["failover_s"]) for r in got if r["failover_s"] is not None]  # type: ignore[arg-type]
-        worst = max(vals) if len(vals) == len(got) and vals else None
-        lost = statistics.median(int(r["lost"]) for r in got) if got else 0  # type: ignore[call-overload]
-        t.add_row(how, str(len(got)), f"{lost:g}", f"{statistics.median(vals):.2f}" if vals else "-",
-                  f"{worst:.2f}" if worst is not None else "never", f"<= {goal:g} s",
-                  "met" if worst is not None and worst <= goal else "MISSED")
-    con.print(t)
+        vals, worst = seconds(got, "failover_s")
+        lost = statistics.median(int(r["lost"]) for r in got) if got else 0
+        t.add_row(how, str(len(got)), f"{lost:g}", median(vals, ".2f"),
+                  f"{worst:.2f}" if worst is not None else "never", f"<= {goal:g} s", verdict(worst, goal))
+    return t, "", {"dpd_interval_s": args.dpd, "goal_s": goal}
+
+
+def main() -> None:
+    run_benchmark(doc=__doc__, topology=lambda args: TOPO.format(dpd=args.dpd), prefix="fover", repeat=2,
+                  rounds=rounds, report=report, ready=("both branches on both hubs", all_up),
+                  options=lambda ap: ap.add_argument("--dpd", type=int, default=10,
+                                                     help="dpd_interval of every router, seconds"))
 
 
 if __name__ == "__main__":

@@ -14,16 +14,12 @@ shown for information.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
+from collections.abc import Iterator
 
-from rich.console import Console
-from rich.table import Table
-
-from vpnlab.measure.labctl import LabCtl, temporary_lab, wait_for
-from vpnlab.measure.outage import Probe
-from vpnlab.runtime.docker import DockerRuntime
+from vpnlab.measure.labctl import LabCtl
+from vpnlab.measure.outage import Probe, Report, Row, median, run_benchmark, seconds, table, verdict
+from vpnlab.runtime.base import Runtime
 
 GOAL_S = 1.0
 TOPO = """\
@@ -41,7 +37,7 @@ def spis(ctl: LabCtl, node: str) -> set[tuple[str, str]]:
     return {(c["spi_in"], c["spi_out"]) for c in ctl.status(node)["child_sas"] if c["state"] == "installed"}
 
 
-def round_once(ctl: LabCtl, rt: DockerRuntime, branch: str, side: str) -> dict[str, object]:
+def round_once(ctl: LabCtl, rt: Runtime, branch: str, side: str) -> dict[str, object]:
     src, dst = (branch, "hub") if side == "branch" else ("hub", branch)
     before = spis(ctl, branch)
     with Probe(rt, ctl.cname(f"{src}-h1"), HOST[dst]) as probe:
@@ -55,42 +51,34 @@ def round_once(ctl: LabCtl, rt: DockerRuntime, branch: str, side: str) -> dict[s
             "rekeyed": spis(ctl, branch) != before}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    con, rt = Console(), DockerRuntime()
-    rows: list[dict[str, object]] = []
-    with temporary_lab(rt, TOPO, "rebind") as ctl:
-        wait_for("both branches' IKE SAs", lambda: all("hub" in ctl.ike_peers(b) for b in ("eim", "sym")), 60)
-        for side in ("branch", "hub"):
-            for branch in ("eim", "sym"):
-                for _ in range(args.repeat if side == "branch" else 1):
-                    rows.append(round_once(ctl, rt, branch, side))
-                    con.print(f"{rows[-1]}", style="dim", markup=False)
-    if args.json:
-        print(json.dumps({"goal_s": GOAL_S, "rounds": rows}, indent=2))
-        return
-    t = Table(title="conntrack -F on the NAT device -> first echo through the new mapping, seconds")
-    for c in ("NAT", "talks", "runs", "lost", "median", "max", "rekey", "goal", "verdict"):
-        t.add_column(c, justify="right")
+def rounds(ctl: LabCtl, rt: Runtime, args: argparse.Namespace) -> Iterator[tuple[str, Row]]:
+    for side in ("branch", "hub"):
+        for branch in ("eim", "sym"):
+            for _ in range(args.repeat if side == "branch" else 1):
+                yield "", round_once(ctl, rt, branch, side)
+
+
+def report(rows: list[Row], args: argparse.Namespace) -> Report:
+    t = table("conntrack -F on the NAT device -> first echo through the new mapping, seconds",
+              ("NAT", "talks", "runs", "lost", "median", "max", "rekey", "goal", "verdict"))
     for side in ("branch", "hub"):
         for branch in ("eim", "sym"):
             got = [r for r in rows if (r["branch"], r["talks"]) == (branch, side)]
-            vals = [float(r["recovered_s"]) for r in got if r["recovered_s"] is not None]  # type: ignore[arg-type]
-            worst = max(vals) if vals and len(vals) == len(got) else None
-            ok = "met" if worst is not None and worst <= GOAL_S else "MISSED"
+            vals, worst = seconds(got, "recovered_s")
             t.add_row("EIM" if branch == "eim" else "symmetric", side, str(len(got)),
-                      str(max(int(r["lost"]) for r in got)),  # type: ignore[call-overload]
-                      f"{statistics.median(vals):.3f}" if vals else "-",
+                      str(max(int(r["lost"]) for r in got)), median(vals),
                       f"{worst:.3f}" if worst is not None else "never",
                       "yes" if any(r["rekeyed"] for r in got) else "no",
                       f"<= {GOAL_S:g} s" if side == "branch" else "-",
-                      ok if side == "branch" else "info")
-    con.print(t)
-    con.print("lost: most echoes lost in one run. Hub side only: the hub cannot cross the NAT until the branch "
-              "sends (NAT keepalive or DPD), so that row is not held to the goal.")
+                      verdict(worst, GOAL_S) if side == "branch" else "info")
+    note = ("lost: most echoes lost in one run. Hub side only: the hub cannot cross the NAT until the branch "
+            "sends (NAT keepalive or DPD), so that row is not held to the goal.")
+    return t, note, {"goal_s": GOAL_S}
+
+
+def main() -> None:
+    run_benchmark(doc=__doc__, topology=TOPO, prefix="rebind", repeat=3, rounds=rounds, report=report,
+                  ready=("both branches' IKE SAs", lambda ctl: all("hub" in ctl.ike_peers(b) for b in ("eim", "sym"))))
 
 
 if __name__ == "__main__":

@@ -11,17 +11,13 @@ the first echo after the first lost one (traffic flows). Goal: <= 5 s from the c
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
-
-from rich.console import Console
-from rich.table import Table
+from collections.abc import Iterator
 
 from vpnlab import lifecycle
-from vpnlab.measure.labctl import LabCtl, temporary_lab, wait_for
-from vpnlab.measure.outage import Probe
-from vpnlab.runtime.docker import DockerRuntime
+from vpnlab.measure.labctl import LabCtl
+from vpnlab.measure.outage import Probe, Report, Row, median, run_benchmark, seconds, table, verdict
+from vpnlab.runtime.base import Runtime
 
 GOAL_S = 5.0
 TOPO = """\
@@ -35,7 +31,7 @@ nodes:
 PHASES = (("stopped_s", "stopped"), ("ready_s", "agent ready"), ("traffic_s", "traffic"))
 
 
-def round_once(ctl: LabCtl, rt: DockerRuntime, branch: str) -> dict[str, object]:
+def round_once(ctl: LabCtl, rt: Runtime, branch: str) -> dict[str, object]:
     with Probe(rt, ctl.cname(f"{branch}-h1"), "10.0.0.10") as probe:
         probe.wait_reply(after=time.time() + 0.2)
         t0 = time.time()
@@ -49,36 +45,30 @@ def round_once(ctl: LabCtl, rt: DockerRuntime, branch: str) -> dict[str, object]
             "lost": got.lost}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    con, rt = Console(), DockerRuntime()
-    rows: list[dict[str, object]] = []
-    with temporary_lab(rt, TOPO, "rstart") as ctl:
-        wait_for("both branches' IKE SAs", lambda: all("hub" in ctl.ike_peers(b) for b in ("pub", "natted")), 60)
-        for _ in range(args.repeat):
-            for branch in ("pub", "natted"):
-                rows.append(round_once(ctl, rt, branch))
-                con.print(f"{rows[-1]}", style="dim", markup=False)
-    if args.json:
-        print(json.dumps({"goal_s": GOAL_S, "rounds": rows}, indent=2))
-        return
-    t = Table(title="vpnlab restart of a branch: seconds from the command (median / max)")
-    for c in ("branch", "runs", *(label for _, label in PHASES), "goal", "verdict"):
-        t.add_column(c, justify="right")
+def rounds(ctl: LabCtl, rt: Runtime, args: argparse.Namespace) -> Iterator[tuple[str, Row]]:
+    for _ in range(args.repeat):
+        for branch in ("pub", "natted"):
+            yield "", round_once(ctl, rt, branch)
+
+
+def report(rows: list[Row], args: argparse.Namespace) -> Report:
+    t = table("vpnlab restart of a branch: seconds from the command (median / max)",
+              ("branch", "runs", *(label for _, label in PHASES), "goal", "verdict"))
     for branch in ("pub", "natted"):
         got = [r for r in rows if r["branch"] == branch]
         cells = []
         for key, _ in PHASES:
-            vals = [float(r[key]) for r in got if r[key] is not None]  # type: ignore[arg-type]
-            cells.append(f"{statistics.median(vals):.2f}/{max(vals):.2f}" if vals else "never")
-        worst = [r["traffic_s"] for r in got]
-        ok = all(w is not None and float(w) <= GOAL_S for w in worst)  # type: ignore[arg-type]
+            vals, _worst = seconds(got, key)
+            cells.append(f"{median(vals, '.2f')}/{max(vals):.2f}" if vals else "never")
+        _, worst = seconds(got, "traffic_s")
         t.add_row("public" if branch == "pub" else "NAT", str(len(got)), *cells, f"<= {GOAL_S:g} s",
-                  "met" if ok else "MISSED")
-    con.print(t)
+                  verdict(worst, GOAL_S))
+    return t, "", {"goal_s": GOAL_S}
+
+
+def main() -> None:
+    run_benchmark(doc=__doc__, topology=TOPO, prefix="rstart", repeat=3, rounds=rounds, report=report,
+                  ready=("both branches' IKE SAs", lambda ctl: all("hub" in ctl.ike_peers(b) for b in ("pub", "natted"))))
 
 
 if __name__ == "__main__":

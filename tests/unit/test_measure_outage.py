@@ -44,3 +44,15 @@ def test_no_loss_is_the_first_echo_of_a_packet_sent_after_the_fault() -> None:
 def test_traffic_that_never_came_back() -> None:
     replies = [Reply(1, 100.001, 0.001), Reply(2, 100.101, 0.001)]
     assert outage(replies, fault_at=100.5, interval=0.1).recovered_s is None
+
+
+def test_benchmark_figures_say_never_as_soon_as_one_round_never_recovered() -> None:
+    from vpnlab.measure.outage import median, seconds, verdict
+
+    rows = [{"s": 0.4}, {"s": 0.9}, {"s": 0.5}]
+    assert seconds(rows, "s") == ([0.4, 0.9, 0.5], 0.9)
+    assert median(seconds(rows, "s")[0]) == "0.500" and median([], ".2f") == "-"
+    assert verdict(0.9, 1.0) == "met" and verdict(1.1, 1.0) == "MISSED"
+    vals, worst = seconds(rows + [{"s": None}], "s")
+    assert vals == [0.4, 0.9, 0.5] and worst is None and verdict(worst, 1.0) == "MISSED"
+    assert seconds([], "s") == ([], None)

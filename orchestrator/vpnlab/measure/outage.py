@@ -4,17 +4,26 @@ node through the fault, and the outage is read from which echoes came back and w
 `outage(replies, fault_at)`: packets sent after the fault that got no reply are lost; traffic
 flows again at the first reply after the first loss (or, with no loss, the first reply to a
 packet sent after the fault). Times are wall-clock seconds, the same clock in every container.
+
+`run_benchmark` is the frame the outage benchmarks share (benchmarks/nat_rebinding.py,
+node_restart.py, dual_hub_failover.py): options, a temporary lab, rounds, a table or JSON.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
 import re
+import statistics
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from vpnlab.errors import LabError
+from vpnlab.measure.labctl import LabCtl, temporary_lab, wait_for
 from vpnlab.runtime.base import Runtime
 
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from \S+ icmp_seq=(\d+) .*time=([\d.]+) ms")
@@ -116,3 +125,71 @@ class Probe:
 
     def outage(self, fault_at: float) -> Outage:
         return outage(self.replies(), fault_at, self.interval)
+
+
+# --- the frame of the outage benchmarks ------------------------------------------------------------
+
+Row = dict[str, Any]
+# (table, note under it, what goes into the JSON besides "rounds")
+Report = tuple[Any, str, dict[str, Any]]
+
+
+def seconds(rows: Sequence[Row], key: str) -> tuple[list[float], float | None]:
+    """The figures `key` of the rows that have one, and the worst of them: None (never) as soon as
+    one row has none."""
+    vals = [float(r[key]) for r in rows if r[key] is not None]
+    return vals, max(vals) if vals and len(vals) == len(rows) else None
+
+
+def median(vals: Sequence[float], fmt: str = ".3f", none: str = "-") -> str:
+    return format(statistics.median(vals), fmt) if vals else none
+
+
+def verdict(worst: float | None, goal: float) -> str:
+    return "met" if worst is not None and worst <= goal else "MISSED"
+
+
+def table(title: str, columns: Iterable[str]) -> Any:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, justify="right")
+    return t
+
+
+def run_benchmark(*, doc: str | None, topology: str | Callable[[argparse.Namespace], str], prefix: str,
+                  ready: tuple[str, Callable[[LabCtl], bool]],
+                  rounds: Callable[[LabCtl, Runtime, argparse.Namespace], Iterator[tuple[str, Row]]],
+                  report: Callable[[list[Row], argparse.Namespace], Report], repeat: int = 3,
+                  options: Callable[[argparse.ArgumentParser], None] | None = None,
+                  argv: Sequence[str] | None = None) -> list[Row]:
+    """`--repeat` (default `repeat`), `--json` and the script's own `options`; the lab `topology`
+    (YAML, or made from the options) under a name starting with `prefix`; wait until `ready`
+    (what, predicate) holds; then each (label, row) of `rounds`, printed as it comes; last the
+    rows as JSON, or `report`'s table and note."""
+    from rich.console import Console
+
+    from vpnlab.runtime.docker import DockerRuntime
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=repeat)
+    ap.add_argument("--json", action="store_true")
+    if options is not None:
+        options(ap)
+    args = ap.parse_args(argv)
+    con, rt = Console(), DockerRuntime()
+    rows: list[Row] = []
+    with temporary_lab(rt, topology(args) if callable(topology) else topology, prefix) as ctl:
+        wait_for(ready[0], lambda: ready[1](ctl), 60)
+        for label, row in rounds(ctl, rt, args):
+            rows.append(row)
+            con.print(f"{label}{row}", style="dim", markup=False)
+    t, note, meta = report(rows, args)
+    if args.json:
+        print(json.dumps({**meta, "rounds": rows}, indent=2))
+        return rows
+    con.print(t)
+    if note:
+        con.print(note)
+    return rows
