@@ -1,9 +1,11 @@
 """NAT traversal that survives, for IkeService: NAT keepalives (RFC 3948 §2.3) from behind a NAT,
 and a peer followed to its new address when the data plane authenticated ESP from there (RFC 7296
-§2.23). A mixin: it uses the service's loop, endpoint, engine and config."""
+§2.23). An abstract base of IkeService: it uses the service's loop, endpoint, engine and config, and
+the service's `_flush` sends what the endpoint queued."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 from typing import Any
@@ -13,7 +15,7 @@ from vpnlab_agent.dataplane.base import EngineError
 log = logging.getLogger("vpnlab_agent.ike")
 
 
-class NatTraversal:
+class NatTraversal(abc.ABC):
     _loop: asyncio.AbstractEventLoop | None
     _keepalive: asyncio.TimerHandle | None
     _stopping: bool
@@ -24,8 +26,9 @@ class NatTraversal:
     peer_moves: int
     _installed: set[int]
 
+    @abc.abstractmethod
     def _flush(self, fired_at: float | None = None) -> None:
-        raise NotImplementedError
+        """Send the endpoint's datagrams and handle its events (the subclass, IkeService)."""
 
     def _on_peer_moved_from_engine(self, spi_in: int, addr: tuple[str, int]) -> None:
         """Engine thread: ESP of `spi_in` came, authenticated, from a new address."""
