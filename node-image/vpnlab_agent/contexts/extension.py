@@ -120,6 +120,9 @@ class HsvpnExtension(Extension):
             else:
                 self._proposed.pop(sa.local_spi, None)
 
+    def ike_closed(self, sa: SaView, now: float) -> None:
+        self._proposed.pop(sa.local_spi, None)  # else one entry per IKE SA ever (each IKE rekey)
+
     def child_meta(self, sa: SaView, child: ChildInfo) -> ChildMeta | None:
         if not self._ours(sa.peer) or VENDOR_ID not in sa.vendor_ids:
             return None

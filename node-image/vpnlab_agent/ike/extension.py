@@ -198,6 +198,15 @@ class Extension:
         """Metadata for a child SA being created (both sides, IKE_AUTH and CREATE_CHILD_SA)."""
         return None
 
+    def ike_rekeyed(self, old: SaView, new: SaView, now: float) -> None:
+        """Both sides: IKE SA `new` replaced `old` in an IKE SA rekey (RFC 7296 §2.18) and took over
+        its children; state kept per IKE SA moves over. `old` lingers for its DELETE, then goes
+        (`ike_closed`)."""
+
+    def ike_closed(self, sa: SaView, now: float) -> None:
+        """Any IKE SA the endpoint forgets (deleted, failed, timed out, rekeyed away): let go of
+        what was kept for it. The IkeSADown event is for the owner, and not sent for every one."""
+
 
 @dataclass
 class Extensions:
@@ -260,6 +269,14 @@ class Extensions:
 
     def hold_auth(self, sa: SaView, identity: str, now: float) -> bool:
         return any(self._guard(e, "hold_auth", lambda e=e: e.hold_auth(sa, identity, now)) for e in self.items)
+
+    def ike_rekeyed(self, old: SaView, new: SaView, now: float) -> None:
+        for e in self.items:
+            self._guard(e, "ike_rekeyed", lambda e=e: e.ike_rekeyed(old, new, now))
+
+    def ike_closed(self, sa: SaView, now: float) -> None:
+        for e in self.items:
+            self._guard(e, "ike_closed", lambda e=e: e.ike_closed(sa, now))
 
     def child_meta(self, sa: SaView, child: ChildInfo) -> ChildMeta | None:
         merged: dict[str, Any] = {}

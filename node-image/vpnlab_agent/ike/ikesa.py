@@ -423,6 +423,7 @@ class IkeSa:
         if (not quiet and was not in (State.REKEYED, State.REFUSED) and self.peer is not None
                 and (self.initiator or was != State.HALF_OPEN)):
             self.host.emit(IkeSADown(self.peer.name, reason or "closed"))
+        self.host.extensions.ike_closed(self.view(), now)
         self.host.closed(self)
 
     def abandon(self, now: float, reason: str) -> None:

@@ -134,7 +134,9 @@ def rekey_ike(sa: IkeSa, now: float) -> bool:
 
 
 def ike_rekey_payloads(sa: IkeSa, ctx: ChildCtx) -> list:
-    return [SA(with_spi(sa.host.ike_proposals, ctx.spi)), Nonce(ctx.nonce), KE(ctx.dh.group, ctx.dh.public_bytes)]
+    # extensions see an IKE SA rekey as a CREATE_CHILD_SA of the old IKE SA without a child
+    return [SA(with_spi(sa.host.ike_proposals, ctx.spi)), Nonce(ctx.nonce), KE(ctx.dh.group, ctx.dh.public_bytes),
+            *sa.host.extensions.payloads(sa.view(), MessageInfo(CCS, False))]
 
 
 def on_ike_rekey_response(sa: IkeSa, msg: Message, now: float, ctx: ChildCtx) -> None:
@@ -154,6 +156,7 @@ def on_ike_rekey_response(sa: IkeSa, msg: Message, now: float, ctx: ChildCtx) ->
         sa.rekey_at = sa.retry_time(now)
         return
     chosen = sa_p.proposals[0]
+    sa.host.extensions.received(sa.view(), MessageInfo(CCS, True), msg.payloads, now)
     replace_by(sa, chosen, chosen.spi, ctx.spi, ctx.nonce, nonce.data, shared, we_initiated=True, now=now)
     # make-before-break: the new IKE SA exists; now retire this one.
     sa.window.queue.append(Request(ExchangeType.INFORMATIONAL, [Delete(ProtocolId.IKE, [])],
@@ -227,11 +230,13 @@ def answer_ike_rekey(sa: IkeSa, msg: Message, sa_p: SA, nonce: Nonce, now: float
         shared = dh.shared_secret(ke.data)
     except ValueError as e:
         raise ProtocolFailure(NotifyType.INVALID_SYNTAX, f"bad KE value: {e}") from e
+    sa.host.extensions.received(sa.view(), MessageInfo(CCS, False), msg.payloads, now)
     spi = sa.host.new_ike_spi()
     mine = dataclasses.replace(chosen, spi=spi)
     nr = sa.host.rng(NONCE_LEN)
+    extra = sa.host.extensions.payloads(sa.view(), MessageInfo(CCS, True))  # asked while the old SA is the one
     replace_by(sa, mine, peer_spi, spi, nonce.data, nr, shared, we_initiated=False, now=now)
-    return [SA([mine]), Nonce(nr), KE(group, dh.public_bytes)]
+    return [SA([mine]), Nonce(nr), KE(group, dh.public_bytes), *extra]
 
 
 def replace_by(sa: IkeSa, prop: Proposal, spi_i_or_peer: bytes, our_spi: bytes, ni: bytes, nr: bytes,
@@ -263,6 +268,7 @@ def replace_by(sa: IkeSa, prop: Proposal, spi_i_or_peer: bytes, our_spi: bytes, 
                                             on_fail=req.on_fail))
     sa.window.queue.clear()
     sa.host.adopt(new)
+    sa.host.extensions.ike_rekeyed(sa.view(), new.view(), now)
     assert sa.peer is not None
     sa.host.emit(IkeSAUp(sa.peer.name, spi_i, spi_r, we_initiated, new.suite.describe(), sa.remote, rekey=True,
                          vendor_ids=tuple(new.peer_vendor_ids), notifies=tuple(sorted(new.peer_notifies))))

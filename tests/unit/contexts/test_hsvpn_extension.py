@@ -69,6 +69,29 @@ def test_tag_map_is_the_contexts_both_carry_and_survives_a_rekey() -> None:
     assert ea.internal_errors == eb.internal_errors == 0
 
 
+def test_ike_sa_rekeys_keep_the_tag_map_and_leave_no_state_behind() -> None:
+    # The children move to the new IKE SA (RFC 7296 §2.18) and a child rekey on it negotiates the
+    # same map; what the extension keeps per IKE SA goes with the IKE SA, so a long-lived tunnel
+    # (an IKE rekey every few hours) does not grow it without bound.
+    xa, xb = HsvpnExtension(contexts("hub", ("corp", "voice", "guest"))), HsvpnExtension(contexts("br1", ("corp", "guest")))
+    ea, eb, lb = pair([xa], [xb])
+    ea.connect("hub", 0.0)
+    lb.run(1.0)
+    children(lb, A), children(lb, B)
+    want = HsvpnTrailer({1: "corp", 3: "guest"})
+    for i in range(6):
+        assert (ea.rekey_ike("hub", lb.now) if i % 2 else eb.rekey_ike("br1", lb.now))
+        lb.run(lb.now + 1)
+        for ep, peer in ((ea, "hub"), (eb, "br1")):  # one after the other: both at once would collide
+            assert ep.rekey_child(peer, lb.now) == 1
+            lb.run(lb.now + 1)
+        got = children(lb, A) + children(lb, B)
+        assert len(got) == 4 and all(c.trailer == want for c in got), got
+    live = {s.local_spi for s in ea.sas()} | {s.local_spi for s in eb.sas()}
+    assert set(xa._proposed) <= live and set(xb._proposed) <= live, (xa._proposed, xb._proposed)
+    assert ea.internal_errors == eb.internal_errors == 0
+
+
 def test_a_peer_without_the_vendor_id_gets_plain_sas() -> None:
     ea, eb, lb = pair([HsvpnExtension(contexts("hub", ("corp",)))], [])
     ea.connect("hub", 0.0)

@@ -107,6 +107,61 @@ def test_payloads_reach_the_peer_in_every_exchange_both_ways() -> None:
     assert ea.internal_errors == eb.internal_errors == 0
 
 
+class Lifecycle(Recorder):
+    """A Recorder that also records which IKE SA replaced which, and which IKE SAs went away."""
+
+    def __init__(self, tag: bytes = b"") -> None:
+        super().__init__(tag=tag)
+        self.rekeyed: list[tuple[SaView, SaView]] = []
+        self.closed: list[SaView] = []
+
+    def ike_rekeyed(self, old: SaView, new: SaView, now: float) -> None:
+        self.rekeyed.append((old, new))
+
+    def ike_closed(self, sa: SaView, now: float) -> None:
+        self.closed.append(sa)
+
+
+def test_an_ike_sa_rekey_goes_through_the_extensions_both_ways() -> None:
+    # RFC 7296 §2.18: the IKE SA rekey is a CREATE_CHILD_SA exchange of the old IKE SA, and the new
+    # IKE SA takes over its children. Extensions add to it and read it like any other exchange,
+    # and learn which SA took over (state kept per IKE SA moves) and when the old one is gone.
+    for rekeyer in ("a", "b"):
+        ra, rb = Lifecycle(tag=b"a"), Lifecycle(tag=b"b")
+        ea, eb = endpoints(ra, exts_b=(rb,))
+        lb = Loopback(ea, eb)
+        ea.connect("b", 0.0)
+        lb.run(1.0)
+        (old_a,), (old_b,) = ea.sas(), eb.sas()
+        ra.seen.clear(), rb.seen.clear()
+        kids = len(ra.children), len(rb.children)
+        assert (ea.rekey_ike("b", lb.now) if rekeyer == "a" else eb.rekey_ike("a", lb.now))
+        lb.run(2.0)
+        (new_a,), (new_b,) = ea.sas(), eb.sas()
+        assert new_a.local_spi != old_a.local_spi and new_a.state == "established"
+        asker, answerer = (ra, rb) if rekeyer == "a" else (rb, ra)
+        # the request and the response of the rekey carry each side's notify, and the other reads it
+        assert [t for t in answerer.notes(CCS, False) if PRIV in t], rekeyer
+        assert [t for t in asker.notes(CCS, True) if PRIV in t], rekeyer
+        assert all(sa.local_spi in (old_a.local_spi, old_b.local_spi) for _, _, _, sa in ra.seen + rb.seen)
+        assert (len(ra.children), len(rb.children)) == kids  # no child is negotiated in an IKE SA rekey
+        # both sides are told which IKE SA took over, and then that the old one is gone (quietly:
+        # no IkeSADown, the peer is still up)
+        assert [(o.local_spi, n.local_spi) for o, n in ra.rekeyed] == [(old_a.local_spi, new_a.local_spi)]
+        assert [(o.local_spi, n.local_spi) for o, n in rb.rekeyed] == [(old_b.local_spi, new_b.local_spi)]
+        assert [v.local_spi for v in ra.closed] == [old_a.local_spi]
+        assert [v.local_spi for v in rb.closed] == [old_b.local_spi]
+        assert not of(lb.take_events(A) + lb.take_events(B), IkeSADown)
+        # the new IKE SA keeps what extensions saw of the peer
+        assert EXT_VID in new_a.vendor_ids and EXT_VID in new_b.vendor_ids
+        assert ea.internal_errors == eb.internal_errors == 0
+        # and an IKE SA that goes for good is reported gone too
+        ea.terminate("b", lb.now)
+        lb.run(3.0)
+        assert [v.local_spi for v in ra.closed] == [old_a.local_spi, new_a.local_spi]
+        assert [v.local_spi for v in rb.closed] == [old_b.local_spi, new_b.local_spi]
+
+
 def test_from_ike_sa_init_only_the_rfc5685_notifies_an_extension_asked_for() -> None:
     wants = Recorder(init_notifies=frozenset({NotifyType.REDIRECT_SUPPORTED, NotifyType.COOKIE}))
     deaf = Recorder()
