@@ -155,7 +155,7 @@ class Runner:
         path = tmp / f"{config.name}.json"
         path.write_text(config.to_json())
         self.p = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "vpnlab_agent.io.ike_service", str(path),
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "vpnlab_agent.io.ike_serve", str(path),
              "--route-src", route_src],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.read()

@@ -6,7 +6,7 @@
 retransmit: the table then shows retransmitted IKE_SA_INITs next to the authentication failures
 and half-open SAs left at the hub, which must stay 0 (issue #14: PSK mismatches under load).
 
-The hub is the agent's IKE service (`python -m vpnlab_agent.io.ike_service`: IkeService + the
+The hub is the agent's IKE service (`python -m vpnlab_agent.io.ike_serve`: IkeService + the
 userspace ESP engine, which installs every child SA and its route) in one network namespace, with
 `count` peers configured. The load generator is built on the agent's own IKE code: `count`
 IkeEndpoints, each with its own identity, its own address and its own UDP 500/4500 sockets, all
@@ -199,7 +199,7 @@ def run_once(count: int, tmp: Path) -> dict:
         sh("ip", "netns", "exec", ng, "ip", "link", "set", f"l{tag}g", "up")
         cfg = tmp / "hub.json"
         cfg.write_text(hub_config(count).to_json())
-        hub = Proc(["ip", "netns", "exec", nh, sys.executable, "-m", "vpnlab_agent.io.ike_service", str(cfg),
+        hub = Proc(["ip", "netns", "exec", nh, sys.executable, "-m", "vpnlab_agent.io.ike_serve", str(cfg),
                     "--route-src", "10.0.0.1"])
         assert hub.read().get("started")
         gen = Proc(["ip", "netns", "exec", ng, sys.executable, __file__, "--generator", "--count", str(count)])

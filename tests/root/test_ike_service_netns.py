@@ -2,7 +2,7 @@
 
     nsA [lan0 10.1.0.1/24 | wan0 192.0.2.1] ==== veth ==== [wan0 192.0.2.2 | lan0 10.2.0.1/24] nsB
 
-Each side runs `python -m vpnlab_agent.io.ike_service` (IkeService + UserspaceEngine, no agent).
+Each side runs `python -m vpnlab_agent.io.ike_serve` (IkeService + UserspaceEngine, no agent).
 The branch (A) initiates; we check both IKE and child SAs, traffic through the tunnel (a UDP echo
 between the LAN addresses, which only the ESP engines can carry), a child rekey and an IKE rekey
 with traffic afterwards, DELETE on stop, and a wrong PSK refused over the wire. Then the same against a real strongSwan
@@ -86,7 +86,7 @@ class Runner:
         path.write_text(config.to_json())
         self.log = open(tmp / f"{config.name}.log", "w")  # noqa: SIM115 - closed in close()
         self.p = subprocess.Popen(
-            ["ip", "netns", "exec", ns, PY, "-m", "vpnlab_agent.io.ike_service", str(path), "--route-src", route_src],
+            ["ip", "netns", "exec", ns, PY, "-m", "vpnlab_agent.io.ike_serve", str(path), "--route-src", route_src],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert self.read().get("started"), "IKE service did not start"

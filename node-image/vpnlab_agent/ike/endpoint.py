@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from vpnlab_agent.config import IkeConfig, PeerConfig
-from vpnlab_agent.ike import admission, fragment, natt, proposals
+from vpnlab_agent.ike import admission, fragment, natt, proposals, sa_status
 from vpnlab_agent.ike.certs import Credentials
 from vpnlab_agent.ike.codec import KE, SA, Header, IntegrityError, Nonce, ParseError, Payload, Proposal, decode, decode_header
 from vpnlab_agent.ike.constants import IKE_PORT, NATT_PORT, VENDOR_ID, ExchangeType, NotifyType, ProtocolId
@@ -319,27 +319,7 @@ class IkeEndpoint(LogLines):
         return self._events.popleft() if self._events else None
 
     def status(self, now: float) -> dict[str, Any]:
-        ike, children = [], []
-        for s in self._sessions.values():
-            ike.append(s.status(now))
-            for c in s.children.values():
-                sa = c.sa
-                children.append({
-                    "peer": sa.name,
-                    "reqid": sa.reqid,
-                    "local_ts": list(sa.local_ts),
-                    "remote_ts": list(sa.remote_ts),
-                    "spi_in": f"{sa.spi_in:08x}",
-                    "spi_out": f"{sa.spi_out:08x}",
-                    "algorithm": f"{sa.algorithm.cipher}-{sa.algorithm.key_bits}"
-                                 + (f"-{sa.algorithm.integ}" if sa.algorithm.integ else ""),
-                    "encap": sa.encap,
-                    "age_s": round(now - c.created, 1),
-                    "state": "rekeyed" if c.expire_at is not None else "installed",
-                    "preference": getattr(sa, "preference", 0),
-                })
-        return {"ike_sas": ike, "child_sas": children, "half_open": len(self._half_open),
-                "ike_fragments": self.fragment_stats.as_dict()}
+        return sa_status.endpoint_status(self._sessions.values(), len(self._half_open), self.fragment_stats, now)
 
     # --- responder admission --------------------------------------------------------------
 
