@@ -109,5 +109,26 @@ def test_strongswan_hub_with_our_branch(strongswan_hub: tuple[str, Lab], runtime
     _check_tunnel(runtime, name, lab)
 
 
+def test_strongswan_hub_with_two_branches_carries_its_lan_but_not_branch_to_branch(
+        strongswan_hub: tuple[str, Lab], runtime: DockerRuntime) -> None:
+    """strongSwan 5.9.8's kernel-libipsec fails a child SA whose local selector holds no address of
+    the hub (strongSwan #1766): the agent leaves the other branch's LAN out of the hub's selectors,
+    so both branches come up and reach the hub's LAN; br1 -> br2 is refused at br1 (its leak guard),
+    never sent in the clear."""
+    name, lab = strongswan_hub
+    hub = status(runtime, name, "hub")
+    if hub["dataplane"] != "strongswan-libipsec":
+        pytest.skip(f"the hub runs {hub['dataplane']}: kernel XFRM forwards between branches")
+    for branch in ("br1", "br2"):
+        child = child_for(status(runtime, name, branch), "hub")
+        assert child["state"] == "installed", child
+        code, out = run(runtime, name, f"{branch}-h1", ["ping", "-c", "2", "-i", "0.2", "-W", "2", _addr(lab, "hub-h1")])
+        assert code == 0, f"{branch}-h1 -> hub-h1: {out}"
+    code, out = run(runtime, name, "br1-h1", ["ping", "-c", "2", "-i", "0.2", "-W", "2", _addr(lab, "br2-h1")])
+    assert code != 0 and "Unreachable" in out, out
+    logs = runtime.logs(LabCtl(runtime, name).cname("hub"), None)
+    assert "towards br1, kernel-libipsec cannot carry 10.2.0.0/24" in logs, logs[-2000:]
+
+
 def test_strongswan_hub_child_rekey_during_tcp(strongswan_hub: tuple[str, Lab], runtime: DockerRuntime) -> None:
     _rekey_during_transfer(runtime, *strongswan_hub)

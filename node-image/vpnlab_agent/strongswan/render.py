@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +113,8 @@ class Connection:
     close_action: str
 
 
-def connections(config: NodeConfig) -> list[Connection]:
+def connections(config: NodeConfig, libipsec: bool = False) -> list[Connection]:
+    """libipsec: offer only the local selectors that hold an address of this node (forwardable_ts)."""
     if config.ike is None:
         raise RenderError(f"node {config.name}: strongswan implementation needs an ike section")
     ike = config.ike
@@ -136,8 +138,27 @@ def connections(config: NodeConfig) -> list[Connection]:
     seen: set[str] = set()
     out = []
     for peer in ike.peers:
+        if libipsec and peer.local_ts:
+            peer = dataclasses.replace(peer, local_ts=forwardable_ts(config, peer.local_ts)[0])
         out.append(_connection(config, peer, local_addr, local_id, proposals, esp, seen))
     return out
+
+
+def forwardable_ts(config: NodeConfig, local_ts: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(kept, left out) of a peer's local selectors under kernel-libipsec.
+
+    strongSwan 5.9.8's kernel-libipsec routes each outbound policy with a source address taken from
+    its local selector and fails the whole child SA ("error installing route with policy", then
+    TS_UNACCEPTABLE) when the selector holds no address of this node: a hub's selectors for its
+    other branches' LANs. Fixed upstream in 5.9.12 (strongSwan issue #1766). Leaving those out keeps
+    the hub's own LANs working; branch-to-branch traffic through such a hub is not carried (and the
+    branches' leak guards keep it off the underlay). If none holds an address, all stay (and fail)."""
+    own = [ipaddress.ip_interface(a).ip for iface in config.interfaces for a in iface.addresses]
+    kept, dropped = [], []
+    for ts in local_ts:
+        net = ipaddress.ip_network(ts, strict=False)
+        (kept if any(a.version == net.version and a in net for a in own) else dropped).append(ts)
+    return (tuple(kept), tuple(dropped)) if kept else (local_ts, ())
 
 
 def _connection(
@@ -201,8 +222,9 @@ def margin(lifetime: int, rekey_margin: int | None) -> int:
 _SWANCTL_AUTH = {"psk": "psk", "cert": "pubkey"}
 
 
-def render_swanctl(config: NodeConfig) -> str:
-    return _env().get_template("swanctl.conf.j2").render(node=config.name, connections=connections(config))
+def render_swanctl(config: NodeConfig, libipsec: bool = False) -> str:
+    return _env().get_template("swanctl.conf.j2").render(
+        node=config.name, connections=connections(config, libipsec))
 
 
 def render_strongswan_conf(

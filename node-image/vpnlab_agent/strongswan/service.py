@@ -19,6 +19,7 @@ from typing import Any
 from vpnlab_agent.config import NodeConfig
 from vpnlab_agent.strongswan.render import (
     VICI_SOCKET,
+    forwardable_ts,
     render_strongswan_conf,
     render_swanctl,
 )
@@ -215,7 +216,13 @@ class StrongswanService:
         return os.path.dirname(self.paths.swanctl_conf)
 
     def render(self) -> None:
-        _write(self.paths.swanctl_conf, render_swanctl(self.config))
+        _write(self.paths.swanctl_conf, render_swanctl(self.config, libipsec=self.libipsec))
+        if self.libipsec and self.config.ike is not None:
+            for peer in self.config.ike.peers:
+                if dropped := forwardable_ts(self.config, peer.local_ts)[1]:
+                    log.warning("towards %s, kernel-libipsec cannot carry %s (no address of ours in it; "
+                                "strongSwan 5.9.8, fixed in 5.9.12): left out of the selectors",
+                                peer.name, ", ".join(dropped))
         ike = self.config.ike
         if ike is not None and ike.auth == "cert" and ike.pki is not None:
             # swanctl takes private keys only from its own private/ folder, never from a path in

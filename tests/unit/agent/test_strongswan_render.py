@@ -11,6 +11,7 @@ from vpnlab_agent.config import NodeConfig, PeerConfig
 from vpnlab_agent.strongswan.proposals import ProposalError, esp_proposals, ike_proposals
 from vpnlab_agent.strongswan.render import (
     RenderError,
+    forwardable_ts,
     identity,
     render_strongswan_conf,
     render_swanctl,
@@ -234,3 +235,21 @@ def test_a_clusters_client_gives_up_on_a_silent_member_within_seconds(branch: No
     fast = dataclasses.replace(branch, extensions={**branch.extensions, "redirect": {"peers": {"lb": "203.0.113.2"}}})
     top = settings(section(render_strongswan_conf(fast), "charon"))
     assert (top["retransmit_tries"], top["retransmit_timeout"], top["retransmit_limit"]) == ("3", "1.0", "2.0")
+
+
+def test_libipsec_leaves_out_local_selectors_without_an_address_of_ours(hub: NodeConfig) -> None:
+    """strongSwan 5.9.8's kernel-libipsec fails a child SA whose local selector holds none of our
+    addresses (strongSwan #1766): a hub offers each branch its own LANs only, not the other branches'."""
+    def local_ts(text: str, conn: str) -> str:
+        return settings(section(section(section(section(text, "connections"), conn), "children"), conn))["local_ts"]
+
+    assert hub.ike is not None
+    peers = tuple(dataclasses.replace(p, local_ts=("10.0.0.0/24", "10.2.0.0/24", "10.22.0.0/16") if p.name == "br1"
+                                      else ("10.0.0.0/24", "10.1.0.0/24")) for p in hub.ike.peers)
+    star = dataclasses.replace(hub, ike=dataclasses.replace(hub.ike, peers=peers))
+    assert local_ts(render_swanctl(star, libipsec=True), "br1") == "10.0.0.0/24"
+    assert local_ts(render_swanctl(star, libipsec=True), "br2") == "10.0.0.0/24"
+    # the kernel's XFRM installs such policies: every selector stays
+    assert local_ts(render_swanctl(star), "br1") == "10.0.0.0/24,10.2.0.0/24,10.22.0.0/16"
+    # a selector list without any of our addresses stays as it is (and charon says why it fails)
+    assert forwardable_ts(star, ("10.9.0.0/24",)) == (("10.9.0.0/24",), ())
