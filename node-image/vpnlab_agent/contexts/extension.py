@@ -9,7 +9,8 @@ a plain RFC 4303 SA: such a peer never gets a tagged packet. A rekey negotiates 
 
 `ContextOfPeer` (method per-network): the child SAs of the per-context peers ("<peer>.<context>")
 belong to that context; both sides know it from their configuration, so nothing is negotiated.
-The context number doubles as XFRM mark and if_id, which tell the contexts' SAs apart in the kernel.
+The context's table number is the SA's XFRM mark: the mark the contexts service puts on every
+packet entering the context, which tells the contexts' SAs apart in the kernel (xfrm_specs.py).
 
 Sans-I/O like every extension: payloads in, payloads and ChildMeta out.
 """
@@ -154,12 +155,12 @@ class ContextOfPeer(Extension):
     name = "contexts"
 
     def __init__(self, contexts: ContextsConfig) -> None:
-        numbers = {c.name: c.number for c in contexts.contexts}
-        self.context_of = {r.peer: (r.context, numbers[r.context]) for r in contexts.reach}
+        tables = {c.name: c.table for c in contexts.contexts}
+        self.context_of = {r.peer: (r.context, tables[r.context]) for r in contexts.reach}
 
     def child_meta(self, sa: SaView, child: ChildInfo) -> ChildMeta | None:
         found = self.context_of.get(sa.peer or "")
         if found is None:
             return None
-        name, number = found
-        return ChildMeta(context=name, mark=number, if_id=number)
+        name, table = found
+        return ChildMeta(context=name, mark=table)

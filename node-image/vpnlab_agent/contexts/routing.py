@@ -14,7 +14,10 @@ when a packet is larger than the tunnel, "unreachable") must be routed in that c
 MTU discovery breaks. So every packet entering a context is marked with the context's table
 number (nftables, prerouting), `ip rule fwmark <table> lookup <table>` routes by it, and the
 container runs with net.ipv4.fwmark_reflect=1, which gives the kernel's ICMP errors the mark of the
-packet they answer. (A VRF device does this by itself; the marks are harmless there.)
+packet they answer. (A VRF device does this by itself.) With VRF devices the marks are set by tc
+instead (clsact ingress, skbedit): the interfaces exist beforehand there, and a kernel with VRF may
+have no nftables for IPv4 (Debian's user-mode Linux 7.x). The kernel XFRM engine needs them there:
+a context's SA matches its context's mark (dataplane/xfrm_specs.py).
 Either way each table ends in an `unreachable default`: a packet of one context that matches no
 route of its own is dropped there, never looked up in main or in another context.
 
@@ -59,7 +62,7 @@ def tun_device(context: str) -> str:
 class Step:
     """One change: `op` is the pyroute2 verb family, `args` its arguments (names, not indexes)."""
 
-    op: str  # "vrf" | "vxlan" | "master" | "up" | "addr" | "route" | "unroute" | "rule" | "fdb"
+    op: str  # "vrf" | "vxlan" | "master" | "up" | "addr" | "route" | "unroute" | "rule" | "fdb" | "nft" | "tcmark"
     args: tuple[tuple[str, Any], ...]
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -98,7 +101,10 @@ def plan(cfg: ContextsConfig, *, vrf: bool, tunnel_mtu: int, extra_devices: bool
             devices.append(dev)
         elif extra_devices:
             devices.append(tun_device(c.name))
-        marks.extend((dev, c.table) for dev in devices)
+        if vrf:
+            steps.extend(_step("tcmark", dev=dev, mark=c.table) for dev in devices)
+        else:
+            marks.extend((dev, c.table) for dev in devices)
         steps.append(_step("rule", fwmark=c.table, table=c.table, priority=MARK_PRIORITY))
         if vrf:
             steps.append(_step("vrf", name=vrf_device(c.name), table=c.table))
@@ -236,6 +242,11 @@ def _do(ipr: Any, s: Step, applied: Applied) -> None:
     elif op == "nft":
         _nft(nft_script(s.get("marks")))
         applied.undo.append(_step("delnft"))
+    elif op == "tcmark":
+        _run(["tc", "qdisc", "add", "dev", s.get("dev"), "clsact"], "tc")
+        applied.undo.append(_step("deltc", dev=s.get("dev")))
+        _run(["tc", "filter", "add", "dev", s.get("dev"), "ingress", "pref", "1", "matchall",
+              "action", "skbedit", "mark", str(s.get("mark"))], "tc")
     elif op == "route":
         ipr.route("add", **_route_kw(ipr, s))
         applied.undo.append(_step("delroute", **dict(s.args)))
@@ -261,11 +272,15 @@ def _rule_match(s: Step) -> dict[str, Any]:
 
 
 def _nft(script: str) -> None:
+    _run(["nft", "-f", "-"], "nft", script)
+
+
+def _run(argv: list[str], what: str, stdin: str | None = None) -> None:
     import subprocess
 
-    done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=10)
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=10)
     if done.returncode != 0:
-        raise RuntimeError(f"contexts: nft: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+        raise RuntimeError(f"contexts: {what}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
 
 
 def undo(ipr: Any, applied: Applied) -> None:
@@ -280,6 +295,8 @@ def undo(ipr: Any, applied: Applied) -> None:
                 ipr.rule("del", table=s.get("table"), priority=s.get("priority"), **_rule_match(s))
             elif s.op == "delnft":
                 _nft(f"delete table ip {NFT_TABLE}\n")
+            elif s.op == "deltc":
+                _run(["tc", "qdisc", "del", "dev", s.get("dev"), "clsact"], "tc")
             elif s.op == "delroute":
                 ipr.route("del", **_route_kw(ipr, s))
         except Exception as exc:  # noqa: BLE001 - gone already, or the device went with its VRF

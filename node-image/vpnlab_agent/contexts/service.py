@@ -47,13 +47,18 @@ class ContextService:
             from pyroute2 import IPRoute
 
             self._ipr = IPRoute()
-        # TUN devices come and go with the engine, and a VRF would flush their routes when they
-        # join it: the TUN-based methods use rules, VRF devices carry tunnel-in-tunnel (docs/hsvpn.md).
-        vrf = self.contexts.method == "tunnel-in-tunnel" and routing.vrf_available(self._ipr)
+        # TUN devices come and go with the userspace engine, and a VRF would flush their routes when
+        # they join it: it uses rules. VRF devices carry tunnel-in-tunnel and the kernel XFRM
+        # engine's contexts (per-network), which need no device of the engine's (docs/hsvpn.md).
+        tuns = self.contexts.method != "tunnel-in-tunnel" and not self._kernel_engine()
+        vrf = not tuns and routing.vrf_available(self._ipr)
         self.mode = "vrf" if vrf else "rules"
-        steps = routing.plan(self.contexts, vrf=vrf, tunnel_mtu=tunnel_mtu())
+        steps = routing.plan(self.contexts, vrf=vrf, tunnel_mtu=tunnel_mtu(), extra_devices=tuns)
         log.info("contexts: %d (%s), method %s", len(self.contexts.contexts), self.mode, self.contexts.method)
         routing.apply(self._ipr, steps, self._applied)
+
+    def _kernel_engine(self) -> bool:
+        return getattr(self.engine, "name", None) == "xfrm"
 
     async def stop(self) -> None:
         if self._ipr is None:
@@ -82,10 +87,13 @@ class ContextService:
         engine = (self.engine.status().get("contexts") or {}) if self.engine is not None else {}
         out = []
         for c in self.contexts.contexts:
-            carrier = routing.vxlan_device(c.name) if self.contexts.method == "tunnel-in-tunnel" else routing.tun_device(c.name)
+            if self.contexts.method == "tunnel-in-tunnel":
+                carrier: str | None = routing.vxlan_device(c.name)
+            else:  # the kernel engine's SAs carry a context with no device of their own
+                carrier = None if self._kernel_engine() else routing.tun_device(c.name)
             out.append({
                 "name": c.name, "table": c.table, "number": c.number, "lans": list(c.lans),
-                "interfaces": list(c.interfaces), "device": carrier, **stats.get(carrier, {}),
+                "interfaces": list(c.interfaces), "device": carrier, **stats.get(carrier or "", {}),
                 "peers": sorted({r.peer for r in self.contexts.reach if r.context == c.name}),
                 "sas": (engine.get("sas") or {}).get(c.name, []),
             })

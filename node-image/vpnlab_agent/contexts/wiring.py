@@ -9,13 +9,16 @@ from vpnlab_agent.contexts.config import ContextsConfig, contexts_of
 
 
 def engine_choice(config: NodeConfig) -> tuple[str, dict[str, Any]]:
-    """(engine preference, engine options). hsvpn and per-network carry contexts in the userspace
-    engine (a TUN per context; the tag needs a trailer the kernel cannot build): `auto` becomes
-    `userspace` there, the documented fallback. tunnel-in-tunnel needs nothing of the engine."""
+    """(engine preference, engine options). hsvpn carries contexts in the userspace engine (a TUN
+    per context; the tag needs a trailer the kernel cannot build): `auto` becomes `userspace`
+    there, the documented fallback. per-network runs on either engine (`auto` probes the kernel:
+    XFRM with a VRF and a mark per context where it has ESP). tunnel-in-tunnel needs nothing of
+    the engine."""
     cfg = contexts_of(config.extensions)
     if cfg is None or cfg.method == "tunnel-in-tunnel":
         return config.dataplane, {}
-    return "userspace", {"contexts": engine_contexts(cfg)}
+    options = {"contexts": engine_contexts(cfg)}
+    return ("userspace" if cfg.method == "hsvpn" else config.dataplane), options
 
 
 def engine_contexts(cfg: ContextsConfig) -> list[Any]:

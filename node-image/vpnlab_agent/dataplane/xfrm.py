@@ -18,6 +18,11 @@ other. Routes: each remote selector at `netconfig.tunnel_metric(preference)`.
 
 Per-SA `mark` / `if_id` go on that SA's states and policies (the engine-wide mark is the default);
 per-SA trailers other than plain RFC 4303 need the userspace engine: the kernel builds its own.
+
+Routing contexts (per-network, docs/hsvpn.md): given `contexts` (name and table of each), an SA of a
+context has its routes in the context's table and the context's table number as its mark, with the
+inbound/outbound split of xfrm_specs.py; the contexts service makes each context a VRF device and
+marks what enters it.
 """
 
 from __future__ import annotations
@@ -35,9 +40,12 @@ from typing import Any, ClassVar
 
 from vpnlab_agent.dataplane import xfrm_netlink as nl
 from vpnlab_agent.dataplane.base import NATT_PORT, NON_ESP_MARKER, Engine, EngineError, IkeHandler
-from vpnlab_agent.dataplane.routes import Route, RouteSync
+from vpnlab_agent.dataplane.routes import MAIN_TABLE, Route, RouteSync
+from vpnlab_agent.dataplane.xfrm_specs import (  # noqa: F401 - re-exported: the engine's pure half
+    algorithm_attrs, policy_priority, policy_specs, sa_mark, state_specs,
+)
 from vpnlab_agent.esp.trailer import RFC4303
-from vpnlab_agent.netconfig import PREFERENCE_RANGE, clamp_preference, tunnel_metric
+from vpnlab_agent.netconfig import tunnel_metric
 from vpnlab_agent.sa import ChildSA, SACounters
 
 log = logging.getLogger(__name__)
@@ -46,73 +54,9 @@ SOL_UDP = 17
 UDP_ENCAP = 100
 IP_XFRM_POLICY = 17
 RECV_SIZE = 65536
-GCM_ICV_BITS = 128
-HMAC_SHA256_TRUNC_BITS = 128
-# Policy priority (lower wins): POLICY_PRIORITY - selector prefix lengths * step - preference rank
-POLICY_PRIORITY = 300_000
-_PREF_STEP = PREFERENCE_RANGE[1] - PREFERENCE_RANGE[0] + 1
 
 # on_lifetime(spi_in, hard): the kernel says the SA crossed its soft or hard byte lifetime.
 LifetimeHandler = Callable[[int, bool], None]
-
-
-def algorithm_attrs(sa: ChildSA, inbound: bool) -> dict[str, Any]:
-    """The kernel algorithm names and keys for one direction of sa."""
-    enc = sa.enc_key_in if inbound else sa.enc_key_out
-    integ = sa.integ_key_in if inbound else sa.integ_key_out
-    alg = sa.algorithm
-    if alg.cipher == "aes-gcm-16":
-        if len(enc) != alg.key_bits // 8 + 4:
-            raise EngineError(f"SA {sa.name}: aes-gcm-16 key must be {alg.key_bits // 8} bytes + 4 salt")
-        return {"aead": ("rfc4106(gcm(aes))", enc, GCM_ICV_BITS)}
-    if alg.cipher == "aes-cbc" and alg.integ == "hmac-sha256-128":
-        if len(enc) != alg.key_bits // 8 or len(integ) != 32:
-            raise EngineError(f"SA {sa.name}: aes-cbc needs a {alg.key_bits // 8}-byte key and 32-byte HMAC key")
-        return {"crypt": ("cbc(aes)", enc), "auth": ("hmac(sha256)", integ, HMAC_SHA256_TRUNC_BITS)}
-    raise EngineError(f"SA {sa.name}: unsupported ESP algorithm {alg.cipher}/{alg.integ}")
-
-
-def sa_mark(sa: ChildSA, default: nl.Mark | None = None) -> nl.Mark | None:
-    """The SA's own mark (full mask) if it has one, else the engine's."""
-    return (sa.mark, 0xFFFFFFFF) if sa.mark else default
-
-
-def state_specs(sa: ChildSA, mark: nl.Mark | None = None) -> tuple[nl.StateSpec, nl.StateSpec]:
-    """(inbound, outbound) states of a child SA; mark is the engine's default."""
-    common = {"reqid": sa.reqid, "soft_bytes": sa.soft_lifetime_bytes, "hard_bytes": sa.hard_lifetime_bytes,
-              "mark": sa_mark(sa, mark), "if_id": sa.if_id}
-    inbound = nl.StateSpec(
-        src=sa.remote_addr, dst=sa.local_addr, spi=sa.spi_in,
-        encap=(sa.remote_port, sa.local_port) if sa.encap else None,
-        **algorithm_attrs(sa, inbound=True), **common,
-    )  # fmt: skip
-    outbound = nl.StateSpec(
-        src=sa.local_addr, dst=sa.remote_addr, spi=sa.spi_out,
-        encap=(sa.local_port, sa.remote_port) if sa.encap else None,
-        replay_window=0, **algorithm_attrs(sa, inbound=False), **common,
-    )  # fmt: skip
-    return inbound, outbound
-
-
-def policy_priority(local_ts: str, remote_ts: str, preference: int = 0) -> int:
-    """More specific selectors first, then the higher preference (a lower value wins)."""
-    rank = clamp_preference(preference) - PREFERENCE_RANGE[0]
-    return POLICY_PRIORITY - (_plen(local_ts) + _plen(remote_ts)) * _PREF_STEP - rank
-
-
-def policy_specs(sa: ChildSA, mark: nl.Mark | None = None) -> list[nl.PolicySpec]:
-    specs = []
-    mark, if_id = sa_mark(sa, mark), sa.if_id
-    for lts in sa.local_ts:
-        for rts in sa.remote_ts:
-            prio = policy_priority(lts, rts, sa.preference)
-            for src, dst, direction, t_src, t_dst in (
-                (lts, rts, nl.XFRM_POLICY_OUT, sa.local_addr, sa.remote_addr),
-                (rts, lts, nl.XFRM_POLICY_IN, sa.remote_addr, sa.local_addr),
-                (rts, lts, nl.XFRM_POLICY_FWD, sa.remote_addr, sa.local_addr),
-            ):
-                specs.append(nl.PolicySpec(src, dst, direction, t_src, t_dst, sa.reqid, prio, mark, if_id))
-    return specs
 
 
 def kernel_xfrm_errors(path: str = "/proc/net/xfrm_stat") -> dict[str, int]:
@@ -126,13 +70,11 @@ def kernel_xfrm_errors(path: str = "/proc/net/xfrm_stat") -> dict[str, int]:
     return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].isdigit() and int(p[1])}
 
 
-def _plen(cidr: str) -> int:
-    return ipaddress.IPv4Network(cidr, strict=False).prefixlen
-
-
 @dataclass
 class _Installed:
     sa: ChildSA
+    mark_in: nl.Mark | None  # what the kernel finds each state by, with its SPI
+    mark_out: nl.Mark | None
     out_present: bool = True  # False once a newer SA of the same reqid took over outbound
 
 
@@ -148,13 +90,14 @@ class XfrmEngine(Engine):
     name: ClassVar[str] = "xfrm"
 
     def __init__(self, *, route_src: str | None = None, on_lifetime: LifetimeHandler | None = None,
-                 mark: nl.Mark | None = None) -> None:
+                 mark: nl.Mark | None = None, contexts: list[Any] | None = None) -> None:
         super().__init__(route_src=route_src)
         self.on_lifetime = on_lifetime
         # (value, mask) on every state and policy: only packets carrying that fwmark use them
         # (routing contexts). Inbound ESP must carry the mark too (e.g. a mangle PREROUTING rule on
         # UDP 4500), or the kernel finds no state for it.
         self.mark = mark
+        self.tables = {c.name: c.table for c in contexts or ()}  # routing context -> its table (and mark)
         self._nl: nl.XfrmSocket | None = None
         self._on_ike: IkeHandler | None = None
         self._lock = threading.Lock()
@@ -262,10 +205,12 @@ class XfrmEngine(Engine):
         if sa.trailer != RFC4303:
             raise EngineError(f"SA {sa.name}: ESP trailer {sa.trailer.kind!r} needs the userspace engine "
                               "(the kernel builds plain RFC 4303 trailers only)")
-        if sa.context:
-            raise EngineError(f"SA {sa.name}: routing context {sa.context!r}: this engine has only the main one")
+        if sa.context and sa.context not in self.tables:
+            raise EngineError(f"SA {sa.name}: routing context {sa.context!r} is not one of this engine's "
+                              f"({', '.join(self.tables) or 'none'})")
+        table = self.tables.get(sa.context, 0)
         sock = self._netlink()
-        inbound, outbound = state_specs(sa, self.mark)
+        inbound, outbound = state_specs(sa, self.mark, table)
         with self._lock:
             if sa.spi_in in self._sas:
                 raise EngineError(f"SA {sa.name}: inbound SPI {sa.spi_in:#010x} is already installed")
@@ -276,7 +221,8 @@ class XfrmEngine(Engine):
                     sock.request(nl.XFRM_MSG_NEWSA, nl.newsa_payload(spec), nl.NLM_F_CREATE | nl.NLM_F_EXCL)
                     added.append(spec)
                 if known is None:
-                    self._reqids[sa.reqid] = _Reqid(sa.preference, policy_specs(sa, self.mark), self._routes_for(sa))
+                    self._reqids[sa.reqid] = _Reqid(sa.preference, policy_specs(sa, self.mark, table),
+                                                    self._routes_for(sa, table or MAIN_TABLE))
                     self._sync_policies()
                     self._routes.sync(r for g in self._reqids.values() for r in g.routes)
             except Exception as exc:
@@ -294,10 +240,10 @@ class XfrmEngine(Engine):
             for spi_old in group.spis_in:
                 old = self._sas[spi_old]
                 if old.out_present:
-                    self._delete_state(old.sa.remote_addr, old.sa.spi_out, outbound.mark)
+                    self._delete_state(old.sa.remote_addr, old.sa.spi_out, old.mark_out)
                     old.out_present = False
             group.spis_in.append(sa.spi_in)
-            self._sas[sa.spi_in] = _Installed(sa)
+            self._sas[sa.spi_in] = _Installed(sa, inbound.mark, outbound.mark)
         log.info("xfrm: installed %s reqid %d in %#010x out %#010x", sa.name, sa.reqid, sa.spi_in, sa.spi_out)
 
     def remove(self, spi_in: int) -> None:
@@ -306,10 +252,9 @@ class XfrmEngine(Engine):
             if entry is None:
                 return
             sa = entry.sa
-            mark = sa_mark(sa, self.mark)
-            self._delete_state(sa.local_addr, sa.spi_in, mark)
+            self._delete_state(sa.local_addr, sa.spi_in, entry.mark_in)
             if entry.out_present:
-                self._delete_state(sa.remote_addr, sa.spi_out, mark)
+                self._delete_state(sa.remote_addr, sa.spi_out, entry.mark_out)
             group = self._reqids[sa.reqid]
             group.spis_in.remove(spi_in)
             if group.spis_in:
@@ -378,9 +323,8 @@ class XfrmEngine(Engine):
         if entry is None:
             raise EngineError(f"no SA with inbound SPI {spi_in:#010x}")
         sa = entry.sa
-        mark = sa_mark(sa, self.mark)
-        cin = self._state_counters(sa.local_addr, sa.spi_in, mark)
-        cout = self._state_counters(sa.remote_addr, sa.spi_out, mark) if entry.out_present else None
+        cin = self._state_counters(sa.local_addr, sa.spi_in, entry.mark_in)
+        cout = self._state_counters(sa.remote_addr, sa.spi_out, entry.mark_out) if entry.out_present else None
         result = SACounters()
         last_wall = 0
         if cin is not None:
@@ -396,9 +340,9 @@ class XfrmEngine(Engine):
 
     # ---- routes --------------------------------------------------------------------------
 
-    def _routes_for(self, sa: ChildSA) -> list[Route]:
-        """Route each remote selector the way the peer's outer address goes, so that the packet
-        reaches the output path, where the XFRM policy takes it."""
+    def _routes_for(self, sa: ChildSA, table: int) -> list[Route]:
+        """Route each remote selector (in `table`: main, or the SA's context's) the way the peer's
+        outer address goes, so that the packet reaches the output path, where the XFRM policy takes it."""
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
@@ -409,7 +353,7 @@ class XfrmEngine(Engine):
             gateway, oif = hop.get_attr("RTA_GATEWAY"), hop.get_attr("RTA_OIF")
             src = self._source_for(ipr, sa.local_ts)
         return [Route(str(ipaddress.IPv4Network(rts, strict=False)), oif, tunnel_metric(sa.preference),
-                      gateway=gateway or None, prefsrc=src)
+                      gateway=gateway or None, prefsrc=src, table=table)
                 for rts in sa.remote_ts
                 if ipaddress.IPv4Network(rts, strict=False).prefixlen]  # never the default route; the policy still matches
 
@@ -438,6 +382,7 @@ class XfrmEngine(Engine):
                 c = SACounters()
             sas.append({
                 "name": e.sa.name, "reqid": e.sa.reqid, "spi_in": e.sa.spi_in, "spi_out": e.sa.spi_out,
+                "context": e.sa.context or None, "mark": f"{e.mark_out[0]:#x}" if e.mark_out else None,
                 "outbound": e.out_present, "local_ts": list(e.sa.local_ts), "remote_ts": list(e.sa.remote_ts),
                 **c.__dict__,
             })  # fmt: skip
@@ -453,6 +398,8 @@ class XfrmEngine(Engine):
                 "kernel": kernel_xfrm_errors(),
             },
             "sas": sas,
+            # per routing context, as the userspace engine reports it (the contexts service shows it)
+            "contexts": {"sas": {n: [s for s in sas if s["context"] == n] for n in self.tables}} if self.tables else None,
         }
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ XFRMNLGRP_EXPIRE = 2
 # attributes
 XFRMA_ALG_CRYPT, XFRMA_ENCAP, XFRMA_TMPL = 2, 4, 5
 XFRMA_LASTUSED, XFRMA_ALG_AEAD, XFRMA_ALG_AUTH_TRUNC, XFRMA_MARK = 15, 18, 20, 21
+XFRMA_SET_MARK, XFRMA_SET_MARK_MASK = 29, 30  # u32 each: the mark a state puts on what it outputs (4.19)
 XFRMA_IF_ID = 31  # u32: the xfrm interface (if_id) a state or policy belongs to (Linux 4.19)
 
 XFRM_POLICY_IN, XFRM_POLICY_OUT, XFRM_POLICY_FWD = 0, 1, 2
@@ -125,6 +126,15 @@ class StateSpec:
     hard_bytes: int = 0
     mark: Mark | None = None
     if_id: int = 0
+    # the mark (value, mask) this state puts on the packet it makes: the inner packet it decrypts
+    # (inbound), the outer ESP packet (outbound); routed by that mark afterwards
+    set_mark: Mark | None = None
+
+
+def _set_mark_attrs(mark: Mark | None) -> bytes:
+    if mark is None:
+        return b""
+    return _attr(XFRMA_SET_MARK, struct.pack("=I", mark[0])) + _attr(XFRMA_SET_MARK_MASK, struct.pack("=I", mark[1]))
 
 
 def newsa_payload(s: StateSpec) -> bytes:
@@ -148,7 +158,7 @@ def newsa_payload(s: StateSpec) -> bytes:
         attrs += _attr(
             XFRMA_ENCAP, _ENCAP.pack(UDP_ENCAP_ESPINUDP, socket.htons(sport), socket.htons(dport), bytes(16))
         )
-    return info + attrs + _mark_attr(s.mark) + _if_id_attr(s.if_id)
+    return info + attrs + _mark_attr(s.mark) + _if_id_attr(s.if_id) + _set_mark_attrs(s.set_mark)
 
 
 def sa_id_payload(dst: str, spi: int, mark: Mark | None = None) -> bytes:

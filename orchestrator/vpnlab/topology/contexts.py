@@ -181,14 +181,6 @@ def plan_contexts(
                     "context_method hsvpn needs the userspace engine (the kernel's XFRM builds the ESP "
                     "trailer itself, so it cannot carry the context tag): use dataplane auto or userspace",
                 )
-    if spec.context_method == "per-network":
-        for router, node in spec.nodes.items():
-            if node.contexts and (node.dataplane or spec.defaults.dataplane) == "xfrm":
-                raise fail(
-                    f"nodes.{router}.dataplane",
-                    "per-network contexts run on the userspace engine (a TUN per context); XFRM marks per "
-                    "context are not built yet: use dataplane auto or userspace",
-                )
     return plan
 
 

@@ -74,6 +74,34 @@ def test_tunnel_in_tunnel_vxlan_per_context() -> None:
     assert {"table": 103, "dst": "10.1.2.0", "dst_len": 24, "via": "100.127.3.3", "dev": "x-guest"} in ops(steps, "route")
 
 
+def test_vrf_mode_marks_by_tc_and_per_network_on_xfrm_has_no_tun_devices() -> None:
+    """per-network on the kernel XFRM engine: VRF devices, no TUN devices, and what enters each
+    context gets its table as mark by tc (a kernel with VRF may have no nftables for IPv4), which
+    the context's SAs match (dataplane/xfrm_specs.py)."""
+    cfg = contexts_of(config_for("per-network", "br1").extensions)
+    assert cfg is not None
+    steps = routing.plan(cfg, vrf=True, tunnel_mtu=1418, extra_devices=False)
+    assert not ops(steps, "nft")
+    assert ops(steps, "tcmark") == [{"dev": "c-corp0", "mark": 101}, {"dev": "c-voice0", "mark": 102},
+                                    {"dev": "c-guest0", "mark": 103}]
+    assert {(m["dev"], m["master"]) for m in ops(steps, "master")} == {
+        ("c-corp0", "v-corp"), ("c-voice0", "v-voice"), ("c-guest0", "v-guest")}
+    # decrypted packets carry the mark too (the inbound state sets it): it picks the table
+    assert {(r["fwmark"], r["table"]) for r in ops(steps, "rule") if "fwmark" in r} == {(101, 101), (102, 102), (103, 103)}
+    assert not [s for s in steps if "t-" in str(s.get("dev", ""))]
+
+
+def test_per_network_may_run_on_either_engine_hsvpn_only_on_userspace() -> None:
+    from vpnlab_agent.contexts.wiring import engine_choice
+
+    for dataplane in ("auto", "xfrm", "userspace"):
+        config = config_for("per-network", "br1")
+        config = NodeConfig.from_json(config.to_json().replace('"dataplane": "auto"', f'"dataplane": "{dataplane}"'))
+        preference, options = engine_choice(config)
+        assert preference == dataplane and [c.table for c in options["contexts"]] == [101, 102, 103]
+    assert engine_choice(config_for("hsvpn", "br1"))[0] == "userspace"
+
+
 def test_per_network_has_one_peer_per_context_with_own_identity() -> None:
     ike = config_for("per-network", "hub").ike
     assert ike is not None

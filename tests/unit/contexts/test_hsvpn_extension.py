@@ -129,7 +129,7 @@ def test_per_network_children_belong_to_their_context() -> None:
     ext = ContextOfPeer(contexts("hub.guest", ("guest",), "per-network"))
     ea, eb, lb = pair([ext], [])
     # the peer of this pair is called "hub"; a per-network peer is "hub.guest"
-    assert ext.context_of == {"hub.guest": ("guest", 3)}
+    assert ext.context_of == {"hub.guest": ("guest", 103)}  # the context's table is its XFRM mark
     ea.connect("hub", 0.0)
     lb.run(1.0)
     (ca,) = children(lb, A)
@@ -154,5 +154,7 @@ def test_per_network_peers_are_told_apart_by_their_identities() -> None:
     lb.run(1.0)
     got_a = {c.name: (c.context, c.mark, c.if_id) for c in children(lb, A)}
     got_b = {c.name: (c.context, c.mark) for c in children(lb, B)}
-    assert got_a == {"hub.corp": ("corp", 1, 1), "hub.guest": ("guest", 3, 3)}
-    assert got_b == {"br1.corp": ("corp", 1), "br1.guest": ("guest", 3)}
+    # the mark is the context's table (what the contexts service marks its packets with); no if_id:
+    # a policy with one matches only traffic routed through an XFRM interface
+    assert got_a == {"hub.corp": ("corp", 101, 0), "hub.guest": ("guest", 103, 0)}
+    assert got_b == {"br1.corp": ("corp", 101), "br1.guest": ("guest", 103)}

@@ -161,6 +161,32 @@ def test_sa_mark_and_if_id_go_on_its_states_and_policies() -> None:
     assert {p.key for p in policy_specs(plain)} & {p.key for p in pols} == set()  # other mark/if_id: other policies
 
 
+def test_a_context_sa_matches_its_mark_outbound_and_marks_what_it_decrypts() -> None:
+    """per-network on XFRM (docs/hsvpn.md): ESP of every context arrives unmarked on one socket, so
+    the inbound state is found by SPI alone and sets the context's mark on the decrypted packet;
+    the outbound state and the policies match the context's mark, and the outer packet leaves
+    unmarked (routed in main, not in the context)."""
+    import dataclasses
+
+    sa = dataclasses.replace(_sa(EspAlgorithm("aes-gcm-16", 128), 20), context="guest", mark=103)
+    inbound, outbound = state_specs(sa, (0x100, 0xF00), context_mark=103)
+    a_in, a_out = _attrs(nl.newsa_payload(inbound)[224:]), _attrs(nl.newsa_payload(outbound)[224:])
+    assert nl.XFRMA_MARK not in a_in and nl.XFRMA_IF_ID not in a_in
+    assert struct.unpack("=I", a_in[nl.XFRMA_SET_MARK]) == (103,)
+    assert struct.unpack("=I", a_in[nl.XFRMA_SET_MARK_MASK]) == (0xFFFFFFFF,)
+    assert struct.unpack("=II", a_out[nl.XFRMA_MARK]) == (103, 0xFFFFFFFF)
+    assert struct.unpack("=I", a_out[nl.XFRMA_SET_MARK]) == (0,)
+    assert struct.unpack("=I", a_out[nl.XFRMA_SET_MARK_MASK]) == (0xFFFFFFFF,)
+    pols = policy_specs(sa, (0x100, 0xF00), context_mark=103)
+    assert len(pols) == 6 and all((p.mark, p.if_id) == ((103, 0xFFFFFFFF), 0) for p in pols)
+    # two contexts with identical selectors: distinct policies, told apart by the mark alone
+    corp = policy_specs(dataclasses.replace(sa, context="corp"), context_mark=101)
+    assert {p.key for p in corp} & {p.key for p in pols} == set()
+    assert [p.key[:3] for p in corp] == [p.key[:3] for p in pols]
+    # a plain SA has no set-mark attribute
+    assert nl.XFRMA_SET_MARK not in _attrs(nl.newsa_payload(state_specs(_sa(EspAlgorithm("aes-gcm-16", 128), 20))[0])[224:])
+
+
 def test_policies_of_equal_selectors_share_a_key_whatever_the_preference() -> None:
     import dataclasses
 
@@ -181,5 +207,5 @@ def test_xfrm_engine_refuses_what_only_the_userspace_engine_can_do() -> None:
     sa = _sa(EspAlgorithm("aes-gcm-16", 128), 20)
     with pytest.raises(EngineError, match="trailer 'test-tagged' needs the userspace engine"):
         XfrmEngine().install(dataclasses.replace(sa, trailer=Tagged()))
-    with pytest.raises(EngineError, match="routing context 'voice'"):
+    with pytest.raises(EngineError, match="routing context 'voice' is not one of this engine's"):
         XfrmEngine().install(dataclasses.replace(sa, context="voice"))
