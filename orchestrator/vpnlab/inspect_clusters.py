@@ -30,6 +30,8 @@ def clusters_table(view: Any) -> Table | None:
         m = masters.get(c["cluster"])
         seen = (m or {}).get("members", {}).get(n.name, {})
         load = "-" if not seen.get("in_pool") else f"{seen.get('active')} (+{seen.get('pending', 0)} pending)"
+        if seen.get("shunned_s"):  # its redirected clients never arrived: left out for now
+            load += f", left out {seen['shunned_s']:g}s ({seen.get('missed', 0)} missed)"
         msgs = c.get("status_messages", {})
         table.add_row(c["cluster"], n.name, c.get("vrrp", "?"), str(own), load if m else "no master",
                       str(seen.get("redirects", "-")) if m else "-",

@@ -142,17 +142,19 @@ def serving(ctl: LabCtl) -> dict[str, str]:
 
 def test_redirect_spreads_branches_and_a_burst_of_clients_evenly(ctl: LabCtl) -> None:
     wait_for("every branch up", lambda: len(serving(ctl)) == len(BRANCHES), 60)
+    gw_before = cluster(ctl, "gw1")
     ctl.run("lb-sw", ["python3", "-m", "vpnlab_agent", "ctl", "initiate", "lb"])
     sw = wait_for("every swarm client up", lambda: s if (s := swarm(ctl))["up"] == SWARM else None, 60)
     assert sw["redirects_followed"] >= SWARM - LEGACY and sw["internal_errors"] == 0
     counts = {m: len(tunnels(ctl, m)) for m in MEMBERS}
+    gw_after = cluster(ctl, "gw1")
     assert sum(counts.values()) == SWARM + len(BRANCHES)
     # every branch ended up at a member's own address (redirected), none stayed on the VIP
     assert set(serving(ctl).values()) <= set(ADDR.values()), serving(ctl)
-    if max(counts.values()) - min(counts.values()) > 2:  # the 2 legacy ones count at the master
-        # Quarantined, not fixed: the cluster feature is behind its switch and issue #10 is open.
-        # Seen in the stop-8 CI: {'gw1': 12, 'gw2': 9, 'gw3': 9} (about 1 run in 10).
-        pytest.xfail(f"known intermittent burst spread over 2 (issue #10, open): {counts}")
+    gw = {k: v - gw_before["gateway"].get(k, 0) for k, v in gw_after["gateway"].items()}
+    # The 2 legacy ones count at the master. It was 12/9/9 about one run in ten: a loaded master
+    # chose again for retransmitted IKE_SA_INITs (now answered from a cache: gw["retransmits"]).
+    assert max(counts.values()) - min(counts.values()) <= 2, (counts, gw)
     for b in BRANCHES[:-1]:  # br6 is charon: its SA's remote address above is the proof
         assert ctl.status(b)["services"]["redirect"]["followed"] >= 1, b
 
@@ -227,3 +229,27 @@ def test_cluster_member_rejoins_and_receives_new_clients(ctl: LabCtl) -> None:
 def _running(ctl: LabCtl, node: str) -> bool:
     info = ctl.rt.client.api.inspect_container(ctl.cname(node))  # type: ignore[attr-defined]
     return bool(info["State"]["Running"])
+
+
+DEAF = "nft add table inet lbtest && nft add chain inet lbtest input '{ type filter hook input priority -10; }' " \
+       "&& nft add rule inet lbtest input udp dport '{ 500, 4500 }' drop"
+
+
+def test_cluster_member_that_does_not_answer_ike_is_left_out_and_locks_no_client_out(ctl: LabCtl) -> None:
+    """A member in the pool (its status messages go on) whose IKE port is dropped: it draws its share
+    of a burst once; the master sees none of them arrive (its arrivals stay flat), leaves it out,
+    and the clients, back at the virtual address after 7.5 s, are sent to the others. Before, it
+    drew them again every 2 s until their loop guard (5 redirects in 300 s) locked them out."""
+    m = master(ctl)
+    deaf = next(x for x in reversed(MEMBERS) if x != m)
+    ctl.run("lb-sw", ["python3", "-m", "vpnlab_agent", "ctl", "terminate", "lb"])
+    wait_for("the swarm down", lambda: swarm(ctl)["up"] == 0, 30)
+    refused = swarm(ctl)["loop_refused"]
+    code, out = ctl.run(deaf, ["sh", "-c", DEAF])
+    assert code == 0, out
+    ctl.run("lb-sw", ["python3", "-m", "vpnlab_agent", "ctl", "initiate", "lb"])
+    sw = wait_for("every swarm client up without the deaf member", lambda: s if (
+        s := swarm(ctl))["up"] == SWARM and not s["by_gateway"].get(ADDR[deaf]) else None, 45, 0.5)
+    assert sw["loop_refused"] == refused, sw
+    seen = cluster(ctl, m)["members"][deaf]
+    assert seen["in_pool"] and seen["missed"] >= 1, seen  # it stayed in the pool: only IKE was deaf

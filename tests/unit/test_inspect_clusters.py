@@ -33,3 +33,13 @@ def test_rows_per_member_with_the_masters_view() -> None:
 
 def test_no_cluster_no_table() -> None:
     assert clusters_table(SimpleNamespace(nodes=[SimpleNamespace(name="hub", agent={})])) is None
+
+
+def test_a_member_left_out_for_missed_clients_says_so() -> None:
+    seen = {"gw1": {"in_pool": True, "active": 5, "pending": 0, "redirects": 7},
+            "gw2": {"in_pool": True, "active": 2, "pending": 0, "redirects": 4, "missed": 4, "shunned_s": 8.5}}
+    view = SimpleNamespace(nodes=[node("gw1", "MASTER", 5, seen), node("gw2", "BACKUP", 2)])
+    console = Console(width=240, record=True)
+    console.print(clusters_table(view))
+    gw2 = next(line for line in console.export_text().splitlines() if " gw2 " in line)
+    assert "left out 8.5s (4 missed)" in gw2

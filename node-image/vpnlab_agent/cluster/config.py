@@ -56,10 +56,10 @@ class ClusterConfig:
             nopreempt=not self.preempt, version=self.vrrp_version,
         )
 
-    def own_status(self, active: int, *, available: bool, master: bool) -> MemberStatus:
+    def own_status(self, active: int, *, available: bool, master: bool, arrivals: int = 0) -> MemberStatus:
         me = self.me
         return MemberStatus(me.name, me.address, active, me.capacity, me.weight, available, master,
-                            int(self.status_interval_s * 1000))
+                            int(self.status_interval_s * 1000), arrivals=arrivals)
 
 
 def cluster_config(config: NodeConfig) -> ClusterConfig | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vpnlab_agent.cluster import keepalived
+from vpnlab_agent.cluster.arrivals import ArrivalCounter
 from vpnlab_agent.cluster.config import STATUS_GROUP, STATUS_PORT, ClusterConfig
 from vpnlab_agent.cluster.selection import Balancer, metric_named
 from vpnlab_agent.cluster.status import MemberPool, MemberStatus, encode_status, next_status
@@ -46,10 +47,11 @@ class ClusterService:
     name = "cluster"
 
     def __init__(self, cfg: ClusterConfig, active_tunnels: Callable[[], int], *,
-                 state_dir: str = STATE_DIR, keepalived_bin: str = KEEPALIVED,
+                 arrivals: ArrivalCounter | None = None, state_dir: str = STATE_DIR, keepalived_bin: str = KEEPALIVED,
                  port: int = STATUS_PORT, group: str = STATUS_GROUP) -> None:
         self.cfg = cfg
         self.active_tunnels = active_tunnels
+        self.arrivals = arrivals if arrivals is not None else ArrivalCounter()  # new clients at our address
         self.dir = Path(state_dir)
         self.keepalived_bin = keepalived_bin
         self.port, self.group = port, group
@@ -185,7 +187,7 @@ class ClusterService:
 
     def own_status(self) -> MemberStatus:
         return self.cfg.own_status(self.active_tunnels(), available=self.vrrp_state != "FAULT",
-                                   master=self.master)
+                                   master=self.master, arrivals=self.arrivals.count)
 
     def _send_status(self) -> None:
         if self._loop is None:
@@ -231,8 +233,10 @@ class ClusterService:
         return alive[target]
 
     def served_here(self) -> None:
-        """A client the master serves on the virtual address (no redirect support): pending on us."""
+        """A client the master serves on the virtual address (no redirect support): pending on us,
+        and arrived (its SA counts in our load once established)."""
         self.balancer.handed_out(self.cfg.own, time.time())
+        self.arrivals.arrived()
 
     def status(self) -> dict[str, Any]:
         now = time.time()
@@ -248,6 +252,9 @@ class ClusterService:
                 "available": None if st is None else st.available, "master": None if st is None else st.master,
                 "pending": shares.get(m.name, {}).get("pending", 0),
                 "redirects": self.balancer.redirects.get(m.name, 0),
+                "missed": self.balancer.misses.get(m.name, 0),
+                "shunned_s": shares.get(m.name, {}).get("shunned_s", 0.0),
+                "arrivals": None if st is None else st.arrivals,
                 "heard_s_ago": None if heard is None else round(now - heard, 2),
             }
         return {

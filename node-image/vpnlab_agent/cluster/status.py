@@ -7,7 +7,7 @@ interval and feeds what it hears to `MemberPool.receive()`.
 Layout (network byte order; docs/loadbalancer.md):
   magic "VLBS" (4) | version (1) | flags (1: bit0 available, bit1 VRRP master) | interval ms (2)
   | timestamp ms since the epoch (8) | sequence (4) | address (4, IPv4: where clients are redirected)
-  | active tunnels (4) | capacity (4) | weight (2) | name length (1) | name (ASCII, 1..63)
+  | active tunnels (4) | arrivals (4) | capacity (4) | weight (2) | name length (1) | name (ASCII, 1..63)
   | HMAC-SHA-256 over everything before it, truncated to 16 bytes.
 The HMAC key is derived from the cluster key (`status_key()`), so the status messages of one cluster
 never verify under another's key.
@@ -27,10 +27,10 @@ import struct
 from dataclasses import dataclass, field, replace
 
 MAGIC = b"VLBS"
-VERSION = 1
+VERSION = 2  # 2: arrivals (v1 members cannot balance with v2 ones: all members run one agent)
 MAC_LEN = 16
 MAX_NAME = 63
-_HEAD = struct.Struct("!4sBBHQI4sIIHB")  # up to the name length
+_HEAD = struct.Struct("!4sBBHQI4sIIIHB")  # up to the name length
 FLAG_AVAILABLE = 0x01
 FLAG_MASTER = 0x02
 SILENT_INTERVALS = 3  # a member silent this many of its own intervals leaves the pool
@@ -57,6 +57,10 @@ class MemberStatus:
     interval_ms: int = 1000
     timestamp_ms: int = 0
     sequence: int = 0
+    # New IKE_SA_INITs it took since it started (mod 2**32), at its own address or, on the master,
+    # served on the virtual address: how many of the redirects the master counts as pending arrived,
+    # exactly, whatever left meanwhile (cluster/selection.py).
+    arrivals: int = 0
 
 
 def status_key(cluster_key: bytes, cluster: str) -> bytes:
@@ -71,8 +75,8 @@ def encode_status(st: MemberStatus, key: bytes) -> bytes:
         raise ValueError(f"member name {st.name!r}: 1..{MAX_NAME} ASCII characters")
     flags = (FLAG_AVAILABLE if st.available else 0) | (FLAG_MASTER if st.master else 0)
     body = _HEAD.pack(MAGIC, VERSION, flags, st.interval_ms, st.timestamp_ms, st.sequence,
-                      ipaddress.IPv4Address(st.address).packed, st.active, st.capacity, st.weight,
-                      len(name)) + name
+                      ipaddress.IPv4Address(st.address).packed, st.active, st.arrivals & 0xFFFFFFFF,
+                      st.capacity, st.weight, len(name)) + name
     return body + _mac(key, body)
 
 
@@ -84,7 +88,7 @@ def decode_status(data: bytes, key: bytes) -> MemberStatus:
     # The MAC first: nothing an unauthenticated sender put in the fields is interpreted.
     if not hmac.compare_digest(mac, _mac(key, body)):
         raise StatusError("forged", "bad HMAC (wrong cluster key, or altered)")
-    (_, version, flags, interval_ms, ts, seq, addr, active, capacity, weight, nlen) = _HEAD.unpack_from(body)
+    (_, version, flags, interval_ms, ts, seq, addr, active, arrivals, capacity, weight, nlen) = _HEAD.unpack_from(body)
     if version != VERSION:
         raise StatusError("malformed", f"version {version} (speak {VERSION})")
     name = body[_HEAD.size:]
@@ -97,7 +101,7 @@ def decode_status(data: bytes, key: bytes) -> MemberStatus:
     if interval_ms == 0:
         raise StatusError("malformed", "interval 0")
     return MemberStatus(text, str(ipaddress.IPv4Address(addr)), active, capacity, weight,
-                        bool(flags & FLAG_AVAILABLE), bool(flags & FLAG_MASTER), interval_ms, ts, seq)
+                        bool(flags & FLAG_AVAILABLE), bool(flags & FLAG_MASTER), interval_ms, ts, seq, arrivals)
 
 
 def _mac(key: bytes, body: bytes) -> bytes:

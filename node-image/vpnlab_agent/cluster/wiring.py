@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from vpnlab_agent.cluster.arrivals import ArrivalCounter
 from vpnlab_agent.cluster.config import cluster_config
 from vpnlab_agent.cluster.redirect_client import RedirectClient
 from vpnlab_agent.cluster.redirect_gateway import RedirectGateway
@@ -73,7 +74,10 @@ def cluster_services(config: NodeConfig, ike: Any, route_src: str | None) -> lis
     from vpnlab_agent.io.ike_service import IkeService
 
     holder: dict[str, Any] = {}
-    svc = ClusterService(cfg, lambda: tunnels(ike, OWN_STATES) + (tunnels(holder["vip"], VIP_STATES) if "vip" in holder else 0))
+    arrivals = ArrivalCounter()
+    ike.endpoint.add_extension(arrivals)
+    svc = ClusterService(cfg, lambda: tunnels(ike, OWN_STATES) + (tunnels(holder["vip"], VIP_STATES) if "vip" in holder else 0),
+                         arrivals=arrivals)
     gateway = RedirectGateway(cfg.own, cfg.redirect, svc.choose, svc.served_here)
     vip = IkeService(config, vip_engine(config, route_src), local_addr=cfg.vip, extensions=[gateway])
     holder["vip"] = vip

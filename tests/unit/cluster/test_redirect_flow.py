@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from vpnlab_agent.cluster.arrivals import ArrivalCounter
 from vpnlab_agent.cluster.redirect_client import MAX_REDIRECTS, RedirectClient
 from vpnlab_agent.cluster.redirect_gateway import RedirectGateway
 from vpnlab_agent.cluster.selection import Balancer, FewestTunnels
@@ -47,9 +48,11 @@ class Cluster:
     """gw1 is the master: its VIP endpoint redirects, its own endpoint serves like the others."""
 
     def __init__(self, n_clients: int, where: str = "init", *, client_ext: bool = True) -> None:
-        self.members = {m: IkeEndpoint(member_cfg(n_clients), a, force_encap=True) for m, a in MEMBERS.items()}
+        self.arrivals = {m: ArrivalCounter() for m in MEMBERS}
+        self.members = {m: IkeEndpoint(member_cfg(n_clients), a, force_encap=True, extensions=[self.arrivals[m]])
+                        for m, a in MEMBERS.items()}
         self.balancer = Balancer(FewestTunnels())
-        self.gateway = RedirectGateway("gw1", where, self.choose, lambda: self.balancer.handed_out("gw1", self.net.now))
+        self.gateway = RedirectGateway("gw1", where, self.choose, self.served_here)
         self.vip = IkeEndpoint(member_cfg(n_clients), VIP, force_encap=True, extensions=[self.gateway])
         self.clients_ext = [RedirectClient({"lb": VIP}) for _ in range(n_clients)] if client_ext else []
         self.clients = [IkeEndpoint(client_cfg(i), client_addr(i), force_encap=True,
@@ -57,17 +60,22 @@ class Cluster:
                         for i in range(n_clients)]
         self.net = Loopback(*self.clients, self.vip, *self.members.values(), now=1000.0)
 
+    def served_here(self) -> None:
+        self.balancer.handed_out("gw1", self.net.now)
+        self.arrivals["gw1"].arrived()
+
     def load(self, m: str) -> int:
-        ep = self.members[m]
-        n = sum(1 for s in ep.status(self.net.now)["ike_sas"] if s["state"] == "established")
+        ep = self.members[m]  # as cluster/wiring.py counts: established and half-open at its address
+        n = sum(1 for s in ep.status(self.net.now)["ike_sas"] if s["state"] in ("established", "half-open"))
         if m == "gw1":  # the master also counts what it serves on the virtual address (legacy clients)
             n += sum(1 for s in self.vip.status(self.net.now)["ike_sas"] if s["state"] == "established")
         return n
 
     def choose(self) -> MemberStatus | None:
-        # status "as of now": the loads are exact, so pending redirects only bridge the handshakes
+        # status "as of now": the loads and arrivals are exact, so pending redirects only bridge the flight
         now = self.net.now
-        pool = {m: MemberStatus(m, a, self.load(m), 0, timestamp_ms=int((now - 5) * 1000)) for m, a in MEMBERS.items()}
+        pool = {m: MemberStatus(m, a, self.load(m), 0, timestamp_ms=int(now * 1000), arrivals=self.arrivals[m].count)
+                for m, a in MEMBERS.items()}
         t = self.balancer.choose(pool, now)
         if t is not None:
             self.balancer.handed_out(t, now)

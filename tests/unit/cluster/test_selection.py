@@ -6,18 +6,27 @@ from collections import Counter
 
 import pytest
 
-from vpnlab_agent.cluster.selection import HOLD_S, SETTLE_S, Balancer, FewestTunnels, FreeCapacity, metric_named
+from vpnlab_agent.cluster.selection import (
+    HOLD_S,
+    MISS_S,
+    SHUN_S,
+    Balancer,
+    FewestTunnels,
+    FreeCapacity,
+    metric_named,
+)
 from vpnlab_agent.cluster.status import MemberStatus
 
 T0 = 1_800_000_000.0
 
 
-def pool(*loads: int, capacity: int = 0, weights: tuple[int, ...] = (), ts: float = T0, **over: object
-         ) -> dict[str, MemberStatus]:
+def pool(*loads: int, capacity: int = 0, weights: tuple[int, ...] = (), ts: float = T0,
+         arrivals: tuple[int, ...] = ()) -> dict[str, MemberStatus]:
     out = {}
     for i, active in enumerate(loads):
         out[f"gw{i + 1}"] = MemberStatus(f"gw{i + 1}", f"203.0.113.{11 + i}", active, capacity,
-                                         weights[i] if weights else 1, timestamp_ms=int(ts * 1000))
+                                         weights[i] if weights else 1, timestamp_ms=int(ts * 1000),
+                                         arrivals=arrivals[i] if arrivals else 0)
     return out
 
 
@@ -65,15 +74,62 @@ def test_burst_respects_existing_load() -> None:
     assert got == {"gw1": 10, "gw2": 40, "gw3": 40}
 
 
-def test_pending_counts_until_a_status_covers_it() -> None:
+def test_pending_counts_until_the_members_arrivals_show_it() -> None:
     b = Balancer(FewestTunnels())
+    assert b.pending("gw2", pool(0, 0, arrivals=(0, 5))["gw2"], T0) == 0
     b.handed_out("gw2", T0)
-    assert b.pending("gw2", pool(0, 0)["gw2"], T0 + 0.5) == 1
-    # a status from just after the redirect may not include the client yet
-    assert b.pending("gw2", pool(0, 0, ts=T0 + 0.2)["gw2"], T0 + 0.5) == 1
-    assert b.pending("gw2", pool(0, 0, ts=T0 + SETTLE_S - 0.1)["gw2"], T0 + SETTLE_S) == 1
-    # one from SETTLE_S later does: the client is now in `active`, not counted twice
-    assert b.pending("gw2", pool(0, 1, ts=T0 + SETTLE_S)["gw2"], T0 + SETTLE_S + 0.1) == 0
+    b.handed_out("gw2", T0 + 0.1)
+    assert b.pending("gw2", pool(0, 0, arrivals=(0, 5))["gw2"], T0 + 0.5) == 2
+    # a status from just after the redirects may not include the clients yet
+    assert b.pending("gw2", pool(0, 0, ts=T0 + 0.2, arrivals=(0, 5))["gw2"], T0 + 0.5) == 2
+    # one arrived, and another client left meanwhile: the load is flat, the arrivals are not
+    assert b.pending("gw2", pool(0, 0, ts=T0 + 1.2, arrivals=(0, 6))["gw2"], T0 + 1.3) == 1
+    assert b.pending("gw2", pool(0, 1, ts=T0 + 2.2, arrivals=(0, 7))["gw2"], T0 + 2.3) == 0
+    assert b.misses == {}
+
+
+def test_arrivals_wrap_around() -> None:
+    b = Balancer(FewestTunnels())
+    b.pending("gw1", pool(0, arrivals=(2**32 - 1,))["gw1"], T0)
+    b.handed_out("gw1", T0)
+    b.handed_out("gw1", T0)
+    assert b.pending("gw1", pool(1, ts=T0 + 1, arrivals=(0,))["gw1"], T0 + 1) == 1
+
+
+def test_a_member_whose_clients_never_arrive_is_left_out_then_probed_one_client_at_a_time() -> None:
+    """gw2 sends status messages but does not answer IKE: its load and arrivals stay flat."""
+    b = Balancer(FewestTunnels())
+    got: Counter[str] = Counter()
+
+    def burst(now: float, n: int, ts: float) -> None:
+        p = pool(got["gw1"], 0, ts=ts, arrivals=(got["gw1"], 0))  # gw1's clients all arrived by ts
+        for i in range(n):
+            t = b.choose(p, now + i / 100)
+            assert t is not None
+            b.handed_out(t, now + i / 100)
+            got[t] += 1
+
+    burst(T0, 10, T0)
+    assert got == {"gw1": 5, "gw2": 5}  # nothing known yet: gw2 draws its share once
+    burst(T0 + MISS_S + 0.5, 10, T0 + MISS_S + 0.2)  # gw2 reported MISS_S after them: none came
+    assert got == {"gw1": 15, "gw2": 5} and b.misses["gw2"] == 5
+    assert b.shunned("gw2", T0 + MISS_S + 1) > SHUN_S - 1
+    # after SHUN_S one probe, not a share; it misses too, and the next wait is twice as long
+    later = T0 + MISS_S + 0.5 + SHUN_S
+    burst(later, 10, later - 0.1)
+    assert got == {"gw1": 24, "gw2": 6}
+    burst(later + MISS_S + 1, 1, later + MISS_S + 0.5)
+    assert got["gw2"] == 6 and b.shunned("gw2", later + MISS_S + 1) > 2 * SHUN_S - 1
+
+
+def test_a_shunned_member_is_back_as_soon_as_a_client_reaches_it() -> None:
+    b = Balancer(FewestTunnels())
+    b.pending("gw2", pool(9, 0, arrivals=(0, 0))["gw2"], T0)
+    b.handed_out("gw2", T0)
+    assert b.choose(pool(9, 0, ts=T0 + MISS_S, arrivals=(0, 0)), T0 + MISS_S) == "gw1"
+    # the client was only late (or another came straight to it): gw2 answers IKE after all
+    assert b.choose(pool(9, 1, ts=T0 + MISS_S + 1, arrivals=(0, 1)), T0 + MISS_S + 1) == "gw2"
+    assert b.shunned("gw2", T0 + MISS_S + 1) == 0
 
 
 def test_pending_expires_when_the_client_never_came() -> None:
@@ -135,7 +191,7 @@ def test_a_status_message_in_the_middle_of_a_burst_does_not_count_its_clients_tw
         if now >= T0 + phase[m] > sent[m]:
             sent[m] = T0 + phase[m]
         arrived = sum(1 for t in given[m] if t + 0.01 <= sent[m])
-        return MemberStatus(m, "203.0.113.11", 100 + arrived, 0, timestamp_ms=int(sent[m] * 1000))
+        return MemberStatus(m, "203.0.113.11", 100 + arrived, 0, timestamp_ms=int(sent[m] * 1000), arrivals=arrived)
 
     for i in range(60):
         now = T0 + i / 60

@@ -26,7 +26,7 @@ MEMBERS = frozenset({"gw1", "gw2", "gw3"})
 
 def gw(name: str = "gw2", **kw: object) -> MemberStatus:
     base = MemberStatus(name, "203.0.113.12", active=3, capacity=100, weight=2, available=True, master=False,
-                        interval_ms=1000, timestamp_ms=int(T0 * 1000), sequence=7)
+                        interval_ms=1000, timestamp_ms=int(T0 * 1000), sequence=7, arrivals=41)
     return dataclasses.replace(base, **kw)
 
 
@@ -37,9 +37,10 @@ def test_round_trip() -> None:
 
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=63),
        st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**16 - 1),
-       st.booleans(), st.booleans(), st.integers(1, 2**16 - 1), st.integers(0, 2**63), st.integers(0, 2**32 - 1))
-def test_round_trip_any(name, active, capacity, weight, avail, master, interval, ts, seq) -> None:  # noqa: ANN001
-    s = MemberStatus(name, "198.51.100.7", active, capacity, weight, avail, master, interval, ts, seq)
+       st.booleans(), st.booleans(), st.integers(1, 2**16 - 1), st.integers(0, 2**63), st.integers(0, 2**32 - 1),
+       st.integers(0, 2**32 - 1))
+def test_round_trip_any(name, active, capacity, weight, avail, master, interval, ts, seq, arrivals) -> None:  # noqa: ANN001
+    s = MemberStatus(name, "198.51.100.7", active, capacity, weight, avail, master, interval, ts, seq, arrivals)
     assert decode_status(encode_status(s, KEY), KEY) == s
 
 
