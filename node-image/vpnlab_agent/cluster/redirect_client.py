@@ -7,7 +7,9 @@ For the peers it is given (peer name -> the address it knows, e.g. a cluster's v
   unauthenticated message must prove it answers our request), in the IKE_AUTH response (after the
   gateway's AUTH verified) and in an INFORMATIONAL request on an established SA;
 - loop guard (RFC 5685 §7): at most MAX_REDIRECTS in WINDOW_S per peer; beyond, a REDIRECT is ignored
-  (in IKE_SA_INIT the attempt then fails and the owner's retry starts again at the known address);
+  (in IKE_SA_INIT the attempt then fails and the owner's retry starts again at the known address).
+  A redirect to a target that never answered is not a loop and is not counted: a member that is
+  in its cluster's pool but deaf to IKE would otherwise lock its clients out for up to WINDOW_S;
 - the owner's retries always connect to the configured address, so a redirect target that does
   not answer, or that dies later (DPD), sends the client back to the virtual address.
 Sans-I/O: `now` comes with every hook.
@@ -47,6 +49,7 @@ class RedirectClient(Extension):
         self.stats = RedirectStats()
         self._history: dict[str, deque[float]] = {p: deque() for p in peers}
         self._redirected_to: dict[str, tuple[str, str]] = {}  # peer -> (target, redirected from)
+        self._unanswered: dict[str, float] = {}  # peer -> when we followed a redirect its target never answered
 
     # --- what we send -----------------------------------------------------------------------
 
@@ -66,6 +69,9 @@ class RedirectClient(Extension):
             return
         if sa.peer is None or sa.peer not in self.peers:
             return
+        came = self._redirected_to.get(sa.peer)
+        if came is not None and came[0] == sa.remote_addr[0]:
+            self._unanswered.pop(sa.peer, None)  # the target spoke (authenticated, or a REDIRECT)
         n = rfc5685.find(payloads, NotifyType.REDIRECT)
         if n is None:
             return
@@ -92,10 +98,14 @@ class RedirectClient(Extension):
         self.stats.followed += 1
         self.stats.last_target[sa.peer] = gw.value
         self._redirected_to[sa.peer] = (gw.value, sa.remote_addr[0])
+        self._unanswered[sa.peer] = now
         self.api.reconnect(sa.peer, gw.value, now, reason=f"redirected to {gw.value}")
 
     def _allowed(self, peer: str, now: float) -> bool:
         q = self._history.setdefault(peer, deque())
+        silent = self._unanswered.pop(peer, None)
+        if silent is not None and silent in q:
+            q.remove(silent)  # the last target never answered: that was no loop
         while q and q[0] <= now - self.window_s:
             q.popleft()
         if len(q) >= self.max_redirects:

@@ -249,3 +249,24 @@ def test_a_redirect_to_a_dead_member_is_given_up_after_7_5_s_not_15_5() -> None:
     net.run(1000.0 + 7.6)
     (down,) = [e for e in net.events[client_addr(0)] if isinstance(e, IkeSADown)]
     assert down.reason == DEAD
+
+
+def test_redirects_to_a_target_that_never_answers_do_not_spend_the_loop_guard() -> None:
+    """The VIP keeps sending the client to a deaf member: each attempt ends DEAD after 7.5 s and the
+    owner goes back to the VIP. Those are no loop: the client is never refused, and still follows
+    the first answer that comes (before, the sixth redirect was refused for 300 s)."""
+    from vpnlab_agent.ike.events import DEAD, IkeSADown
+
+    vip = IkeEndpoint(member_cfg(1), VIP, force_encap=True, extensions=[AlwaysRedirect(MEMBERS["gw3"])])
+    ext = RedirectClient({"lb": VIP})
+    client = IkeEndpoint(client_cfg(0), client_addr(0), force_encap=True, extensions=[ext])
+    net = Loopback(client, vip, now=1000.0)
+    client.connect("lb", net.now)
+    for _ in range(8):
+        net.run(net.now + 8)
+        downs = [e for e in net.take_events(client_addr(0)) if isinstance(e, IkeSADown)]
+        assert downs, "the attempt did not end"
+        client.connect("lb", net.now)  # the IKE service: back to the VIP (at once after DEAD)
+    net.run(net.now + 1)
+    assert (ext.stats.followed, ext.stats.refused_loop) == (9, 0)
+    assert all(e.reason == DEAD for e in downs)
