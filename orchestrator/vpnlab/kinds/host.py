@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vpnlab.kinds.base import ContainerSpec
+from vpnlab.kinds.base import NO_IPV6_SYSCTLS, ContainerSpec
 from vpnlab.topology.model import Lab, Node
 
 HOST_COMMAND = ("sleep", "infinity")
@@ -15,4 +15,5 @@ class HostKind:
         # The runtime configures eth0 from the host (its own privileges, through setns); the
         # default NET_ADMIN/NET_RAW stay for the user's `vpnlab exec` (ip route, ping, tcpdump).
         # No TUN device: hosts run no VPN.
-        return ContainerSpec(node=node.name, command=HOST_COMMAND, devices=(), has_agent=False)
+        return ContainerSpec(node=node.name, command=HOST_COMMAND, devices=(), has_agent=False,
+                             sysctls=dict(NO_IPV6_SYSCTLS))

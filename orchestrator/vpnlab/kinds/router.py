@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vpnlab_agent.config import CONFIG_PATH
 
-from vpnlab.kinds.base import ContainerSpec
+from vpnlab.kinds.base import NO_IPV6_SYSCTLS, ContainerSpec
 from vpnlab.nodeconfig import build_node_config
 from vpnlab.topology.model import Lab, Node
 
@@ -23,6 +23,7 @@ ROUTER_SYSCTLS = {
     "net.ipv4.conf.default.send_redirects": "0",
     "net.ipv4.conf.all.accept_redirects": "0",
     "net.ipv4.conf.default.accept_redirects": "0",
+    **NO_IPV6_SYSCTLS,
 }
 
 # A cluster member binds IKE on the virtual address before keepalived gives it the address, and

@@ -36,6 +36,8 @@ def test_agent_router_spec() -> None:
         "net.ipv4.conf.default.send_redirects": "0",
         "net.ipv4.conf.all.accept_redirects": "0",
         "net.ipv4.conf.default.accept_redirects": "0",
+        "net.ipv6.conf.all.disable_ipv6": "1",
+        "net.ipv6.conf.default.disable_ipv6": "1",
     }
     assert "/dev/net/tun" in spec.devices and "NET_ADMIN" in spec.cap_add
     config = NodeConfig.from_json(spec.files[CONFIG_PATH].decode())
@@ -61,6 +63,7 @@ def test_host_spec() -> None:
     assert spec.command == ("sleep", "infinity")
     assert not spec.has_agent and spec.devices == () and spec.files == {}
     assert "NET_ADMIN" in spec.cap_add
+    assert spec.sysctls == {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
 
 
 def test_unknown_kind_lists_valid_ones() -> None:
