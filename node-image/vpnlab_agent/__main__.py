@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ def _trim_imports() -> None:
 RUN_OPTIONS: dict[str, tuple[type, object, str]] = {
     "config": (str, node_config.CONFIG_PATH, "node config JSON"),
     "socket": (str, node_config.CONTROL_SOCKET, "control socket path"),
-    "wait": (float, 60.0, "seconds to wait for the interfaces"),
+    "wait": (float, 60.0, "seconds to wait for the config file and the interfaces"),
 }
 
 
@@ -88,21 +89,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+CONFIG_POLL_S = 0.02
+
+
+def _load_config(path: str, wait: float) -> node_config.NodeConfig:
+    """The node config, waiting up to `wait` seconds for it to appear: the orchestrator writes it
+    into the running container (whole, by rename), which is cheaper than an archive before start."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return node_config.load(path)
+        except FileNotFoundError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(CONFIG_POLL_S)
+
+
 def _run(args: Any) -> int:
-    try:
-        cfg = node_config.load(args.config)
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"vpnlab-agent: cannot load {args.config}: {exc}", file=sys.stderr)
-        return 1
-    log.setup(cfg.name)
     _trim_imports()  # before anything imports asyncio
     from vpnlab_agent.netconfig import lighten_pyroute2
 
     lighten_pyroute2()  # before anything imports pyroute2: ~10 MiB less per router container
     import asyncio
 
-    from vpnlab_agent.agent import Agent
+    from vpnlab_agent.agent import Agent  # while the config is being written
 
+    try:
+        cfg = _load_config(args.config, args.wait)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"vpnlab-agent: cannot load {args.config}: {exc}", file=sys.stderr)
+        return 1
+    log.setup(cfg.name)
     agent = Agent(cfg, control_path=args.socket, wait_timeout=args.wait)
     try:
         return asyncio.run(agent.run())

@@ -228,7 +228,8 @@ def _container_specs(lab: Lab) -> dict[str, ContainerSpec]:
         for node in lab.routers:
             extra = pki.files_for(lab, node)
             if extra:
-                specs[node.name] = dataclasses.replace(specs[node.name], files={**specs[node.name].files, **extra})
+                # the PEM files before the node config: the agent starts once its config is there
+                specs[node.name] = dataclasses.replace(specs[node.name], files={**extra, **specs[node.name].files})
     return specs
 
 

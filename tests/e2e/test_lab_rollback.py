@@ -121,7 +121,9 @@ def test_an_agent_that_exits_fails_the_deploy_at_once_with_its_log(
 ) -> None:
     name = lab_name()
     lab = labs.load_lab(topologies / "minimal.yml", name)
-    broken = _router_spec(lab, "hub", command=("python3", "-m", "vpnlab_agent", "run", "--config", "/nonexistent.json"))
+    # --wait 0: the agent waits that long for its config to appear (the runtime writes it after start)
+    broken = _router_spec(lab, "hub", command=("python3", "-m", "vpnlab_agent", "run", "--config", "/nonexistent.json",
+                                               "--wait", "0"))
     started = time.monotonic()
     with pytest.raises(LabError, match=rf"node hub failed: container vpnlab-{name}-hub (is exited|stopped right after "
                                        rf"start) \(last line: .+\); its log: `vpnlab logs {name} hub`$") as err:

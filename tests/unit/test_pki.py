@@ -52,3 +52,16 @@ def test_each_router_gets_its_files_only(tmp_path: Path) -> None:
     files = pki.files_for(lab, lab.node("br2"))
     assert files == {f"{d}/ca.pem": pki.ca_pem, f"{d}/peers/hub.pem": pki.certs["hub"].cert_pem}
     assert pki.files_for(lab, lab.node("br1"))[f"{d}/key.pem"] == pki.certs["br1"].key_pem
+
+
+def test_the_node_config_is_the_last_file_a_router_gets(tmp_path: Path) -> None:
+    # The Docker runtime writes the files in order just after start and the agent starts once its
+    # config is there: the PEM files must already be in place by then.
+    from vpnlab.lab import _container_specs
+    from vpnlab_agent.config import CONFIG_PATH
+
+    (tmp_path / "t.yml").write_text(textwrap.dedent(TEXT))
+    specs = _container_specs(load_topology(tmp_path / "t.yml"))
+    for node in ("hub", "br1", "br2"):
+        files = list(specs[node].files)
+        assert len(files) > 1 and files[-1] == CONFIG_PATH, node

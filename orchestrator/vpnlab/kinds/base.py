@@ -22,7 +22,9 @@ NO_IPV6_SYSCTLS = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default
 class ContainerSpec:
     node: str  # node name; the runtime derives the container name and labels from lab + node
     command: tuple[str, ...]  # main process
-    files: dict[str, bytes] = field(default_factory=dict)  # absolute path in container -> content, put before start
+    # absolute path in container -> content (mode 0600), there before the command needs it; the Docker
+    # runtime writes them in this order just after start: the agent waits for its config, so it comes last
+    files: dict[str, bytes] = field(default_factory=dict)
     sysctls: dict[str, str] = field(default_factory=dict)
     cap_add: tuple[str, ...] = ("NET_ADMIN", "NET_RAW")
     devices: tuple[str, ...] = ("/dev/net/tun",)

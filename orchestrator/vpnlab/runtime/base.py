@@ -63,7 +63,8 @@ class ExecResult:
 
 class Runtime(Protocol):
     def start(self, name: str, image: str, spec: ContainerSpec, labels: dict[str, str]) -> ContainerInfo:
-        """Create the container, put spec.files into it, start it; return it running (pid known)."""
+        """Create and start the container with spec.files in it (in order: see ContainerSpec.files);
+        return it running (pid known)."""
         ...
 
     def containers(self, lab: str | None = None) -> list[ContainerInfo]:
