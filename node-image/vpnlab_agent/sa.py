@@ -75,3 +75,4 @@ class SACounters:
     auth_failed: int = 0
     policy_dropped: int = 0  # decrypted fine but inner addresses outside the negotiated selectors
     last_used: float = 0.0  # monotonic seconds of the last packet either way
+    last_in: float = 0.0  # monotonic seconds of the last authentic inbound packet (liveness, RFC 7296 §2.4)

@@ -4,7 +4,8 @@
   (and no DPD for either): idle, the silent one's mapping expires and the hub can no longer
   reach in; the other's outlives the timeout and keeps the tunnel usable;
 - two branches on two hubs: the hub carrying their traffic is killed, the traffic moves to the
-  surviving hub, and when the killed hub is started again both branches are back on both hubs."""
+  surviving hub, and when the killed hub is started again both branches are back on both hubs;
+- a busy tunnel sends no DPD checks (inbound ESP proves the peer alive), an idle one goes on."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from vpnlab import lab as labs
 from vpnlab import lifecycle
 from vpnlab.measure.labctl import LabCtl, wait_for
 from vpnlab.runtime.docker import DockerRuntime
+
+from .ipsec import UnderlayCapture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
@@ -119,3 +122,25 @@ def test_restart_after_a_hub_is_killed_traffic_moves_to_the_surviving_hub_and_ba
     lifecycle.start_node(name, dead, runtime)
     wait_for(f"every branch back on {dead}", lambda: all_up(ctl), 90, interval=0.5)
     assert reaches(ctl, "d", "e") and reaches(ctl, "d", "h1")
+
+
+def test_a_busy_tunnel_sends_no_dpd_checks_and_an_idle_one_goes_on(lab: tuple[str, LabCtl]) -> None:
+    # RFC 7296 §2.4: authentic ESP from the peer proves it alive, as an IKE message would. d checks
+    # after 2 s of silence (the hubs after 300 s): while d's host pings h1's, d sends h1 no IKE at
+    # all; towards h2, which carries nothing meanwhile, it goes on checking.
+    name, ctl = lab
+    wait_for("d on both hubs", lambda: set(HUBS) <= set(ctl.ike_peers("d")), 90, interval=0.5)
+    sas = {s["peer"]: s for s in ctl.status("d")["ike_sas"] if s["state"] == "established"}
+    d = sas["h1"]["local"].rsplit(":", 1)[0]
+    hub = {h: sas[h]["remote"].rsplit(":", 1)[0] for h in HUBS}
+    ike = "udp port 4500 and udp[8:4] = 0 and udp[4:2] > 9"  # the non-ESP marker: IKE (a keepalive is 1 byte)
+    with UnderlayCapture(name) as cap:
+        code, out = ctl.run("d-h1", ["ping", "-n", "-q", "-c", "160", "-i", "0.05", "-W", "1", HOSTS["h1"]])
+    try:
+        assert code == 0, out
+        to_h1 = cap.lines(f"src host {d} and dst host {hub['h1']} and {ike}")
+        to_h2 = cap.lines(f"src host {d} and dst host {hub['h2']} and {ike}")
+        assert to_h1 == [], to_h1  # 8 s of ESP from h1: no liveness check needed
+        assert len(to_h2) >= 2, to_h2  # silence from h2: a check every ~2 s, as before
+    finally:
+        cap.cleanup()

@@ -91,6 +91,12 @@ class Engine(abc.ABC):
     def counters(self, spi_in: int) -> SACounters:
         """Per-SA byte/packet counters (both ways), replay and authentication drops."""
 
+    def last_inbound(self) -> dict[int, float]:
+        """Inbound SPI -> monotonic seconds of its last authentic ESP packet (0.0: none yet), so IKE
+        counts ESP as liveness (RFC 7296 §2.4). Empty where the engine cannot tell: then DPD
+        checks go out every interval as before (the kernel's XFRM state keeps only its first use)."""
+        return {}
+
     @abc.abstractmethod
     def status(self) -> dict[str, Any]:
         """Machine-readable state for `ctl status`: engine name, device, SA count, global drop counters."""

@@ -122,6 +122,10 @@ class ContextPlane:
     def remove(self, spi_in: int) -> None:
         self.set_mtu(self.tables.remove(spi_in))
 
+    def last_inbound(self) -> dict[int, float]:
+        per_sa = list(self.tables.by_spi.items())  # a copy: install/remove may run meanwhile
+        return {spi: next(iter(per.values())).counters.last_in for spi, per in per_sa if per}
+
     def entry(self, spi_in: int) -> ContextEntry | None:
         """One of the SA's entries (they share its codec objects and counters), or None."""
         per = self.tables.by_spi.get(spi_in)

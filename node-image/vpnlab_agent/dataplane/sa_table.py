@@ -95,6 +95,9 @@ class SaTable:
         # table can land in a new memo
         self._lookup: tuple[list[tuple[int, dict[int, tuple[Entry, ...]]]], dict[int, Any]] = ([], {})
 
+    def last_inbound(self) -> dict[int, float]:
+        return {spi: e.counters.last_in for spi, e in self.inbound.items()}  # `inbound` is never mutated
+
     # ---- changes (the engine serialises them) -----------------------------------------------
 
     def add(self, entry: Entry) -> None:

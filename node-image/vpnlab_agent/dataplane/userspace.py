@@ -255,6 +255,9 @@ class UserspaceEngine(Engine):
             wanted += self.ctx.routes()
         self._routes.sync(peer_pins(self.table, self._pins) + wanted)
 
+    def last_inbound(self) -> dict[int, float]:
+        return {**self.table.last_inbound(), **(self.ctx.last_inbound() if self.ctx is not None else {})}
+
     def counters(self, spi_in: int) -> SACounters:
         entry = self.table.entries.get(spi_in) or (self.ctx.entry(spi_in) if self.ctx is not None else None)
         if entry is None:

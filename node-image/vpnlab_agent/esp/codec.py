@@ -200,6 +200,7 @@ class EspInbound:
             self.counters.auth_failed += 1
             raise AuthenticationFailed(f"SPI {self.spi:#010x}: ICV check failed for sequence {seq}")
         window.update(seq)  # only now: the packet is authentic
+        now = self.counters.last_in = self._clock()  # the peer is alive, whatever the packet holds
         try:
             inner, nh, self.tag = self._read(dst.view, n - ivend - 16)
         except TrailerError as e:
@@ -213,7 +214,7 @@ class EspInbound:
         c = self.counters
         c.packets_in += 1
         c.bytes_in += inner
-        c.last_used = self._clock()
+        c.last_used = now
         return inner
 
     def decapsulate(self, packet: bytes) -> bytes:

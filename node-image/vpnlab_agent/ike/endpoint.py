@@ -19,11 +19,11 @@ import datetime
 import itertools
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from vpnlab_agent.config import IkeConfig, PeerConfig
-from vpnlab_agent.ike import admission, fragment, natt, proposals, sa_status
+from vpnlab_agent.ike import admission, fragment, informational, natt, proposals, sa_status
 from vpnlab_agent.ike.certs import Credentials
 from vpnlab_agent.ike.codec import KE, SA, Header, IntegrityError, Nonce, ParseError, Payload, Proposal, decode, decode_header
 from vpnlab_agent.ike.constants import IKE_PORT, NATT_PORT, VENDOR_ID, ExchangeType, NotifyType, ProtocolId
@@ -229,6 +229,10 @@ class IkeEndpoint(LogLines):
 
     def keepalive_targets(self) -> list[tuple[str, int]]:
         return natt.keepalive_targets(self._sessions.values())
+
+    def esp_seen(self, last_in: Mapping[int, float], now: float) -> None:
+        """Inbound SPI -> when the data plane last authenticated ESP on it (same clock as `now`)."""
+        informational.esp_seen(self._sessions.values(), last_in, now)
 
     def delete_child_spi(self, spi_in: int, now: float) -> bool:
         """DELETE the one child SA with this inbound SPI (e.g. the data plane could not install it)."""

@@ -173,7 +173,8 @@ class IkeSa:
         self.state = state or (State.INIT_SENT if initiator else State.HALF_OPEN)
         self.created = now
         self.established_at: float | None = None
-        self.last_recv = now
+        self.last_recv = now  # our last authenticated IKE message from the peer
+        self.last_esp = float("-inf")  # the last authentic ESP on one of our children (the data plane says)
         self.rekey_at: float | None = None
         self.hard_at: float | None = None  # end of the IKE SA's lifetime if rekeying keeps failing
         self.linger_until: float | None = None
@@ -239,6 +240,12 @@ class IkeSa:
     @property
     def established(self) -> bool:
         return self.state == State.ESTABLISHED
+
+    @property
+    def alive_at(self) -> float:
+        """When the peer last proved alive: any cryptographically protected message, on the IKE SA
+        or one of its child SAs (RFC 7296 §2.4); DPD checks only after dpd_interval_s of silence."""
+        return max(self.last_recv, self.last_esp)
 
     @property
     def peer_vendor(self) -> bool:

@@ -3,7 +3,7 @@ notifies and extensions' payloads, both sides."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from vpnlab_agent.ike.codec import Delete, Message, Notify, Payload
 from vpnlab_agent.ike.constants import ExchangeType, NotifyType, ProtocolId
@@ -61,6 +61,17 @@ def send(sa: IkeSa, payloads: Sequence[Payload], now: float,
 def dpd(sa: IkeSa, now: float) -> None:
     # Dead peer detection: an empty INFORMATIONAL; its response refreshes last_recv.
     sa.queue(INFO, [], lambda m, t: None, RequestKind.DPD, now)
+
+
+def esp_seen(sessions: Iterable[IkeSa], last_in: Mapping[int, float], now: float) -> None:
+    """The data plane's times of the last authentic ESP per inbound SPI: each counts as liveness
+    of the child's IKE SA (RFC 7296 §2.4), so a busy tunnel sends no DPD checks. Only ESP that
+    passed its ICV counts (a forger has no key); a time after `now` is none of ours (another clock)."""
+    for s in sessions:
+        for spi in s.children:
+            t = last_in.get(spi)
+            if t and s.last_esp < t <= now:
+                s.last_esp = t
 
 
 def delete_children(sa: IkeSa, kids: list[Child], now: float) -> None:

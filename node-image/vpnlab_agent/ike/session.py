@@ -195,7 +195,7 @@ class IkeSession(IkeSa):
             times.append(self.created + HALF_OPEN_TIMEOUT)
         elif self.state == State.ESTABLISHED:
             if self.window.idle:
-                times.append(self.last_recv + self.host.config.dpd_interval_s)
+                times.append(self.alive_at + self.host.config.dpd_interval_s)
             if self.rekey_at is not None:
                 times.append(self.rekey_at)
             if self.hard_at is not None:
@@ -232,7 +232,7 @@ class IkeSession(IkeSa):
         if self.hard_at is not None and now >= self.hard_at:
             self.delete(now, "IKE SA lifetime expired")
             return
-        if self.window.idle and now >= self.last_recv + self.host.config.dpd_interval_s:
+        if self.window.idle and now >= self.alive_at + self.host.config.dpd_interval_s:
             informational.dpd(self, now)
         if self.rekey_at is not None and now >= self.rekey_at:
             self.rekey_at = self.retry_time(now)  # if it fails, try again a bit later

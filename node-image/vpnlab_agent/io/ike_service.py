@@ -257,6 +257,8 @@ class IkeService(NatTraversal):
         self._timer = None
         self._timer_at = None
         now = self._now()
+        # lazily, when a deadline is due (a DPD check may be): inbound ESP proves the peer alive too
+        self.endpoint.esp_seen(self.engine.last_inbound(), now)
         self.endpoint.handle_timer(now)
         self._flush(fired_at=now)
 

@@ -115,3 +115,15 @@ def test_lifetime_fires_soft_then_hard_once_each() -> None:
     t.lifetime(e)
     t.lifetime(e, exhausted=True)
     assert events == [(s.spi_in, False), (s.spi_in, True)] and e.expired
+
+
+def test_last_inbound_is_per_inbound_spi_and_only_for_installed_sas() -> None:
+    table = SaTable()
+    a, b = sa("a", ("10.2.0.0/24",)), sa("b", ("10.3.0.0/24",))
+    install(table, a, b)
+    out = make_entry(dataclasses.replace(a, spi_out=a.spi_in, enc_key_out=a.enc_key_in), lambda: 1.0, os.urandom)
+    pkt = out.out.encapsulate(bytes.fromhex("4500001c00010000401100000a0200010a010001") + bytes(8))
+    table.entries[a.spi_in].inb.decapsulate(pkt)
+    assert table.last_inbound() == {a.spi_in: 1.0, b.spi_in: 0.0}
+    table.remove(a.spi_in)
+    assert table.last_inbound() == {b.spi_in: 0.0}

@@ -341,3 +341,26 @@ def test_packets_laid_back_to_back_for_udp_gso(alg: EspAlgorithm) -> None:
     assert len({m for _, m in spans}) == 1  # equal sizes: one UDP_SEGMENT size fits all
     for (off, m), p in zip(spans, inners):
         assert inb.decapsulate(bytes(dst.data[off:off + m])) == p
+
+
+@pytest.mark.parametrize("alg", [GCM128, CBC128], ids=["gcm", "cbc"])
+def test_last_in_is_when_an_authentic_packet_came_and_nothing_else_moves_it(alg: EspAlgorithm) -> None:
+    # IKE counts it as the peer's liveness (RFC 7296 §2.4): forged, replayed and tampered packets must not
+    ek, ik = keys(alg)
+    clock = iter([5.0, 6.0, 7.0, 8.0, 9.0])
+    out = EspOutbound(SPI, alg, ek, ik, rng=os.urandom)
+    inb = EspInbound(SPI, alg, ek, ik, clock=lambda: next(clock))
+    first = out.encapsulate(ipv4(b"x" * 20))
+    assert inb.decapsulate(first) and inb.counters.last_in == 5.0
+    with pytest.raises(ReplayedPacket):
+        inb.decapsulate(first)
+    bad = bytearray(out.encapsulate(ipv4(b"y" * 20)))
+    bad[-1] ^= 1
+    with pytest.raises(AuthenticationFailed):
+        inb.decapsulate(bytes(bad))
+    body = bytes((4 if alg.aead else 16) * 2 - 2)
+    with pytest.raises(AuthenticationFailed):  # a fresh sequence number, but not the SA's keys
+        inb.decapsulate(_forge(alg, *keys(alg), body + bytes([0, 59]), seq=7))
+    assert inb.counters.last_in == 5.0
+    inb.decapsulate(_forge(alg, ek, ik, body + bytes([0, 59]), seq=9))  # an authentic dummy packet counts
+    assert inb.counters.last_in == 6.0 and inb.counters.packets_in == 1

@@ -93,6 +93,49 @@ def test_dpd_keeps_live_peer_and_detects_dead_one() -> None:
     assert ea.status(lb.now)["ike_sas"] == []
 
 
+def run_with_esp(lb: Loopback, feeds: dict[IkeEndpoint, int], until: float, esp_until: float) -> None:
+    """Run to `until`; right before each timer, tell each endpoint in `feeds` when authentic ESP
+    last came on its child (a packet every 0.1 s until `esp_until`), as IkeService does."""
+    while (t := lb.next_timer()) is not None and t <= until:
+        for ep, spi in feeds.items():
+            ep.esp_seen({spi: int(min(t, esp_until) * 10) / 10, 0xDEAD: t}, t)  # another SPI: not ours
+        lb.run(t)
+    lb.run(until)
+
+
+def test_inbound_esp_is_liveness_so_a_busy_tunnel_sends_no_dpd_and_a_dead_peer_is_still_found() -> None:
+    # RFC 7296 §2.4: a cryptographically protected message on the IKE SA or any of its child SAs
+    # proves the peer alive; a liveness check is needed only when nothing came in.
+    ea, eb, lb = pair(dpd_interval_s=10)
+    ea.connect("b", 0.0)
+    lb.run(1.0)
+    (ca,), (cb,) = [[e.child.spi_in for e in lb.take_events(x) if isinstance(e, ChildSAUp)] for x in (A, B)]
+    start = len(lb.trace)
+    run_with_esp(lb, {ea: ca, eb: cb}, 61.0, esp_until=61.0)  # a minute of traffic both ways
+    assert [x for x in exchanges(lb.trace[start:]) if x[0] == ExchangeType.INFORMATIONAL] == []
+    # traffic only from B to A: A has its proof, B has only outgoing traffic and must check
+    start = len(lb.trace)
+    run_with_esp(lb, {ea: ca}, 121.0, esp_until=121.0)
+    checks = [x for x in exchanges(lb.trace[start:], B) if x[0] == ExchangeType.INFORMATIONAL and not x[1]]
+    assert len(checks) >= 5 and not [x for x in exchanges(lb.trace[start:], A) if not x[1]], checks
+    # B dies at 121: nothing from it any more, and A finds out as it would from its last IKE message
+    lb.drop = lambda data, src, dst: B in (src[0], dst[0])
+    run_with_esp(lb, {ea: ca}, 121.0 + 10 + 15.5 + 1, esp_until=121.0)
+    assert types(lb.take_events(A)) == [ChildSADeleted, IkeSADown]
+    assert ea.internal_errors == eb.internal_errors == 0
+
+
+def test_esp_times_from_another_clock_are_no_proof() -> None:
+    ea, eb, lb = pair(dpd_interval_s=10)
+    ea.connect("b", 0.0)
+    lb.run(1.0)
+    (ca,) = [e.child.spi_in for e in lb.take_events(A) if isinstance(e, ChildSAUp)]
+    ea.esp_seen({ca: 1000.0}, lb.now)  # later than now: not a time of ours
+    start = len(lb.trace)
+    lb.run(12.0)
+    assert [x for x in exchanges(lb.trace[start:], A) if x[0] == ExchangeType.INFORMATIONAL and not x[1]]
+
+
 def test_cookies_under_half_open_flood_and_genuine_peer_still_gets_in() -> None:
     ea, eb, lb = pair(cookie_threshold=5)
     flood = [IkeEndpoint(config(f"f{i}.example", "b", "b.example", B, LAN_A, LAN_B), f"203.0.113.{i + 1}",
