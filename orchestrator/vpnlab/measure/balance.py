@@ -134,12 +134,17 @@ def balance(topology: str | Path, *, clients: int = 300, legacy: int = 0, failov
     try:
         labs.deploy_lab(lab, image, runtime=rt)
 
+        # with preemption, the member of the highest priority: a burst that starts before it takes
+        # over is balanced by a master that does not know what the first one just handed out
+        top = max(members, key=lambda m: cluster.priorities.get(m, 0)) if cluster.preempt else None
+
         def settled() -> bool:
             states = [cluster_of(ctl.status(m)) for m in members]
-            return ([s.get("vrrp") for s in states].count("MASTER") == 1
+            vrrp = [s.get("vrrp") for s in states]
+            return (vrrp.count("MASTER") == 1 and (top is None or vrrp[members.index(top)] == "MASTER")
                     and all(all(v["in_pool"] for v in s["members"].values()) for s in states))
 
-        wait_for("one VRRP master and complete pools", settled, 60, 0.5)
+        wait_for("one VRRP master (the preempting one) and complete pools", settled, 60, 0.5)
         # 1. the swarm connects at once
         ctl.rt.exec_capture(ctl.cname(cluster.swarm), ["python3", "-m", "vpnlab_agent", "ctl", "initiate", cluster.name])
         out["events"].append({"t": time.time(), "what": "swarm started"})
@@ -231,6 +236,42 @@ def _failover(ctl: LabCtl, rt: Runtime, lab: Lab, cluster: Cluster, image: str, 
     row = _until(ctl, cluster, members, out, lambda r: r["swarm"]["up"] == out["clients"], say, "every client up")
     result["spread_after_rejoin"] = spread(_by_member(cluster, row, members))
     say(f"after {master} came back: {result['spread_after_rejoin']['per_member']}")
+    result["member_killed"] = _kill_member(ctl, rt, cluster, out, say)
+    return result
+
+
+def _ike_sas(ctl: LabCtl, members: tuple[str, ...]) -> set[tuple[str, str]]:
+    """(member, SPIi) of every established IKE SA the members hold."""
+    return {(m, sa["spi_i"]) for m in members for sa in ctl.status(m).get("ike_sas", [])
+            if sa.get("state") == "established"}
+
+
+def _kill_member(ctl: LabCtl, rt: Runtime, cluster: Cluster, out: dict[str, Any],
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """A member that is not the master killed: its clients come back through the virtual address
+    and spread over the others; the others' tunnels stay as they were (same IKE SAs)."""
+    members = cluster.members
+    master = next(m for m in members if cluster_now(ctl, m).get("vrrp") == "MASTER")
+    victim = next(m for m in reversed(members) if m != master)
+    addr = str(cluster.member_addresses[victim])
+    others = tuple(m for m in members if m != victim)
+    kept_before = _ike_sas(ctl, others)
+    on_victim = sample(ctl, cluster, members)["swarm"]["by_gateway"].get(addr, 0)
+    say(f"killing {victim}, not the master ({on_victim} swarm clients on it)")
+    rt.client.api.kill(ctl.cname(victim))  # type: ignore[attr-defined]
+    died = _finished_at(rt, ctl.cname(victim))
+    out["events"].append({"t": died, "what": f"{victim} killed"})
+    row = _until(ctl, cluster, others, out, lambda r: r["swarm"]["up"] == out["clients"]
+                 and addr not in r["swarm"]["by_gateway"], say, f"every client of {victim} back")
+    back = row["swarm"]["last_up_at"]
+    out["events"].append({"t": back, "what": "every client up again"})
+    kept = kept_before & _ike_sas(ctl, others)
+    result = {"killed": victim, "master": master, "clients_on_killed": on_victim,
+              "all_back_s": round(back - died, 3), "spread_after": spread(_by_member(cluster, row, others)),
+              "others_sas_before": len(kept_before), "others_sas_kept": len(kept),
+              "master_still": cluster_now(ctl, master).get("vrrp") == "MASTER"}
+    say(f"{victim}'s clients back {result['all_back_s']} s after the kill: {result['spread_after']['per_member']}; "
+        f"{len(kept)} of the others' {len(kept_before)} IKE SAs untouched")
     return result
 
 

@@ -203,6 +203,11 @@ def balance_cmd(
                       f"VIP {f['vip_failover_s']:.2f} s, all back {f['all_back_s']:.2f} s")
         r = f["spread_after_rejoin"]
         table.add_row(f"{f['killed']} back", _per(r), str(r["max_minus_min"]), str(r["stddev"]), "")
+        k = f.get("member_killed")
+        if k:
+            table.add_row(f"{k['killed']} killed (not master)", _per(k["spread_after"]),
+                          str(k["spread_after"]["max_minus_min"]), str(k["spread_after"]["stddev"]),
+                          f"all back {k['all_back_s']:.2f} s, others' SAs kept {k['others_sas_kept']}/{k['others_sas_before']}")
     out.print(table)
     out.print(f"wrote {json_out} and {png}")
 
