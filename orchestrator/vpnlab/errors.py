@@ -35,3 +35,9 @@ class LabError(VpnlabError):
 
 class ExportError(VpnlabError):
     pass
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type): what a one-line error quotes."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -22,7 +22,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vpnlab import nodelogs
 from vpnlab.bringup import READY_TIMEOUT_S, WORKERS, Bringup, NodeFailed
-from vpnlab.errors import LabError, VpnlabError
+from vpnlab.errors import LabError, VpnlabError, one_line
 from vpnlab.kinds.base import ContainerSpec
 from vpnlab.net.fabric import Fabric, configure_interface, fabric_netns_name, interface_addresses, remove_fabric
 from vpnlab.net.namespace import list_netns, netns_exists
@@ -204,10 +204,10 @@ def deploy_lab(
         try:
             destroy(lab.name, runtime=rt)
         except Exception as cleanup:  # keep the original error; say cleanup also failed
-            raise LabError(f"deploy failed ({_one_line(exc)}) and so did cleanup: {_one_line(cleanup)}") from exc
+            raise LabError(f"deploy failed ({one_line(exc)}) and so did cleanup: {one_line(cleanup)}") from exc
         if isinstance(exc, (VpnlabError, KeyboardInterrupt, SystemExit)):
             raise
-        raise LabError(f"deploy of {lab.name} failed: {_one_line(exc)}") from exc
+        raise LabError(f"deploy of {lab.name} failed: {one_line(exc)}") from exc
     return DeployResult(lab=lab.name, fabric_netns=netns, containers=len(lab.nodes), seconds=time.monotonic() - started)
 
 
@@ -263,7 +263,7 @@ def _bringup(
                 for iface in node.interfaces:
                     configure_interface(info.netns_path, iface.name, iface.address, node.gateway)
         except (NetlinkError, OSError, LookupError, ValueError) as exc:
-            raise LabError(f"cannot wire node {node.name}: {_one_line(exc)}") from exc
+            raise LabError(f"cannot wire node {node.name}: {one_line(exc)}") from exc
 
     return Bringup(lab, rt, start=start, wire=wire, summary=agent_summary,
                    has_agent=lambda n: specs[n.name].has_agent, ready_timeout=ready_timeout, report=progress)
@@ -407,7 +407,7 @@ def inspect_lab(
         try:
             nv.addresses = interface_addresses(c.netns_path)
         except (OSError, NetlinkError) as exc:
-            nv.problem = f"cannot read addresses: {_one_line(exc)}"
+            nv.problem = f"cannot read addresses: {one_line(exc)}"
         nv.unwired = missing_interfaces(c, port_records(rt.labels(c.name)))
         if nv.unwired:  # restarted outside vpnlab: nothing brings the veths back by itself
             nv.problem = heal_hint(name, c.node)
@@ -418,7 +418,7 @@ def inspect_lab(
                 if detail:
                     nv.agent = agent_status(c)
             except Exception as exc:
-                nv.problem = _one_line(exc)
+                nv.problem = one_line(exc)
         return nv
 
     with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vpnlab-inspect") as pool:

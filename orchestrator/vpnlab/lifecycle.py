@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv4Interface
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vpnlab.errors import LabError
+from vpnlab.errors import LabError, one_line
 from vpnlab.lab import agent_status
 from vpnlab.net.fabric import Fabric, configure_interface, fabric_netns_name
 from vpnlab.net.namespace import netns_exists
@@ -92,7 +92,7 @@ def wire_node(lab: str, info: ContainerInfo, records: list[PortRecord]) -> None:
                     info.netns_path, r.ifname, IPv4Interface(r.address), IPv4Address(r.gateway) if r.gateway else None
                 )
     except (NetlinkError, OSError, LookupError, ValueError) as exc:
-        raise LabError(f"cannot wire node {info.node}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+        raise LabError(f"cannot wire node {info.node}: {one_line(exc)}") from exc
 
 
 def wait_agent_ready(info: ContainerInfo, runtime: Runtime, timeout: float = READY_TIMEOUT_S) -> None:
@@ -105,7 +105,7 @@ def wait_agent_ready(info: ContainerInfo, runtime: Runtime, timeout: float = REA
         try:
             status = agent_status(current, timeout=2.0)
         except Exception as exc:  # not listening yet
-            note = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            note = one_line(exc)
         else:
             if status.get("ready"):
                 return

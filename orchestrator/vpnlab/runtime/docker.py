@@ -15,7 +15,7 @@ import docker
 from docker.errors import APIError, DockerException, NotFound
 from requests.exceptions import RequestException
 
-from vpnlab.errors import LabError
+from vpnlab.errors import LabError, one_line
 from vpnlab.kinds.base import ContainerSpec
 from vpnlab.runtime.base import (
     LABEL_KIND,
@@ -207,8 +207,7 @@ def _engine_errors(what: str) -> Iterator[None]:
     except APIError as e:
         raise LabError(f"{what}: {_api_message(e)}") from e
     except (DockerException, RequestException) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LabError(f"{what}: Docker engine not answering ({reason})") from e
+        raise LabError(f"{what}: Docker engine not answering ({one_line(e)})") from e
 
 
 def _api_message(e: APIError) -> str:
