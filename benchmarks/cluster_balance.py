@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -38,7 +37,6 @@ def main() -> int:
                     help="VRRP advert interval in seconds (repeatable; default: 0.1 and 1)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    os.environ["VPNLAB_EXPERIMENTAL"] = "clusters"  # the feature is still behind its switch
     from vpnlab.measure.balance import balance
 
     runs = {}

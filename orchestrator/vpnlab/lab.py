@@ -145,11 +145,8 @@ def deploy(
     ready_timeout: float = READY_TIMEOUT_S,
 ) -> DeployResult:
     """The whole `vpnlab deploy`: topology → environment → image → lab."""
-    from vpnlab.topology import check_supported
-
     # The file first: its mistakes are the user's most likely ones and need neither root nor Docker.
     lab = load_lab(topology, name)
-    check_supported(lab)
 
     from vpnlab.environment import check_docker, check_privileges
     from vpnlab.image import ensure_image

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,14 +30,6 @@ def runtime() -> DockerRuntime:
     except EnvironmentProblem as exc:
         pytest.skip(f"no Docker engine: {exc}")
     return DockerRuntime()
-
-
-@pytest.fixture(scope="module")
-def clusters_switch() -> Iterator[None]:
-    """Gateway clusters are still behind VPNLAB_EXPERIMENTAL=clusters: on for one module's lab."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VPNLAB_EXPERIMENTAL", "clusters")
-        yield
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ VIP = "203.0.113.2"
 
 
 @pytest.fixture(scope="module")
-def ctl(node_image: str, runtime: DockerRuntime, clusters_switch: None) -> Iterator[LabCtl]:
+def ctl(node_image: str, runtime: DockerRuntime) -> Iterator[LabCtl]:
     import uuid
 
     from vpnlab.measure.balance import with_swarm

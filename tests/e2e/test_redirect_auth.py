@@ -36,8 +36,7 @@ VIP, EDGE = "203.0.113.2", "203.0.113.1"
 
 
 @pytest.fixture(scope="module")
-def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory,
-        clusters_switch: None) -> Iterator[LabCtl]:
+def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCtl]:
     import uuid
 
     path = tmp_path_factory.mktemp("lbauth") / "lbauth.yml"

@@ -41,8 +41,7 @@ CRASH = "charon exited unexpectedly"
 
 
 def test_redirect_at_auth_strongswan_598_aborts_after_following(
-        node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory,
-        clusters_switch: None) -> None:
+        node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> None:
     import uuid
 
     path = tmp_path_factory.mktemp("lbauthsw") / "lbauthsw.yml"

@@ -27,8 +27,7 @@ TOPO = textwrap.dedent("""\
 
 
 @pytest.fixture(scope="module")
-def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory,
-        clusters_switch: None) -> Iterator[LabCtl]:
+def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCtl]:
     import uuid
 
     path = tmp_path_factory.mktemp("lbswan") / "lbswan.yml"

@@ -110,14 +110,11 @@ def balance(topology: str | Path, *, clients: int = 300, legacy: int = 0, failov
             say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     from vpnlab.environment import check_docker, check_privileges
     from vpnlab.image import ensure_image
-    from vpnlab.topology.contexts import experimental
 
     base = labs.load_lab(topology)
     name = f"{base.name[:8]}-bal"
     lab = with_swarm(topology, clients, legacy, name, tweak)
     cluster = lab.clusters[0]
-    if not experimental("clusters"):
-        raise LabError("gateway clusters are still behind VPNLAB_EXPERIMENTAL=clusters")
     check_privileges()
     check_docker()
     rt = labs._runtime(runtime)

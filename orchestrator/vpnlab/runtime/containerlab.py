@@ -69,10 +69,7 @@ def deploy(
 ) -> ClabDeployResult:
     """`vpnlab deploy --runtime containerlab`: the file, the binary, the image, the export, then containerlab."""
     from vpnlab import lab as labs
-    from vpnlab.topology import check_supported
-
     lab = labs.load_lab(topology, name)  # the file's mistakes first: they need neither root nor Docker
-    check_supported(lab)
     binary = find_binary()
 
     from vpnlab.environment import check_docker, check_privileges

@@ -13,7 +13,6 @@ Planning is deterministic like the rest of plan.py:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -21,8 +20,6 @@ from vpnlab.errors import TopologyError
 from vpnlab.topology.model import Context, Interface, Node, Segment
 from vpnlab.topology.schema import NODE_NAME_RE, TopologySpec, parse_cidr
 
-# Features still being built stay behind this switch (today: VPNLAB_EXPERIMENTAL=clusters).
-EXPERIMENTAL_ENV = "VPNLAB_EXPERIMENTAL"
 TABLE_BASE = 100  # context n routes in table 100 + n (main is 254, strongSwan's is 220)
 VNI_BASE = 1000  # tunnel-in-tunnel: context n is VXLAN VNI 1000 + n
 FIRST_HOST_OFFSET = 10
@@ -247,7 +244,3 @@ def inner_endpoint(block: IPv4Network, router_index: int) -> IPv4Address:
 def inner_transit(block: IPv4Network, number: int, router_index: int) -> IPv4Interface:
     """tunnel-in-tunnel: the router's address on context `number`'s VXLAN segment (a /24)."""
     return IPv4Interface(f"{block.network_address + (number << 8) + router_index + 1}/24")
-
-
-def experimental(feature: str) -> bool:
-    return feature in os.environ.get(EXPERIMENTAL_ENV, "").replace(",", " ").split()

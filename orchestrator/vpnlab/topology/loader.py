@@ -264,25 +264,3 @@ def _kind(value: Any) -> str:
     if isinstance(value, str):
         return f"the string {value!r}"
     return f"{type(value).__name__} {value!r}"
-
-
-# --- features the lab cannot run yet ----------------------------------------------------------------
-
-
-def check_supported(lab: Lab) -> None:
-    """Refuse reserved features that parse and plan but that no part of the lab implements yet.
-
-    Mesh, branches behind NAT and routing contexts are implemented. Called by the CLI before deploy.
-    """
-    file = str(lab.source)
-    from vpnlab.topology.contexts import experimental
-
-    if lab.clusters and not experimental("clusters"):  # still being built: VPNLAB_EXPERIMENTAL=clusters
-        raise TopologyError(
-            file, f"clusters.{lab.clusters[0].name}", "gateway clusters (IKEv2 load balancer) are not implemented yet"
-        )
-    follower = next((n for n in lab.nodes if n.follow_redirects), None)
-    if follower is not None and not experimental("clusters"):
-        raise TopologyError(file, f"nodes.{follower.name}.follow_redirects",
-                            "following redirects (RFC 5685) is part of gateway clusters, not finished yet")
-

@@ -10,7 +10,7 @@ import pytest
 
 from vpnlab.errors import TopologyError
 from vpnlab.nodeconfig import build_node_config
-from vpnlab.topology import check_supported, load_topology
+from vpnlab.topology import load_topology
 
 TOPOLOGIES = Path(__file__).resolve().parents[3] / "topologies"
 BASE = """\
@@ -73,15 +73,6 @@ def test_node_configs(tmp_path: Path) -> None:
     assert br1.ike.dpd_retries == 3 and gw1.ike.dpd_retries is None  # a dead member: 1.5 s after the check
     assert [(r.dst, r.via) for r in br1.routes] == [("203.0.113.0/24", "198.51.100.12")]
     assert up.ike is None and up.routes == ()
-
-
-def test_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab = load(tmp_path, BASE)
-    monkeypatch.delenv("VPNLAB_EXPERIMENTAL", raising=False)
-    with pytest.raises(TopologyError, match="not implemented yet"):
-        check_supported(lab)
-    monkeypatch.setenv("VPNLAB_EXPERIMENTAL", "clusters")
-    check_supported(lab)
 
 
 def test_shipped_loadbalancer_topology() -> None:
@@ -157,7 +148,7 @@ def test_swarm_errors(tmp_path: Path) -> None:
         "clusters.lb.swarm.prefix", "prefix 10.1.0.0/24 overlaps br1's LAN 10.1.0.0/24")
 
 
-def test_a_branch_may_follow_redirects_of_its_hubs_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_branch_may_follow_redirects_of_its_hubs_too(tmp_path: Path) -> None:
     lab = load(tmp_path, """\
         name: t
         secret: {psk: k}
@@ -169,11 +160,5 @@ def test_a_branch_may_follow_redirects_of_its_hubs_too(tmp_path: Path, monkeypat
     br1, br2 = (build_node_config(lab, lab.node(n)) for n in ("br1", "br2"))
     assert br1.extensions["redirect"] == {"peers": {"hub": str(lab.node("hub").public_address)}}
     assert "redirect" not in br2.extensions
-    monkeypatch.delenv("VPNLAB_EXPERIMENTAL", raising=False)
-    with pytest.raises(TopologyError) as e:
-        check_supported(lab)
-    assert e.value.where == "nodes.br1.follow_redirects"
-    monkeypatch.setenv("VPNLAB_EXPERIMENTAL", "clusters")
-    check_supported(lab)
     where, problem = error(tmp_path, BASE.replace("lan: 10.0.1.0/24}", "lan: 10.0.1.0/24, follow_redirects: true}", 1))
     assert where == "nodes.gw1" and "follow_redirects" in problem

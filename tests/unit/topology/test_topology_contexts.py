@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from vpnlab.errors import TopologyError
-from vpnlab.topology import check_supported, load_topology
-from vpnlab.topology.contexts import EXPERIMENTAL_ENV, inner_endpoint, inner_transit
+from vpnlab.topology import load_topology
+from vpnlab.topology.contexts import inner_endpoint, inner_transit
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -137,9 +137,3 @@ def test_bad_method_is_one_line(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"{tmp_path / 't.yml'}: context_method: 'gre' is not valid (expected 'hsvpn', 'tunnel-in-tunnel' or 'per-network')"
     )
-
-
-def test_contexts_deploy_without_a_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(EXPERIMENTAL_ENV, raising=False)
-    for method in ("hsvpn", "tunnel-in-tunnel", "per-network"):
-        check_supported(load(tmp_path, BASE.replace("nodes:", f"context_method: {method}\nnodes:")))

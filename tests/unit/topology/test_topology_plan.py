@@ -6,10 +6,7 @@ import textwrap
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
-import pytest
-
-from vpnlab.errors import TopologyError
-from vpnlab.topology import check_supported, load_topology
+from vpnlab.topology import load_topology
 from vpnlab.topology.model import Context, MeshSettings
 
 
@@ -154,10 +151,9 @@ def test_default_hub_and_defaults_inherited(tmp_path: Path) -> None:
 def test_gateway_can_be_a_hub(tmp_path: Path) -> None:
     lab = load(tmp_path, "name: t\nsecret: {psk: k}\nnodes:\n  gw: {role: gateway}\n  br1: {role: branch}\n")
     assert lab.node("br1").hubs == ("gw",)
-    check_supported(lab)
 
 
-def test_reserved_features_plan_but_are_refused(tmp_path: Path) -> None:
+def test_gateways_clusters_nat_and_contexts_plan_together(tmp_path: Path) -> None:
     lab = load(
         tmp_path,
         """\
@@ -178,24 +174,8 @@ def test_reserved_features_plan_but_are_refused(tmp_path: Path) -> None:
     assert br2.contexts == (Context("red", (IPv4Network("10.50.0.0/24"),), 1, 101, ("c-red0",)),)
     assert lab.clusters[0].virtual_address == IPv4Address("203.0.113.2")
     assert lab.node("gw1").cluster == "lb"
-    with pytest.raises(TopologyError, match=r"t\.yml: clusters\.lb: gateway clusters \(IKEv2 load balancer\) are not implemented yet$"):
-        check_supported(lab)  # nat and contexts pass; clusters are still behind their switch
 
 
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        ("  gw: {role: gateway}\nclusters:\n  lb: {members: [gw], address: 203.0.113.99}\n", "clusters.lb: gateway clusters (IKEv2 load balancer) are not implemented yet"),
-    ],
-)
-def test_check_supported_messages(tmp_path: Path, extra: str, message: str) -> None:
-    lab = load(tmp_path, "name: t\nsecret: {psk: k}\nnodes:\n  hub: {role: hub}\n" + extra)
-    with pytest.raises(TopologyError) as info:
-        check_supported(lab)
-    assert str(info.value) == f"{tmp_path / 't.yml'}: {message}"
-
-
-def test_mesh_alone_is_supported(tmp_path: Path) -> None:
+def test_mesh_alone_plans(tmp_path: Path) -> None:
     lab = load(tmp_path, "name: t\nsecret: {psk: k}\ndefaults: {mesh: {enabled: true}}\nnodes:\n  hub: {role: hub}\n")
     assert lab.node("hub").mesh.enabled
-    check_supported(lab)
