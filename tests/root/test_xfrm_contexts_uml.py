@@ -1,9 +1,13 @@
 """Per-network routing contexts on the kernel XFRM engine, for real inside user-mode Linux: each
-context a VRF device, one IKE SA and child SA per context between two routers running the agent's
-contexts and IKE services, the contexts' SAs told apart by XFRM marks (docs/hsvpn.md).
+context a VRF device, one IKE SA and child SA per context, the contexts' SAs told apart by XFRM
+marks (docs/hsvpn.md).
 
-The scenario runs once (xfrm_contexts_uml_payload.py, about 25 s inside UML); each test checks one
-property of what it recorded.
+Two scenarios, each run once inside UML; each test checks one property of what it recorded:
+- `facts` (xfrm_contexts_uml_payload.py, about 25 s): two routers running the agent's contexts and
+  IKE services, three contexts, a rekey;
+- `lab` (xfrm_contexts_lab_uml_payload.py, about 35 s): a hub and two branches planned from a
+  topology file by the orchestrator, each router the real agent process, branch to branch through
+  the hub in each context.
 """
 
 from __future__ import annotations
@@ -23,19 +27,28 @@ CONTEXTS = {"corp": 0x65, "guest": 0x66, "voice": 0x67}  # context -> its table,
 EXPECTED = {"corp": 5, "guest": 7, "voice": 8}
 REMOTE = {"xa": {"corp": "10.2.0.0/24", "guest": "10.2.0.0/24", "voice": "10.6.0.0/24"},
           "xb": {"corp": "10.1.0.0/24", "guest": "10.1.0.0/24", "voice": "10.5.0.0/24"}}
-MODULES = uml.DEFAULT_MODULES + ("vrf", "sch_ingress", "cls_matchall", "act_skbedit")
+MODULES = uml.DEFAULT_MODULES + ("vrf", "sch_ingress", "cls_matchall", "act_skbedit", "bridge")
 
 pytestmark = [pytest.mark.uml, pytest.mark.timeout(300)]
 
 
-@pytest.fixture(scope="module")
-def facts() -> dict[str, Any]:
-    result = uml.run_python((HERE / "xfrm_contexts_uml_payload.py").read_text(), timeout_s=240, modules=MODULES)
+def _run(payload: str) -> dict[str, Any]:
+    result = uml.run_python((HERE / payload).read_text(), timeout_s=240, modules=MODULES)
     lines = [ln for ln in result.output.splitlines() if ln.startswith("RESULT ")]
     assert lines, f"payload printed no result (rc {result.returncode}):\n{result.output[-4000:]}\n{result.console[-2000:]}"
     data = json.loads(lines[-1][len("RESULT ") :])
     assert "error" not in data, data["error"] + "\n" + result.output[-3000:]
     return data
+
+
+@pytest.fixture(scope="module")
+def facts() -> dict[str, Any]:
+    return _run("xfrm_contexts_uml_payload.py")
+
+
+@pytest.fixture(scope="module")
+def lab() -> dict[str, Any]:
+    return _run("xfrm_contexts_lab_uml_payload.py")
 
 
 def test_the_agent_picks_xfrm_and_makes_each_context_a_vrf(facts: dict[str, Any]) -> None:
@@ -146,3 +159,63 @@ def test_status_shows_each_contexts_sa(facts: dict[str, Any]) -> None:
     for c in st["contexts"]:
         assert c["device"] is None and [sa["context"] for sa in c["sas"]] == [c["name"]], c
         assert c["sas"][0]["mark"] == f"{CONTEXTS[c['name']]:#x}"
+
+
+# ---- a planned lab: hub and two branches, the agent process on each ---------------------------
+
+LAB_SAS = {"hub": 5, "br1": 3, "br2": 2}  # one per context per site pair (voice: hub and br1 only)
+
+
+def test_lab_every_agent_runs_xfrm_with_vrfs_and_one_tunnel_per_context(lab: dict[str, Any]) -> None:
+    for r, n in LAB_SAS.items():
+        s = lab["summary"][r]
+        assert s["ready"] and s["dataplane"] == "xfrm" and s["errors"] == [], s
+        assert (s["ike_sas"], s["child_sas"]) == (n, n), s
+        assert set(s["tunnels"].values()) == {"up"}, s
+        assert lab["contexts"][r]["method"] == "per-network" and lab["contexts"][r]["mode"] == "vrf"
+        k = lab["kernel_up"][r]
+        assert len(k["states"]) == 2 * n
+        for c in k["tables"]:
+            assert f"v-{c}:" in k["vrfs"] and f"master v-{c}" in k["masters"][c]
+        # each outbound state carries one context's mark; the inbound ones set it
+        assert sorted(st["mark"] for st in k["states"] if st["mark"]) == sorted(st["set_mark"] for st in k["states"] if not st["mark"])
+
+
+def test_lab_branch_to_branch_through_the_hub_stays_in_its_context(lab: dict[str, Any]) -> None:
+    assert lab["ping"] == {"corp": {"received": 3, "sent": 3}, "guest": {"received": 5, "sent": 5}}
+    assert lab["who"] == {
+        "br1-corp1>10.1.2.10": "br2-corp1", "br1-guest1>10.1.2.10": "br2-guest1",  # the same address
+        "br2-corp1>10.1.1.10": "br1-corp1", "br2-guest1>10.1.0.10": "hub-guest1",
+        "br1-voice1>10.5.0.10": "hub-voice1",
+    }
+    # br2 has no voice: neither its contexts reach voice's LANs, nor voice br2's
+    assert lab["cross"] == {"br2-corp1>10.5.1.10": None, "br2-corp1>10.5.0.10": None, "br1-voice1>10.1.2.10": None,
+                            "br1-voice1>10.1.2.10 ping": {"received": 0, "sent": 2}}
+
+
+def test_lab_each_sa_counts_exactly_its_contexts_packets(lab: dict[str, Any]) -> None:
+    # corp: 3 pings and 2 questions br1 <-> br2; guest: 5 pings, 1 question br1 -> br2, 1 br2 -> hub
+    expected = {
+        "hub": {"br1.corp": 5, "br1.guest": 6, "br1.voice": 1, "br2.corp": 5, "br2.guest": 7},
+        "br1": {"hub.corp": 5, "hub.guest": 6, "hub.voice": 1},
+        "br2": {"hub.corp": 5, "hub.guest": 7},
+    }
+    for r, want in expected.items():
+        got = {p: (c["packets_out"], c["packets_in"]) for p, c in lab["children"][r].items()}
+        assert got == {p: (n, n) for p, n in want.items()}, (r, got)
+
+
+def test_lab_underlay_shows_only_esp_in_udp(lab: dict[str, Any]) -> None:
+    wire = lab["wire"]
+    # every inner packet once per hop: pings 2 x 2 x (3 + 5), questions 4 + 4 + 4 + 2 + 2
+    assert wire["esp_in_udp"] == 48, wire
+    assert wire["icmp"] == 0 and wire["other"] == 0, wire
+    assert wire["inner_addr_in_outer_hdr"] == 0 and wire["pattern_seen"] == 0, wire
+
+
+def test_lab_agents_stop_cleanly_and_leave_nothing(lab: dict[str, Any]) -> None:
+    assert lab["exit"] == {"hub": 0, "br1": 0, "br2": 0}, lab["logs_tail"]
+    for r in LAB_SAS:
+        k = lab["kernel_closed"][r]
+        assert k["states"] == [] and k["policies"] == [] and k["vrfs"].strip() == "", (r, k)
+        assert "fwmark" not in k["rules"] and all(t.strip() == "" for t in k["tables"].values()), (r, k)

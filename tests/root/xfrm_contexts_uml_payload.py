@@ -103,12 +103,11 @@ def _who_server(ns: str, conn: Any) -> None:
         s.sendto(ns.encode() + b" " + data, peer)
 
 
-def start_who_servers(ctx: Any) -> None:
-    for side in ("xa", "xb"):
-        for c, _, _ in CONTEXTS:
-            a, b = ctx.Pipe()
-            ctx.Process(target=_who_server, args=(host(side, c), b), daemon=True).start()
-            assert a.poll(10) and a.recv() == "ready"
+def start_who_servers_in(ctx: Any, namespaces: list[str]) -> None:
+    for ns in namespaces:
+        a, b = ctx.Pipe()
+        ctx.Process(target=_who_server, args=(ns, b), daemon=True).start()
+        assert a.poll(10) and a.recv() == "ready"
 
 
 def _asker(ns: str, dst: str, conn: Any) -> None:
@@ -228,15 +227,16 @@ def policies(ns: str) -> list[dict[str, Any]]:
     return found
 
 
-def kernel(ns: str) -> dict[str, Any]:
+def kernel(ns: str, contexts: tuple[str, ...] = tuple(TABLE)) -> dict[str, Any]:
+    """What the kernel holds in router ns that the contexts and the engine may have added."""
     return {
         "states": states(ns), "policies": policies(ns),
         "rules": sh("ip", "rule", ns=ns).stdout,
         "vrfs": sh("ip", "-d", "-o", "link", "show", "type", "vrf", ns=ns).stdout,
-        "tables": {c: sh("ip", "route", "show", "table", str(t), ns=ns, check=False).stdout for c, t in TABLE.items()},
+        "tables": {c: sh("ip", "route", "show", "table", str(TABLE[c]), ns=ns, check=False).stdout for c in contexts},
         "main": sh("ip", "route", "show", "table", "main", ns=ns).stdout,
-        "qdiscs": {c: sh("tc", "qdisc", "show", "dev", f"c-{c}0", ns=ns).stdout for c in TABLE},
-        "masters": {c: sh("ip", "-o", "link", "show", f"c-{c}0", ns=ns).stdout for c in TABLE},
+        "qdiscs": {c: sh("tc", "qdisc", "show", "dev", f"c-{c}0", ns=ns).stdout for c in contexts},
+        "masters": {c: sh("ip", "-o", "link", "show", f"c-{c}0", ns=ns).stdout for c in contexts},
     }
 
 
@@ -256,7 +256,7 @@ def main() -> dict[str, Any]:
     t0 = time.monotonic()
     setup()
     ctx = mp.get_context("fork")
-    start_who_servers(ctx)
+    start_who_servers_in(ctx, [host(side, c) for side in ("xa", "xb") for c, _, _ in CONTEXTS])
     captures = start_captures(ctx)
     b = Router(ctx, "xb")  # responder first, so the initiator's first packet finds it
     a = Router(ctx, "xa")

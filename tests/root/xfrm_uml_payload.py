@@ -103,9 +103,10 @@ def engine_side(side: str, conn: Any, mark: tuple[int, int] | None = None) -> No
         conn.send(("error", traceback.format_exc()))
 
 
-def capture(conn: Any, ns: str, iface: str) -> None:
+def capture(conn: Any, ns: str, iface: str, sent_by: str = "us") -> None:
     """Child process in ns: record what this side puts on the wire (outgoing frames only: decrypted
-    tunnel-mode packets are re-injected on the same device and would show up as incoming)."""
+    tunnel-mode packets are re-injected on the same device and would show up as incoming).
+    sent_by="peer": the frames the other end of iface sends (a switch port: its incoming ones)."""
     netns.setns(ns)
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     s.bind((iface, 0))
@@ -119,7 +120,7 @@ def capture(conn: Any, ns: str, iface: str) -> None:
             frame, addr = s.recvfrom(65535)
         except TimeoutError:
             continue
-        if addr[2] != socket.PACKET_OUTGOING or len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        if (addr[2] == socket.PACKET_OUTGOING) != (sent_by == "us") or len(frame) < 34 or frame[12:14] != b"\x08\x00":
             continue  # not IPv4 (ARP ...)
         stats["frames"] += 1
         ip = frame[14:]
@@ -148,12 +149,13 @@ def capture(conn: Any, ns: str, iface: str) -> None:
     conn.send(stats)
 
 
-def start_captures(ctx: Any) -> list[Any]:
-    """One capture process per side's outer device; returns their pipe ends once all are ready."""
+def start_captures(ctx: Any, where: tuple[tuple[str, str], ...] = (("xa", "va"), ("xb", "vb")),
+                   sent_by: str = "us") -> list[Any]:
+    """One capture process per (netns, device); returns their pipe ends once all are ready."""
     captures = []
-    for ns, dev in (("xa", "va"), ("xb", "vb")):
+    for ns, dev in where:
         cap_conn, cap_child = ctx.Pipe()
-        ctx.Process(target=capture, args=(cap_child, ns, dev), daemon=True).start()
+        ctx.Process(target=capture, args=(cap_child, ns, dev, sent_by), daemon=True).start()
         assert cap_conn.poll(10) and cap_conn.recv() == "ready"
         captures.append(cap_conn)
     return captures
