@@ -373,14 +373,16 @@ def _build_context(root: Path) -> io.BytesIO:
     return buf
 
 
-def build_node(client: Any, tag: str, base: str, report: _Reporter, root: Path | None = None) -> None:
+def build_node(client: Any, tag: str, base: str, report: _Reporter, root: Path | None = None,
+               context: io.BytesIO | None = None, kind: str = "node") -> None:
+    """`context`: another build context than root's files (the libreswan image, image_libreswan.py)."""
     root = root or NODE_IMAGE_DIR
-    report.start(f"node image {tag}", total=None)
+    report.start(f"{kind} image {tag}", total=None)
     last = ""
     try:
         stream = client.api.build(
-            fileobj=_build_context(root), custom_context=True, tag=tag, rm=True, forcerm=True,
-            decode=True, buildargs={"BASE_IMAGE": base}, labels={LABEL: "node"},
+            fileobj=context or _build_context(root), custom_context=True, tag=tag, rm=True, forcerm=True,
+            decode=True, buildargs={"BASE_IMAGE": base}, labels={LABEL: kind},
             network_mode="none",
         )  # fmt: skip
         for chunk in stream:
@@ -400,7 +402,7 @@ def build_node(client: Any, tag: str, base: str, report: _Reporter, root: Path |
         raise ImageError(f"docker build of {tag} failed: {exc}; last output: {last}") from exc
     if not _has_image(client, tag):
         raise ImageError(f"docker build of {tag} produced no image; last output: {last}")
-    report.update(description=f"node image {tag}", completed=1, total=1)
+    report.update(description=f"{kind} image {tag}", completed=1, total=1)
 
 
 # ---------------------------------------------------------------- entry point
@@ -434,8 +436,9 @@ def remove_images(keep_current: bool = True) -> list[str]:
     client = _client()
     keep = {base_tag(), node_tag()} if keep_current else set()
     removed: list[str] = []
-    # Node images first: they sit on top of a base.
-    for kind in ("node", "base"):
+    # Node images first: they sit on top of a base. The libreswan image (image_libreswan.py) only
+    # when nothing is kept; its base, while it stands on it, refuses to go (APIError below).
+    for kind in ("node", "base") if keep_current else ("node", "libreswan", "base"):
         for image in client.images.list(filters={"label": f"{LABEL}={kind}"}):
             for tag in image.tags:
                 if tag in keep:

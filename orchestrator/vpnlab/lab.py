@@ -178,6 +178,11 @@ def deploy_lab(
     _refuse_existing(lab.name, rt)
     all_specs = _container_specs(lab)
     all_specs.update(specs or {})
+    extra_images = {s.image for s in all_specs.values() if s.image}
+    if extra_images:  # e.g. libreswan's: built on demand, only for labs whose nodes name it
+        from vpnlab.image_libreswan import ensure_images
+
+        ensure_images(extra_images, progress)
     plan = plan_fabric(lab)
     started = time.monotonic()
     report = _Report(progress)
@@ -249,7 +254,8 @@ def _bringup(
         return {**node_labels(lab, node), LABEL_PORTS: port_label}
 
     def start(node: Node) -> ContainerInfo:
-        return rt.start(container_name(lab.name, node.name), image, specs[node.name], labels(node))
+        return rt.start(container_name(lab.name, node.name), specs[node.name].image or image, specs[node.name],
+                        labels(node))
 
     def wire(node: Node, info: ContainerInfo) -> None:
         try:

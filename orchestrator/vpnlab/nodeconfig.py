@@ -153,11 +153,12 @@ def other_hubs(lab: Lab, hub: Node) -> tuple[Node, ...]:
 
     Only between agent hubs: strongSwan's kernel-libipsec refuses a branch child SA whose local
     selectors also cover another hub's site ("error installing route with policy"), so a
-    strongSwan hub keeps its star of branch tunnels only."""
-    if hub.role != "hub" or hub.implementation == "strongswan":
+    strongSwan hub keeps its star of branch tunnels only; so does a libreswan hub (its kernel-only
+    data plane carries nothing here, and its hub-to-hub tunnels are not what it is in a lab for)."""
+    if hub.role != "hub" or hub.implementation != "agent":
         return ()
     return tuple(n for n in lab.routers
-                 if n.role == "hub" and n.name != hub.name and n.implementation != "strongswan")
+                 if n.role == "hub" and n.name != hub.name and n.implementation == "agent")
 
 
 def hub_site(lab: Lab, hub: Node, without: tuple[str, ...] = ()) -> list[IPv4Network]:

@@ -30,6 +30,7 @@ class ContainerSpec:
     devices: tuple[str, ...] = ("/dev/net/tun",)
     env: dict[str, str] = field(default_factory=dict)
     has_agent: bool = True  # True: deploy waits until `python3 -m vpnlab_agent ctl status` reports ready
+    image: str | None = None  # None: the lab's node image; else a tag built on demand (image_libreswan.py)
 
 
 class Kind(Protocol):

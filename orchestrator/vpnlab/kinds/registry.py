@@ -1,4 +1,4 @@
-"""Registry of node kinds, keyed by Node.implementation ("agent", "strongswan", "host", "nat").
+"""Registry of node kinds, keyed by Node.implementation ("agent", "strongswan", "libreswan", "host", "nat").
 
 Adding a kind is one module with a class that has `name` and `container_spec`, plus one line here.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 from vpnlab.errors import LabError
 from vpnlab.kinds.base import Kind
 from vpnlab.kinds.host import HostKind
+from vpnlab.kinds.libreswan import LibreswanKind
 from vpnlab.kinds.nat import NatKind
 from vpnlab.kinds.router import AgentRouterKind
 from vpnlab.kinds.strongswan import StrongswanKind
@@ -37,5 +38,6 @@ def kind_for(node: Node) -> Kind:
 
 register(AgentRouterKind())
 register(StrongswanKind())
+register(LibreswanKind())
 register(HostKind())
 register(NatKind())

@@ -13,7 +13,7 @@ from typing import Literal
 
 Role = Literal["hub", "branch", "gateway", "host", "upstream", "swarm", "nat"]  # upstream, swarm: planned for a cluster
 HUB_ROLES: tuple[Role, ...] = ("hub", "gateway")  # gateways act like hubs for branches (for now)
-Implementation = Literal["agent", "strongswan", "host", "nat"]
+Implementation = Literal["agent", "strongswan", "libreswan", "host", "nat"]
 SegmentKind = Literal["underlay", "lan", "cluster", "nat"]  # a context LAN is a "lan" segment too; "nat": a NAT device's inside
 
 UNDERLAY = "inet"  # name of the emulated internet segment
@@ -45,6 +45,13 @@ class MeshSettings:  # Advanced Mesh VPN (docs/mesh.md)
     # Not in the topology file: `vpnlab measure hub-traffic` sets it on the hub to count the star's
     # branch-to-branch bytes with mesh off (a hub otherwise runs no mesh service in such a lab).
     count_pairs: bool = False
+
+
+@dataclass(frozen=True)
+class LibreswanSettings:  # implementation: libreswan (docs/loadbalancer.md, "libreswan 4.10")
+    accept_redirect: bool = True  # client: pluto's accept-redirect
+    redirect_to: str | None = None  # gateway: the libreswan hub every client is sent to
+    redirect: Literal["init", "auth"] = "init"  # init: global-redirect at IKE_SA_INIT; auth: per conn in IKE_AUTH
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class Node:
     contexts: tuple[Context, ...] = ()  # routers: routing contexts (docs/hsvpn.md)
     context: str | None = None  # hosts: the routing context of their LAN (None: the plain LANs)
     cluster: str | None = None  # the load-balancer cluster this gateway (or upstream router) belongs to
+    libreswan: LibreswanSettings | None = None  # implementation: libreswan
 
     @property
     def is_router(self) -> bool:

@@ -24,6 +24,7 @@ from vpnlab.topology.model import (
     UNDERLAY,
     Interface,
     Lab,
+    LibreswanSettings,
     MeshSettings,
     NatSettings,
     Node,
@@ -31,6 +32,7 @@ from vpnlab.topology.model import (
 )
 from vpnlab.topology.schema import (
     NODE_NAME_RE,
+    LibreswanSpec,
     MeshSpec,
     NodeSpec,
     PskSecret,
@@ -328,6 +330,22 @@ class _Planner:
 
     # --- assembly ---------------------------------------------------------------------------------
 
+    def libreswan_settings(self, name: str, s: NodeSpec) -> LibreswanSettings | None:
+        """A libreswan node's options; redirect_to must name another libreswan hub of the lab."""
+        if s.implementation != "libreswan":
+            return None
+        ls = s.libreswan or LibreswanSpec()
+        target = ls.redirect_to
+        if target is not None:
+            other = self.spec.nodes.get(target)
+            if target == name or other is None or other.role != "hub" or other.implementation != "libreswan":
+                hubs = sorted(n for n, o in self.spec.nodes.items()
+                              if n != name and o.role == "hub" and o.implementation == "libreswan")
+                raise self.fail(f"nodes.{name}.libreswan.redirect_to",
+                                f"{target!r} is not another libreswan hub of this lab "
+                                f"(libreswan hubs: {', '.join(hubs) or 'none'})")
+        return LibreswanSettings(accept_redirect=ls.accept_redirect, redirect_to=target, redirect=ls.redirect)
+
     def build(self) -> Lab:
         lab_psk = self.psk(self.spec.secret, "secret")
         pairs = crypto.pair_psks(self.spec, self.source.parent, self.fail)
@@ -394,6 +412,7 @@ class _Planner:
                     lan_subnets=tuple(r.lans),
                     hubs=r.hubs,
                     follow_redirects=bool(s.follow_redirects),
+                    libreswan=self.libreswan_settings(name, s),
                     psk=self.psk(s.secret, f"nodes.{name}.secret"),
                     crypto=crypto.crypto_settings(name, self.spec, s, self.fail),
                     dataplane=s.dataplane or defaults.dataplane,

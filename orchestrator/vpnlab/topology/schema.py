@@ -21,7 +21,7 @@ DEFAULT_INTERNET = "198.51.100.0/24"
 
 RouterRole = Literal["hub", "branch", "gateway"]
 NodeRole = Literal["hub", "branch", "gateway", "host", "nat"]
-ImplementationName = Literal["agent", "strongswan"]
+ImplementationName = Literal["agent", "strongswan", "libreswan"]
 DataplaneName = Literal["auto", "userspace", "xfrm"]
 # How routing contexts cross the tunnels (docs/hsvpn.md): one tunnel with a tag in the ESP trailer,
 # one tunnel with a VXLAN per context inside it, or one tunnel per context.
@@ -36,7 +36,8 @@ DEFAULT_NAT_TYPE = "endpoint-independent"
 HOST_KEYS = frozenset({"role", "router", "address"})
 NAT_KEYS = frozenset({"role", "type", "public", "mapping_timeout"})
 ROUTER_KEYS = frozenset(
-    {"role", "implementation", "lan", "hosts", "public", "dataplane", "mesh", "contexts", "auth", "secret", "crypto"}
+    {"role", "implementation", "lan", "hosts", "public", "dataplane", "mesh", "contexts", "auth", "secret", "crypto",
+     "libreswan"}
 )
 ROLE_KEYS: dict[str, frozenset[str]] = {
     "hub": ROUTER_KEYS,
@@ -230,6 +231,12 @@ def _host_list(v: Any) -> Any:
     return v
 
 
+class LibreswanSpec(_Strict):  # implementation: libreswan (docs/loadbalancer.md, "libreswan 4.10")
+    accept_redirect: bool = True  # as a client: follow RFC 5685 REDIRECTs (pluto's accept-redirect)
+    redirect_to: str | None = None  # as a gateway: send every client to this libreswan hub of the lab
+    redirect: Literal["init", "auth"] = "init"  # init: global-redirect in IKE_SA_INIT; auth: redirect-to per conn
+
+
 class NodeSpec(_Strict):
     role: NodeRole
     # routers
@@ -243,6 +250,7 @@ class NodeSpec(_Strict):
     auth: AuthName | None = None  # how this router proves its identity: psk | cert
     secret: PskSecret | None = None  # this router's own PSK, instead of the lab-wide one
     crypto: CryptoSpec | None = None
+    libreswan: LibreswanSpec | None = None  # implementation: libreswan only
     # branches
     hubs: list[str] | None = None
     nat: bool | str = False  # true, a NAT type (own device of that type) or a `role: nat` node's name
@@ -307,9 +315,27 @@ class NodeSpec(_Strict):
         if self.implementation == "strongswan" and self.contexts:
             # charon here has no per-context routing tables or tags (docs/hsvpn.md, "strongSwan")
             raise ValueError("routing contexts need implementation: agent (a strongswan node carries only plain LANs)")
+        if self.implementation == "libreswan" or self.libreswan is not None:
+            _check_libreswan(self)
         if self.nat is not False and self.public is not None:
             raise ValueError("a branch with nat: true has no public address (its NAT device has one); drop 'public'")
         return self
+
+
+def _check_libreswan(node: NodeSpec) -> None:
+    """What a libreswan node cannot do here, refused rather than silently dropped."""
+    if node.implementation != "libreswan":
+        raise ValueError("key 'libreswan' needs implementation: libreswan")
+    if node.mesh is not None and node.mesh.enabled:
+        raise ValueError("mesh shortcuts need implementation: agent (a libreswan node stays on the star)")
+    if node.contexts:
+        raise ValueError("routing contexts need implementation: agent (a libreswan node carries only plain LANs)")
+    if node.auth == "cert":
+        raise ValueError("auth: cert is not supported with implementation: libreswan (PSK only)")
+    if node.role == "gateway":
+        raise ValueError("a cluster member needs implementation: agent (libreswan can be a hub or a branch)")
+    if node.libreswan is not None and node.libreswan.redirect_to is not None and node.role != "hub":
+        raise ValueError("libreswan.redirect_to: only a hub redirects its clients")
 
 
 class VrrpSpec(_Strict):  # a cluster's VRRP (keepalived) settings

@@ -16,7 +16,7 @@ TOPOLOGIES = Path(__file__).resolve().parents[3] / "topologies"
 
 
 def test_registered_kinds() -> None:
-    assert kind_names() == ("agent", "host", "nat", "strongswan")
+    assert kind_names() == ("agent", "host", "libreswan", "nat", "strongswan")
 
 
 def test_agent_router_spec() -> None:
@@ -69,7 +69,7 @@ def test_host_spec() -> None:
 def test_unknown_kind_lists_valid_ones() -> None:
     lab = load_topology(TOPOLOGIES / "minimal.yml")
     odd = dataclasses.replace(lab.node("hub"), implementation="vyos")  # type: ignore[arg-type]
-    with pytest.raises(LabError, match=r"^node hub: unknown kind 'vyos' \(valid kinds: agent, host, nat, strongswan\)$"):
+    with pytest.raises(LabError, match=r"^node hub: unknown kind 'vyos' \(valid kinds: agent, host, libreswan, nat, strongswan\)$"):
         kind_for(odd)
 
 
