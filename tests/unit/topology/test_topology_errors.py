@@ -231,7 +231,7 @@ def test_psk_file_relative_to_topology(tmp_path: Path) -> None:
         (GOOD + "defaults: {mesh: {idle_timeot: 3}}\n", "defaults.mesh", "unknown key 'idle_timeot' (did you mean 'idle_timeout'?)"),
         (GOOD.replace("{psk: s3cret}", "{pks: s3cret}"), "secret", "unknown key 'pks' (did you mean 'psk'?)"),
         (GOOD + "  br2: {role: branch, contexts: [{name: a, lna: 10.5.0.0/24}]}\n", "nodes.br2.contexts.0", "unknown key 'lna' (did you mean 'lan'?)"),
-        (GOOD + "  br2: {role: branch, zzz: 1}\n", "nodes.br2", "unknown key 'zzz' (valid keys: role, implementation, lan, hosts, public, dataplane, mesh, contexts, auth, secret, crypto, hubs, nat, follow_redirects, router, address, type, mapping_timeout)"),
+        (GOOD + "  br2: {role: branch, zzz: 1}\n", "nodes.br2", "unknown key 'zzz' (valid keys: role, implementation, lan, hosts, public, dataplane, mesh, contexts, auth, secret, crypto, libreswan, hubs, nat, follow_redirects, router, address, type, mapping_timeout)"),
     ],
 )
 def test_unknown_keys_suggest_closest(tmp_path: Path, text: str, where: str, problem: str) -> None:
@@ -271,7 +271,7 @@ def test_missing_role(tmp_path: Path) -> None:
 
 
 def test_unknown_implementation(tmp_path: Path) -> None:
-    err = error_of(tmp_path, GOOD + "  br2: {role: branch, implementation: libreswan}\n")
+    err = error_of(tmp_path, GOOD + "  br2: {role: branch, implementation: vyos}\n")
     assert err.where == "nodes.br2.implementation"
 
 
