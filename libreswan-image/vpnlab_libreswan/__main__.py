@@ -8,7 +8,6 @@ import logging
 import sys
 
 from vpnlab_agent import __main__ as agent_main
-from vpnlab_agent import config as node_config
 from vpnlab_agent import log
 
 
@@ -18,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     if args is None:
         return agent_main.main(argv)  # ctl, help and mistakes: the agent's own command line
     try:
-        cfg = node_config.load(args.config)
+        cfg = agent_main._load_config(args.config, args.wait)  # written into the running container
     except (OSError, ValueError, TypeError) as exc:
         print(f"vpnlab-libreswan: cannot load {args.config}: {exc}", file=sys.stderr)
         return 1

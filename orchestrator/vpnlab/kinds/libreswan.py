@@ -36,7 +36,8 @@ class LibreswanKind:
         return ContainerSpec(
             node=node.name,
             command=LIBRESWAN_COMMAND,
-            files={CONFIG_PATH: config.to_json().encode(), **{p: t.encode() for p, t in files.items()}},
+            # the node config last: the agent starts once it is there, and pluto then reads the others
+            files={**{p: t.encode() for p, t in files.items()}, CONFIG_PATH: config.to_json().encode()},
             sysctls=dict(ROUTER_SYSCTLS),
             image=libreswan_tag(),
             has_agent=True,

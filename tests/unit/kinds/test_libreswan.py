@@ -15,6 +15,7 @@ from vpnlab.kinds.libreswan_conf import esp_proposal, ike_proposal, supernet
 from vpnlab.kinds.registry import kind_for
 from vpnlab.topology import load_topology
 from vpnlab.topology.model import Lab
+from vpnlab_agent.config import CONFIG_PATH
 
 LAB = """\
 name: lsunit
@@ -54,6 +55,7 @@ def test_client_of_a_cluster_knows_only_the_virtual_address_and_accepts_redirect
     spec = kind_for(lab.node("ls1")).container_spec(lab, lab.node("ls1"))
     assert spec.image == libreswan_tag() and spec.has_agent
     assert spec.command == ("python3", "-m", "vpnlab_libreswan", "run")
+    assert list(spec.files)[-1] == CONFIG_PATH  # the agent starts once it is there: pluto's files first
     conf, secrets = files(lab, "ls1")
     c = conn(conf, "lb")
     assert c["right"] == str(lab.clusters[0].virtual_address) and c["rightid"] == "@lb"
