@@ -57,8 +57,7 @@ NO_ESP = "Function not implemented (errno 38)"
 
 
 @pytest.fixture(scope="module")
-def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory,
-        clusters_switch: None) -> Iterator[LabCtl]:
+def ctl(node_image: str, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCtl]:
     import uuid
 
     path = tmp_path_factory.mktemp("lsredir") / "lsredir.yml"
