@@ -215,7 +215,8 @@ def _host_file(
     topology: dict[str, Any] = {"name": lab.name, "prefix": PREFIX, "topology": {"nodes": nodes}}
     if links:
         topology["topology"]["links"] = links
-    comments = _comments(lab, image, host, local, bridges, my_vxlan, mtu, placement)
+    extra = sorted({t for n in local if (t := specs[n.name].image)})
+    comments = _comments(lab, image, host, local, bridges, my_vxlan, mtu, placement, extra)
     name = PurePosixPath(f"{lab.name}.clab.yml")
     return ClabFile(host, base / name, topology, comments, files)
 
@@ -223,7 +224,7 @@ def _host_file(
 def _linux_node(lab: Lab, node: Node, spec: ContainerSpec, image: str, binds: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "kind": "linux",
-        "image": image,
+        "image": spec.image or image,  # a kind's own image (libreswan's) or the node image
         "cmd": shlex.join(spec.command),
         "network-mode": "none",  # no management interface: like `vpnlab deploy`, every interface is the lab's
         "restart-policy": "no",  # a restarted container would come back without its veths
@@ -269,6 +270,7 @@ def _comments(
     vxlan: list[VxlanLink],
     mtu: dict[str, int],
     placement: Placement | None,
+    extra_images: list[str] = [],  # noqa: B006 - read only
 ) -> tuple[str, ...]:
     lines = [f"containerlab topology of vpnlab lab {lab.name}, exported by `vpnlab export` from {lab.source}"]
     if host is not None and placement is not None:
@@ -278,6 +280,7 @@ def _comments(
         f"Run: containerlab deploy -t {lab.name}.clab.yml   (containerlab >= {CLAB_MIN_VERSION}, as root)",
         f"Image {image} must exist on this host: `vpnlab image` builds it; elsewhere",
         f"  docker save {image} | ssh HOST docker load",
+        *(f"Image {t} too (`vpnlab deploy` of this lab builds it; vpnlab.image_libreswan)" for t in extra_images),
         f"Files under {FILES_DIR}/ are bound into the nodes; the node.json files hold the lab's PSK.",
         f"Segments are bridges inside the {FABRIC_NODE} container ({', '.join(b.name for b in bridges)});",
         f"  watch the internet with: docker exec {PREFIX}-{lab.name}-{FABRIC_NODE} tcpdump -ni inet",

@@ -83,6 +83,10 @@ def deploy(
             raise LabError(f"lab {lab.name} already exists: `vpnlab destroy {lab.name}` first, or deploy with --reconfigure")
         labs.destroy(lab.name)  # a lab of the Docker runtime; containerlab's own goes with --reconfigure
     image = ensure_image(progress=progress)
+    if any(n.implementation == "libreswan" for n in lab.nodes):  # its nodes run an image of their own
+        from vpnlab.image_libreswan import ensure_libreswan_image
+
+        ensure_libreswan_image(progress=progress)
     started = time.monotonic()
     files = write_export(export_lab(lab, image), lab_dir(lab.name, state_dir))
     _run(deploy_argv(binary, files[0], reconfigure), f"containerlab deploy of {lab.name}", rollback=destroy_argv(binary, lab.name))

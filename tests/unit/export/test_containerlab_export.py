@@ -223,6 +223,23 @@ def test_what_a_kind_adds_to_its_spec_goes_along_without_exporter_code(tmp_path:
     assert node["env"] == {"VPNLAB_FEATURE": "on"} and node["sysctls"]["net.ipv4.ip_nonlocal_bind"] == "1"
 
 
+def test_a_libreswan_node_gets_its_own_image(tmp_path: Path, validator: Any) -> None:
+    from vpnlab.image_libreswan import libreswan_tag
+
+    path = tmp_path / "ls.yml"
+    path.write_text('name: lsexp\nsecret: {psk: "x"}\nnodes:\n  hub: {role: hub, implementation: libreswan}\n'
+                    '  br1: {role: branch, hubs: [hub]}\n')
+    lab = load_topology(path)
+    out = tmp_path / "out"
+    clab.write_export(clab.export_lab(lab, IMAGE), out)
+    read_back(out, validator)
+    text = (out / "lsexp.clab.yml").read_text()
+    nodes = yaml.safe_load(text)["topology"]["nodes"]
+    assert nodes["hub"]["image"] == libreswan_tag() and nodes["br1"]["image"] == IMAGE
+    assert f"Image {libreswan_tag()} too" in text
+    assert "files/hub/etc/ipsec.conf:/etc/ipsec.conf:ro" in nodes["hub"]["binds"]
+
+
 # ------------------------------------------------------------------ several hosts
 
 HOSTS = ["h1=192.0.2.11", "h2=192.0.2.12", "h3=192.0.2.13"]
