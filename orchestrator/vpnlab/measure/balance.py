@@ -48,20 +48,23 @@ def with_swarm(topology: str | Path, clients: int, legacy: int, name: str,
 
 
 def restart_node(lab: Lab, rt: Runtime, image: str, node: str) -> None:
-    """A fresh container for `node`, wired into the lab's fabric as at deploy (the old one is gone)."""
+    """A fresh container for `node` (a SIGKILLed one keeps stale state, keepalived's pid files among
+    it), labelled and wired as at deploy: lifecycle.wire_node from its vpnlab.ports records, with
+    the MACs of deploy (a new one would blackhole the member for ~10 s: stale ARP at the upstream),
+    so `vpnlab restart` works on it later too."""
+    from vpnlab import lifecycle
     from vpnlab.kinds.registry import kind_for
-    from vpnlab.net.fabric import Fabric, fabric_netns_name
-    from vpnlab.net.wiring import interface_mac, plan_fabric
+    from vpnlab.net.portrecords import LABEL_PORTS, port_records, ports_label
+    from vpnlab.net.wiring import plan_fabric
 
     n = lab.node(node)
+    spec = kind_for(n).container_spec(lab, n)
+    labels = {**node_labels(lab, n),
+              LABEL_PORTS: ports_label(lab, plan_fabric(lab), node, configure_from_outside=not spec.has_agent)}
     cname = container_name(lab.name, node)
     rt.remove(cname)
-    info = rt.start(cname, image, kind_for(n).container_spec(lab, n), node_labels(lab, n))
-    with Fabric.open(fabric_netns_name(lab.name)) as fabric:
-        for port in plan_fabric(lab).ports_of(node):
-            # the MAC of deploy: a new one would blackhole the member for ~10 s (stale ARP at the upstream)
-            fabric.attach(port.bridge, port.port, port.alias, info.netns_path, port.ifname,
-                          interface_mac(lab.name, port.alias))
+    info = rt.start(cname, image, spec, labels)
+    lifecycle.wire_node(lab.name, info, port_records(labels))
 
 
 def cluster_of(status: dict[str, Any]) -> dict[str, Any]:
