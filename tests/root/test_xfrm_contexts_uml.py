@@ -163,7 +163,7 @@ def test_status_shows_each_contexts_sa(facts: dict[str, Any]) -> None:
 
 # ---- a planned lab: hub and two branches, the agent process on each ---------------------------
 
-LAB_SAS = {"hub": 5, "br1": 3, "br2": 2}  # one per context per site pair (voice: hub and br1 only)
+LAB_SAS = {"hub": 6, "br1": 3, "br2": 3}  # one per context per site pair (voice: hub and br1; iot: hub and br2)
 
 
 def test_lab_every_agent_runs_xfrm_with_vrfs_and_one_tunnel_per_context(lab: dict[str, Any]) -> None:
@@ -187,6 +187,9 @@ def test_lab_branch_to_branch_through_the_hub_stays_in_its_context(lab: dict[str
         "br1-corp1>10.1.2.10": "br2-corp1", "br1-guest1>10.1.2.10": "br2-guest1",  # the same address
         "br2-corp1>10.1.1.10": "br1-corp1", "br2-guest1>10.1.0.10": "hub-guest1",
         "br1-voice1>10.5.0.10": "hub-voice1",
+        # the hub's iot LAN (10.0.0.0/8) holds its other contexts' addresses: its routes still get
+        # an address of iot's own VRF as source (the kernel refused another context's)
+        "br2-iot1>10.0.0.10": "hub-iot1",
     }
     # br2 has no voice: neither its contexts reach voice's LANs, nor voice br2's
     assert lab["cross"] == {"br2-corp1>10.5.1.10": None, "br2-corp1>10.5.0.10": None, "br1-voice1>10.1.2.10": None,
@@ -196,9 +199,9 @@ def test_lab_branch_to_branch_through_the_hub_stays_in_its_context(lab: dict[str
 def test_lab_each_sa_counts_exactly_its_contexts_packets(lab: dict[str, Any]) -> None:
     # corp: 3 pings and 2 questions br1 <-> br2; guest: 5 pings, 1 question br1 -> br2, 1 br2 -> hub
     expected = {
-        "hub": {"br1.corp": 5, "br1.guest": 6, "br1.voice": 1, "br2.corp": 5, "br2.guest": 7},
+        "hub": {"br1.corp": 5, "br1.guest": 6, "br1.voice": 1, "br2.corp": 5, "br2.guest": 7, "br2.iot": 1},
         "br1": {"hub.corp": 5, "hub.guest": 6, "hub.voice": 1},
-        "br2": {"hub.corp": 5, "hub.guest": 7},
+        "br2": {"hub.corp": 5, "hub.guest": 7, "hub.iot": 1},
     }
     for r, want in expected.items():
         got = {p: (c["packets_out"], c["packets_in"]) for p, c in lab["children"][r].items()}
@@ -207,8 +210,8 @@ def test_lab_each_sa_counts_exactly_its_contexts_packets(lab: dict[str, Any]) ->
 
 def test_lab_underlay_shows_only_esp_in_udp(lab: dict[str, Any]) -> None:
     wire = lab["wire"]
-    # every inner packet once per hop: pings 2 x 2 x (3 + 5), questions 4 + 4 + 4 + 2 + 2
-    assert wire["esp_in_udp"] == 48, wire
+    # every inner packet once per hop: pings 2 x 2 x (3 + 5), questions 4 + 4 + 4 + 2 + 2 + 2
+    assert wire["esp_in_udp"] == 50, wire
     assert wire["icmp"] == 0 and wire["other"] == 0, wire
     assert wire["inner_addr_in_outer_hdr"] == 0 and wire["pattern_seen"] == 0, wire
 

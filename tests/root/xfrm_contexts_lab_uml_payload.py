@@ -4,8 +4,9 @@ two branches, every router the real agent process on the kernel XFRM engine.
 The topology below goes through the orchestrator's loader and planner and `build_node_config`, as
 `vpnlab deploy` does; the wiring is the fabric's (one netns per node, one bridge per segment in a
 fabric netns, a veth per interface) and each router runs `python -m vpnlab_agent run` with the
-sysctls the router kind sets. Contexts corp and guest (the same addresses at every site) and voice
-(hub and br1 only). Each host answers "who are you" on UDP 7. Prints one JSON line of facts.
+sysctls the router kind sets. Contexts corp and guest (the same addresses at every site), voice
+(hub and br1 only) and iot (hub and br2; the hub's iot LAN 10.0.0.0/8 holds its other contexts'
+addresses). Each host answers "who are you" on UDP 7. Prints one JSON line of facts.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ nodes:
       - {name: corp, lan: 10.1.0.0/24, hosts: 1}
       - {name: guest, lan: 10.1.0.0/24, hosts: 1}
       - {name: voice, lan: 10.5.0.0/24, hosts: 1}
+      - {name: iot, lan: 10.0.0.0/8, hosts: 1}  # holds every other context's hub address
   br1:
     role: branch
     hubs: [hub]
@@ -49,6 +51,7 @@ nodes:
     contexts:
       - {name: corp, lan: 10.1.2.0/24, hosts: 1}
       - {name: guest, lan: 10.1.2.0/24, hosts: 1}
+      - {name: iot, lan: 172.16.2.0/24, hosts: 1}
 """
 ROUTERS = ("hub", "br1", "br2")
 FABRIC = "fabric"
@@ -151,7 +154,7 @@ def main() -> dict[str, Any]:
         facts["who"] = {
             "br1-corp1>10.1.2.10": ask("br1-corp1", "10.1.2.10"), "br1-guest1>10.1.2.10": ask("br1-guest1", "10.1.2.10"),
             "br2-corp1>10.1.1.10": ask("br2-corp1", "10.1.1.10"), "br2-guest1>10.1.0.10": ask("br2-guest1", "10.1.0.10"),
-            "br1-voice1>10.5.0.10": ask("br1-voice1", "10.5.0.10"),
+            "br1-voice1>10.5.0.10": ask("br1-voice1", "10.5.0.10"), "br2-iot1>10.0.0.10": ask("br2-iot1", "10.0.0.10"),
         }
         # voice exists at the hub and br1 only: br2's contexts have no route to it, nor br1's voice to br2
         facts["cross"] = {

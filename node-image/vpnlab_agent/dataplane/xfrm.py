@@ -54,6 +54,7 @@ SOL_UDP = 17
 UDP_ENCAP = 100
 IP_XFRM_POLICY = 17
 RECV_SIZE = 65536
+RTN_LOCAL = 2  # a route's type: an address of this host (in a VRF's table: of that VRF)
 
 # on_lifetime(spi_in, hard): the kernel says the SA crossed its soft or hard byte lifetime.
 LifetimeHandler = Callable[[int, bool], None]
@@ -351,18 +352,24 @@ class XfrmEngine(Engine):
             except Exception as exc:
                 raise EngineError(f"SA {sa.name}: no route to peer {sa.remote_addr}: {exc}") from exc
             gateway, oif = hop.get_attr("RTA_GATEWAY"), hop.get_attr("RTA_OIF")
-            src = self._source_for(ipr, sa.local_ts)
+            src = self._source_for(ipr, sa.local_ts, table)
         return [Route(str(ipaddress.IPv4Network(rts, strict=False)), oif, tunnel_metric(sa.preference),
                       gateway=gateway or None, prefsrc=src, table=table)
                 for rts in sa.remote_ts
                 if ipaddress.IPv4Network(rts, strict=False).prefixlen]  # never the default route; the policy still matches
 
-    def _source_for(self, ipr: Any, local_ts: tuple[str, ...]) -> str | None:
+    def _source_for(self, ipr: Any, local_ts: tuple[str, ...], table: int = MAIN_TABLE) -> str | None:
         """route_src if it lies inside the local selectors, else the first local address that does:
-        a source outside them would match no policy and leave in the clear."""
+        a source outside them would match no policy and leave in the clear. In a VRF's table only
+        the VRF's own addresses (its table's local routes) will do: the kernel refuses a route whose
+        source is another context's address, which overlapping contexts may well put inside these
+        selectors."""
         nets = [ipaddress.IPv4Network(ts, strict=False) for ts in local_ts]
-        candidates = [self.route_src] if self.route_src else []
-        candidates += [a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)]
+        own = [r.get_attr("RTA_DST") for r in ipr.get_routes(family=socket.AF_INET, table=table)
+               if r["type"] == RTN_LOCAL] if table != MAIN_TABLE else []
+        candidates = own or ([self.route_src] if self.route_src else [])
+        candidates += [] if own else [a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+                                      for a in ipr.get_addr(family=socket.AF_INET)]
         for addr in candidates:
             if addr and any(ipaddress.IPv4Address(addr) in n for n in nets):
                 return addr
