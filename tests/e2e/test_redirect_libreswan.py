@@ -1,7 +1,7 @@
 """RFC 5685 against libreswan 4.10 (its own image, `implementation: libreswan`): IKE only.
 
 (a) pluto as a client (`accept-redirect=yes`) of our clusters: redirected at IKE_SA_INIT by the
-    master (gw2) to the least-loaded member, and at IKE_AUTH by lbauth's only member.
+    master to the least-loaded member, and at IKE_AUTH by lbauth's only member.
 (b) pluto as a gateway redirects our branches: `global-redirect` in IKE_SA_INIT (lsgw) and a conn's
     `redirect-to` in IKE_AUTH (lsgwa), both to lstarget, which serves their clients as them.
 pluto's data plane is the kernel's XFRM: on this kernel (no ESP) every child SA fails at install,
@@ -112,8 +112,10 @@ def test_redirect_libreswan_client_at_init_comes_up_at_the_member(ctl: LabCtl) -
     assert member in ("gw1", "gw2"), member
     assert any(f'"lb"[1] {address} ' in line and "initiator established IKE SA" in line and "'@lb'" in line
                for line in lines), "\n".join(lines)
-    gateway = ctl.status("gw2")["services"]["cluster"]["gateway"]  # gw2 is the master
-    assert gateway["redirected"] + gateway["to_self"] >= 1 and gateway["unsupported"] == 0, gateway
+    # gw2 is master once VRRP settles; ls1 may have come while gw1 still held the address
+    counters = [ctl.status(m)["services"]["cluster"]["gateway"] for m in ("gw1", "gw2")]
+    assert sum(c["redirected"] + c["to_self"] for c in counters) >= 1, counters
+    assert all(c["unsupported"] == 0 for c in counters), counters
     sas = wait_for(f"{member} to hold ls1's IKE SA", lambda: [
         sa for sa in ctl.status(member)["ike_sas"] if sa["peer"] == "ls1" and sa["state"] == "established"], 30)
     assert sas[0]["remote"].split(":")[0] == wan_address(ctl, "ls1"), sas
