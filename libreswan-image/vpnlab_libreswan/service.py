@@ -18,15 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.daemon import Daemon
 
 from vpnlab_libreswan.whack import parse_status
 
 log = logging.getLogger("vpnlab_agent.libreswan")
-pluto_log = logging.getLogger("vpnlab_agent.pluto")
 
 CTL_WAIT_S = 20.0
 STOP_GRACE_S = 5.0
-MAX_LOG_LINE = 16 * 1024
 
 
 class LibreswanError(Exception):
@@ -65,10 +64,7 @@ class LibreswanService:
         self.conns: list[str] = []
         self.initiators: list[str] = []
         self.esp_problem: str | None = None
-        self._proc: asyncio.subprocess.Process | None = None
-        self._pump: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._errors: list[str] = []
+        self.pluto = Daemon("pluto")
         self._ike_sas: list[dict[str, Any]] = []
         self._child_sas: list[dict[str, Any]] = []
         self._connections: dict[str, dict[str, Any]] = {}
@@ -99,22 +95,19 @@ class LibreswanService:
         for stale in ("pluto.ctl", "pluto.pid"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self.paths.rundir}/{stale}")
-        self._proc = await asyncio.create_subprocess_exec(
+        await self.pluto.start(
             self.paths.pluto, "--nofork", "--stderrlog", "--config", self.paths.config,
             "--secretsfile", self.paths.secrets, "--nssdir", self.paths.nssdir, "--rundir", self.paths.rundir,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            limit=MAX_LOG_LINE,
         )  # fmt: skip
-        log.info("pluto started (pid %d)", self._proc.pid)
-        self._pump = asyncio.create_task(self._pump_log(self._proc))
+        log.info("pluto started (pid %d)", self.pluto.pid)
         await self._wait_ctl()
         await self._wait_conns()
 
     async def _wait_ctl(self) -> None:
         deadline = time.monotonic() + CTL_WAIT_S
         while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.returncode is not None:
-                raise LibreswanError(f"pluto exited with code {self._proc.returncode} before opening its control socket")
+            if self.pluto.returncode is not None:
+                raise LibreswanError(f"pluto exited with code {self.pluto.returncode} before opening its control socket")
             if os.path.exists(self.paths.ctlsocket):
                 code, _ = await self._whack("--status")
                 if code == 0:
@@ -138,42 +131,23 @@ class LibreswanService:
             await asyncio.sleep(0.2)
         raise LibreswanError(f"pluto did not load conn {', '.join(missing)} within {CTL_WAIT_S:g} s")
 
-    async def _pump_log(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while True:
-            try:
-                line = await proc.stdout.readline()
-            except ValueError:
-                pluto_log.warning("dropped a pluto log line longer than %d bytes", MAX_LOG_LINE)
-                continue
-            if not line:
-                break
-            text = line.decode(errors="replace").rstrip()
-            if text:
-                pluto_log.info("%s", text)
-        code = await proc.wait()
-        if not self._stopping:
-            self._errors.append(f"pluto exited with code {code}")
-            log.error("pluto exited unexpectedly with code %s", code)
-
     async def refresh(self) -> None:
-        if self._proc is None or self._proc.returncode is not None:
+        if not self.pluto.running:
             return
         _, text = await self._whack("--status")
         self._connections, self._ike_sas, self._child_sas, self._states = parse_status(text, self.conns)
 
     def status(self) -> dict[str, Any]:
-        running = self._proc is not None and self._proc.returncode is None
         return {
-            "running": running,
-            "pid": self._proc.pid if self._proc else None,
+            "running": self.pluto.running,
+            "pid": self.pluto.pid,
             "kernel_esp": self.esp_problem is None,
             "kernel_esp_problem": self.esp_problem,
             "connections": self._connections,
             "states": self._states,  # pluto's own lines, as `whack --status` prints them
             "ike_sas": self._ike_sas,
             "child_sas": self._child_sas,
-            "errors": list(self._errors),
+            "errors": list(self.pluto.errors),
         }
 
     async def initiate(self, peer: str) -> dict[str, Any]:
@@ -185,20 +159,7 @@ class LibreswanService:
         return {"peer": peer, "ok": code == 0, "output": text.strip()}
 
     async def stop(self) -> None:
-        self._stopping = True
-        proc = self._proc
-        if proc is None:
+        if self.pluto.pid is None:
             return
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-            except asyncio.TimeoutError:
-                log.warning("pluto ignored SIGTERM for %g s; killing it", STOP_GRACE_S)
-                proc.kill()
-                await proc.wait()
-        if self._pump is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pump, 2.0)
+        await self.pluto.stop(STOP_GRACE_S)
         log.info("pluto stopped")
-        self._proc = None

@@ -84,7 +84,11 @@ def test_cluster_vrrp_master_holds_the_virtual_address_and_every_pool_is_complet
         assert st["status_messages"]["accepted"] > 0 and st["status_messages"]["forged"] == 0
         assert {n: v["master"] for n, v in st["members"].items()} == {"gw1": True, "gw2": False, "gw3": False}
     code, out = ctl.run("br1", ["ping", "-n", "-c", "1", "-w", "10", "203.0.113.2"])
-    assert code == 0, out  # the branches reach the virtual address through the upstream router
+    # the branches reach the virtual address through the upstream router (seen failing once in ~20
+    # runs under load with "Destination Host Unreachable": the neighbour tables say who answered)
+    assert code == 0, out + "".join(
+        f"\n{n}: " + ctl.run(n, ["sh", "-c", "ip neigh show dev cl0; ip -4 -o addr show dev cl0"])[1]
+        for n in ("edge", *MEMBERS))
 
 
 INJECT = r"""
@@ -213,10 +217,11 @@ def test_cluster_master_failover_clients_recover_on_the_survivors(ctl: LabCtl) -
 
 
 def test_cluster_member_rejoins_and_receives_new_clients(ctl: LabCtl) -> None:
-    from vpnlab.measure.balance import restart_node
+    """The killed master's own container started again, as `vpnlab start LAB NODE` does."""
+    from vpnlab.lifecycle import start_node
 
     dead = next(x for x in MEMBERS if ctl.rt.get(ctl.cname(x)) is None or not _running(ctl, x))
-    restart_node(ctl.lab_model, ctl.rt, ctl.rt.client.api.inspect_container(ctl.cname("gw2"))["Config"]["Image"], dead)  # type: ignore[attr-defined]
+    start_node(ctl.lab, dead, ctl.rt)
     wait_for(f"{dead} back in every pool", lambda: all(
         cluster(ctl, x).get("members", {}).get(dead, {}).get("in_pool") for x in MEMBERS), 60, 0.5)
     ctl.run("lb-sw", ["python3", "-m", "vpnlab_agent", "ctl", "terminate", "lb"])

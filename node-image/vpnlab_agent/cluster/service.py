@@ -25,6 +25,7 @@ from vpnlab_agent.cluster.config import STATUS_GROUP, STATUS_PORT, ClusterConfig
 from vpnlab_agent.cluster.selection import Balancer, metric_named
 from vpnlab_agent.cluster.status import MemberPool, MemberStatus, encode_status, next_status
 from vpnlab_agent.config import STATE_DIR
+from vpnlab_agent.daemon import Daemon
 
 log = logging.getLogger("vpnlab_agent.cluster")
 
@@ -62,7 +63,7 @@ class ClusterService:
         self.listeners: list[Callable[[str], None]] = []  # called with the new VRRP state
         self.gateway: Any = None  # the RFC 5685 gateway extension on the virtual address (its counters)
         self.errors: list[str] = []
-        self._proc: asyncio.subprocess.Process | None = None
+        self.keepalived = Daemon("keepalived", on_exit=lambda code: self._set_state("FAULT"))
         self._fifo_fd = -1
         self._fifo_buf = b""
         self._sock: socket.socket | None = None
@@ -70,7 +71,6 @@ class ClusterService:
         self._timer: asyncio.TimerHandle | None = None
         self._last_sent: MemberStatus | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._watch: asyncio.Task[None] | None = None
 
     @property
     def master(self) -> bool:
@@ -92,12 +92,15 @@ class ClusterService:
         conf.write_text(keepalived.render(self.cfg.own, [self.cfg.vrrp_instance()], notify_fifo=str(fifo),
                                           nice=VRRP_NICE))
         await self._open_socket()
-        self._proc = await asyncio.create_subprocess_exec(
+        for stale in ("keepalived.pid", "keepalived-vrrp.pid"):
+            # left by a keepalived killed with its container: on `vpnlab start` its PID may belong to
+            # another process now, and keepalived would say "already running" and exit 0
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / stale).unlink()
+        await self.keepalived.start(
             self.keepalived_bin, "--dont-fork", "--log-console", "--vrrp", "--use-file", str(conf),
             "--pid", str(self.dir / "keepalived.pid"), "--vrrp_pid", str(self.dir / "keepalived-vrrp.pid"),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
-        self._watch = asyncio.create_task(self._watch_keepalived(self._proc))
         log.info("cluster %s: keepalived started (VRRPv%d, advert %gs, priority %d), status every %gs",
                  self.cfg.name, self.cfg.vrrp_version, self.cfg.advert_int_s, self.cfg.me.priority,
                  self.cfg.status_interval_s)
@@ -123,18 +126,7 @@ class ClusterService:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.terminate()  # keepalived gives the address up and sends priority 0
-            try:
-                await asyncio.wait_for(self._proc.wait(), KEEPALIVED_STOP_S)
-            except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self._proc.kill()
-                await self._proc.wait()
-        if self._watch is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._watch, 1.0)
+        await self.keepalived.stop(KEEPALIVED_STOP_S)  # SIGTERM: keepalived gives the address up, sends priority 0
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -143,16 +135,6 @@ class ClusterService:
             os.close(self._fifo_fd)
             self._fifo_fd = -1
         self._loop = None
-
-    async def _watch_keepalived(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while line := await proc.stdout.readline():
-            log.info("%s", line.decode(errors="replace").rstrip(), extra={"component": "keepalived"})
-        code = await proc.wait()
-        if self._loop is not None:  # not our own stop()
-            self.errors.append(f"keepalived exited with {code}")
-            log.error("keepalived exited with %s", code)
-            self._set_state("FAULT")
 
     # --- VRRP state, from keepalived ----------------------------------------------------------
 
@@ -263,6 +245,6 @@ class ClusterService:
             "members": members, "gateway": None if self.gateway is None else self.gateway.status(),
             "status_messages": self.pool.counters.as_dict(),
             "vrrp_changes": [{"at": t, "state": s} for t, s in self.vrrp_changes],
-            "running": self._proc is not None and self._proc.returncode is None,
-            "errors": list(self.errors),
+            "running": self.keepalived.running,
+            "errors": self.errors + self.keepalived.errors,
         }

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vpnlab_agent.config import NodeConfig
+from vpnlab_agent.daemon import Daemon
 from vpnlab_agent.strongswan.render import (
     VICI_SOCKET,
     forwardable_ts,
@@ -26,7 +27,6 @@ from vpnlab_agent.strongswan.render import (
 from vpnlab_agent.strongswan.vici import Message, Vici, ViciError
 
 log = logging.getLogger("vpnlab_agent.strongswan")
-charon_log = logging.getLogger("vpnlab_agent.charon")
 
 VICI_WAIT_S = 20.0
 # charon's start_action = start tries once: if the peer answered before it had loaded its own
@@ -38,7 +38,6 @@ KEEP_MAX_RETRY_S = 30.0
 LOAD_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 FAREWELL_S = 2.5  # DELETEs to peers on stop; with STOP_GRACE_S within the agent's stop timeout
-MAX_LOG_LINE = 16 * 1024
 
 
 class StrongswanError(Exception):
@@ -191,13 +190,11 @@ class StrongswanService:
         self.config = config
         self.paths = paths or StrongswanPaths()
         self.libipsec = True  # decided in start(), by probing the kernel
-        self._proc: asyncio.subprocess.Process | None = None
-        self._pump: asyncio.Task[None] | None = None
+        self.charon = Daemon("charon")
         self._ike_sas: list[dict[str, Any]] = []
         self._child_sas: list[dict[str, Any]] = []
-        self._errors: list[str] = []
+        self._errors: list[str] = []  # ours (VICI); charon's exit is in self.charon.errors
         self._loaded = False
-        self._stopping = False
         self._keeper: asyncio.Task[None] | None = None
         self._held: set[str] = set()  # terminated by the operator: the keeper leaves them down
         self.peers = tuple(p.name for p in config.ike.peers) if config.ike else ()
@@ -239,16 +236,8 @@ class StrongswanService:
         self.render()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.paths.vici_socket)  # stale from an earlier charon
-        self._proc = await asyncio.create_subprocess_exec(
-            self.paths.charon,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=self.env,
-            limit=MAX_LOG_LINE,
-        )
-        log.info("charon started (pid %d)", self._proc.pid)
-        self._pump = asyncio.create_task(self._pump_log(self._proc))
+        await self.charon.start(self.paths.charon, env=self.env)
+        log.info("charon started (pid %d)", self.charon.pid)
         await self._wait_vici()
         await self._load_all()
         self._loaded = True
@@ -265,7 +254,7 @@ class StrongswanService:
         due = dict.fromkeys(self.initiators, time.monotonic() + KEEP_FIRST_RETRY_S)
         while True:
             await asyncio.sleep(1.0)
-            if self._proc is None or self._proc.returncode is not None:
+            if not self.charon.running:
                 return
             for peer in self.initiators:
                 now = time.monotonic()
@@ -286,32 +275,11 @@ class StrongswanService:
                 due[peer] = now + retry[peer]
                 retry[peer] = min(retry[peer] * 2, KEEP_MAX_RETRY_S)
 
-    async def _pump_log(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while True:
-            try:
-                line = await proc.stdout.readline()
-            except ValueError:
-                # A line over MAX_LOG_LINE: readline has already dropped it (or its head, when the
-                # rest is still on its way). Reading on to the next newline here would also throw
-                # away the following, ordinary line.
-                charon_log.warning("dropped a charon log line longer than %d bytes", MAX_LOG_LINE)
-                continue
-            if not line:
-                break
-            text = line.decode(errors="replace").rstrip()
-            if text:
-                charon_log.info("%s", text)
-        code = await proc.wait()
-        if not self._stopping:
-            self._errors.append(f"charon exited with code {code}")
-            log.error("charon exited unexpectedly with code %s", code)
-
     async def _wait_vici(self) -> None:
         deadline = time.monotonic() + VICI_WAIT_S
         while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.returncode is not None:
-                raise StrongswanError(f"charon exited with code {self._proc.returncode} before opening VICI")
+            if self.charon.returncode is not None:
+                raise StrongswanError(f"charon exited with code {self.charon.returncode} before opening VICI")
             if os.path.exists(self.paths.vici_socket):
                 try:
                     await asyncio.to_thread(self._vici_request, "version")
@@ -352,7 +320,7 @@ class StrongswanService:
 
     async def refresh(self) -> None:
         """Query charon for the current SAs (called before status())."""
-        if self._proc is None or self._proc.returncode is not None:
+        if not self.charon.running:
             self._ike_sas, self._child_sas = [], []
             return
         try:
@@ -362,14 +330,13 @@ class StrongswanService:
             self._errors = self._errors[-9:] + [f"list-sas: {exc}"]
 
     def status(self) -> dict[str, Any]:
-        running = self._proc is not None and self._proc.returncode is None
         return {
-            "charon_pid": self._proc.pid if self._proc else None,
-            "running": running,
+            "charon_pid": self.charon.pid,
+            "running": self.charon.running,
             "loaded": self._loaded,
             "ike_sas": list(self._ike_sas),
             "child_sas": list(self._child_sas),
-            "errors": list(self._errors),
+            "errors": self.charon.errors + self._errors,
         }
 
     def _check_peer(self, peer: str) -> None:
@@ -425,27 +392,14 @@ class StrongswanService:
             log.warning("peers not all told within %g s; stopping charon anyway", FAREWELL_S)
 
     async def stop(self) -> None:
-        self._stopping = True
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._keeper
             self._keeper = None
-        proc = self._proc
-        if proc is None:
+        if self.charon.pid is None:
             return
-        if proc.returncode is None and self._loaded:
+        if self.charon.running and self._loaded:
             await self._say_goodbye()
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-            except asyncio.TimeoutError:
-                log.warning("charon ignored SIGTERM for %g s; killing it", STOP_GRACE_S)
-                proc.kill()
-                await proc.wait()
-        if self._pump is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pump, 2.0)
+        await self.charon.stop(STOP_GRACE_S)
         log.info("charon stopped")
-        self._proc = None

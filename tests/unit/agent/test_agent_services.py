@@ -162,9 +162,10 @@ def test_strongswan_stop_ends_charon_within_the_agent_timeout_when_peers_are_dea
 
     async def scenario() -> int | None:
         svc = StrongswanService(config, StrongswanPaths(vici_socket=vici_path))
-        svc._proc = await asyncio.create_subprocess_exec("sleep", "60")  # stands in for charon
+        await svc.charon.start("sleep", "60")  # stands in for charon
         svc._loaded = True
-        proc = svc._proc
+        proc = svc.charon._proc
+        assert proc is not None
         try:
             await asyncio.wait_for(svc.stop(), SERVICE_STOP_TIMEOUT_S)
         finally:
@@ -179,34 +180,6 @@ def test_strongswan_stop_ends_charon_within_the_agent_timeout_when_peers_are_dea
     finally:
         silent.close()
     assert code is not None and code < 0  # ended by our signal, not left behind
-
-
-def test_charon_log_keeps_the_line_after_an_overlong_one(branch: NodeConfig, caplog: pytest.LogCaptureFixture) -> None:
-    import logging
-    import sys
-
-    from vpnlab_agent.strongswan.service import MAX_LOG_LINE
-
-    script = f"import sys; sys.stdout.write('x' * {MAX_LOG_LINE * 2} + '\\n' + 'next line\\n')"
-
-    async def scenario() -> None:
-        svc = StrongswanService(branch)
-        svc._stopping = True  # the stand-in exits on its own; that is not a failure here
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, limit=MAX_LOG_LINE
-        )
-        await asyncio.wait_for(svc._pump_log(proc), 10)
-
-    logger = logging.getLogger("vpnlab_agent")
-    propagate, logger.propagate = logger.propagate, True  # log.setup() may have turned it off
-    try:
-        with caplog.at_level(logging.INFO, logger="vpnlab_agent.charon"):
-            asyncio.run(scenario())
-    finally:
-        logger.propagate = propagate
-    lines = [r.getMessage() for r in caplog.records if r.name == "vpnlab_agent.charon"]
-    assert "next line" in lines
-    assert not any(len(line) > MAX_LOG_LINE for line in lines)
 
 
 def test_a_part_that_could_not_be_built_makes_the_node_not_ready(branch: NodeConfig, tmp_path: Any) -> None:
