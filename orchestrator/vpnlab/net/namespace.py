@@ -53,15 +53,16 @@ def remove_netns(name: str) -> bool:
     return True
 
 
-def open_iproute(path: str) -> IPRoute:
-    """An IPRoute whose socket lives in the namespace at `path` (a netns file or /proc/<pid>/ns/net)."""
+@contextmanager
+def _entered(path: str) -> Iterator[None]:
+    """This thread inside the namespace at `path` for the block, back in its own after it."""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         target = os.open(path, os.O_RDONLY)
         try:
             _netns.setns(target)
             try:
-                return IPRoute()
+                yield
             finally:
                 # Always come back, or this thread would keep working in the wrong namespace.
                 _netns.setns(own)
@@ -71,24 +72,19 @@ def open_iproute(path: str) -> IPRoute:
         os.close(own)
 
 
+def open_iproute(path: str) -> IPRoute:
+    """An IPRoute whose socket lives in the namespace at `path` (a netns file or /proc/<pid>/ns/net)."""
+    with _entered(path):
+        return IPRoute()
+
+
 def write_sysctls(path: str, values: dict[str, str]) -> None:
     """Write net sysctls ("net.ipv6.conf.default.disable_ipv6") inside the namespace at `path`:
     /proc/sys/net shows the namespace of the thread that opens it."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(path, os.O_RDONLY)
-        try:
-            _netns.setns(target)
-            try:
-                for key, value in values.items():
-                    with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-                        f.write(value)
-            finally:
-                _netns.setns(own)
-        finally:
-            os.close(target)
-    finally:
-        os.close(own)
+    with _entered(path):
+        for key, value in values.items():
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(value)
 
 
 @contextmanager
