@@ -90,16 +90,24 @@ def base_tag(root: Path | None = None) -> str:
     return f"{BASE_REPO}:{digest.hexdigest()[:_HASH_LEN]}"
 
 
+def context_entries(root: Path) -> list[tuple[str, Path]]:
+    """(name in the build context, file) for every file of image_files(root)."""
+    return [(p.relative_to(root).as_posix(), p) for p in image_files(root)]
+
+
+def context_digest(entries: list[tuple[str, Path]]) -> str:
+    """Hash of every name and its bytes: the part of an image tag that says what was built."""
+    digest = hashlib.sha256()
+    for name, path in entries:
+        rel, data = name.encode(), path.read_bytes()
+        digest.update(len(rel).to_bytes(4, "big") + rel + len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()[:_HASH_LEN]
+
+
 def node_tag(root: Path | None = None) -> str:
     """Hash of every path and its bytes under node-image/ (packages.txt included, so a new base
     always means a new node image)."""
-    root = root or NODE_IMAGE_DIR
-    digest = hashlib.sha256()
-    for path in image_files(root):
-        rel = path.relative_to(root).as_posix().encode()
-        data = path.read_bytes()
-        digest.update(len(rel).to_bytes(4, "big") + rel + len(data).to_bytes(8, "big") + data)
-    return f"{NODE_REPO}:{digest.hexdigest()[:_HASH_LEN]}"
+    return f"{NODE_REPO}:{context_digest(context_entries(root or NODE_IMAGE_DIR))}"
 
 
 # ---------------------------------------------------------------- apt sources → mirror
@@ -358,12 +366,12 @@ def build_base(client: Any, tag: str, report: _Reporter, root: Path | None = Non
 # ---------------------------------------------------------------- node image
 
 
-def _build_context(root: Path) -> io.BytesIO:
+def build_context(entries: list[tuple[str, Path]]) -> io.BytesIO:
     """Exactly the hashed files, as a tar: what is built is what the tag names."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in image_files(root):
-            info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
+        for name, path in entries:
+            info = tar.gettarinfo(str(path), arcname=name)
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             info.mtime = 0  # stable layers: Docker's cache keys include mtimes
@@ -381,7 +389,7 @@ def build_node(client: Any, tag: str, base: str, report: _Reporter, root: Path |
     last = ""
     try:
         stream = client.api.build(
-            fileobj=context or _build_context(root), custom_context=True, tag=tag, rm=True, forcerm=True,
+            fileobj=context or build_context(context_entries(root)), custom_context=True, tag=tag, rm=True, forcerm=True,
             decode=True, buildargs={"BASE_IMAGE": base}, labels={LABEL: kind},
             network_mode="none",
         )  # fmt: skip

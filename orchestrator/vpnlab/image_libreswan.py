@@ -13,9 +13,6 @@ rebuilt when either changes and never otherwise.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,10 +26,8 @@ REPO = "vpnlab-libreswan"
 
 def context_files() -> list[tuple[str, Path]]:
     """(name in the build context, file): libreswan-image/ as it is, plus the agent package."""
-    own = [(p.relative_to(LIBRESWAN_IMAGE_DIR).as_posix(), p) for p in image.image_files(LIBRESWAN_IMAGE_DIR)]
-    agent_dir = image.NODE_IMAGE_DIR / "vpnlab_agent"
-    agent = [("vpnlab_agent/" + p.relative_to(agent_dir).as_posix(), p) for p in image.image_files(agent_dir)]
-    return sorted(own + agent)
+    agent = [("vpnlab_agent/" + name, p) for name, p in image.context_entries(image.NODE_IMAGE_DIR / "vpnlab_agent")]
+    return sorted(image.context_entries(LIBRESWAN_IMAGE_DIR) + agent)
 
 
 def base_tag() -> str:
@@ -40,25 +35,7 @@ def base_tag() -> str:
 
 
 def libreswan_tag() -> str:
-    digest = hashlib.sha256()
-    for name, path in context_files():
-        data, rel = path.read_bytes(), name.encode()
-        digest.update(len(rel).to_bytes(4, "big") + rel + len(data).to_bytes(8, "big") + data)
-    return f"{REPO}:{digest.hexdigest()[:12]}"
-
-
-def _context() -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, path in context_files():
-            info = tar.gettarinfo(str(path), arcname=name)
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            info.mtime = 0
-            with open(path, "rb") as f:
-                tar.addfile(info, f)
-    buf.seek(0)
-    return buf
+    return f"{REPO}:{image.context_digest(context_files())}"
 
 
 def ensure_libreswan_image(force: bool = False, progress: ProgressSink | None = None) -> str:
@@ -72,7 +49,7 @@ def ensure_libreswan_image(force: bool = False, progress: ProgressSink | None = 
             return tag
         if force or not image._has_image(client, base):
             image.build_base(client, base, report, root=LIBRESWAN_IMAGE_DIR)
-        image.build_node(client, tag, base, report, context=_context(), kind="libreswan")
+        image.build_node(client, tag, base, report, context=image.build_context(context_files()), kind="libreswan")
     return tag
 
 

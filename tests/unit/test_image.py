@@ -68,7 +68,7 @@ def test_base_tag_follows_packages_only(tmp_path: Path) -> None:
 
 def test_build_context_is_exactly_the_hashed_files(tmp_path: Path) -> None:
     root = _tree(tmp_path)
-    with tarfile.open(fileobj=image._build_context(root)) as tar:
+    with tarfile.open(fileobj=image.build_context(image.context_entries(root))) as tar:
         names = sorted(tar.getnames())
     assert names == ["Dockerfile", "packages.txt", "vpnlab_agent/__init__.py"]
 

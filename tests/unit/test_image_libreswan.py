@@ -40,7 +40,7 @@ def test_tag_follows_its_own_files_and_the_agent_only(trees: tuple[Path, Path]) 
 
 
 def test_build_context_is_the_hashed_files(trees: tuple[Path, Path]) -> None:
-    with tarfile.open(fileobj=image_libreswan._context()) as tar:
+    with tarfile.open(fileobj=image.build_context(image_libreswan.context_files())) as tar:
         names = tar.getnames()
     assert names == ["Dockerfile", "packages.txt", "vpnlab_agent/agent.py", "vpnlab_libreswan/service.py"]
 
