@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from vpnlab_agent.cluster.arrivals import COUNTER  # arrivals wrap
 from vpnlab_agent.cluster.status import MemberStatus
 
 MISS_S = 4.0  # a redirected client's IKE_SA_INIT reaches its member well within this, even under load
@@ -35,7 +36,6 @@ SHUN_S = 10.0
 SHUN_MAX_S = 160.0
 HOLD_S = 10.0
 MAX_PENDING = 10_000  # per member; a redirect flood cannot grow memory without bound
-COUNTER = 2**32  # arrivals wrap
 
 
 class Metric(Protocol):
