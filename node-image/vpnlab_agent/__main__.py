@@ -25,6 +25,7 @@ from vpnlab_agent import log
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
 # Modules asyncio would import that the agent never uses: it speaks plain UDP, netlink and Unix
 # sockets, never TLS. Keeping `ssl` out of sys.modules saves ~0.9 MiB per router container
@@ -105,7 +106,10 @@ def _load_config(path: str, wait: float) -> node_config.NodeConfig:
             time.sleep(CONFIG_POLL_S)
 
 
-def _run(args: Any) -> int:
+def _run(args: Any, services: Callable[[node_config.NodeConfig], list[Any]] | None = None,
+         who: str = "vpnlab-agent") -> int:
+    """`run`: the agent with the services its config asks for, or with `services(config)` (the
+    libreswan image's entry point runs pluto's this way)."""
     _trim_imports()  # before anything imports asyncio
     from vpnlab_agent.netconfig import lighten_pyroute2
 
@@ -117,10 +121,11 @@ def _run(args: Any) -> int:
     try:
         cfg = _load_config(args.config, args.wait)
     except (OSError, ValueError, TypeError) as exc:
-        print(f"vpnlab-agent: cannot load {args.config}: {exc}", file=sys.stderr)
+        print(f"{who}: cannot load {args.config}: {exc}", file=sys.stderr)
         return 1
     log.setup(cfg.name)
-    agent = Agent(cfg, control_path=args.socket, wait_timeout=args.wait)
+    agent = Agent(cfg, control_path=args.socket, wait_timeout=args.wait,
+                  services=services(cfg) if services else None)
     try:
         return asyncio.run(agent.run())
     except Exception as exc:  # e.g. the control socket cannot be created: one line, exit 1
